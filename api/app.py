@@ -1,0 +1,78 @@
+"""The Litestar application factory."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from litestar import Litestar, Request, Response, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.types import ASGIApp
+from sqlalchemy import text
+
+from api.bootstrap import Services
+from api.logging import RequestIdMiddleware
+from archiver.errors import VaultError
+
+log = structlog.get_logger("strongroom.api")
+
+
+@get("/healthz", sync_to_thread=False, tags=["health"])
+def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@get("/readyz", tags=["health"])
+async def readyz(services: Services) -> Response[dict[str, str]]:
+    """The database and the vault are reachable."""
+    checks: dict[str, str] = {}
+    try:
+        async with services.sessions() as session:
+            await session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # any failure means "not ready"; the detail is logged only
+        log.warning("readiness: database unreachable", error=type(exc).__name__)
+        checks["database"] = "unavailable"
+    try:
+        await asyncio.to_thread(services.vault.store.ping)
+        checks["vault"] = "ok"
+    except VaultError as exc:
+        log.warning("readiness: vault unreachable", error=type(exc).__name__)
+        checks["vault"] = "unavailable"
+    ready = all(v == "ok" for v in checks.values())
+    checks["status"] = "ok" if ready else "unavailable"
+    return Response(checks, status_code=200 if ready else HTTP_503_SERVICE_UNAVAILABLE)
+
+
+def _http_error(_: Request[object, object, State], exc: HTTPException) -> Response[dict[str, str]]:
+    return Response({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _internal_error(_: Request[object, object, State], exc: Exception) -> Response[dict[str, str]]:
+    # Clients never see internals; the log carries the exception type and request id.
+    log.error("unhandled error", error=type(exc).__name__, exc_info=exc)
+    return Response({"error": "internal error"}, status_code=HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+def create_app(services: Services) -> Litestar:
+    """Build the HTTP application around already-wired ``services``."""
+    return Litestar(
+        route_handlers=[healthz, readyz],
+        dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        openapi_config=OpenAPIConfig(title="Strongroom", version="0.1.0", path="/schema"),
+        on_shutdown=[services.close],
+        logging_config=None,  # api.logging owns the root logger (JSON, redacted)
+        debug=False,
+    )
+
+
+def create_asgi_app(services: Services) -> ASGIApp:
+    """The application as served: request ids and access logs wrap every response,
+    including the router's own 404 and 405 answers."""
+    return RequestIdMiddleware(create_app(services))

@@ -1,0 +1,132 @@
+"""Builds the running system from settings: root keys, database, vault."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from api.settings import Settings, SettingsError, parse_root_key
+from archiver.clock import Clock, SystemClock
+from archiver.db import create_engine, session_factory
+from archiver.filestore import FileStore
+from archiver.interfaces import ObjectStore
+from archiver.keyring import Keyring, new_root_key
+from archiver.s3store import S3Store
+from archiver.vault import Vault
+
+log = structlog.get_logger("strongroom.bootstrap")
+
+
+def pending_key_file(settings: Settings) -> Path:
+    """Where a rotation writes the next root key before it becomes current."""
+    return settings.master_key_file.with_name(settings.master_key_file.name + ".new")
+
+
+def write_key_file(path: Path, key: bytes) -> None:
+    """Write ``key`` (hex) to a new file readable only by its owner, durably."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, key.hex().encode("ascii") + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_key_file(path: Path) -> bytes:
+    """Read a root key file; refuse one that others can read."""
+    name = "STRONGROOM_MASTER_KEY_FILE"
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text("ascii")
+    except OSError as exc:
+        raise SettingsError(name, f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(name, f"{path} is not a text key file") from None
+    if mode & 0o077:
+        raise SettingsError(name, f"{path} must not be readable by group or others (chmod 600)")
+    return parse_root_key(text, name)
+
+
+def load_root_keys(settings: Settings) -> list[bytes]:
+    """The root keys, current first; creates the embedded key file on first run."""
+    if settings.master_key is not None:
+        keys = [settings.master_key]
+    else:
+        path = settings.master_key_file
+        if not path.exists():
+            if not settings.embedded:
+                raise SettingsError("STRONGROOM_MASTER_KEY_FILE", f"no such file {path}")
+            write_key_file(path, new_root_key())
+            log.warning(
+                "created a local root key for evaluation; production keeps it outside the host",
+                path=str(path),
+            )
+        keys = [read_key_file(path)]
+    pending = pending_key_file(settings)
+    if settings.master_key is None and pending.exists():
+        # An interrupted rotation: some subject keys may already be wrapped by it.
+        keys.append(read_key_file(pending))
+    return keys
+
+
+def open_store(settings: Settings, clock: Clock) -> ObjectStore:
+    """The object store named by ``STRONGROOM_VAULT_URL``."""
+    if settings.s3 is not None:
+        s3 = settings.s3
+        store = S3Store(
+            s3.endpoint,
+            s3.access_key,
+            s3.secret_key,
+            s3.bucket,
+            secure=s3.secure,
+            ca_bundle=str(s3.ca_bundle) if s3.ca_bundle else None,
+            region=s3.region,
+            clock=clock,
+        )
+        store.ensure_bucket()
+        return store
+    return FileStore(settings.vault_path, clock)
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The collaborators every entry point shares."""
+
+    settings: Settings
+    clock: Clock
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    keyring: Keyring
+    vault: Vault
+
+    async def close(self) -> None:
+        """Release the database connections."""
+        await self.engine.dispose()
+
+
+def build_services(settings: Settings, clock: Clock | None = None) -> Services:
+    """Wire the system described by ``settings``."""
+    clock = clock or SystemClock()
+    if settings.embedded:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.database_url)
+    keyring = Keyring(load_root_keys(settings), clock)
+    store = open_store(settings, clock)
+    return Services(
+        settings=settings,
+        clock=clock,
+        engine=engine,
+        sessions=session_factory(engine),
+        keyring=keyring,
+        vault=Vault(store, keyring, clock),
+    )

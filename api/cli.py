@@ -1,0 +1,220 @@
+"""The ``strongroom`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import click
+import structlog
+
+from api.bootstrap import (
+    Services,
+    build_services,
+    load_root_keys,
+    pending_key_file,
+    write_key_file,
+)
+from api.logging import configure_logging
+from api.migrate import upgrade
+from api.settings import Settings, SettingsError, load_settings
+from archiver.errors import ArchiverError
+from archiver.keyring import new_root_key, root_key_id
+
+T = TypeVar("T")
+log = structlog.get_logger("strongroom.cli")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"strongroom: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings() -> Settings:
+    """Load settings once for this command; a bad value ends it with one line."""
+    try:
+        settings = load_settings(os.environ)
+    except SettingsError as exc:
+        _fail(str(exc))
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _prepare(settings: Settings) -> Services:
+    """Wire services; the embedded default also brings its schema up to date."""
+    try:
+        if settings.embedded:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            upgrade(settings.database_url)
+        return build_services(settings)
+    except SettingsError as exc:
+        _fail(str(exc))
+    except ArchiverError as exc:
+        _fail(f"vault: {exc}")
+
+
+def _run(settings: Settings, work: Callable[[Services], Awaitable[T]]) -> T:
+    services = _prepare(settings)
+
+    async def main() -> T:
+        try:
+            return await work(services)
+        finally:
+            await services.close()
+
+    return asyncio.run(main())
+
+
+@click.group()
+def main() -> None:
+    """Strongroom: compliance archive for WhatsApp Business."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
+def serve(host: str, port: int) -> None:
+    """Run the HTTP API, webhooks and web console."""
+    import uvicorn
+
+    from api.app import create_asgi_app
+
+    settings = _settings()
+    services = _prepare(settings)
+    log.info("serving", host=host, port=port, mode=settings.mode)
+    uvicorn.run(create_asgi_app(services), host=host, port=port, log_config=None, access_log=False)
+
+
+@main.command()
+def worker() -> None:
+    """Run the scheduled jobs (vault reconciliation, and more as they come)."""
+    from api.worker import run_worker
+
+    _run(_settings(), run_worker)
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    settings = _settings()
+    upgrade(settings.database_url)
+    click.echo("database is up to date")
+
+
+@main.group()
+def keys() -> None:
+    """Manage the root key and subject keys."""
+
+
+@keys.command("init")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the key here.")
+def keys_init(out: Path | None) -> None:
+    """Create a new root key file (mode 0600); never overwrites one."""
+    settings = _settings()
+    if settings.master_key is not None and out is None:
+        _fail("the root key is already given by STRONGROOM_MASTER_KEY; use --out for a new file")
+    path = out or settings.master_key_file
+    if path.exists():
+        _fail(f"{path} already exists; keys init never overwrites a root key", 1)
+    key = new_root_key()
+    write_key_file(path, key)
+    click.echo(f"root key {root_key_id(key)} written to {path}")
+
+
+@keys.command("status")
+def keys_status() -> None:
+    """Show the root key id and how many subject keys each root key wraps."""
+    settings = _settings()
+
+    async def work(services: Services) -> list[str]:
+        keyring = services.keyring
+        async with services.sessions() as session:
+            counts = await keyring.status(session)
+        source = "STRONGROOM_MASTER_KEY" if settings.master_key else str(settings.master_key_file)
+        click.echo(f"root key: {keyring.root_key_id} (from {source})")
+        destroyed = counts.pop("destroyed")
+        for kid, n in sorted(counts.items()):
+            click.echo(f"subject keys wrapped by {kid}: {n}")
+        click.echo(f"destroyed subject keys: {destroyed}")
+        if len(keyring.loaded_root_key_ids) > 1:
+            click.echo("a rotation was interrupted: run `strongroom keys rotate` to finish it")
+        return [k for k in counts if k not in keyring.loaded_root_key_ids]
+
+    unknown = _run(settings, work)
+    if unknown:
+        _fail(f"subject keys are wrapped by root keys that are not loaded: {', '.join(unknown)}", 1)
+
+
+@keys.command("rotate")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the new key when the current one comes from STRONGROOM_MASTER_KEY.",
+)
+def keys_rotate(out: Path | None) -> None:
+    """Re-wrap every subject key under a new root key; no object is rewritten."""
+    settings = _settings()
+    if settings.master_key is not None:
+        if out is None:
+            _fail("the root key comes from STRONGROOM_MASTER_KEY; give --out FILE for the new key")
+        if out.exists():
+            _fail(f"{out} already exists", 1)
+        new_key = new_root_key()
+        write_key_file(out, new_key)
+    else:
+        pending = pending_key_file(settings)
+        if pending.exists():
+            new_key = load_root_keys(settings)[-1]
+        else:
+            new_key = new_root_key()
+            write_key_file(pending, new_key)
+
+    async def work(services: Services) -> int:
+        async with services.sessions() as session, session.begin():
+            return await services.keyring.rotate(session, new_key)
+
+    count = _run(settings, work)
+    if settings.master_key is None:
+        os.replace(pending_key_file(settings), settings.master_key_file)
+        dir_fd = os.open(settings.master_key_file.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        click.echo(f"re-wrapped {count} subject keys under root key {root_key_id(new_key)}")
+    else:
+        click.echo(
+            f"re-wrapped {count} subject keys under root key {root_key_id(new_key)}; "
+            f"now set STRONGROOM_MASTER_KEY_FILE={out}, unset STRONGROOM_MASTER_KEY and restart"
+        )
+
+
+@main.group()
+def vault() -> None:
+    """Inspect the vault."""
+
+
+@vault.command("verify")
+def vault_verify() -> None:
+    """Re-read and re-hash every sealed object; exit 1 on any drift."""
+    settings = _settings()
+
+    async def work(services: Services) -> bool:
+        async with services.sessions() as session:
+            report = await services.vault.verify(session)
+        for drift in report.drift:
+            click.echo(f"DRIFT {drift.problem} {drift.object_key}: {drift.detail}")
+        for key in report.unrecorded:
+            click.echo(f"WARNING unrecorded object {key} (no database record)")
+        click.echo(
+            f"checked {report.checked} objects: {len(report.drift)} drift, "
+            f"{len(report.unrecorded)} unrecorded"
+        )
+        return report.clean
+
+    if not _run(settings, work):
+        sys.exit(1)

@@ -1,0 +1,239 @@
+"""Typed, frozen settings read once from ``STRONGROOM_*`` variables.
+
+``load_settings`` is the only place that reads the environment. A malformed or
+missing value raises ``SettingsError`` naming the setting and the problem, which
+the CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+Mode = Literal["embedded", "production"]
+
+# Every setting Strongroom reads, with a one-line meaning; the README mirrors it.
+SETTINGS_HELP: dict[str, str] = {
+    "STRONGROOM_MODE": "`embedded` (default: local evaluation) or `production`",
+    "STRONGROOM_DATA_DIR": "embedded data directory (default `./var`)",
+    "STRONGROOM_DATABASE_URL": "SQLAlchemy URL; default SQLite file in the data directory",
+    "STRONGROOM_VAULT_URL": "`file:///path` or `s3://bucket`; default `file://<data dir>/vault`",
+    "STRONGROOM_S3_ENDPOINT": "S3/MinIO endpoint `host:port` (for `s3://`)",
+    "STRONGROOM_S3_ACCESS_KEY": "S3 access key (for `s3://`)",
+    "STRONGROOM_S3_SECRET_KEY": "S3 secret key (for `s3://`)",
+    "STRONGROOM_S3_SECURE": "use TLS to the S3 endpoint: `true` (default) or `false`",
+    "STRONGROOM_S3_CA_BUNDLE": "PEM file of CAs that sign the S3 endpoint's certificate",
+    "STRONGROOM_S3_REGION": "S3 region (optional)",
+    "STRONGROOM_MASTER_KEY": "root key: 32 bytes as base64 or 64 hex digits",
+    "STRONGROOM_MASTER_KEY_FILE": "file holding the root key (default `<data dir>/master.key`)",
+    "STRONGROOM_LOG_LEVEL": "`debug`, `info` (default), `warning` or `error`",
+}
+SETTING_NAMES: tuple[str, ...] = tuple(SETTINGS_HELP)
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """Connection to an S3-compatible store with Object Lock."""
+
+    bucket: str
+    endpoint: str
+    access_key: str
+    secret_key: str
+    secure: bool
+    ca_bundle: Path | None
+    region: str | None
+
+    def __repr__(self) -> str:
+        return f"S3Settings(bucket={self.bucket!r}, endpoint={self.endpoint!r}, secret=***)"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything Strongroom is configured with."""
+
+    mode: Mode
+    data_dir: Path
+    database_url: str
+    vault_url: str
+    s3: S3Settings | None
+    master_key: bytes | None
+    master_key_file: Path
+    log_level: str
+
+    @property
+    def embedded(self) -> bool:
+        """True in the local evaluation mode."""
+        return self.mode == "embedded"
+
+    @property
+    def vault_path(self) -> Path:
+        """Root directory of a ``file://`` vault."""
+        return Path(urlsplit(self.vault_url).path)
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(mode={self.mode!r}, data_dir={str(self.data_dir)!r}, "
+            f"vault_url={self.vault_url!r}, master_key=***)"
+        )
+
+
+def parse_root_key(text: str, name: str = "STRONGROOM_MASTER_KEY") -> bytes:
+    """Decode a 32-byte root key given as base64 or 64 hex digits."""
+    text = text.strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    try:
+        key = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=False)
+    except (binascii.Error, ValueError):
+        raise SettingsError(name, "not base64 or hex") from None
+    if len(key) != 32:
+        raise SettingsError(name, f"must decode to 32 bytes, got {len(key)}")
+    return key
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise SettingsError(name, f"expected true or false, got {raw!r}")
+
+
+def _database_url(raw: str) -> str:
+    name = "STRONGROOM_DATABASE_URL"
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise SettingsError(name, "not a database URL") from None
+    driver = url.drivername
+    if driver in ("sqlite", "sqlite+aiosqlite"):
+        return url.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    if driver in ("postgresql", "postgres", "postgresql+asyncpg"):
+        if not url.host and not url.query.get("host"):
+            raise SettingsError(name, "PostgreSQL URL has no host")
+        return url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    raise SettingsError(name, f"unsupported database {driver!r} (use sqlite or postgresql)")
+
+
+def _s3(env: Mapping[str, str], bucket: str) -> S3Settings:
+    def required(name: str) -> str:
+        value = env.get(name, "").strip()
+        if not value:
+            raise SettingsError(name, "required for an s3:// vault")
+        return value
+
+    endpoint = required("STRONGROOM_S3_ENDPOINT")
+    if "://" in endpoint:
+        endpoint = urlsplit(endpoint).netloc
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        raise SettingsError("STRONGROOM_S3_ENDPOINT", "expected host:port")
+    ca = env.get("STRONGROOM_S3_CA_BUNDLE", "").strip()
+    if ca and not Path(ca).is_file():
+        raise SettingsError("STRONGROOM_S3_CA_BUNDLE", f"no such file {ca}")
+    return S3Settings(
+        bucket=bucket,
+        endpoint=endpoint,
+        access_key=required("STRONGROOM_S3_ACCESS_KEY"),
+        secret_key=required("STRONGROOM_S3_SECRET_KEY"),
+        secure=_bool(env, "STRONGROOM_S3_SECURE", True),
+        ca_bundle=Path(ca) if ca else None,
+        region=env.get("STRONGROOM_S3_REGION", "").strip() or None,
+    )
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Build settings from ``env``; raise ``SettingsError`` on the first bad value."""
+    for key in env:
+        if (
+            key.startswith("STRONGROOM_")
+            and key not in SETTINGS_HELP
+            and not key.startswith("STRONGROOM_TEST_")
+        ):
+            raise SettingsError(key, "unknown setting")
+
+    mode = env.get("STRONGROOM_MODE", "embedded").strip().lower()
+    if mode not in ("embedded", "production"):
+        raise SettingsError("STRONGROOM_MODE", f"expected embedded or production, got {mode!r}")
+    production = mode == "production"
+
+    def explicit(name: str) -> str:
+        value = env.get(name, "").strip()
+        if production and not value:
+            raise SettingsError(name, "must be set explicitly in production mode")
+        return value
+
+    data_dir = Path(env.get("STRONGROOM_DATA_DIR", "").strip() or "./var").resolve()
+
+    db_raw = explicit("STRONGROOM_DATABASE_URL") or f"sqlite+aiosqlite:///{data_dir}/strongroom.db"
+    database_url = _database_url(db_raw)
+
+    vault_url = explicit("STRONGROOM_VAULT_URL") or f"file://{data_dir}/vault"
+    parts = urlsplit(vault_url)
+    s3: S3Settings | None = None
+    if parts.scheme == "file":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise SettingsError("STRONGROOM_VAULT_URL", "file:// URLs need an absolute path")
+    elif parts.scheme == "s3":
+        if not parts.netloc or parts.path not in ("", "/"):
+            raise SettingsError("STRONGROOM_VAULT_URL", "expected s3://bucket")
+        s3 = _s3(env, parts.netloc)
+    else:
+        raise SettingsError(
+            "STRONGROOM_VAULT_URL", f"unknown scheme {parts.scheme!r} (use file:// or s3://)"
+        )
+
+    key_text = env.get("STRONGROOM_MASTER_KEY", "").strip()
+    key_file_raw = env.get("STRONGROOM_MASTER_KEY_FILE", "").strip()
+    if production and not key_text and not key_file_raw:
+        raise SettingsError(
+            "STRONGROOM_MASTER_KEY", "set it or STRONGROOM_MASTER_KEY_FILE in production mode"
+        )
+    if key_text and key_file_raw:
+        raise SettingsError("STRONGROOM_MASTER_KEY", "set it or the key file, not both")
+    master_key = parse_root_key(key_text) if key_text else None
+    master_key_file = Path(key_file_raw).resolve() if key_file_raw else data_dir / "master.key"
+    if production and key_file_raw and not master_key_file.is_file():
+        raise SettingsError("STRONGROOM_MASTER_KEY_FILE", f"no such file {master_key_file}")
+
+    log_level = env.get("STRONGROOM_LOG_LEVEL", "info").strip().lower()
+    if log_level not in _LOG_LEVELS:
+        raise SettingsError("STRONGROOM_LOG_LEVEL", f"expected one of {', '.join(_LOG_LEVELS)}")
+
+    return Settings(
+        mode="production" if production else "embedded",
+        data_dir=data_dir,
+        database_url=database_url,
+        vault_url=vault_url,
+        s3=s3,
+        master_key=master_key,
+        master_key_file=master_key_file,
+        log_level=log_level,
+    )

@@ -1,0 +1,306 @@
+"""The embedded vault backend: write-once files on a local filesystem.
+
+Layout under ``root``::
+
+    objects/<key>        the stored bytes, read-only (0o444), never rewritten
+    locks/<key>.json     the sidecar: version, SHA-256, size, retain-until, hold
+    tmp/                 temporary files; anything left here after a crash is ignored
+    .lock                serialises writers (``flock``), across threads and processes
+
+An object is written to ``tmp/`` (create-exclusive, fsynced, made read-only)
+and then hard-linked to its final path, so a crash never leaves a readable
+partial object under its key. The sidecar is written first, so an object never
+exists without its lock metadata; a sidecar without an object is the trace of a
+crash and is treated as absent.
+
+The store enforces retention and legal hold itself, but only against callers
+that go through it: a root user (or anyone with write access to the directory)
+can still change or remove the files. Use the S3 backend with Object Lock in
+COMPLIANCE mode where that matters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from archiver.clock import Clock
+from archiver.errors import ObjectExists, ObjectNotFound, RetentionViolation, StoreUnavailable
+from archiver.interfaces import LockState, StoredObject
+
+_READ_ONLY = 0o444
+_SIDECAR_SUFFIX = ".json"
+
+
+def _check_key(key: str) -> str:
+    """Refuse a key that is empty or could name a path outside the store."""
+    if not key or "\\" in key or "\0" in key or key.startswith("/"):
+        raise ValueError(f"invalid object key {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid object key {key!r}: empty, '.' or '..' segment")
+    return key
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, durably (each new entry is fsynced)."""
+    if path.is_dir():
+        return
+    _makedirs(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return
+    _fsync_dir(path.parent)
+
+
+def _sidecar_bytes(stored: StoredObject) -> bytes:
+    record = {
+        "version_id": stored.version_id,
+        "sha256": stored.sha256,
+        "size": stored.size,
+        "retain_until": stored.retain_until.isoformat(),
+        "legal_hold": stored.legal_hold,
+    }
+    return json.dumps(record, sort_keys=True).encode()
+
+
+def _aware_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("retain_until must be timezone-aware")
+    return moment.astimezone(UTC)
+
+
+class FileStore:
+    """An ``ObjectStore`` on a local directory; see the module docstring for its limits."""
+
+    def __init__(self, root: Path, clock: Clock) -> None:
+        self._root = root
+        self._objects = root / "objects"
+        self._locks = root / "locks"
+        self._tmp = root / "tmp"
+        self._clock = clock
+
+    def put(
+        self, key: str, data: bytes, *, retain_until: datetime, legal_hold: bool = False
+    ) -> StoredObject:
+        """Store ``data`` under a new ``key``; raise ``ObjectExists`` if it is taken."""
+        path = self.path_of(key)
+        retain_until = _aware_utc(retain_until)
+        if retain_until <= self._clock.now():
+            raise ValueError("retain_until must be in the future")
+        stored = StoredObject(
+            key=key,
+            version_id=uuid.uuid4().hex,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            retain_until=retain_until,
+            legal_hold=legal_hold,
+        )
+        sidecar = self._sidecar_path(key)
+        with self._os_errors():
+            self._check_free(key)  # before creating directories that could collide
+            for directory in (self._tmp, path.parent, sidecar.parent):
+                _makedirs(directory)
+            # Both files are written and fsynced before the lock is taken, so the
+            # critical section is two renames and writers do not queue on disk I/O.
+            tmp_object = self._write_temp(data)
+            tmp_sidecar = self._write_temp(_sidecar_bytes(stored))
+            try:
+                with self._writer_lock():
+                    self._check_free(key)
+                    # Under the lock and with no object present, an existing sidecar
+                    # can only be debris of a crashed put: replacing it is safe.
+                    os.replace(tmp_sidecar, sidecar)
+                    try:
+                        os.link(tmp_object, path)
+                    except FileExistsError:
+                        raise ObjectExists(f"{key} is already stored") from None
+            finally:
+                tmp_object.unlink()
+                tmp_sidecar.unlink(missing_ok=True)
+            _fsync_dir(sidecar.parent)
+            _fsync_dir(path.parent)
+        return stored
+
+    def get(self, key: str, version_id: str) -> bytes:
+        """Return the bytes of one version; raise ``ObjectNotFound``."""
+        with self._os_errors():
+            self._read_sidecar(key, version_id)
+            try:
+                return self.path_of(key).read_bytes()
+            except FileNotFoundError:
+                raise ObjectNotFound(f"no object {key}") from None
+
+    def lock_state(self, key: str, version_id: str) -> LockState:
+        """Read the retention and legal hold recorded in the sidecar."""
+        with self._os_errors():
+            stored = self._read_sidecar(key, version_id)
+        return LockState(retain_until=stored.retain_until, legal_hold=stored.legal_hold)
+
+    def extend_retention(self, key: str, version_id: str, retain_until: datetime) -> None:
+        """Move retain-until later; raise ``RetentionViolation`` if it is earlier."""
+        retain_until = _aware_utc(retain_until)
+        with self._os_errors(), self._writer_lock():
+            stored = self._read_sidecar(key, version_id)
+            if retain_until < stored.retain_until:
+                raise RetentionViolation(
+                    f"{key}: retention can only be extended "
+                    f"(now {stored.retain_until.isoformat()}, asked {retain_until.isoformat()})"
+                )
+            if retain_until != stored.retain_until:
+                self._write_sidecar(dataclasses.replace(stored, retain_until=retain_until))
+
+    def set_legal_hold(self, key: str, version_id: str, on: bool) -> None:
+        """Set or clear the legal hold flag of one version."""
+        with self._os_errors(), self._writer_lock():
+            stored = self._read_sidecar(key, version_id)
+            if stored.legal_hold != on:
+                self._write_sidecar(dataclasses.replace(stored, legal_hold=on))
+
+    def delete(self, key: str, version_id: str) -> None:
+        """Remove one version; raise ``RetentionViolation`` while retained or held."""
+        path = self.path_of(key)
+        with self._os_errors(), self._writer_lock():
+            stored = self._read_sidecar(key, version_id)
+            if stored.legal_hold:
+                raise RetentionViolation(f"{key} is under legal hold")
+            if self._clock.now() < stored.retain_until:
+                raise RetentionViolation(
+                    f"{key} is retained until {stored.retain_until.isoformat()}"
+                )
+            # Object first, sidecar second: an object never exists without its metadata.
+            path.unlink()
+            _fsync_dir(path.parent)
+            sidecar = self._sidecar_path(key)
+            sidecar.unlink()
+            _fsync_dir(sidecar.parent)
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Yield every stored key under ``prefix``, in sorted order."""
+        directory = prefix.rpartition("/")[0]
+        start = self._objects / _check_key(directory) if directory else self._objects
+        return self._walk(start, prefix)
+
+    def _walk(self, start: Path, prefix: str) -> Iterator[str]:
+        with self._os_errors():
+            for dirpath, dirnames, filenames in os.walk(start):
+                dirnames.sort()
+                relative = Path(dirpath).relative_to(self._objects).as_posix()
+                base = "" if relative == "." else relative + "/"
+                for name in sorted(filenames):
+                    key = base + name
+                    if key.startswith(prefix):
+                        yield key
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless ``root`` is a writable directory."""
+        try:
+            _makedirs(self._tmp)
+            self._write_temp(b"").unlink()
+        except OSError as exc:
+            raise StoreUnavailable(f"file vault at {self._root} is not writable: {exc}") from exc
+
+    def path_of(self, key: str) -> Path:
+        """The file that holds ``key``'s bytes, whether or not it exists yet."""
+        return self._objects / _check_key(key)
+
+    def _check_free(self, key: str) -> None:
+        """Refuse a key that is taken, or whose path another key's path occupies."""
+        path = self.path_of(key)
+        if path.is_file():
+            raise ObjectExists(f"{key} is already stored")
+        parents = PurePosixPath(key).parents
+        if path.exists() or any((self._objects / p).is_file() for p in list(parents)[:-1]):
+            raise ValueError(f"key {key!r} collides with the path of another key")
+
+    def _sidecar_path(self, key: str) -> Path:
+        return self._locks / (_check_key(key) + _SIDECAR_SUFFIX)
+
+    def _write_temp(self, data: bytes) -> Path:
+        """Write ``data`` to a new read-only file in ``tmp/``, fsynced."""
+        path = self._tmp / f"{uuid.uuid4().hex}.tmp"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fchmod(fd, _READ_ONLY)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            path.unlink()
+            raise
+        return path
+
+    def _write_sidecar(self, stored: StoredObject) -> None:
+        """Atomically replace the sidecar of ``stored.key``; the caller holds the lock."""
+        sidecar = self._sidecar_path(stored.key)
+        tmp = self._write_temp(_sidecar_bytes(stored))
+        try:
+            os.replace(tmp, sidecar)
+        except BaseException:
+            tmp.unlink()
+            raise
+        _fsync_dir(sidecar.parent)
+
+    def _read_sidecar(self, key: str, version_id: str) -> StoredObject:
+        """The metadata of a stored version; ``ObjectNotFound`` unless the object exists."""
+        if not self.path_of(key).is_file():
+            raise ObjectNotFound(f"no object {key}")
+        try:
+            raw = self._sidecar_path(key).read_bytes()
+        except FileNotFoundError:
+            raise StoreUnavailable(f"{key}: object without lock metadata") from None
+        try:
+            record = json.loads(raw)
+            stored = StoredObject(
+                key=key,
+                version_id=str(record["version_id"]),
+                sha256=str(record["sha256"]),
+                size=int(record["size"]),
+                retain_until=_aware_utc(datetime.fromisoformat(record["retain_until"])),
+                legal_hold=bool(record["legal_hold"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreUnavailable(f"{key}: corrupt lock metadata: {exc}") from exc
+        if stored.version_id != version_id:
+            raise ObjectNotFound(f"{key} has no version {version_id}")
+        return stored
+
+    @contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        _makedirs(self._root)
+        fd = os.open(self._root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def _os_errors(self) -> Iterator[None]:
+        """Translate filesystem failures into ``StoreUnavailable``."""
+        try:
+            yield
+        except OSError as exc:
+            raise StoreUnavailable(f"file vault at {self._root}: {exc}") from exc

@@ -1,0 +1,25 @@
+"""Scheduled work of the record core."""
+
+from __future__ import annotations
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from archiver.vault import Vault, VerifyReport
+
+log = structlog.get_logger("strongroom.jobs")
+
+
+async def reconcile_vault(vault: Vault, sessions: async_sessionmaker[AsyncSession]) -> VerifyReport:
+    """Re-read every sealed object's real lock state and hash; log any drift."""
+    async with sessions() as session:
+        report = await vault.verify(session)
+    for drift in report.drift:
+        log.error("vault drift", object_key=drift.object_key, problem=drift.problem)
+    log.info(
+        "vault reconciled",
+        checked=report.checked,
+        drift=len(report.drift),
+        unrecorded=len(report.unrecorded),
+    )
+    return report

@@ -1,0 +1,205 @@
+"""The vault: seals encrypted objects into the WORM store and records them.
+
+Every sealed object gets a database record (key, version, SHA-256 of the
+stored bytes, size, retain-until, legal hold, key id). Retention only ever
+extends: the vault checks its own record before asking the store, whatever the
+backend would allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from archiver import envelope
+from archiver.clock import Clock
+from archiver.errors import IntegrityError, ObjectNotFound, RetentionViolation, VaultError
+from archiver.interfaces import ObjectStore
+from archiver.keyring import Keyring
+from archiver.models import SealedObject
+
+_VERIFY_BATCH = 200
+_VERIFY_CONCURRENCY = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """One difference between a record and what the store really holds."""
+
+    object_key: str
+    problem: str
+    detail: str
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """The outcome of re-reading every sealed object."""
+
+    checked: int = 0
+    drift: list[Drift] = field(default_factory=list)
+    unrecorded: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        """True when no record disagrees with the store."""
+        return not self.drift
+
+
+def _whole_seconds(moment: datetime) -> datetime:
+    # S3 Object Lock keeps retain-until to the second; records match it exactly.
+    return moment.replace(microsecond=0)
+
+
+class Vault:
+    """Seal, open, retain and verify objects."""
+
+    def __init__(self, store: ObjectStore, keyring: Keyring, clock: Clock) -> None:
+        self.store = store
+        self.keyring = keyring
+        self._clock = clock
+
+    async def seal(
+        self,
+        session: AsyncSession,
+        *,
+        kind: str,
+        subject: str,
+        plaintext: bytes,
+        retain_until: datetime,
+        legal_hold: bool = False,
+    ) -> SealedObject:
+        """Encrypt ``plaintext`` under ``subject``'s key, store it write-once and
+        add its record to ``session`` (the caller commits)."""
+        now = self._clock.now()
+        retain_until = _whole_seconds(retain_until)
+        if retain_until <= now:
+            raise RetentionViolation("retain-until must be in the future")
+        key_id, key = await self.keyring.key_for(session, subject)
+        object_key = f"{kind}/{now:%Y/%m/%d}/{uuid.uuid4().hex}"
+        sealed = envelope.seal(key, key_id, object_key, plaintext)
+        stored = await asyncio.to_thread(
+            self.store.put, object_key, sealed, retain_until=retain_until, legal_hold=legal_hold
+        )
+        record = SealedObject(
+            object_key=object_key,
+            version_id=stored.version_id,
+            kind=kind,
+            key_id=key_id,
+            sha256=stored.sha256,
+            size=stored.size,
+            retain_until=retain_until,
+            legal_hold=legal_hold,
+            sealed_at=now,
+        )
+        session.add(record)
+        await session.flush()
+        return record
+
+    async def open(self, session: AsyncSession, record: SealedObject) -> bytes:
+        """Read and decrypt a sealed object; raise ``KeyDestroyed`` after shredding."""
+        key = await self.keyring.key_by_id(session, record.key_id)
+        data = await asyncio.to_thread(self.store.get, record.object_key, record.version_id)
+        if hashlib.sha256(data).hexdigest() != record.sha256:
+            raise IntegrityError(f"{record.object_key} does not match its recorded SHA-256")
+        return envelope.open_(key, record.object_key, data)
+
+    async def extend_retention(
+        self, session: AsyncSession, record: SealedObject, retain_until: datetime
+    ) -> None:
+        """Move the object's retain-until later; refuse any shortening."""
+        retain_until = _whole_seconds(retain_until)
+        if retain_until < record.retain_until:
+            raise RetentionViolation(
+                f"retention of {record.object_key} can only be extended "
+                f"(now {record.retain_until.isoformat()}, asked {retain_until.isoformat()})"
+            )
+        if retain_until == record.retain_until:
+            return
+        await asyncio.to_thread(
+            self.store.extend_retention, record.object_key, record.version_id, retain_until
+        )
+        record.retain_until = retain_until
+        await session.flush()
+
+    async def set_legal_hold(self, session: AsyncSession, record: SealedObject, on: bool) -> None:
+        """Set or clear the object's legal hold, in the store and its record."""
+        await asyncio.to_thread(self.store.set_legal_hold, record.object_key, record.version_id, on)
+        record.legal_hold = on
+        await session.flush()
+
+    async def verify(self, session: AsyncSession) -> VerifyReport:
+        """Re-read every sealed object and compare it with its record and lock state."""
+        report = VerifyReport()
+        recorded: set[str] = set()
+        limit = asyncio.Semaphore(_VERIFY_CONCURRENCY)
+
+        async def check(record: SealedObject) -> None:
+            async with limit:
+                problems = await asyncio.to_thread(self._check_one, record)
+            report.drift.extend(problems)
+
+        async for batch in self._records(session):
+            recorded.update(r.object_key for r in batch)
+            await asyncio.gather(*(check(r) for r in batch))
+            report.checked += len(batch)
+        stored = await asyncio.to_thread(lambda: set(self.store.keys()))
+        report.unrecorded = sorted(stored - recorded)
+        report.drift.sort(key=lambda d: (d.object_key, d.problem))
+        return report
+
+    async def _records(self, session: AsyncSession) -> AsyncIterator[list[SealedObject]]:
+        last = 0
+        while True:
+            batch = list(
+                await session.scalars(
+                    select(SealedObject)
+                    .where(SealedObject.id > last)
+                    .order_by(SealedObject.id)
+                    .limit(_VERIFY_BATCH)
+                )
+            )
+            if not batch:
+                return
+            last = batch[-1].id
+            yield batch
+
+    def _check_one(self, record: SealedObject) -> list[Drift]:
+        key = record.object_key
+        try:
+            data = self.store.get(key, record.version_id)
+            lock = self.store.lock_state(key, record.version_id)
+        except ObjectNotFound:
+            return [Drift(key, "missing", "the store has no such object version")]
+        except VaultError as exc:
+            return [Drift(key, "unreadable", str(exc))]
+        problems = []
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != record.sha256:
+            problems.append(Drift(key, "sha256", f"record {record.sha256}, store {digest}"))
+        if len(data) != record.size:
+            problems.append(Drift(key, "size", f"record {record.size}, store {len(data)}"))
+        try:
+            header_key = envelope.read_header(data).key_id
+        except IntegrityError as exc:
+            problems.append(Drift(key, "envelope", str(exc)))
+        else:
+            if header_key != record.key_id:
+                problems.append(
+                    Drift(key, "key_id", f"record {record.key_id}, object {header_key}")
+                )
+        if lock.retain_until != record.retain_until:
+            problems.append(
+                Drift(key, "retention", f"record {record.retain_until}, store {lock.retain_until}")
+            )
+        if lock.legal_hold != record.legal_hold:
+            problems.append(
+                Drift(key, "legal_hold", f"record {record.legal_hold}, store {lock.legal_hold}")
+            )
+        return problems

@@ -1,0 +1,191 @@
+"""The ``strongroom`` command line, run as a real process on the embedded default."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import click
+import httpx
+import pytest
+
+from api.bootstrap import build_services
+from api.cli import main
+from api.migrate import upgrade
+from api.settings import load_settings
+from archiver.models import SealedObject
+
+STRONGROOM = str(Path(sys.executable).with_name("strongroom"))
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [STRONGROOM, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    return clean | {"STRONGROOM_DATA_DIR": str(tmp_path / "data")}
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+
+
+@pytest.mark.parametrize(
+    "command", [(), *_commands(main)], ids=lambda c: " ".join(c) or "strongroom"
+)
+def test_every_command_has_help(command: tuple[str, ...], env: dict[str, str]) -> None:
+    result = run(env, *command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+
+
+def test_bad_setting_stops_with_one_line(env: dict[str, str]) -> None:
+    result = run(env | {"STRONGROOM_VAULT_URL": "ftp://nowhere"}, "vault", "verify")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "strongroom: STRONGROOM_VAULT_URL: unknown scheme 'ftp' (use file:// or s3://)"
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_is_healthy_and_ready_within_five_seconds(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    port = _free_port()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [STRONGROOM, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        ready = None
+        while time.monotonic() - started < 5 and ready is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert ready is not None, "the service did not answer within 5 s"
+        assert health.status_code == 200
+        assert ready.status_code == 200
+        assert ready.json() == {"database": "ok", "vault": "ok", "status": "ok"}
+        schema = httpx.get(f"http://127.0.0.1:{port}/schema/openapi.json", timeout=2)
+        assert schema.status_code == 200
+        assert "/readyz" in schema.json()["paths"]
+        assert ready.headers["x-request-id"]
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=10)
+    key_file = tmp_path / "data" / "master.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert "for evaluation" in output
+    assert key_file.read_text().strip() not in output
+
+
+def test_keys_init_writes_a_private_file_and_never_overwrites(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    first = run(env, "keys", "init")
+    assert first.returncode == 0, first.stderr
+    key_file = tmp_path / "data" / "master.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    content = key_file.read_text()
+    assert content.strip() not in first.stdout + first.stderr
+    second = run(env, "keys", "init")
+    assert second.returncode == 1
+    assert "already exists" in second.stderr
+    assert key_file.read_text() == content
+
+
+def _seal_some(env: dict[str, str], count: int) -> list[SealedObject]:
+    settings = load_settings(env)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    services = build_services(settings)
+
+    async def seal() -> list[SealedObject]:
+        records = []
+        async with services.sessions() as session, session.begin():
+            for i in range(count):
+                records.append(
+                    await services.vault.seal(
+                        session,
+                        kind="message",
+                        subject=f"contact:{i}",
+                        plaintext=f"message {i}".encode(),
+                        retain_until=services.clock.now() + timedelta(days=30),
+                    )
+                )
+        await services.close()
+        return records
+
+    return asyncio.run(seal())
+
+
+def _open_all(env: dict[str, str], records: list[SealedObject]) -> list[bytes]:
+    services = build_services(load_settings(env))
+
+    async def read() -> list[bytes]:
+        async with services.sessions() as session:
+            out = [await services.vault.open(session, r) for r in records]
+        await services.close()
+        return out
+
+    return asyncio.run(read())
+
+
+def test_vault_verify_exit_codes(env: dict[str, str], tmp_path: Path) -> None:
+    records = _seal_some(env, 3)
+    clean = run(env, "vault", "verify")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "checked 3 objects: 0 drift" in clean.stdout
+
+    target = tmp_path / "data" / "vault" / "objects" / records[1].object_key
+    target.chmod(0o644)
+    target.write_bytes(target.read_bytes()[:-1] + b"\x00")
+    drift = run(env, "vault", "verify")
+    assert drift.returncode == 1
+    assert f"DRIFT sha256 {records[1].object_key}" in drift.stdout
+
+
+def test_keys_rotate_rewraps_and_objects_stay_readable(env: dict[str, str], tmp_path: Path) -> None:
+    records = _seal_some(env, 4)
+    vault_dir = tmp_path / "data" / "vault" / "objects"
+    before = {r.object_key: (vault_dir / r.object_key).read_bytes() for r in records}
+    old_status = run(env, "keys", "status")
+    assert "subject keys wrapped by" in old_status.stdout
+
+    rotated = run(env, "keys", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    assert "re-wrapped 4 subject keys" in rotated.stdout
+    assert {r.object_key: (vault_dir / r.object_key).read_bytes() for r in records} == before
+    assert _open_all(env, records) == [f"message {i}".encode() for i in range(4)]
+
+    status = run(env, "keys", "status")
+    assert status.returncode == 0
+    new_id = rotated.stdout.split("root key ")[1].split()[0]
+    assert f"root key: {new_id}" in status.stdout
+    assert f"subject keys wrapped by {new_id}: 4" in status.stdout
