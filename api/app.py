@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import structlog
 from litestar import Litestar, Request, Response, get
@@ -16,6 +18,7 @@ from sqlalchemy import text
 
 from api.bootstrap import Services
 from api.logging import RequestIdMiddleware
+from api.worker import start_scheduler
 from archiver.errors import VaultError
 
 log = structlog.get_logger("strongroom.api")
@@ -59,9 +62,23 @@ def _internal_error(_: Request[object, object, State], exc: Exception) -> Respon
     return Response({"error": "internal error"}, status_code=HTTP_500_INTERNAL_SERVER_ERROR)
 
 
+@asynccontextmanager
+async def _embedded_worker(app: Litestar) -> AsyncIterator[None]:
+    """Embedded mode runs the worker's jobs inside the server process."""
+    services: Services = app.state.services
+    scheduler = start_scheduler(services) if services.settings.embedded else None
+    try:
+        yield
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+
+
 def create_app(services: Services) -> Litestar:
     """Build the HTTP application around already-wired ``services``."""
     return Litestar(
+        state=State({"services": services}),
+        lifespan=[_embedded_worker],
         route_handlers=[healthz, readyz],
         dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},

@@ -29,16 +29,22 @@ def schedule(scheduler: AsyncIOScheduler, services: Services) -> None:
     )
 
 
+def start_scheduler(services: Services) -> AsyncIOScheduler:
+    """Start every recurring job on the running event loop."""
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    schedule(scheduler, services)
+    scheduler.start()
+    log.info("scheduler started", jobs=[job.id for job in scheduler.get_jobs()])
+    return scheduler
+
+
 async def run_worker(services: Services) -> None:
     """Run the scheduled jobs until SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    schedule(scheduler, services)
-    scheduler.start()
-    log.info("worker started", jobs=[job.id for job in scheduler.get_jobs()])
+    scheduler = start_scheduler(services)
     try:
         await stop.wait()
     finally:
