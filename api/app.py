@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from litestar import Litestar, Request, Response, get
@@ -16,9 +17,13 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVI
 from litestar.types import ASGIApp
 from sqlalchemy import text
 
-from api.bootstrap import Services
+from api.archive import ArchiveController
+from api.bootstrap import Services, open_services
 from api.logging import RequestIdMiddleware
-from api.worker import start_scheduler
+from api.settings import Settings
+from api.webhooks import receive_webhook, verify_webhook
+from api.worker import background_jobs
+from archiver.clock import Clock
 from archiver.errors import VaultError
 
 log = structlog.get_logger("strongroom.api")
@@ -52,44 +57,53 @@ async def readyz(services: Services) -> Response[dict[str, str]]:
     return Response(checks, status_code=200 if ready else HTTP_503_SERVICE_UNAVAILABLE)
 
 
-def _http_error(_: Request[object, object, State], exc: HTTPException) -> Response[dict[str, str]]:
-    return Response({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+def _http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {"error": exc.detail}
+    if isinstance(exc.extra, dict):
+        body.update(exc.extra)
+    return Response(body, status_code=exc.status_code, headers=exc.headers)
 
 
-def _internal_error(_: Request[object, object, State], exc: Exception) -> Response[dict[str, str]]:
+def _internal_error(_: Request[Any, Any, State], exc: Exception) -> Response[dict[str, str]]:
     # Clients never see internals; the log carries the exception type and request id.
     log.error("unhandled error", error=type(exc).__name__, exc_info=exc)
     return Response({"error": "internal error"}, status_code=HTTP_500_INTERNAL_SERVER_ERROR)
 
 
-@asynccontextmanager
-async def _embedded_worker(app: Litestar) -> AsyncIterator[None]:
-    """Embedded mode runs the worker's jobs inside the server process."""
-    services: Services = app.state.services
-    scheduler = start_scheduler(services) if services.settings.embedded else None
-    try:
-        yield
-    finally:
-        if scheduler is not None:
-            scheduler.shutdown(wait=False)
+def _services(state: State) -> Services:
+    services: Services = state.services
+    return services
 
 
-def create_app(services: Services) -> Litestar:
-    """Build the HTTP application around already-wired ``services``."""
+def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
+    """Build the HTTP application; services open on start-up in the serving loop."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        services = await open_services(settings, clock)
+        app.state.services = services
+        try:
+            if settings.embedded:
+                # Embedded mode runs the worker's jobs inside the server process.
+                async with background_jobs(services):
+                    yield
+            else:
+                yield
+        finally:
+            await services.close()
+
     return Litestar(
-        state=State({"services": services}),
-        lifespan=[_embedded_worker],
-        route_handlers=[healthz, readyz],
-        dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
+        route_handlers=[healthz, readyz, verify_webhook, receive_webhook, ArchiveController],
+        dependencies={"services": Provide(_services, sync_to_thread=False)},
+        lifespan=[lifespan],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         openapi_config=OpenAPIConfig(title="Strongroom", version="0.1.0", path="/schema"),
-        on_shutdown=[services.close],
         logging_config=None,  # api.logging owns the root logger (JSON, redacted)
         debug=False,
     )
 
 
-def create_asgi_app(services: Services) -> ASGIApp:
+def create_asgi_app(settings: Settings, clock: Clock | None = None) -> ASGIApp:
     """The application as served: request ids and access logs wrap every response,
     including the router's own 404 and 405 answers."""
-    return RequestIdMiddleware(create_app(services))
+    return RequestIdMiddleware(create_app(settings, clock))

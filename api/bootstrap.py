@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.settings import Settings, SettingsError, parse_root_key
+from archiver.accounts import AccountService
+from archiver.blind_index import BlindIndex
+from archiver.capture import Capture, Retention
 from archiver.clock import Clock, SystemClock
 from archiver.db import create_engine, session_factory
 from archiver.filestore import FileStore
+from archiver.graph import GraphClient
+from archiver.imports import ChatImporter
 from archiver.interfaces import ObjectStore
 from archiver.keyring import Keyring, new_root_key
+from archiver.media import MediaFetcher
 from archiver.s3store import S3Store
 from archiver.vault import Vault
 
@@ -79,6 +87,27 @@ def load_root_keys(settings: Settings) -> list[bytes]:
     return keys
 
 
+def admin_token_file(settings: Settings) -> Path:
+    """Where embedded mode keeps its generated admin token."""
+    return settings.data_dir / "admin.token"
+
+
+def load_admin_token(settings: Settings) -> str | None:
+    """The read API's bearer token: from settings, or (embedded) a generated file."""
+    if settings.admin_token is not None or not settings.embedded:
+        return settings.admin_token
+    path = admin_token_file(settings)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_urlsafe(32).encode("ascii") + b"\n")
+        finally:
+            os.close(fd)
+        log.warning("created an admin token for evaluation", path=str(path))
+    return path.read_text("ascii").strip()
+
+
 def open_store(settings: Settings, clock: Clock) -> ObjectStore:
     """The object store named by ``STRONGROOM_VAULT_URL``."""
     if settings.s3 is not None:
@@ -98,35 +127,62 @@ def open_store(settings: Settings, clock: Clock) -> ObjectStore:
     return FileStore(settings.vault_path, clock)
 
 
+INDEX_SUBJECT = "index:search"
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     """The collaborators every entry point shares."""
 
     settings: Settings
+    admin_token: str | None
     clock: Clock
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     keyring: Keyring
     vault: Vault
+    accounts: AccountService
+    capture: Capture
+    importer: ChatImporter
+    graph: GraphClient
+    media: MediaFetcher
 
     async def close(self) -> None:
-        """Release the database connections."""
+        """Finish pending journal writes, then release connections."""
+        await self.capture.close()
+        await self.graph.aclose()
         await self.engine.dispose()
 
 
-def build_services(settings: Settings, clock: Clock | None = None) -> Services:
-    """Wire the system described by ``settings``."""
+async def open_services(settings: Settings, clock: Clock | None = None) -> Services:
+    """Wire the system described by ``settings`` (the schema must be current)."""
     clock = clock or SystemClock()
     if settings.embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
     keyring = Keyring(load_root_keys(settings), clock)
-    store = open_store(settings, clock)
+    vault = Vault(open_store(settings, clock), keyring, clock)
+    async with sessions() as session, session.begin():
+        # The index key is a subject key: it survives root rotation unchanged.
+        _, index_key = await keyring.key_for(session, INDEX_SUBJECT)
+    index = BlindIndex(index_key)
+    accounts = AccountService(keyring, index, clock)
+    records = timedelta(days=settings.record_retention_days)
+    retention = Retention(journal=timedelta(days=settings.journal_retention_days), records=records)
+    capture = Capture(vault, sessions, accounts, index, clock, retention)
+    graph = GraphClient(settings.graph_base_url)
     return Services(
         settings=settings,
+        admin_token=load_admin_token(settings),
         clock=clock,
         engine=engine,
-        sessions=session_factory(engine),
+        sessions=sessions,
         keyring=keyring,
-        vault=Vault(store, keyring, clock),
+        vault=vault,
+        accounts=accounts,
+        capture=capture,
+        importer=ChatImporter(capture, vault, sessions, clock, records),
+        graph=graph,
+        media=MediaFetcher(graph, vault, sessions, accounts, clock, retention=records),
     )

@@ -14,15 +14,18 @@ import structlog
 
 from api.bootstrap import (
     Services,
-    build_services,
     load_root_keys,
+    open_services,
     pending_key_file,
     write_key_file,
 )
 from api.logging import configure_logging
 from api.migrate import upgrade
 from api.settings import Settings, SettingsError, load_settings
-from archiver.errors import ArchiverError
+from archiver.blind_index import normalize_phone
+from archiver.chat_export import ChatExportError
+from archiver.errors import AccountExists, AccountNotFound, ArchiverError
+from archiver.imports import ImportResult
 from archiver.keyring import new_root_key, root_key_id
 
 T = TypeVar("T")
@@ -44,23 +47,24 @@ def _settings() -> Settings:
     return settings
 
 
-def _prepare(settings: Settings) -> Services:
-    """Wire services; the embedded default also brings its schema up to date."""
-    try:
-        if settings.embedded:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            upgrade(settings.database_url)
-        return build_services(settings)
-    except SettingsError as exc:
-        _fail(str(exc))
-    except ArchiverError as exc:
-        _fail(f"vault: {exc}")
+def _prepare(settings: Settings) -> None:
+    """The embedded default brings its schema up to date before any command."""
+    if settings.embedded:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        upgrade(settings.database_url)
 
 
 def _run(settings: Settings, work: Callable[[Services], Awaitable[T]]) -> T:
-    services = _prepare(settings)
+    """Open the services, run ``work`` with them, close them."""
+    _prepare(settings)
 
     async def main() -> T:
+        try:
+            services = await open_services(settings)
+        except SettingsError as exc:
+            _fail(str(exc))
+        except ArchiverError as exc:
+            _fail(f"vault: {exc}")
         try:
             return await work(services)
         finally:
@@ -84,9 +88,9 @@ def serve(host: str, port: int) -> None:
     from api.app import create_asgi_app
 
     settings = _settings()
-    services = _prepare(settings)
+    _prepare(settings)
     log.info("serving", host=host, port=port, mode=settings.mode)
-    uvicorn.run(create_asgi_app(services), host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(create_asgi_app(settings), host=host, port=port, log_config=None, access_log=False)
 
 
 @main.command()
@@ -218,3 +222,150 @@ def vault_verify() -> None:
 
     if not _run(settings, work):
         sys.exit(1)
+
+
+def _secret(value: str | None, file: Path | None, env_name: str | None, what: str) -> str | None:
+    """A secret given inline, in a file, or in an environment variable (one of them)."""
+    given = [v for v in (value, file, env_name) if v]
+    if len(given) > 1:
+        _fail(f"give the {what} once: inline, --…-file or --…-env")
+    if file is not None:
+        try:
+            return file.read_text("utf-8").strip()
+        except OSError as exc:
+            _fail(f"cannot read the {what} file: {exc.strerror}")
+    if env_name is not None:
+        text = os.environ.get(env_name, "").strip()
+        if not text:
+            _fail(f"environment variable {env_name} is empty or unset")
+        return text
+    return value
+
+
+@main.group()
+def accounts() -> None:
+    """Manage the WhatsApp business phone numbers that are captured."""
+
+
+@accounts.command("add")
+@click.option("--phone-number-id", required=True, help="Meta's id of the business phone number.")
+@click.option("--display-phone-number", required=True, help="The number as customers see it.")
+@click.option("--app-secret", help="The Meta app secret (prefer --app-secret-file or -env).")
+@click.option("--app-secret-file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--app-secret-env", help="Name of an environment variable holding the secret.")
+@click.option("--verify-token", help="The webhook verify token you set in Meta's dashboard.")
+@click.option("--verify-token-file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--verify-token-env", help="Name of an environment variable holding the token.")
+@click.option("--access-token", help="System-user token for media downloads.")
+@click.option("--access-token-file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--access-token-env", help="Name of an environment variable holding the token.")
+@click.option("--waba-id", help="The WhatsApp Business Account id (optional).")
+def accounts_add(
+    phone_number_id: str,
+    display_phone_number: str,
+    app_secret: str | None,
+    app_secret_file: Path | None,
+    app_secret_env: str | None,
+    verify_token: str | None,
+    verify_token_file: Path | None,
+    verify_token_env: str | None,
+    access_token: str | None,
+    access_token_file: Path | None,
+    access_token_env: str | None,
+    waba_id: str | None,
+) -> None:
+    """Register a phone number; prints the new account's id."""
+    settings = _settings()
+    secret = _secret(app_secret, app_secret_file, app_secret_env, "app secret")
+    token = _secret(verify_token, verify_token_file, verify_token_env, "verify token")
+    if not secret or not token:
+        _fail("an app secret and a verify token are required")
+    bearer = _secret(access_token, access_token_file, access_token_env, "access token")
+
+    async def work(services: Services) -> str:
+        async with services.sessions() as session, session.begin():
+            account = await services.accounts.add(
+                session,
+                phone_number_id=phone_number_id,
+                display_phone_number=display_phone_number,
+                app_secret=secret,
+                verify_token=token,
+                access_token=bearer,
+                waba_id=waba_id,
+            )
+        return account.id
+
+    try:
+        click.echo(_run(settings, work))
+    except (AccountExists, ValueError) as exc:
+        _fail(str(exc), 1)
+
+
+@accounts.command("list")
+def accounts_list() -> None:
+    """List registered phone numbers (never their secrets)."""
+    settings = _settings()
+
+    async def work(services: Services) -> list[str]:
+        async with services.sessions() as session:
+            return [
+                f"{a.id}  phone_number_id={a.phone_number_id}  "
+                f"number={await services.accounts.display_phone_number(session, a)}"
+                for a in await services.accounts.all(session)
+            ]
+
+    for line in _run(settings, work):
+        click.echo(line)
+
+
+@main.group("import")
+def import_() -> None:
+    """Import conversations captured elsewhere."""
+
+
+@import_.command("chat-export")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--account", "account_id", required=True, help="Account id (from accounts list).")
+@click.option("--contact", required=True, help="The customer's phone number, with country code.")
+@click.option("--timezone", default="UTC", show_default=True, help="The phone's time zone.")
+@click.option("--business-sender", help="The sender name used by the business in the file.")
+@click.option("--partial", is_flag=True, help="Import the readable lines even if some are not.")
+def import_chat_export(
+    file: Path,
+    account_id: str,
+    contact: str,
+    timezone: str,
+    business_sender: str | None,
+    partial: bool,
+) -> None:
+    """Import a WhatsApp "Export chat" .txt or .zip (Android or iOS)."""
+    settings = _settings()
+    data = file.read_bytes()
+
+    async def work(services: Services) -> ImportResult:
+        async with services.sessions() as session:
+            await services.accounts.get(session, account_id)
+        return await services.importer.import_export(
+            account_id=account_id,
+            contact_phone=normalize_phone(contact),
+            data=data,
+            filename=file.name,
+            timezone=timezone,
+            business_sender=business_sender,
+            partial=partial,
+        )
+
+    try:
+        result = _run(settings, work)
+    except ChatExportError as exc:
+        for problem in exc.problems:
+            click.echo(f"{file.name}:{problem.line_number}: {problem.reason}", err=True)
+        _fail("nothing was imported (use --partial to import the readable lines)", 1)
+    except (AccountNotFound, ValueError) as exc:
+        _fail(str(exc), 1)
+    for problem in result.problems:
+        click.echo(f"{file.name}:{problem.line_number}: skipped: {problem.reason}", err=True)
+    click.echo(
+        f"imported {result.imported} messages ({result.duplicates} already present, "
+        f"{result.media} media files) for contact {result.contact_id}"
+    )

@@ -35,6 +35,10 @@ SETTINGS_HELP: dict[str, str] = {
     "STRONGROOM_MASTER_KEY": "root key: 32 bytes as base64 or 64 hex digits",
     "STRONGROOM_MASTER_KEY_FILE": "file holding the root key (default `<data dir>/master.key`)",
     "STRONGROOM_LOG_LEVEL": "`debug`, `info` (default), `warning` or `error`",
+    "STRONGROOM_ADMIN_TOKEN": "bearer token for the read API (temporary, until RBAC); 24+ chars",
+    "STRONGROOM_JOURNAL_RETENTION_DAYS": "how long raw webhook bodies are kept (default 30)",
+    "STRONGROOM_RECORD_RETENTION_DAYS": "default retention of records (default 2557: 7 years)",
+    "STRONGROOM_GRAPH_BASE_URL": "Graph API base URL (default `https://graph.facebook.com`)",
 }
 SETTING_NAMES: tuple[str, ...] = tuple(SETTINGS_HELP)
 
@@ -80,6 +84,10 @@ class Settings:
     master_key: bytes | None
     master_key_file: Path
     log_level: str
+    admin_token: str | None
+    journal_retention_days: int
+    record_retention_days: int
+    graph_base_url: str
 
     @property
     def embedded(self) -> bool:
@@ -124,6 +132,23 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in _FALSE:
         return False
     raise SettingsError(name, f"expected true or false, got {raw!r}")
+
+
+def _days(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 36500:
+        raise SettingsError(name, f"expected a number of days from 1 to 36500, got {raw!r}")
+    return int(raw)
+
+
+def _http_url(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(name, f"expected an http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
 
 
 def _database_url(raw: str) -> str:
@@ -227,7 +252,15 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if log_level not in _LOG_LEVELS:
         raise SettingsError("STRONGROOM_LOG_LEVEL", f"expected one of {', '.join(_LOG_LEVELS)}")
 
+    admin_token = env.get("STRONGROOM_ADMIN_TOKEN", "").strip() or None
+    if admin_token is not None and len(admin_token) < 24:
+        raise SettingsError("STRONGROOM_ADMIN_TOKEN", "must be at least 24 characters")
+
     return Settings(
+        admin_token=admin_token,
+        journal_retention_days=_days(env, "STRONGROOM_JOURNAL_RETENTION_DAYS", 30),
+        record_retention_days=_days(env, "STRONGROOM_RECORD_RETENTION_DAYS", 2557),
+        graph_base_url=_http_url(env, "STRONGROOM_GRAPH_BASE_URL", "https://graph.facebook.com"),
         mode="production" if production else "embedded",
         data_dir=data_dir,
         database_url=database_url,

@@ -7,11 +7,15 @@
     │   ├── KeyDestroyed          the subject key was destroyed (crypto-shredded)
     │   ├── KeyNotFound           no such subject key, or wrapped by an unknown root key
     │   └── IntegrityError        an envelope failed authentication or is malformed
-    └── VaultError
-        ├── ObjectExists          create-exclusive write refused: the key is taken
-        ├── ObjectNotFound        no object (or version) under that key
-        ├── RetentionViolation    shortening retention, or deleting a retained/held object
-        └── StoreUnavailable      the backend could not be reached or answered wrongly
+    ├── VaultError
+    │   ├── ObjectExists          create-exclusive write refused: the key is taken
+    │   ├── ObjectNotFound        no object (or version) under that key
+    │   ├── RetentionViolation    shortening retention, or deleting a retained/held object
+    │   └── StoreUnavailable      the backend could not be reached or answered wrongly
+    └── CaptureError
+        ├── AccountExists         that phone number id is already registered
+        ├── AccountNotFound       no such account
+        └── RecordNotFound        no such captured record
 """
 
 from __future__ import annotations
@@ -55,3 +59,19 @@ class RetentionViolation(VaultError):
 
 class StoreUnavailable(VaultError):
     """The backend could not be reached or gave an answer we cannot trust."""
+
+
+class CaptureError(ArchiverError):
+    """A capture, account or record problem."""
+
+
+class AccountExists(CaptureError):
+    """That phone number id is already registered."""
+
+
+class AccountNotFound(CaptureError):
+    """No such account."""
+
+
+class RecordNotFound(CaptureError):
+    """No such captured record."""

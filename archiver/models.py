@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, LargeBinary, String
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from archiver.db import BIGINT_PK, Base, UTCDateTime
@@ -39,3 +48,134 @@ class SealedObject(Base):
     retain_until: Mapped[datetime] = mapped_column(UTCDateTime())
     legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
     sealed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Account(Base):
+    """A WhatsApp business phone number whose conversations are captured.
+
+    Secrets are kept sealed under the account's own subject key; the display
+    number only as a blind token and a sealed copy.
+    """
+
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    phone_number_id: Mapped[str] = mapped_column(String(64), unique=True)
+    waba_id: Mapped[str | None] = mapped_column(String(64))
+    display_phone_token: Mapped[bytes] = mapped_column(LargeBinary)
+    display_phone_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    app_secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    verify_token_sha256: Mapped[str] = mapped_column(String(64))
+    access_token_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class JournalEntry(Base):
+    """One verified webhook POST, sealed verbatim before it was acknowledged."""
+
+    __tablename__ = "journal_entries"
+
+    id: Mapped[int] = mapped_column(BIGINT_PK, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    object_id: Mapped[int] = mapped_column(ForeignKey("sealed_objects.id"))
+    position: Mapped[int] = mapped_column(Integer)
+    body_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    projected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+
+    __table_args__ = (Index("ix_journal_entries_pending", "projected_at", "id"),)
+
+
+class Contact(Base):
+    """A data subject: one customer, known by one or more identities."""
+
+    __tablename__ = "contacts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ContactIdentity(Base):
+    """A blind token of one identity of a contact: its ``wa_id`` (E.164) or a
+    business-scoped user id."""
+
+    __tablename__ = "contact_identities"
+
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    token: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id"), index=True)
+
+
+class Record(Base):
+    """One captured item: a message, echo, history item, status, edit, revoke,
+    reaction or event. Its verbatim JSON is the sealed object ``object_id``."""
+
+    __tablename__ = "records"
+
+    id: Mapped[int] = mapped_column(BIGINT_PK, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    contact_id: Mapped[str | None] = mapped_column(ForeignKey("contacts.id"))
+    dedupe_key: Mapped[str] = mapped_column(String(300))
+    kind: Mapped[str] = mapped_column(String(20))
+    source: Mapped[str] = mapped_column(String(20))
+    direction: Mapped[str] = mapped_column(String(10))
+    item_type: Mapped[str] = mapped_column(String(64))
+    wamid: Mapped[str | None] = mapped_column(String(200), index=True)
+    related_wamid: Mapped[str | None] = mapped_column(String(200), index=True)
+    status: Mapped[str | None] = mapped_column(String(20))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    has_media: Mapped[bool] = mapped_column(Boolean, default=False)
+    forwarded: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    opens_window: Mapped[bool] = mapped_column(Boolean, default=False)
+    journal_entry_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"))
+    object_id: Mapped[int] = mapped_column(ForeignKey("sealed_objects.id"))
+
+    __table_args__ = (
+        UniqueConstraint("account_id", "dedupe_key"),
+        Index("ix_records_contact_time", "contact_id", "occurred_at"),
+        Index("ix_records_account_time", "account_id", "occurred_at"),
+    )
+
+
+class DeliveryState(Base):
+    """The furthest delivery status seen for an outbound message."""
+
+    __tablename__ = "delivery_states"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    wamid: Mapped[str] = mapped_column(String(200), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SearchToken(Base):
+    """A blind-index token of a record's text."""
+
+    __tablename__ = "search_tokens"
+
+    token: Mapped[bytes] = mapped_column(LargeBinary(8), primary_key=True)
+    record_id: Mapped[int] = mapped_column(ForeignKey("records.id"), primary_key=True)
+
+
+class MediaItem(Base):
+    """Media referenced by a record, fetched from the Graph API and sealed."""
+
+    __tablename__ = "media_items"
+
+    id: Mapped[int] = mapped_column(BIGINT_PK, primary_key=True, autoincrement=True)
+    record_id: Mapped[int] = mapped_column(ForeignKey("records.id"), index=True)
+    media_id: Mapped[str | None] = mapped_column(String(200))
+    mime_type: Mapped[str | None] = mapped_column(String(200))
+    expected_sha256: Mapped[str | None] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    object_id: Mapped[int | None] = mapped_column(ForeignKey("sealed_objects.id"))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_media_items_due", "state", "next_attempt_at"),)

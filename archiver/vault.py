@@ -21,12 +21,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from archiver import envelope
 from archiver.clock import Clock
 from archiver.errors import IntegrityError, ObjectNotFound, RetentionViolation, VaultError
-from archiver.interfaces import ObjectStore
+from archiver.interfaces import ObjectStore, StoredObject
 from archiver.keyring import Keyring
 from archiver.models import SealedObject
 
 _VERIFY_BATCH = 200
 _VERIFY_CONCURRENCY = 8
+# Parallel writes let the filesystem batch fsyncs; more threads stop helping.
+_WRITE_CONCURRENCY = 16
+
+
+@dataclass(frozen=True, slots=True)
+class SealRequest:
+    """One object to seal with :meth:`Vault.seal_many`."""
+
+    kind: str
+    subject: str
+    plaintext: bytes
+    retain_until: datetime
+    legal_hold: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +77,7 @@ class Vault:
         self.store = store
         self.keyring = keyring
         self._clock = clock
+        self._writes = asyncio.Semaphore(_WRITE_CONCURRENCY)
 
     async def seal(
         self,
@@ -77,30 +91,57 @@ class Vault:
     ) -> SealedObject:
         """Encrypt ``plaintext`` under ``subject``'s key, store it write-once and
         add its record to ``session`` (the caller commits)."""
+        request = SealRequest(kind, subject, plaintext, retain_until, legal_hold)
+        return (await self.seal_many(session, [request]))[0]
+
+    async def seal_many(
+        self, session: AsyncSession, requests: list[SealRequest]
+    ) -> list[SealedObject]:
+        """Seal several objects; their writes (and fsyncs) run in parallel."""
         now = self._clock.now()
-        retain_until = _whole_seconds(retain_until)
-        if retain_until <= now:
-            raise RetentionViolation("retain-until must be in the future")
-        key_id, key = await self.keyring.key_for(session, subject)
-        object_key = f"{kind}/{now:%Y/%m/%d}/{uuid.uuid4().hex}"
-        sealed = envelope.seal(key, key_id, object_key, plaintext)
-        stored = await asyncio.to_thread(
-            self.store.put, object_key, sealed, retain_until=retain_until, legal_hold=legal_hold
+        prepared = []
+        keys: dict[str, tuple[str, bytes]] = {}
+        for request in requests:
+            retain_until = _whole_seconds(request.retain_until)
+            if retain_until <= now:
+                raise RetentionViolation("retain-until must be in the future")
+            if request.subject not in keys:
+                keys[request.subject] = await self.keyring.key_for(session, request.subject)
+            key_id, key = keys[request.subject]
+            object_key = f"{request.kind}/{now:%Y/%m/%d}/{uuid.uuid4().hex}"
+            sealed = envelope.seal(key, key_id, object_key, request.plaintext)
+            prepared.append((request, object_key, key_id, retain_until, sealed))
+
+        async def put(
+            object_key: str, data: bytes, retain_until: datetime, hold: bool
+        ) -> StoredObject:
+            async with self._writes:
+                return await asyncio.to_thread(
+                    self.store.put, object_key, data, retain_until=retain_until, legal_hold=hold
+                )
+
+        stored = await asyncio.gather(
+            *(put(ok, data, ru, req.legal_hold) for req, ok, _, ru, data in prepared)
         )
-        record = SealedObject(
-            object_key=object_key,
-            version_id=stored.version_id,
-            kind=kind,
-            key_id=key_id,
-            sha256=stored.sha256,
-            size=stored.size,
-            retain_until=retain_until,
-            legal_hold=legal_hold,
-            sealed_at=now,
-        )
-        session.add(record)
+        records = [
+            SealedObject(
+                object_key=object_key,
+                version_id=result.version_id,
+                kind=request.kind,
+                key_id=key_id,
+                sha256=result.sha256,
+                size=result.size,
+                retain_until=retain_until,
+                legal_hold=request.legal_hold,
+                sealed_at=now,
+            )
+            for (request, object_key, key_id, retain_until, _), result in zip(
+                prepared, stored, strict=True
+            )
+        ]
+        session.add_all(records)
         await session.flush()
-        return record
+        return records
 
     async def open(self, session: AsyncSession, record: SealedObject) -> bytes:
         """Read and decrypt a sealed object; raise ``KeyDestroyed`` after shredding."""

@@ -17,7 +17,7 @@ import click
 import httpx
 import pytest
 
-from api.bootstrap import build_services
+from api.bootstrap import open_services
 from api.cli import main
 from api.migrate import upgrade
 from api.settings import load_settings
@@ -124,9 +124,9 @@ def _seal_some(env: dict[str, str], count: int) -> list[SealedObject]:
     settings = load_settings(env)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
-    services = build_services(settings)
 
     async def seal() -> list[SealedObject]:
+        services = await open_services(settings)
         records = []
         async with services.sessions() as session, session.begin():
             for i in range(count):
@@ -146,9 +146,8 @@ def _seal_some(env: dict[str, str], count: int) -> list[SealedObject]:
 
 
 def _open_all(env: dict[str, str], records: list[SealedObject]) -> list[bytes]:
-    services = build_services(load_settings(env))
-
     async def read() -> list[bytes]:
+        services = await open_services(load_settings(env))
         async with services.sessions() as session:
             out = [await services.vault.open(session, r) for r in records]
         await services.close()
@@ -180,7 +179,8 @@ def test_keys_rotate_rewraps_and_objects_stay_readable(env: dict[str, str], tmp_
 
     rotated = run(env, "keys", "rotate")
     assert rotated.returncode == 0, rotated.stderr
-    assert "re-wrapped 4 subject keys" in rotated.stdout
+    # four contacts and the blind-index key
+    assert "re-wrapped 5 subject keys" in rotated.stdout
     assert {r.object_key: (vault_dir / r.object_key).read_bytes() for r in records} == before
     assert _open_all(env, records) == [f"message {i}".encode() for i in range(4)]
 
@@ -188,4 +188,4 @@ def test_keys_rotate_rewraps_and_objects_stay_readable(env: dict[str, str], tmp_
     assert status.returncode == 0
     new_id = rotated.stdout.split("root key ")[1].split()[0]
     assert f"root key: {new_id}" in status.stdout
-    assert f"subject keys wrapped by {new_id}: 4" in status.stdout
+    assert f"subject keys wrapped by {new_id}: 5" in status.stdout

@@ -1,0 +1,387 @@
+"""The archive API: accounts, captured records, conversations and chat-export import.
+
+Access is by the temporary admin token (``STRONGROOM_ADMIN_TOKEN``) until the
+RBAC issue replaces it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import (
+    ClientException,
+    NotAuthorizedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Body, Parameter
+from litestar.status_codes import HTTP_201_CREATED
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.bootstrap import Services
+from archiver.blind_index import normalize_phone
+from archiver.capture import decode_sealed_item
+from archiver.chat_export import ChatExportError
+from archiver.errors import AccountExists, AccountNotFound, KeyDestroyed
+from archiver.items import Identity
+from archiver.models import ContactIdentity, DeliveryState, MediaItem, Record, SealedObject
+
+MAX_IMPORT_BYTES = 512 * 1024 * 1024
+_PAGE = 100
+
+
+def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Allow only the bearer of the admin token (``STRONGROOM_ADMIN_TOKEN``, or in
+    embedded mode the generated ``<data dir>/admin.token``)."""
+    services: Services = connection.app.state.services
+    expected = services.admin_token
+    header = connection.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise NotAuthorizedException("a valid bearer token is required")
+
+
+class AccountIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A phone number to capture, with its Meta app's secrets."""
+
+    phone_number_id: str
+    display_phone_number: str
+    app_secret: str
+    verify_token: str
+    access_token: str | None = None
+    waba_id: str | None = None
+
+
+class AccountOut(msgspec.Struct):
+    id: str
+    phone_number_id: str
+    display_phone_number: str
+    waba_id: str | None
+    created_at: datetime
+
+
+class MediaOut(msgspec.Struct):
+    state: str
+    mime_type: str | None
+    size: int | None
+    error: str | None
+
+
+class RecordOut(msgspec.Struct):
+    """A captured record with its decrypted content (``null`` once erased)."""
+
+    id: int
+    account_id: str
+    contact_id: str | None
+    kind: str
+    source: str
+    direction: str
+    type: str
+    wamid: str | None
+    related_wamid: str | None
+    status: str | None
+    delivery_status: str | None
+    occurred_at: datetime
+    received_at: datetime
+    forwarded: bool
+    revoked: bool
+    erased: bool
+    media: list[MediaOut]
+    content: dict[str, Any] | None
+
+
+class RecordPage(msgspec.Struct):
+    records: list[RecordOut]
+    next_cursor: str | None
+
+
+class ContactOut(msgspec.Struct):
+    contact_id: str
+
+
+@dataclass
+class ChatExportUpload:
+    """A WhatsApp "Export chat" file (.txt or .zip) and where it belongs."""
+
+    file: UploadFile
+    account_id: str
+    contact: str
+    timezone: str = "UTC"
+    business_sender: str | None = None
+    partial: bool = False
+
+
+class ImportOut(msgspec.Struct):
+    contact_id: str
+    imported: int
+    duplicates: int
+    media: int
+    problems: list[dict[str, Any]]
+
+
+async def _views(
+    services: Services, session: AsyncSession, records: list[Record]
+) -> list[RecordOut]:
+    ids = [r.id for r in records]
+    media: dict[int, list[MediaOut]] = {i: [] for i in ids}
+    for item in await session.scalars(select(MediaItem).where(MediaItem.record_id.in_(ids))):
+        media[item.record_id].append(
+            MediaOut(item.state, item.mime_type, item.size, item.last_error)
+        )
+    out = []
+    for record in records:
+        sealed = await session.get(SealedObject, record.object_id)
+        content: dict[str, Any] | None = None
+        erased = False
+        if sealed is not None:
+            try:
+                content = decode_sealed_item(await services.vault.open(session, sealed))
+            except KeyDestroyed:
+                erased = True
+        delivery = None
+        if record.wamid and record.direction == "outbound":
+            state = await session.get(DeliveryState, (record.account_id, record.wamid))
+            delivery = state.status if state else None
+        out.append(
+            RecordOut(
+                id=record.id,
+                account_id=record.account_id,
+                contact_id=record.contact_id,
+                kind=record.kind,
+                source=record.source,
+                direction=record.direction,
+                type=record.item_type,
+                wamid=record.wamid,
+                related_wamid=record.related_wamid,
+                status=record.status,
+                delivery_status=delivery,
+                occurred_at=record.occurred_at,
+                received_at=record.received_at,
+                forwarded=record.forwarded,
+                revoked=record.revoked,
+                erased=erased,
+                media=media[record.id],
+                content=content,
+            )
+        )
+    return out
+
+
+def _cursor(record: Record) -> str:
+    raw = f"{record.occurred_at.isoformat()}|{record.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, _, ident = raw.partition("|")
+        return datetime.fromisoformat(when), int(ident)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationException("malformed cursor") from None
+
+
+async def _page(
+    services: Services, query: Select[Record], cursor: str | None, limit: int
+) -> RecordPage:
+    """One page of ``query`` in time order, after ``cursor``."""
+    if cursor:
+        when, last = _parse_cursor(cursor)
+        query = query.where(
+            or_(Record.occurred_at > when, and_(Record.occurred_at == when, Record.id > last))
+        )
+    async with services.sessions() as session:
+        records = list(
+            await session.scalars(query.order_by(Record.occurred_at, Record.id).limit(limit + 1))
+        )
+        more = len(records) > limit
+        records = records[:limit]
+        views = await _views(services, session, records)
+    return RecordPage(views, _cursor(records[-1]) if more else None)
+
+
+class ArchiveController(Controller):
+    """Accounts, records and conversations."""
+
+    path = "/api/v1"
+    guards = [admin_guard]  # noqa: RUF012  (Litestar reads this class attribute)
+    tags = ["archive"]  # noqa: RUF012  (Litestar reads this class attribute)
+
+    @post("/accounts", status_code=HTTP_201_CREATED)
+    async def add_account(self, data: AccountIn, services: Services) -> AccountOut:
+        """Register a phone number and its Meta app secret and verify token."""
+        try:
+            async with services.sessions() as session, session.begin():
+                account = await services.accounts.add(
+                    session,
+                    phone_number_id=data.phone_number_id,
+                    display_phone_number=data.display_phone_number,
+                    app_secret=data.app_secret,
+                    verify_token=data.verify_token,
+                    access_token=data.access_token,
+                    waba_id=data.waba_id,
+                )
+        except AccountExists as exc:
+            raise ClientException(str(exc), status_code=409) from None
+        except ValueError as exc:
+            raise ValidationException(str(exc)) from None
+        await services.capture.refresh_secrets()
+        async with services.sessions() as session:
+            number = await services.accounts.display_phone_number(session, account)
+        return AccountOut(
+            account.id, account.phone_number_id, number, account.waba_id, account.created_at
+        )
+
+    @get("/accounts")
+    async def list_accounts(self, services: Services) -> list[AccountOut]:
+        """Every registered phone number (secrets are never returned)."""
+        async with services.sessions() as session:
+            return [
+                AccountOut(
+                    a.id,
+                    a.phone_number_id,
+                    await services.accounts.display_phone_number(session, a),
+                    a.waba_id,
+                    a.created_at,
+                )
+                for a in await services.accounts.all(session)
+            ]
+
+    @get("/accounts/{account_id:str}/records")
+    async def account_records(
+        self,
+        account_id: str,
+        services: Services,
+        kind: str | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = _PAGE,
+    ) -> RecordPage:
+        """Every record of an account in time order (events included), paginated."""
+        query = select(Record).where(Record.account_id == account_id)
+        if kind:
+            query = query.where(Record.kind == kind)
+        return await _page(services, query, cursor, limit)
+
+    @get("/messages/{record_id:int}")
+    async def get_message(self, record_id: int, services: Services) -> RecordOut:
+        """One captured record, decrypted."""
+        async with services.sessions() as session:
+            record = await session.get(Record, record_id)
+            if record is None:
+                raise NotFoundException("no such record")
+            return (await _views(services, session, [record]))[0]
+
+    @get("/messages")
+    async def find_messages(self, services: Services, wamid: str) -> list[RecordOut]:
+        """Records carrying a WhatsApp message id (the message, its edits and statuses)."""
+        async with services.sessions() as session:
+            records = list(
+                await session.scalars(
+                    select(Record)
+                    .where(or_(Record.wamid == wamid, Record.related_wamid == wamid))
+                    .order_by(Record.occurred_at, Record.id)
+                    .limit(_PAGE)
+                )
+            )
+            if not records:
+                raise NotFoundException("no record with that wamid")
+            return await _views(services, session, records)
+
+    @get("/contacts")
+    async def find_contact(
+        self, services: Services, phone: Annotated[str, Parameter(query="phone")]
+    ) -> ContactOut:
+        """The contact id of a phone number (looked up by its blind token)."""
+        try:
+            e164 = normalize_phone(phone)
+        except ValueError as exc:
+            raise ValidationException(str(exc)) from None
+        token = services.capture.identity_token(Identity("wa_id", e164))
+        async with services.sessions() as session:
+            row = await session.get(ContactIdentity, ("wa_id", token))
+        if row is None:
+            raise NotFoundException("no contact with that number")
+        return ContactOut(row.contact_id)
+
+    @get("/contacts/{contact_id:str}/messages")
+    async def conversation(
+        self,
+        contact_id: str,
+        services: Services,
+        cursor: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = _PAGE,
+        account_id: str | None = None,
+    ) -> RecordPage:
+        """A contact's records in time order, with cursor pagination."""
+        query = select(Record).where(Record.contact_id == contact_id)
+        if account_id:
+            query = query.where(Record.account_id == account_id)
+        if cursor:
+            when, last = _parse_cursor(cursor)
+            query = query.where(
+                or_(Record.occurred_at > when, and_(Record.occurred_at == when, Record.id > last))
+            )
+        async with services.sessions() as session:
+            records = list(
+                await session.scalars(
+                    query.order_by(Record.occurred_at, Record.id).limit(limit + 1)
+                )
+            )
+            more = len(records) > limit
+            records = records[:limit]
+            views = await _views(services, session, records)
+        return RecordPage(views, _cursor(records[-1]) if more else None)
+
+    @post(
+        "/imports/chat-export", status_code=HTTP_201_CREATED, request_max_body_size=MAX_IMPORT_BYTES
+    )
+    async def import_chat_export(
+        self,
+        services: Services,
+        data: Annotated[ChatExportUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
+    ) -> ImportOut:
+        """Import a WhatsApp "Export chat" file; unparseable lines fail the whole file
+        unless ``partial`` is set."""
+        content = await data.file.read()
+        async with services.sessions() as session:
+            try:
+                await services.accounts.get(session, data.account_id)
+            except AccountNotFound:
+                raise NotFoundException("no such account") from None
+        try:
+            result = await services.importer.import_export(
+                account_id=data.account_id,
+                contact_phone=normalize_phone(data.contact),
+                data=content,
+                filename=data.file.filename or "chat.txt",
+                timezone=data.timezone,
+                business_sender=data.business_sender,
+                partial=data.partial,
+            )
+        except ChatExportError as exc:
+            problems = [{"line": p.line_number, "reason": p.reason} for p in exc.problems]
+            raise ClientException(
+                "the export has lines that cannot be read; nothing was imported",
+                status_code=422,
+                extra={"problems": problems},
+            ) from None
+        except ValueError as exc:
+            raise ValidationException(str(exc)) from None
+        return ImportOut(
+            result.contact_id,
+            result.imported,
+            result.duplicates,
+            result.media,
+            [{"line": p.line_number, "reason": p.reason} for p in result.problems],
+        )

@@ -1,0 +1,510 @@
+"""Capture: the webhook journal and its projection into message records.
+
+The journal is the record of truth. A verified POST is sealed verbatim (with
+its signature header and receive time) under the account's journal key and
+committed before it is acknowledged. Concurrent POSTs are group-committed:
+one writer seals every waiting body of an account into one journal segment
+object and commits them in one transaction, so the fsyncs are shared.
+
+Projection reads unprojected journal entries and turns each item into a
+record sealed under its data subject's key. It is idempotent (one record per
+``(account, dedupe key)``), moves delivery states only forward, and marks an
+entry projected in the same transaction that writes its records, so a crash
+leaves either all of an entry's records or none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import secrets
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from archiver.accounts import AccountSecrets, AccountService
+from archiver.blind_index import BlindIndex
+from archiver.clock import Clock
+from archiver.errors import CaptureError
+from archiver.items import Identity, Item, extract
+from archiver.models import (
+    Contact,
+    ContactIdentity,
+    DeliveryState,
+    JournalEntry,
+    MediaItem,
+    Record,
+    SealedObject,
+    SearchToken,
+)
+from archiver.subjects import account_subject, contact_subject, journal_subject
+from archiver.vault import SealRequest, Vault
+
+log = structlog.get_logger("strongroom.capture")
+
+MAX_WEBHOOK_BYTES = 3 * 1024 * 1024
+_MAX_BATCH = 256
+_STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3, "played": 4}
+_SECRETS_REFRESH = timedelta(seconds=5)
+
+
+class SignatureInvalid(CaptureError):
+    """The ``X-Hub-Signature-256`` header is missing or matches no account."""
+
+
+class JournalEntryBody(msgspec.Struct, frozen=True):
+    """One journal entry as sealed: the raw POST, verbatim."""
+
+    received_at: str
+    signature: str
+    body: bytes
+
+
+@dataclass(slots=True)
+class _Pending:
+    account_id: str
+    entry: JournalEntryBody
+    body_sha256: str
+    done: asyncio.Future[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long the capture keeps what it seals."""
+
+    journal: timedelta
+    records: timedelta
+
+
+class Capture:
+    """Verifies, journals and projects webhook deliveries."""
+
+    def __init__(
+        self,
+        vault: Vault,
+        sessions: async_sessionmaker[AsyncSession],
+        accounts: AccountService,
+        index: BlindIndex,
+        clock: Clock,
+        retention: Retention,
+    ) -> None:
+        self._vault = vault
+        self._sessions = sessions
+        self._accounts = accounts
+        self._index = index
+        self._clock = clock
+        self._retention = retention
+        self._secrets: list[AccountSecrets] = []
+        self._secrets_loaded_at: datetime | None = None
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self.journal_written = asyncio.Event()
+
+    # -- accounts and signatures ------------------------------------------
+
+    async def refresh_secrets(self) -> None:
+        """Reload account secrets (after an account is added, or on a miss)."""
+        async with self._sessions() as session:
+            self._secrets = await self._accounts.secrets(session)
+        self._secrets_loaded_at = self._clock.now()
+
+    async def verify_signature(self, body: bytes, header: str | None) -> AccountSecrets:
+        """Return the account whose app secret signed ``body``; raise ``SignatureInvalid``."""
+        if not header or not header.startswith("sha256="):
+            raise SignatureInvalid("missing X-Hub-Signature-256")
+        given = header[len("sha256=") :].strip().lower()
+        if self._secrets_loaded_at is None:
+            await self.refresh_secrets()
+        match = self._match(body, given)
+        stale = self._secrets_loaded_at is None or (
+            self._clock.now() - self._secrets_loaded_at > _SECRETS_REFRESH
+        )
+        if match is None and stale:
+            await self.refresh_secrets()
+            match = self._match(body, given)
+        if match is None:
+            raise SignatureInvalid("signature matches no account")
+        return match
+
+    def _match(self, body: bytes, given: str) -> AccountSecrets | None:
+        found = None
+        digests: dict[bytes, str] = {}
+        for account in self._secrets:
+            if account.app_secret not in digests:
+                digests[account.app_secret] = hmac.new(
+                    account.app_secret, body, hashlib.sha256
+                ).hexdigest()
+            if hmac.compare_digest(digests[account.app_secret], given) and found is None:
+                found = account
+        return found
+
+    async def accounts_sharing_secret(self, account_id: str) -> dict[str, str]:
+        """``phone_number_id → account id`` for accounts under the same Meta app secret.
+
+        A delivery signed with one app's secret may only feed that app's numbers.
+        """
+        if not any(a.account_id == account_id for a in self._secrets):
+            await self.refresh_secrets()
+        secret = next((a.app_secret for a in self._secrets if a.account_id == account_id), None)
+        return {a.phone_number_id: a.account_id for a in self._secrets if a.app_secret == secret}
+
+    # -- the journal -------------------------------------------------------
+
+    async def journal(self, account_id: str, body: bytes, signature: str) -> int:
+        """Seal ``body`` in the journal and commit it; return the entry id.
+
+        Returns only once the entry is durable; callers acknowledge after it.
+        """
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop(self._queue))
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        entry = JournalEntryBody(self._clock.now().isoformat(), signature, body)
+        await self._queue.put(_Pending(account_id, entry, hashlib.sha256(body).hexdigest(), done))
+        return await done
+
+    async def close(self) -> None:
+        """Stop the journal writer once the queue is empty."""
+        if self._writer is not None and self._queue is not None:
+            await self._queue.join()
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+    async def _write_loop(self, queue: asyncio.Queue[_Pending]) -> None:
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < _MAX_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                ids = await self._write_batch(batch)
+            except Exception as exc:  # every waiter must hear of the failure
+                log.error("journal write failed", error=type(exc).__name__, entries=len(batch))
+                for pending in batch:
+                    if not pending.done.done():
+                        pending.done.set_exception(exc)
+            else:
+                for pending, entry_id in zip(batch, ids, strict=True):
+                    if not pending.done.done():
+                        pending.done.set_result(entry_id)
+                self.journal_written.set()
+            for _ in batch:
+                queue.task_done()
+
+    async def _write_batch(self, batch: list[_Pending]) -> list[int]:
+        now = self._clock.now()
+        by_account: dict[str, list[int]] = defaultdict(list)
+        for i, pending in enumerate(batch):
+            by_account[pending.account_id].append(i)
+        ids = [0] * len(batch)
+        async with self._sessions() as session, session.begin():
+            requests = [
+                SealRequest(
+                    kind="journal",
+                    subject=journal_subject(account_id),
+                    plaintext=msgspec.msgpack.encode([batch[i].entry for i in positions]),
+                    retain_until=now + self._retention.journal,
+                )
+                for account_id, positions in by_account.items()
+            ]
+            objects = await self._vault.seal_many(session, requests)
+            rows: list[tuple[int, JournalEntry]] = []
+            for obj, (account_id, positions) in zip(objects, by_account.items(), strict=True):
+                for position, i in enumerate(positions):
+                    row = JournalEntry(
+                        account_id=account_id,
+                        object_id=obj.id,
+                        position=position,
+                        body_sha256=batch[i].body_sha256,
+                        received_at=now,
+                        attempts=0,
+                    )
+                    session.add(row)
+                    rows.append((i, row))
+            await session.flush()
+            for i, row in rows:
+                ids[i] = row.id
+        return ids
+
+    async def read_journal_entry(
+        self, session: AsyncSession, entry: JournalEntry
+    ) -> JournalEntryBody:
+        """Decrypt one journal entry."""
+        sealed = await session.get(SealedObject, entry.object_id)
+        if sealed is None:
+            raise CaptureError(f"journal entry {entry.id} has no sealed object")
+        segment = msgspec.msgpack.decode(
+            await self._vault.open(session, sealed), type=list[JournalEntryBody]
+        )
+        return segment[entry.position]
+
+    # -- projection --------------------------------------------------------
+
+    async def project_pending(self, limit: int = 100) -> int:
+        """Project up to ``limit`` unprojected journal entries; return how many."""
+        async with self._sessions() as session:
+            query = (
+                select(JournalEntry)
+                .where(JournalEntry.projected_at.is_(None))
+                .order_by(JournalEntry.id)
+                .limit(limit)
+            )
+            entries = list(await session.scalars(query))
+        done = 0
+        for entry in entries:
+            if await self._project_one(entry.id):
+                done += 1
+        return done
+
+    async def _project_one(self, entry_id: int) -> bool:
+        try:
+            async with self._sessions() as session, session.begin():
+                query = select(JournalEntry).where(
+                    JournalEntry.id == entry_id, JournalEntry.projected_at.is_(None)
+                )
+                entry = (
+                    await session.scalars(query.with_for_update(skip_locked=True))
+                ).one_or_none()
+                if entry is None:
+                    return False  # another projector has it, or it is done
+                raw = await self.read_journal_entry(session, entry)
+                payload = msgspec.json.decode(raw.body)
+                received = datetime.fromisoformat(raw.received_at)
+                await self._project_items(session, entry, extract(payload, received))
+                entry.projected_at = self._clock.now()
+            return True
+        except DBIntegrityError:
+            # A concurrent projector wrote the same item first; the retry finds it.
+            log.info("projection raced, will retry", entry=entry_id)
+            return False
+        except Exception as exc:  # the entry stays in the journal, to be replayed
+            log.error("projection failed", entry=entry_id, error=type(exc).__name__)
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    update(JournalEntry)
+                    .where(JournalEntry.id == entry_id)
+                    .values(
+                        attempts=JournalEntry.attempts + 1,
+                        last_error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                    )
+                )
+            return False
+
+    async def _project_items(
+        self, session: AsyncSession, entry: JournalEntry, items: list[Item]
+    ) -> None:
+        accounts = await self.accounts_sharing_secret(entry.account_id)
+        keyed: dict[tuple[str, str], Item] = {}
+        for item in items:
+            account_id = accounts.get(item.phone_number_id or "", entry.account_id)
+            keyed.setdefault((account_id, item.dedupe_key), item)
+        existing = await self._existing(session, keyed)
+        new = [(acc, item) for (acc, key), item in keyed.items() if (acc, key) not in existing]
+        if not new:
+            return
+        contacts = [await self.resolve_contact(session, item.identities) for _, item in new]
+        records = await self.store_items(
+            session,
+            [(acc, contact, item) for (acc, item), contact in zip(new, contacts, strict=True)],
+            journal_entry_id=entry.id,
+            received_at=entry.received_at,
+        )
+        await self._apply_effects(session, records, [item for _, item in new])
+
+    async def _existing(
+        self, session: AsyncSession, keyed: dict[tuple[str, str], Item]
+    ) -> set[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        by_account: dict[str, list[str]] = defaultdict(list)
+        for account_id, key in keyed:
+            by_account[account_id].append(key)
+        for account_id, keys in by_account.items():
+            rows = await session.scalars(
+                select(Record.dedupe_key).where(
+                    Record.account_id == account_id, Record.dedupe_key.in_(keys)
+                )
+            )
+            found.update((account_id, key) for key in rows)
+        return found
+
+    async def store_items(
+        self,
+        session: AsyncSession,
+        items: Iterable[tuple[str, str | None, Item]],
+        *,
+        journal_entry_id: int | None,
+        received_at: datetime,
+    ) -> list[Record]:
+        """Seal ``(account id, contact id, item)`` triples and write their records,
+        search tokens and pending media."""
+        triples = list(items)
+        requests = [
+            SealRequest(
+                kind="record",
+                subject=contact_subject(contact) if contact else account_subject(account_id),
+                plaintext=msgspec.json.encode(item.sealed),
+                retain_until=self._clock.now() + self._retention.records,
+            )
+            for account_id, contact, item in triples
+        ]
+        objects = await self._vault.seal_many(session, requests)
+        records = []
+        for obj, (account_id, contact, item) in zip(objects, triples, strict=True):
+            record = Record(
+                account_id=account_id,
+                contact_id=contact,
+                dedupe_key=item.dedupe_key,
+                kind=item.kind,
+                source=item.source,
+                direction=item.direction,
+                item_type=item.item_type,
+                wamid=item.wamid,
+                related_wamid=item.related_wamid,
+                status=item.status,
+                occurred_at=item.occurred_at,
+                received_at=received_at,
+                has_media=item.media is not None,
+                forwarded=item.forwarded,
+                revoked=False,
+                opens_window=item.opens_window,
+                journal_entry_id=journal_entry_id,
+                object_id=obj.id,
+            )
+            session.add(record)
+            records.append(record)
+        await session.flush()
+        now = self._clock.now()
+        for record, (_, _, item) in zip(records, triples, strict=True):
+            session.add_all(
+                SearchToken(token=token, record_id=record.id)
+                for token in self._index.tokens(item.text)
+            )
+            if item.media is not None:
+                session.add(
+                    MediaItem(
+                        record_id=record.id,
+                        media_id=item.media.get("id")
+                        if isinstance(item.media.get("id"), str)
+                        else None,
+                        mime_type=str(item.media.get("mime_type") or "")[:200] or None,
+                        expected_sha256=str(item.media.get("sha256") or "")[:100] or None,
+                        state="pending",
+                        attempts=0,
+                        next_attempt_at=now,
+                    )
+                )
+        await session.flush()
+        return records
+
+    async def _apply_effects(
+        self, session: AsyncSession, records: list[Record], items: list[Item]
+    ) -> None:
+        for record, item in zip(records, items, strict=True):
+            if item.kind == "status" and item.wamid and item.status:
+                await self._advance_status(session, record.account_id, item.wamid, item.status)
+            if item.item_type == "revoke" and item.related_wamid:
+                await session.execute(
+                    update(Record)
+                    .where(
+                        Record.account_id == record.account_id, Record.wamid == item.related_wamid
+                    )
+                    .values(revoked=True)
+                )
+            if item.wamid and item.item_type not in ("revoke", "status"):
+                # The revoke may have arrived before the message it revokes.
+                revoked = await session.scalar(
+                    select(Record.id).where(
+                        Record.account_id == record.account_id,
+                        Record.related_wamid == item.wamid,
+                        Record.item_type == "revoke",
+                    )
+                )
+                if revoked is not None:
+                    record.revoked = True
+        await session.flush()
+
+    async def _advance_status(
+        self, session: AsyncSession, account_id: str, wamid: str, status: str
+    ) -> None:
+        """Move a message's delivery state forward only; ``failed`` is terminal."""
+        state = await session.get(DeliveryState, (account_id, wamid), with_for_update=True)
+        now = self._clock.now()
+        if state is None:
+            session.add(
+                DeliveryState(account_id=account_id, wamid=wamid, status=status, updated_at=now)
+            )
+            return
+        if state.status == "failed":
+            return
+        if status == "failed" or _STATUS_RANK.get(status, 0) > _STATUS_RANK.get(state.status, 0):
+            state.status = status
+            state.updated_at = now
+
+    async def resolve_contact(
+        self, session: AsyncSession, identities: list[Identity]
+    ) -> str | None:
+        """The contact known by any of ``identities``, created (and linked) as needed."""
+        if not identities:
+            return None
+        tokens = [(i.kind, self.identity_token(i)) for i in identities]
+        contact_id: str | None = None
+        known: set[tuple[str, bytes]] = set()
+        for kind, token in tokens:
+            row = await session.get(ContactIdentity, (kind, token))
+            if row is not None:
+                known.add((kind, token))
+                contact_id = contact_id or row.contact_id
+        if contact_id is None:
+            contact_id = "ct_" + secrets.token_hex(10)
+            session.add(Contact(id=contact_id, created_at=self._clock.now()))
+        for kind, token in tokens:
+            if (kind, token) not in known:
+                session.add(ContactIdentity(kind=kind, token=token, contact_id=contact_id))
+        await session.flush()
+        return contact_id
+
+    def identity_token(self, identity: Identity) -> bytes:
+        """The blind token of an identity; phone numbers are normalised to E.164 first."""
+        if identity.kind == "wa_id":
+            try:
+                return self._index.contact_token("+" + identity.value.lstrip("+"))
+            except ValueError:
+                pass  # not a parseable number: tokenised as given, still blind
+        return self._index.identity_token(identity.kind, identity.value)
+
+    async def run_projection(self, stop: asyncio.Event, idle_seconds: float = 1.0) -> None:
+        """Project continuously until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                busy = await self.project_pending()
+            except Exception as exc:  # keep the loop alive; the journal keeps the data
+                log.error("projection loop error", error=type(exc).__name__)
+                busy = 0
+            if not busy:
+                self.journal_written.clear()
+                waiter = asyncio.ensure_future(self.journal_written.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait(
+                    {waiter, stopper}, timeout=idle_seconds, return_when=asyncio.FIRST_COMPLETED
+                )
+                waiter.cancel()
+                stopper.cancel()
+
+
+def decode_sealed_item(plaintext: bytes) -> dict[str, Any]:
+    """The sealed JSON of a record: ``field``, ``metadata``, ``contacts`` and ``item``."""
+    value = msgspec.json.decode(plaintext)
+    if not isinstance(value, dict):
+        raise CaptureError("sealed record is not a JSON object")
+    return value

@@ -1,0 +1,27 @@
+"""Names of keyring subjects. A subject never contains personal data."""
+
+from __future__ import annotations
+
+from archiver.models import Record
+
+
+def contact_subject(contact_id: str) -> str:
+    """The subject whose key seals everything about one contact."""
+    return f"contact:{contact_id}"
+
+
+def account_subject(account_id: str) -> str:
+    """The subject whose key seals an account's secrets and account-level events."""
+    return f"account:{account_id}"
+
+
+def journal_subject(account_id: str) -> str:
+    """The subject whose key seals an account's capture journal."""
+    return f"journal:{account_id}"
+
+
+def record_subject(record: Record) -> str:
+    """The subject a record (and its media) is sealed under."""
+    if record.contact_id is not None:
+        return contact_subject(record.contact_id)
+    return account_subject(record.account_id)

@@ -1,0 +1,49 @@
+"""End-to-end fixtures: a real server on SQLite, and on PostgreSQL where available."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PG_ADMIN_DSN, REQUIRE_PG, _pg_available, _pg_execute, _pg_url
+from tests.e2e.server import ADMIN_TOKEN, Server, clean_env
+
+
+def server_env(data_dir: Path, database: str) -> dict[str, str]:
+    env = clean_env(STRONGROOM_DATA_DIR=str(data_dir), STRONGROOM_ADMIN_TOKEN=ADMIN_TOKEN)
+    if database != "sqlite":
+        env["STRONGROOM_DATABASE_URL"] = _pg_url(database)
+    return env
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def database_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``sqlite``, or the name of a fresh PostgreSQL database for one test module."""
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    if not _pg_available():
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL is required here but unreachable at {PG_ADMIN_DSN}")
+        pytest.skip("PostgreSQL is not reachable")
+    name = f"sr_e2e_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_pg_execute(f"CREATE DATABASE {name}"))
+    yield name
+    asyncio.run(_pg_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture(scope="module")
+def server(database_name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A running server with one account registered (``server.account_id``)."""
+    data_dir = tmp_path_factory.mktemp("server")
+    srv = Server(server_env(data_dir / "data", database_name), data_dir / "data", data_dir / "log")
+    srv.start()
+    srv.account_id = srv.add_account()
+    yield srv
+    srv.close()

@@ -1,0 +1,156 @@
+"""A real ``strongroom serve`` process on loopback, for end-to-end tests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+STRONGROOM = str(Path(sys.executable).with_name("strongroom"))
+ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
+APP_SECRET = "e2e-app-secret-3f9a"
+VERIFY_TOKEN = "e2e-verify-token"
+PHONE_NUMBER_ID = "106540352242922"
+DISPLAY_NUMBER = "15550783881"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "webhooks"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """This process's environment without any STRONGROOM_ setting, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    return env | settings
+
+
+def sign(body: bytes, secret: str = APP_SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def fixture_bytes(name: str) -> bytes:
+    return (FIXTURES / f"{name}.json").read_bytes()
+
+
+def fixture(name: str) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(fixture_bytes(name))
+    return value
+
+
+class Server:
+    """One server process; ``client`` talks to it over real HTTP."""
+
+    def __init__(self, env: dict[str, str], data_dir: Path, log_path: Path) -> None:
+        self.env = env
+        self.data_dir = data_dir
+        self.account_id = ""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+        self.admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    def start(self, timeout: float = 20) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [STRONGROOM, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self.client.close()
+
+    def add_account(self, **extra: str) -> str:
+        body = {
+            "phone_number_id": PHONE_NUMBER_ID,
+            "display_phone_number": DISPLAY_NUMBER,
+            "app_secret": APP_SECRET,
+            "verify_token": VERIFY_TOKEN,
+        } | extra
+        response = self.client.post("/api/v1/accounts", json=body, headers=self.admin)
+        assert response.status_code == 201, response.text
+        account_id: str = response.json()["id"]
+        return account_id
+
+    def post_webhook(self, body: bytes, signature: str | None = None) -> httpx.Response:
+        headers = {"Content-Type": "application/json"}
+        headers["X-Hub-Signature-256"] = signature if signature is not None else sign(body)
+        return self.client.post("/webhooks/whatsapp", content=body, headers=headers)
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return self.client.get(path, params=params, headers=self.admin)
+
+    def wait_for(self, probe: Callable[[], Any], timeout: float = 15) -> Any:
+        """Poll ``probe`` until it returns something truthy (projection is asynchronous)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = probe()
+            if result:
+                return result
+            time.sleep(0.05)
+        raise AssertionError("timed out waiting for projection")
+
+    def records_of(self, wamid: str) -> list[dict[str, Any]]:
+        """Records carrying ``wamid``, waiting until there is at least one."""
+
+        def probe() -> list[dict[str, Any]] | None:
+            response = self.get("/api/v1/messages", wamid=wamid)
+            return response.json() if response.status_code == 200 else None
+
+        records: list[dict[str, Any]] = self.wait_for(probe)
+        return records
+
+    def all_records(self, account_id: str, **filters: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            params = filters | ({"cursor": cursor} if cursor else {})
+            page = self.get(f"/api/v1/accounts/{account_id}/records", **params).json()
+            out += page["records"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return out
