@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat constraints.txt pyproject.toml | cksum |
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench-vault
+.PHONY: serve test bench-vault bench-webhooks
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,6 @@ test: $(STAMP)
 
 bench-vault: $(STAMP)
 	$(BIN)/python -m tests.bench.vault
+
+bench-webhooks: $(STAMP)
+	$(BIN)/python -m tests.bench.webhooks

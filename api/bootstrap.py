@@ -18,7 +18,7 @@ from archiver.capture import Capture, Retention
 from archiver.clock import Clock, SystemClock
 from archiver.db import create_engine, session_factory
 from archiver.filestore import FileStore
-from archiver.graph import GraphClient
+from archiver.graph import LOOPBACK_HOSTS, META_MEDIA_HOSTS, GraphClient
 from archiver.imports import ChatImporter
 from archiver.interfaces import ObjectStore
 from archiver.keyring import Keyring, new_root_key
@@ -171,7 +171,9 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     records = timedelta(days=settings.record_retention_days)
     retention = Retention(journal=timedelta(days=settings.journal_retention_days), records=records)
     capture = Capture(vault, sessions, accounts, index, clock, retention)
-    graph = GraphClient(settings.graph_base_url)
+    # The embedded sandbox (the demo, tests) serves media from loopback.
+    hosts = META_MEDIA_HOSTS + (LOOPBACK_HOSTS if settings.embedded else ())
+    graph = GraphClient(settings.graph_base_url, download_hosts=hosts)
     return Services(
         settings=settings,
         admin_token=load_admin_token(settings),

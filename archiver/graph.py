@@ -27,7 +27,7 @@ import asyncio
 import json
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -53,6 +53,12 @@ _ERROR_BODY_LIMIT = 64 * 1024
 _MEDIA_ID = re.compile(r"[0-9A-Za-z_.-]+")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 _jitter = random.SystemRandom()
+
+
+# Hosts Meta serves media from; a leading dot admits subdomains. The Graph
+# base URL's own host is always admitted.
+META_MEDIA_HOSTS: tuple[str, ...] = (".fbsbx.com", ".facebook.com", ".fbcdn.net", ".whatsapp.net")
+LOOPBACK_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
 
 
 class GraphError(ArchiverError):
@@ -148,6 +154,7 @@ class GraphClient:
         backoff_seconds: float = 0.2,
         max_retry_after: float = 10.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        download_hosts: Sequence[str] = META_MEDIA_HOSTS,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -161,6 +168,7 @@ class GraphClient:
         self._backoff = backoff_seconds
         self._max_retry_after = max_retry_after
         self._sleep = sleep
+        self._download_hosts = tuple(h.lower() for h in download_hosts)
 
     async def aclose(self) -> None:
         """Close the HTTP client if this object created it."""
@@ -248,7 +256,19 @@ class GraphClient:
         if self._base.scheme == "https" and target.scheme != "https":
             # The bearer token must never travel in clear text when Graph itself is TLS.
             raise GraphPermanent("media URL is not https")
+        if not self._download_host_allowed(target.host):
+            # The bearer token goes only to Meta's media hosts, never to a URL's whim.
+            raise GraphPermanent("media URL host is not one of Meta's media hosts")
         return target
+
+    def _download_host_allowed(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        if host == self._base.host:
+            return True
+        return any(
+            host == allowed or (allowed.startswith(".") and host.endswith(allowed))
+            for allowed in self._download_hosts
+        )
 
     async def _retrying(self, call: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
         attempt = 1

@@ -67,6 +67,7 @@ def graph(
     base: str = BASE,
     **kwargs: Any,
 ) -> GraphClient:
+    kwargs.setdefault("download_hosts", (".test",))  # the fake media hosts of these tests
     return GraphClient(base, http=http(recorder), sleep=recorder.sleep, **kwargs)
 
 
@@ -335,3 +336,12 @@ async def test_a_post_is_retried_when_graph_certainly_did_not_act(http: Any) -> 
         body = await graph(recorder, http).request("POST", "555/messages", TOKEN, json={})
         assert body == {"messages": [{"id": "w"}]}
         assert len(recorder.requests) == 2
+
+
+async def test_download_refuses_hosts_that_are_not_metas(http: Any) -> None:
+    recorder = Recorder(httpx.Response(200, content=b"ok"))
+    client = graph(recorder, http, download_hosts=(".fbsbx.com",))
+    for url in ("https://attacker.example/m", "https://fbsbx.com.attacker.example/m"):
+        with pytest.raises(GraphPermanent, match="not one of Meta's media hosts"):
+            await client.download(url, TOKEN, max_bytes=10)
+    assert recorder.requests == []
