@@ -294,6 +294,7 @@ def test_nothing_readable_at_rest(server: Server) -> None:
     text = fixture("message_text")["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"]
     secrets.append(text)
     files = [p for p in server.data_dir.rglob("*") if p.is_file() and p.name != "master.key"]
+    files.append(server.log_path)  # and nothing personal in the server's own log
     assert any(p.suffix == ".db" for p in files) or "STRONGROOM_DATABASE_URL" in server.env
     for path in files:
         data = path.read_bytes()
