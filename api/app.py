@@ -5,37 +5,54 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import structlog
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
+from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp
 from sqlalchemy import text
 
 from api.archive import ArchiveController
+from api.auth import PUBLIC, AuthMiddleware, SecurityHeadersMiddleware, authorize
 from api.bootstrap import Services, open_services
+from api.console import CONSOLE_ROUTES
 from api.logging import RequestIdMiddleware
 from api.settings import Settings
+from api.users import TokensController, UsersController
 from api.webhooks import receive_webhook, verify_webhook
 from api.worker import background_jobs
 from archiver.clock import Clock
 from archiver.errors import VaultError
 
 log = structlog.get_logger("strongroom.api")
+TEMPLATES = Path(__file__).with_name("templates")
+STATIC = Path(__file__).with_name("static")
+# Sign-in attempts per client address; lockout per user is in IdentityService.
+LOGIN_RATE_LIMIT = RateLimitConfig(
+    rate_limit=("minute", 10),
+    check_throttle_handler=lambda request: (
+        request.method == "POST" and request.url.path.startswith("/login")
+    ),
+)
 
 
-@get("/healthz", sync_to_thread=False, tags=["health"])
+@get("/healthz", sync_to_thread=False, tags=["health"], opt={"permission": PUBLIC})
 def healthz() -> dict[str, str]:
     """The process is alive."""
     return {"status": "ok"}
 
 
-@get("/readyz", tags=["health"])
+@get("/readyz", tags=["health"], opt={"permission": PUBLIC})
 async def readyz(services: Services) -> Response[dict[str, str]]:
     """The database and the vault are reachable."""
     checks: dict[str, str] = {}
@@ -92,18 +109,41 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
         finally:
             await services.close()
 
+    static = create_static_files_router(
+        path="/static", directories=[STATIC], opt={"permission": PUBLIC}, include_in_schema=False
+    )
     return Litestar(
-        route_handlers=[healthz, readyz, verify_webhook, receive_webhook, ArchiveController],
+        route_handlers=[
+            healthz,
+            readyz,
+            verify_webhook,
+            receive_webhook,
+            ArchiveController,
+            UsersController,
+            TokensController,
+            *CONSOLE_ROUTES,
+            static,
+        ],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
+        middleware=[AuthMiddleware, LOGIN_RATE_LIMIT.middleware],
+        guards=[authorize],
+        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         lifespan=[lifespan],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
-        openapi_config=OpenAPIConfig(title="Strongroom", version="0.1.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="Strongroom",
+            version="0.1.0",
+            path="/schema",
+            # The API description is public; what it describes is not.
+            openapi_router=Router("/schema", route_handlers=[], opt={"permission": PUBLIC}),
+        ),
         logging_config=None,  # api.logging owns the root logger (JSON, redacted)
         debug=False,
     )
 
 
 def create_asgi_app(settings: Settings, clock: Clock | None = None) -> ASGIApp:
-    """The application as served: request ids and access logs wrap every response,
-    including the router's own 404 and 405 answers."""
-    return RequestIdMiddleware(create_app(settings, clock))
+    """The application as served: request ids, access logs and security headers wrap
+    every response, including the router's own 404 and 405 answers."""
+    app = SecurityHeadersMiddleware(create_app(settings, clock), hsts=not settings.embedded)
+    return RequestIdMiddleware(app)

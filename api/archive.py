@@ -1,39 +1,38 @@
 """The archive API: accounts, captured records, conversations and chat-export import.
 
-Access is by the temporary admin token (``STRONGROOM_ADMIN_TOKEN``) until the
-RBAC issue replaces it.
+Every route declares its permission; results are limited to the business
+accounts the caller's grants cover. A record outside them answers 404, as if it
+did not exist.
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, get, post
-from litestar.connection import ASGIConnection
+from litestar import Controller, Request, get, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import (
     ClientException,
-    NotAuthorizedException,
     NotFoundException,
     ValidationException,
 )
-from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Body, Parameter
 from litestar.status_codes import HTTP_201_CREATED
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.auth import needs
 from api.bootstrap import Services
 from archiver.blind_index import normalize_phone
 from archiver.capture import decode_sealed_item
 from archiver.chat_export import ChatExportError
 from archiver.errors import AccountExists, AccountNotFound, KeyDestroyed
+from archiver.identity import Permission, Principal
 from archiver.items import Identity
 from archiver.models import ContactIdentity, DeliveryState, MediaItem, Record, SealedObject
 
@@ -41,15 +40,13 @@ MAX_IMPORT_BYTES = 512 * 1024 * 1024
 _PAGE = 100
 
 
-def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Allow only the bearer of the admin token (``STRONGROOM_ADMIN_TOKEN``, or in
-    embedded mode the generated ``<data dir>/admin.token``)."""
-    services: Services = connection.app.state.services
-    expected = services.admin_token
-    header = connection.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else ""
-    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise NotAuthorizedException("a valid bearer token is required")
+Caller = Request[Principal, Any, Any]
+
+
+def _scope(query: Select[Record], caller: Principal) -> Select[Record]:
+    """Limit a record query to the accounts where the caller may read content."""
+    accounts = caller.accounts_for(Permission.ARCHIVE_READ)
+    return query if accounts is None else query.where(Record.account_id.in_(accounts))
 
 
 class AccountIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -215,10 +212,9 @@ class ArchiveController(Controller):
     """Accounts, records and conversations."""
 
     path = "/api/v1"
-    guards = [admin_guard]  # noqa: RUF012  (Litestar reads this class attribute)
     tags = ["archive"]  # noqa: RUF012  (Litestar reads this class attribute)
 
-    @post("/accounts", status_code=HTTP_201_CREATED)
+    @post("/accounts", status_code=HTTP_201_CREATED, opt=needs(Permission.ACCOUNTS_MANAGE))
     async def add_account(self, data: AccountIn, services: Services) -> AccountOut:
         """Register a phone number and its Meta app secret and verify token."""
         try:
@@ -243,9 +239,10 @@ class ArchiveController(Controller):
             account.id, account.phone_number_id, number, account.waba_id, account.created_at
         )
 
-    @get("/accounts")
-    async def list_accounts(self, services: Services) -> list[AccountOut]:
-        """Every registered phone number (secrets are never returned)."""
+    @get("/accounts", opt=needs(Permission.ACCOUNTS_READ))
+    async def list_accounts(self, request: Caller, services: Services) -> list[AccountOut]:
+        """The registered phone numbers the caller's grants cover (never their secrets)."""
+        allowed = request.user.accounts_for(Permission.ACCOUNTS_READ)
         async with services.sessions() as session:
             return [
                 AccountOut(
@@ -256,11 +253,13 @@ class ArchiveController(Controller):
                     a.created_at,
                 )
                 for a in await services.accounts.all(session)
+                if allowed is None or a.id in allowed
             ]
 
-    @get("/accounts/{account_id:str}/records")
+    @get("/accounts/{account_id:str}/records", opt=needs(Permission.ARCHIVE_READ))
     async def account_records(
         self,
+        request: Caller,
         account_id: str,
         services: Services,
         kind: str | None = None,
@@ -268,41 +267,44 @@ class ArchiveController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=500)] = _PAGE,
     ) -> RecordPage:
         """Every record of an account in time order (events included), paginated."""
-        query = select(Record).where(Record.account_id == account_id)
+        query = _scope(select(Record).where(Record.account_id == account_id), request.user)
         if kind:
             query = query.where(Record.kind == kind)
         return await _page(services, query, cursor, limit)
 
-    @get("/messages/{record_id:int}")
-    async def get_message(self, record_id: int, services: Services) -> RecordOut:
+    @get("/messages/{record_id:int}", opt=needs(Permission.ARCHIVE_READ))
+    async def get_message(self, request: Caller, record_id: int, services: Services) -> RecordOut:
         """One captured record, decrypted."""
         async with services.sessions() as session:
             record = await session.get(Record, record_id)
-            if record is None:
+            if record is None or not request.user.allows(
+                Permission.ARCHIVE_READ, record.account_id
+            ):
                 raise NotFoundException("no such record")
             return (await _views(services, session, [record]))[0]
 
-    @get("/messages")
-    async def find_messages(self, services: Services, wamid: str) -> list[RecordOut]:
+    @get("/messages", opt=needs(Permission.ARCHIVE_READ))
+    async def find_messages(
+        self, request: Caller, services: Services, wamid: str
+    ) -> list[RecordOut]:
         """Records carrying a WhatsApp message id (the message, its edits and statuses)."""
+        query = select(Record).where(or_(Record.wamid == wamid, Record.related_wamid == wamid))
         async with services.sessions() as session:
             records = list(
                 await session.scalars(
-                    select(Record)
-                    .where(or_(Record.wamid == wamid, Record.related_wamid == wamid))
-                    .order_by(Record.occurred_at, Record.id)
-                    .limit(_PAGE)
+                    _scope(query, request.user).order_by(Record.occurred_at, Record.id).limit(_PAGE)
                 )
             )
             if not records:
                 raise NotFoundException("no record with that wamid")
             return await _views(services, session, records)
 
-    @get("/contacts")
+    @get("/contacts", opt=needs(Permission.ARCHIVE_READ))
     async def find_contact(
-        self, services: Services, phone: Annotated[str, Parameter(query="phone")]
+        self, request: Caller, services: Services, phone: Annotated[str, Parameter(query="phone")]
     ) -> ContactOut:
-        """The contact id of a phone number (looked up by its blind token)."""
+        """The contact id of a phone number (looked up by its blind token), if the
+        caller can read any of that contact's records."""
         try:
             e164 = normalize_phone(phone)
         except ValueError as exc:
@@ -310,13 +312,19 @@ class ArchiveController(Controller):
         token = services.capture.identity_token(Identity("wa_id", e164))
         async with services.sessions() as session:
             row = await session.get(ContactIdentity, ("wa_id", token))
-        if row is None:
+            visible = row is not None and await session.scalar(
+                _scope(
+                    select(Record).where(Record.contact_id == row.contact_id), request.user
+                ).limit(1)
+            )
+        if row is None or not visible:
             raise NotFoundException("no contact with that number")
         return ContactOut(row.contact_id)
 
-    @get("/contacts/{contact_id:str}/messages")
+    @get("/contacts/{contact_id:str}/messages", opt=needs(Permission.ARCHIVE_READ))
     async def conversation(
         self,
+        request: Caller,
         contact_id: str,
         services: Services,
         cursor: str | None = None,
@@ -324,7 +332,7 @@ class ArchiveController(Controller):
         account_id: str | None = None,
     ) -> RecordPage:
         """A contact's records in time order, with cursor pagination."""
-        query = select(Record).where(Record.contact_id == contact_id)
+        query = _scope(select(Record).where(Record.contact_id == contact_id), request.user)
         if account_id:
             query = query.where(Record.account_id == account_id)
         if cursor:
@@ -344,15 +352,21 @@ class ArchiveController(Controller):
         return RecordPage(views, _cursor(records[-1]) if more else None)
 
     @post(
-        "/imports/chat-export", status_code=HTTP_201_CREATED, request_max_body_size=MAX_IMPORT_BYTES
+        "/imports/chat-export",
+        status_code=HTTP_201_CREATED,
+        request_max_body_size=MAX_IMPORT_BYTES,
+        opt=needs(Permission.ARCHIVE_IMPORT),
     )
     async def import_chat_export(
         self,
+        request: Caller,
         services: Services,
         data: Annotated[ChatExportUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> ImportOut:
         """Import a WhatsApp "Export chat" file; unparseable lines fail the whole file
         unless ``partial`` is set."""
+        if not request.user.allows(Permission.ARCHIVE_IMPORT, data.account_id):
+            raise NotFoundException("no such account")
         content = await data.file.read()
         async with services.sessions() as session:
             try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +18,7 @@ from archiver.clock import Clock, SystemClock
 from archiver.db import create_engine, session_factory
 from archiver.filestore import FileStore
 from archiver.graph import LOOPBACK_HOSTS, META_MEDIA_HOSTS, GraphClient
+from archiver.identity import ApprovalService, GrantService, IdentityService
 from archiver.imports import ChatImporter
 from archiver.interfaces import ObjectStore
 from archiver.keyring import Keyring, new_root_key
@@ -87,27 +87,6 @@ def load_root_keys(settings: Settings) -> list[bytes]:
     return keys
 
 
-def admin_token_file(settings: Settings) -> Path:
-    """Where embedded mode keeps its generated admin token."""
-    return settings.data_dir / "admin.token"
-
-
-def load_admin_token(settings: Settings) -> str | None:
-    """The read API's bearer token: from settings, or (embedded) a generated file."""
-    if settings.admin_token is not None or not settings.embedded:
-        return settings.admin_token
-    path = admin_token_file(settings)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_urlsafe(32).encode("ascii") + b"\n")
-        finally:
-            os.close(fd)
-        log.warning("created an admin token for evaluation", path=str(path))
-    return path.read_text("ascii").strip()
-
-
 def open_store(settings: Settings, clock: Clock) -> ObjectStore:
     """The object store named by ``STRONGROOM_VAULT_URL``."""
     if settings.s3 is not None:
@@ -135,7 +114,6 @@ class Services:
     """The collaborators every entry point shares."""
 
     settings: Settings
-    admin_token: str | None
     clock: Clock
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
@@ -146,6 +124,9 @@ class Services:
     importer: ChatImporter
     graph: GraphClient
     media: MediaFetcher
+    identity: IdentityService
+    approvals: ApprovalService
+    grants: GrantService
 
     async def close(self) -> None:
         """Finish pending journal writes, then release connections."""
@@ -174,9 +155,10 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     # The embedded sandbox (the demo, tests) serves media from loopback.
     hosts = META_MEDIA_HOSTS + (LOOPBACK_HOSTS if settings.embedded else ())
     graph = GraphClient(settings.graph_base_url, download_hosts=hosts)
+    identity = IdentityService(keyring, clock)
+    approvals = ApprovalService(clock)
     return Services(
         settings=settings,
-        admin_token=load_admin_token(settings),
         clock=clock,
         engine=engine,
         sessions=sessions,
@@ -187,4 +169,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         importer=ChatImporter(capture, vault, sessions, clock, records),
         graph=graph,
         media=MediaFetcher(graph, vault, sessions, accounts, clock, retention=records),
+        identity=identity,
+        approvals=approvals,
+        grants=GrantService(identity, approvals),
     )

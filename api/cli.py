@@ -6,11 +6,13 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import click
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.bootstrap import (
     Services,
@@ -25,8 +27,10 @@ from api.settings import Settings, SettingsError, load_settings
 from archiver.blind_index import normalize_phone
 from archiver.chat_export import ChatExportError
 from archiver.errors import AccountExists, AccountNotFound, ArchiverError
+from archiver.identity import PRIVILEGED_ROLES, IdentityError, Permission, Role
 from archiver.imports import ImportResult
 from archiver.keyring import new_root_key, root_key_id
+from archiver.models import User
 
 T = TypeVar("T")
 log = structlog.get_logger("strongroom.cli")
@@ -369,3 +373,233 @@ def import_chat_export(
         f"imported {result.imported} messages ({result.duplicates} already present, "
         f"{result.media} media files) for contact {result.contact_id}"
     )
+
+
+# The CLI acts with the operator's full local authority (it holds the root key),
+# so it is named "cli" in approvals; a privileged grant it asks for still needs
+# an admin's decision once the first admin exists.
+CLI_ACTOR = "cli"
+
+
+def _password(password_file: Path | None, password_env: str | None) -> str:
+    given = _secret(None, password_file, password_env, "password")
+    if given:
+        return given
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+async def _user(services: Services, session: AsyncSession, username: str) -> User:
+    user = await services.identity.user_by_name(session, username)
+    if user is None:
+        _fail(f"no user {username}", 1)
+    return user
+
+
+async def _grant_from_cli(
+    services: Services, session: AsyncSession, user: User, role: Role, account: str | None
+) -> str:
+    """Apply a grant, or (privileged, once an admin exists) ask an admin to approve it."""
+    if account is not None:
+        await services.accounts.get(session, account)
+    if role in PRIVILEGED_ROLES and await services.identity.admin_exists(session):
+        approval = await services.approvals.request(
+            session,
+            kind="grant",
+            permission=Permission.GRANTS_APPROVE,
+            payload={"user_id": user.id, "role": role.value, "account_id": account},
+            requested_by=CLI_ACTOR,
+        )
+        return (
+            f"approval {approval.id} requested: "
+            f"an admin must approve {role.value} for {user.username}"
+        )
+    await services.identity.apply_grant(session, user, role, account, granted_by=CLI_ACTOR)
+    return f"granted {role.value} on {account or 'all accounts'} to {user.username}"
+
+
+ROLE_CHOICE = click.Choice([r.value for r in Role])
+
+
+@main.group()
+def users() -> None:
+    """Manage users and their roles (the first admin can only be made here)."""
+
+
+@users.command("create")
+@click.argument("username")
+@click.option("--role", type=ROLE_CHOICE, help="Grant this role too.")
+@click.option("--account", help="Limit the role to one business account id.")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--password-env", help="Name of an environment variable holding the password.")
+def users_create(
+    username: str,
+    role: str | None,
+    account: str | None,
+    password_file: Path | None,
+    password_env: str | None,
+) -> None:
+    """Create a user (asks for the password unless a file or variable gives it)."""
+    settings = _settings()
+    password = _password(password_file, password_env)
+
+    async def work(services: Services) -> list[str]:
+        async with services.sessions() as session, session.begin():
+            user = await services.identity.create_user(
+                session, username, password, created_by=CLI_ACTOR
+            )
+            lines = [f"user {user.username} created: {user.id}"]
+            if role is not None:
+                lines.append(await _grant_from_cli(services, session, user, Role(role), account))
+        return lines
+
+    try:
+        for line in _run(settings, work):
+            click.echo(line)
+    except (ValueError, IdentityError, AccountNotFound) as exc:
+        _fail(str(exc), 1)
+
+
+@users.command("grant")
+@click.argument("username")
+@click.argument("role", type=ROLE_CHOICE)
+@click.option("--account", help="Limit the role to one business account id.")
+def users_grant(username: str, role: str, account: str | None) -> None:
+    """Grant a role (privileged roles need an admin's approval once one exists)."""
+    settings = _settings()
+
+    async def work(services: Services) -> str:
+        async with services.sessions() as session, session.begin():
+            user = await _user(services, session, username)
+            return await _grant_from_cli(services, session, user, Role(role), account)
+
+    try:
+        click.echo(_run(settings, work))
+    except (IdentityError, AccountNotFound) as exc:
+        _fail(str(exc), 1)
+
+
+@users.command("revoke")
+@click.argument("username")
+@click.argument("role", type=ROLE_CHOICE)
+@click.option("--account", help="The business account id the role was limited to.")
+def users_revoke(username: str, role: str, account: str | None) -> None:
+    """Revoke a role."""
+    settings = _settings()
+
+    async def work(services: Services) -> int:
+        async with services.sessions() as session, session.begin():
+            user = await _user(services, session, username)
+            return await services.identity.revoke_grant(session, user, Role(role), account)
+
+    count = _run(settings, work)
+    if not count:
+        _fail(f"{username} does not hold {role} on {account or 'all accounts'}", 1)
+    click.echo(f"revoked {role} from {username}")
+
+
+@users.command("reset-mfa")
+@click.argument("username")
+def users_reset_mfa(username: str) -> None:
+    """Forget a user's authenticator; they enrol again at their next sign-in."""
+    settings = _settings()
+
+    async def work(services: Services) -> None:
+        async with services.sessions() as session, session.begin():
+            await services.identity.reset_mfa(session, await _user(services, session, username))
+
+    _run(settings, work)
+    click.echo(f"authenticator of {username} reset")
+
+
+@users.command("list")
+def users_list() -> None:
+    """List users and their roles."""
+    settings = _settings()
+
+    async def work(services: Services) -> list[str]:
+        lines = []
+        async with services.sessions() as session:
+            for user in await services.identity.users(session):
+                grants = await services.identity.active_grants(session, user.id)
+                roles = ", ".join(f"{g.role}@{g.account_id or 'all'}" for g in grants) or "-"
+                mfa = "mfa" if user.mfa_enrolled_at else "no-mfa"
+                lines.append(f"{user.id}  {user.username}  {mfa}  {roles}")
+        return lines
+
+    for line in _run(settings, work):
+        click.echo(line)
+
+
+@main.group()
+def tokens() -> None:
+    """Manage API tokens."""
+
+
+@tokens.command("create")
+@click.argument("username")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice([p.value for p in Permission]),
+    help="A permission the token may use (repeat); it also needs the user's role.",
+)
+@click.option("--days", default=30, show_default=True, type=int, help="Lifetime in days.")
+@click.option("--name", default="cli", show_default=True, help="A label for the token.")
+def tokens_create(username: str, scopes: tuple[str, ...], days: int, name: str) -> None:
+    """Issue a token; its secret is printed once and never stored."""
+    settings = _settings()
+
+    async def work(services: Services) -> str:
+        async with services.sessions() as session, session.begin():
+            user = await _user(services, session, username)
+            new = await services.identity.create_token(
+                session,
+                user,
+                name=name,
+                scopes=frozenset(Permission(s) for s in scopes),
+                lifetime=timedelta(days=days),
+            )
+        return new.secret
+
+    try:
+        click.echo(_run(settings, work))
+    except ValueError as exc:
+        _fail(str(exc), 1)
+
+
+@tokens.command("list")
+@click.argument("username")
+def tokens_list(username: str) -> None:
+    """List a user's tokens (never their secrets)."""
+    settings = _settings()
+
+    async def work(services: Services) -> list[str]:
+        async with services.sessions() as session:
+            user = await _user(services, session, username)
+            return [
+                f"{t.id}  sr_{t.prefix}_…  {t.name}  expires {t.expires_at:%Y-%m-%d}"
+                f"{'  revoked' if t.revoked_at else ''}  {t.scopes}"
+                for t in await services.identity.tokens(session, user.id)
+            ]
+
+    for line in _run(settings, work):
+        click.echo(line)
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+def tokens_revoke(token_id: str) -> None:
+    """Revoke a token now."""
+    settings = _settings()
+
+    async def work(services: Services) -> None:
+        async with services.sessions() as session, session.begin():
+            await services.identity.revoke_token(session, token_id)
+
+    try:
+        _run(settings, work)
+    except IdentityError as exc:
+        _fail(str(exc), 1)
+    click.echo(f"token {token_id} revoked")

@@ -35,7 +35,6 @@ SETTINGS_HELP: dict[str, str] = {
     "STRONGROOM_MASTER_KEY": "root key: 32 bytes as base64 or 64 hex digits",
     "STRONGROOM_MASTER_KEY_FILE": "file holding the root key (default `<data dir>/master.key`)",
     "STRONGROOM_LOG_LEVEL": "`debug`, `info` (default), `warning` or `error`",
-    "STRONGROOM_ADMIN_TOKEN": "bearer token for the read API (temporary, until RBAC); 24+ chars",
     "STRONGROOM_JOURNAL_RETENTION_DAYS": "how long raw webhook bodies are kept (default 30)",
     "STRONGROOM_RECORD_RETENTION_DAYS": "default retention of records (default 2557: 7 years)",
     "STRONGROOM_GRAPH_BASE_URL": "Graph API base URL (default `https://graph.facebook.com`)",
@@ -84,7 +83,6 @@ class Settings:
     master_key: bytes | None
     master_key_file: Path
     log_level: str
-    admin_token: str | None
     journal_retention_days: int
     record_retention_days: int
     graph_base_url: str
@@ -252,12 +250,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if log_level not in _LOG_LEVELS:
         raise SettingsError("STRONGROOM_LOG_LEVEL", f"expected one of {', '.join(_LOG_LEVELS)}")
 
-    admin_token = env.get("STRONGROOM_ADMIN_TOKEN", "").strip() or None
-    if admin_token is not None and len(admin_token) < 24:
-        raise SettingsError("STRONGROOM_ADMIN_TOKEN", "must be at least 24 characters")
-
     return Settings(
-        admin_token=admin_token,
         journal_retention_days=_days(env, "STRONGROOM_JOURNAL_RETENTION_DAYS", 30),
         record_retention_days=_days(env, "STRONGROOM_RECORD_RETENTION_DAYS", 2557),
         graph_base_url=_http_url(env, "STRONGROOM_GRAPH_BASE_URL", "https://graph.facebook.com"),

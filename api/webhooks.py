@@ -17,13 +17,14 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from api.auth import PUBLIC
 from api.bootstrap import Services
 from archiver.capture import MAX_WEBHOOK_BYTES, SignatureInvalid
 
 log = structlog.get_logger("strongroom.webhooks")
 
 
-@get("/webhooks/whatsapp", tags=["webhooks"], media_type="text/plain")
+@get("/webhooks/whatsapp", tags=["webhooks"], media_type="text/plain", opt={"permission": PUBLIC})
 async def verify_webhook(
     services: Services,
     mode: Annotated[str | None, Parameter(query="hub.mode")] = None,
@@ -45,6 +46,7 @@ async def verify_webhook(
     tags=["webhooks"],
     request_max_body_size=MAX_WEBHOOK_BYTES,
     status_code=HTTP_200_OK,
+    opt={"permission": PUBLIC},  # authenticated by the Meta app signature instead
 )
 async def receive_webhook(
     request: Request[object, object, State], services: Services

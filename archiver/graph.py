@@ -253,12 +253,13 @@ class GraphClient:
             raise GraphPermanent("malformed media URL") from None
         if target.scheme not in ("http", "https") or not target.host:
             raise GraphPermanent("media URL is not an absolute http(s) URL")
-        if self._base.scheme == "https" and target.scheme != "https":
-            # The bearer token must never travel in clear text when Graph itself is TLS.
-            raise GraphPermanent("media URL is not https")
         if not self._download_host_allowed(target.host):
             # The bearer token goes only to Meta's media hosts, never to a URL's whim.
             raise GraphPermanent("media URL host is not one of Meta's media hosts")
+        loopback = target.host in LOOPBACK_HOSTS  # plain http here never leaves the machine
+        if self._base.scheme == "https" and target.scheme != "https" and not loopback:
+            # The bearer token must never travel in clear text when Graph itself is TLS.
+            raise GraphPermanent("media URL is not https")
         return target
 
     def _download_host_allowed(self, host: str) -> bool:

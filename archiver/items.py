@@ -25,6 +25,7 @@ SOURCE_OUTBOX = "outbox"
 
 MEDIA_TYPES = frozenset({"image", "audio", "video", "document", "sticker"})
 _MAX_TYPE = 64
+_MAX_KEY = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,12 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(msgspec.json.encode(value, order="sorted")).hexdigest()[:40]
 
 
+def _key(prefix: str, wamid: str, item_type: str) -> str:
+    """``prefix:wamid:type``; an id too long for the key column is replaced by its digest."""
+    key = f"{prefix}:{wamid}:{item_type}"
+    return key if len(key) <= _MAX_KEY else f"{prefix}:#{_digest(wamid)}:{item_type}"
+
+
 def _type(value: Any, default: str) -> str:
     text = _str(value) or default
     return text[:_MAX_TYPE]
@@ -118,7 +125,7 @@ def message_text(message: dict[str, Any]) -> str:
     parts: list[Any] = []
     if kind == "text":
         parts.append(body.get("body"))
-    elif kind in MEDIA_TYPES:
+    elif isinstance(kind, str) and kind in MEDIA_TYPES:
         parts += [body.get("caption"), body.get("filename")]
     elif kind == "interactive":
         for reply in ("button_reply", "list_reply"):
@@ -147,7 +154,7 @@ def message_text(message: dict[str, Any]) -> str:
 
 def _media(message: dict[str, Any]) -> dict[str, Any] | None:
     kind = message.get("type")
-    if kind not in MEDIA_TYPES:
+    if not isinstance(kind, str) or kind not in MEDIA_TYPES:
         return None
     media = _dict(message.get(kind))
     return media if (media.get("id") or media.get("url")) else None
@@ -166,7 +173,7 @@ def _related(message: dict[str, Any]) -> str | None:
 def _message_item(
     field_name: str,
     value: dict[str, Any],
-    message: dict[str, Any],
+    raw: Any,
     *,
     kind: str,
     source: str,
@@ -174,6 +181,7 @@ def _message_item(
     received_at: datetime,
     extra: dict[str, Any] | None = None,
 ) -> Item:
+    message = _dict(raw)  # read as an object; ``raw`` is sealed as sent, whatever it is
     contacts = _list(value.get("contacts"))
     wamid = _str(message.get("id"))
     item_type = _type(message.get("type"), "unknown")
@@ -202,7 +210,7 @@ def _message_item(
         "field": field_name,
         "metadata": value.get("metadata"),
         "contacts": value.get("contacts"),
-        "item": message,
+        "item": raw,
     }
     if extra:
         sealed.update(extra)
@@ -212,7 +220,7 @@ def _message_item(
         source=source,
         direction="outbound" if outbound else "inbound",
         item_type=item_type,
-        dedupe_key=f"m:{wamid}:{item_type}" if wamid else f"m:{_digest(message)}",
+        dedupe_key=_key("m", wamid, item_type) if wamid else f"m:{_digest(raw)}",
         occurred_at=_when(message.get("timestamp"), received_at),
         sealed=sealed,
         wamid=wamid,
@@ -227,22 +235,24 @@ def _message_item(
     )
 
 
-def _status_item(value: dict[str, Any], status: dict[str, Any], received_at: datetime) -> Item:
+def _status_item(value: dict[str, Any], raw: Any, received_at: datetime) -> Item:
+    status = _dict(raw)
     wamid = _str(status.get("id"))
-    state = _type(status.get("status"), "unknown").lower()
+    # Lower-case before cutting: lowering can lengthen a string (``İ`` becomes two).
+    state = _type((_str(status.get("status")) or "unknown").lower(), "unknown")
     return Item(
         field="messages",
         kind="status",
         source=SOURCE_CLOUD_API,
         direction="outbound",
         item_type=state,
-        dedupe_key=f"s:{wamid}:{state}" if wamid else f"s:{_digest(status)}",
+        dedupe_key=_key("s", wamid, state) if wamid else f"s:{_digest(raw)}",
         occurred_at=_when(status.get("timestamp"), received_at),
         sealed={
             "field": "messages",
             "metadata": value.get("metadata"),
             "contacts": value.get("contacts"),
-            "item": status,
+            "item": raw,
         },
         wamid=wamid,
         status=state,
@@ -295,7 +305,6 @@ def _history_items(
         for thread in _list(chunk.get("threads")):
             thread = _dict(thread)
             for message in _list(thread.get("messages")):
-                message = _dict(message)
                 item = _message_item(
                     "history",
                     value,
@@ -315,7 +324,7 @@ def _history_items(
             _message_item(
                 "history",
                 value,
-                _dict(message),
+                message,
                 kind="history",
                 source=SOURCE_HISTORY,
                 business_number=business_number,
@@ -364,7 +373,7 @@ def _items_of(field_name: str, value: dict[str, Any], received_at: datetime) -> 
                 _message_item(
                     field_name,
                     value,
-                    _dict(message),
+                    message,
                     kind="message",
                     source=SOURCE_CLOUD_API,
                     business_number=business,
@@ -372,7 +381,7 @@ def _items_of(field_name: str, value: dict[str, Any], received_at: datetime) -> 
                 )
             )
         for status in _list(value.get("statuses")):
-            items.append(_status_item(value, _dict(status), received_at))
+            items.append(_status_item(value, status, received_at))
         if value.get("errors"):
             items.append(_event(field_name, value, value.get("errors"), "errors", received_at))
     elif field_name == "smb_message_echoes":
@@ -381,7 +390,7 @@ def _items_of(field_name: str, value: dict[str, Any], received_at: datetime) -> 
                 _message_item(
                     field_name,
                     value,
-                    _dict(echo),
+                    echo,
                     kind="echo",
                     source=SOURCE_BUSINESS_APP,
                     business_number=business,

@@ -191,6 +191,7 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(200))
     totp_secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     mfa_enrolled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)

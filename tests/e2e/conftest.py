@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PG_ADMIN_DSN, REQUIRE_PG, _pg_available, _pg_execute, _pg_url
-from tests.e2e.server import ADMIN_TOKEN, Server, clean_env
+from tests.e2e.server import Server, clean_env
 
 
 def server_env(data_dir: Path, database: str) -> dict[str, str]:
-    env = clean_env(STRONGROOM_DATA_DIR=str(data_dir), STRONGROOM_ADMIN_TOKEN=ADMIN_TOKEN)
+    env = clean_env(STRONGROOM_DATA_DIR=str(data_dir))
     if database != "sqlite":
         env["STRONGROOM_DATABASE_URL"] = _pg_url(database)
     return env
@@ -43,7 +43,10 @@ def server(database_name: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """A running server with one account registered (``server.account_id``)."""
     data_dir = tmp_path_factory.mktemp("server")
     srv = Server(server_env(data_dir / "data", database_name), data_dir / "data", data_dir / "log")
-    srv.start()
-    srv.account_id = srv.add_account()
-    yield srv
-    srv.close()
+    try:
+        srv.start()
+        srv.bootstrap_users()
+        srv.account_id = srv.add_account()
+        yield srv
+    finally:
+        srv.close()

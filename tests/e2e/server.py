@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 STRONGROOM = str(Path(sys.executable).with_name("strongroom"))
-ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
+PASSWORD = "e2e-password-long-enough"
 APP_SECRET = "e2e-app-secret-3f9a"
 VERIFY_TOKEN = "e2e-verify-token"
 PHONE_NUMBER_ID = "106540352242922"
@@ -63,7 +63,9 @@ class Server:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.client = httpx.Client(base_url=self.url, timeout=10)
-        self.admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        # Set by bootstrap_users(): an admin's and a compliance officer's tokens.
+        self.admin: dict[str, str] = {}
+        self.officer: dict[str, str] = {}
 
     def start(self, timeout: float = 20) -> None:
         with self.log_path.open("ab") as log:
@@ -104,6 +106,61 @@ class Server:
         self.stop()
         self.client.close()
 
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run the CLI against this server's data."""
+        return subprocess.run(
+            [STRONGROOM, *args],
+            env=self.env | env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def token(self, username: str, *scopes: str) -> dict[str, str]:
+        args = [arg for scope in scopes for arg in ("--scope", scope)]
+        result = self.cli("tokens", "create", username, *args, "--days", "1")
+        assert result.returncode == 0, result.stderr
+        return {"Authorization": f"Bearer {result.stdout.strip()}"}
+
+    def create_user(self, username: str, *roles: str, account: str | None = None) -> None:
+        """A user with ``roles``; privileged grants are approved by the admin over HTTP."""
+        made = self.cli(
+            "users", "create", username, "--password-env", "E2E_PASSWORD", E2E_PASSWORD=PASSWORD
+        )
+        assert made.returncode == 0, made.stderr
+        for role in roles:
+            extra = ("--account", account) if account else ()
+            granted = self.cli("users", "grant", username, role, *extra)
+            assert granted.returncode == 0, granted.stderr
+            if granted.stdout.startswith("approval "):
+                approval = int(granted.stdout.split()[1])
+                decided = self.client.post(
+                    f"/api/v1/approvals/{approval}/decision",
+                    json={"approve": True},
+                    headers=self.admin,
+                )
+                assert decided.status_code == 200, decided.text
+
+    def bootstrap_users(self) -> None:
+        """The first admin (CLI only), then a compliance officer who can also import."""
+        made = self.cli(
+            "users",
+            "create",
+            "e2e-admin",
+            "--role",
+            "admin",
+            "--password-env",
+            "E2E_PASSWORD",
+            E2E_PASSWORD=PASSWORD,
+        )
+        assert made.returncode == 0, made.stderr
+        self.admin = self.token(
+            "e2e-admin", "users.manage", "grants.approve", "accounts.manage", "accounts.read"
+        )
+        self.create_user("e2e-officer", "compliance_officer", "records_manager")
+        self.officer = self.token("e2e-officer", "archive.read", "archive.import", "accounts.read")
+
     def add_account(self, **extra: str) -> str:
         body = {
             "phone_number_id": PHONE_NUMBER_ID,
@@ -122,7 +179,8 @@ class Server:
         return self.client.post("/webhooks/whatsapp", content=body, headers=headers)
 
     def get(self, path: str, **params: Any) -> httpx.Response:
-        return self.client.get(path, params=params, headers=self.admin)
+        """GET as the compliance officer."""
+        return self.client.get(path, params=params, headers=self.officer)
 
     def wait_for(self, probe: Callable[[], Any], timeout: float = 15) -> Any:
         """Poll ``probe`` until it returns something truthy (projection is asynchronous)."""

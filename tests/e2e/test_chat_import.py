@@ -23,7 +23,7 @@ def _upload(server: Server, name: str, content: bytes, **fields: str) -> httpx.R
         "/api/v1/imports/chat-export",
         files={"file": (name, content)},
         data=data,
-        headers=server.admin,
+        headers=server.officer,
     )
 
 

@@ -268,11 +268,15 @@ def test_identities_link_phone_and_business_scoped_ids(server: Server) -> None:
     assert by_phone["contact_id"] == first["contact_id"]
 
 
-def test_read_api_needs_the_admin_token(server: Server) -> None:
+def test_archive_api_needs_a_permitted_principal(server: Server) -> None:
     assert server.client.get("/api/v1/accounts").status_code == 401
-    wrong = {"Authorization": "Bearer wrong-token-wrong-token-wrong"}
+    wrong = {"Authorization": "Bearer sr_000000000000_not-a-real-token-at-all"}
     assert server.client.get("/api/v1/accounts", headers=wrong).status_code == 401
-    assert server.get("/api/v1/accounts").status_code == 200
+    # An admin manages accounts but reads no message content.
+    assert server.client.get("/api/v1/accounts", headers=server.admin).status_code == 200
+    path = f"/api/v1/accounts/{server.account_id}/records"
+    assert server.client.get(path, headers=server.admin).status_code == 403
+    assert server.get(path).status_code == 200
 
 
 def test_nothing_readable_at_rest(server: Server) -> None:

@@ -77,6 +77,7 @@ def upgrade() -> None:
         sa.Column("password_hash", sa.String(length=200), nullable=True),
         sa.Column("totp_secret_sealed", sa.LargeBinary(), nullable=True),
         sa.Column("mfa_enrolled_at", archiver.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("totp_last_step", sa.BigInteger(), nullable=True),
         sa.Column("failed_logins", sa.Integer(), nullable=False),
         sa.Column("locked_until", archiver.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("disabled", sa.Boolean(), nullable=False),

@@ -1,0 +1,687 @@
+"""The audit chain on a real database (SQLite and PostgreSQL) and file vault:
+appends, checkpoints, tampering of every kind, sealed details, concurrent
+appenders, auditor queries and signed exports."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import sys
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import Executable, delete, func, select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from structlog.testing import capture_logs
+
+from api.migrate import upgrade
+from archiver.audit import (
+    ZERO_HASH,
+    AuditEntry,
+    AuditLog,
+    AuditUnavailable,
+    AuditVerifyReport,
+    canonical_bytes,
+    chain_hash,
+    checkpoint_message,
+    verify_export,
+)
+from archiver.clock import FixedClock
+from archiver.db import Base, create_engine, session_factory
+from archiver.errors import IntegrityError
+from archiver.keyring import Keyring
+from archiver.models import AuditCheckpoint, AuditEvent
+from archiver.vault import Vault
+
+Sessions = async_sessionmaker[AsyncSession]
+EVENTS = Base.metadata.tables["audit_events"]
+FIELDS = (
+    "occurred_at",
+    "actor",
+    "role",
+    "action",
+    "target",
+    "scope",
+    "outcome",
+    "reason",
+    "request_id",
+    "client_ip",
+    "user_agent",
+    "details_sealed",
+)
+SEARCH_TERM = "insider dealing Sheena Nelson"
+
+
+@pytest.fixture
+async def audit(
+    sessions: Sessions, vault: Vault, keyring: Keyring, clock: FixedClock
+) -> AsyncIterator[AuditLog]:
+    log = AuditLog(sessions, vault, keyring, clock, checkpoint_every=500)
+    yield log
+    await log.close()
+
+
+def _entry(i: int, **overrides: object) -> AuditEntry:
+    values: dict[str, object] = {
+        "actor": f"us_{i % 3}",
+        "role": "compliance_officer",
+        "action": "http.GET /api/v1/messages/{id}",
+        "target": f"record:{i}",
+        "scope": "account:ac_1",
+        "outcome": "allowed",
+        "request_id": f"req-{i}",
+        "client_ip": "203.0.113.7",
+        "user_agent": "Mozilla/5.0",
+    }
+    values.update(overrides)
+    return AuditEntry(**values)  # type: ignore[arg-type]  # test data, checked by the log
+
+
+async def _fill(audit: AuditLog, count: int, start: int = 0) -> None:
+    for i in range(start, start + count):
+        await audit.record(_entry(i))
+    await audit.flush()
+
+
+async def _checkpoint(audit: AuditLog, sessions: Sessions) -> AuditCheckpoint:
+    async with sessions() as session, session.begin():
+        row = await audit.checkpoint(session)
+    assert row is not None
+    return row
+
+
+async def _verify(audit: AuditLog, sessions: Sessions) -> AuditVerifyReport:
+    async with sessions() as session:
+        return await audit.verify(session)
+
+
+def _found(report: AuditVerifyReport) -> list[tuple[int, str]]:
+    return [(p.seq, p.kind) for p in report.problems]
+
+
+@asynccontextmanager
+async def _as_dba(sessions: Sessions) -> AsyncIterator[AsyncSession]:
+    """A session with the append-only triggers out of the way, as a DBA with full rights."""
+    async with sessions() as session, session.begin():
+        if session.get_bind().dialect.name == "postgresql":
+            await session.execute(text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
+        else:
+            await session.execute(text("DROP TRIGGER IF EXISTS audit_events_no_update"))
+            await session.execute(text("DROP TRIGGER IF EXISTS audit_events_no_delete"))
+        yield session
+
+
+async def _rechain(session: AsyncSession, start: int) -> None:
+    """What a DBA who knows the algorithm does next: recompute every hash from ``start``."""
+    prev = await session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == start - 1))
+    prev = prev or ZERO_HASH
+    rows = await session.scalars(
+        select(AuditEvent).where(AuditEvent.seq >= start).order_by(AuditEvent.seq)
+    )
+    for event in rows:
+        event.prev_hash = prev
+        event.hash = prev = chain_hash(prev, canonical_bytes(event))
+    await session.flush()
+
+
+async def _shift(session: AsyncSession, start: int, by: int) -> None:
+    """Renumber events from ``start`` on; in two steps so the primary key never collides."""
+    await session.execute(update(EVENTS).where(EVENTS.c.seq >= start).values(seq=-EVENTS.c.seq))
+    await session.execute(update(EVENTS).where(EVENTS.c.seq < 0).values(seq=by - EVENTS.c.seq))
+
+
+async def _swap(session: AsyncSession, a: int, b: int, columns: Iterable[str]) -> None:
+    names = list(columns)
+    rows = {
+        row.seq: row
+        for row in (await session.execute(select(EVENTS).where(EVENTS.c.seq.in_([a, b])))).all()
+    }
+    for here, there in ((a, b), (b, a)):
+        values = {name: getattr(rows[there], name) for name in names}
+        await session.execute(update(EVENTS).where(EVENTS.c.seq == here).values(values))
+
+
+# -- the chain ------------------------------------------------------------------
+
+
+async def test_many_events_form_a_clean_chain(audit: AuditLog, sessions: Sessions) -> None:
+    for i in range(1200):
+        details = {"query": f"term {i}"} if i % 10 == 0 else None
+        await audit.record(_entry(i, details=details))
+    await audit.flush()
+
+    report = await _verify(audit, sessions)
+    assert report.ok, report.problems
+    assert (report.events, report.head_seq) == (1200, 1200)
+    # The writer checkpoints once 500 events have passed the last checkpoint.
+    assert report.checkpoints >= 2
+    assert report.unanchored < 500
+    async with sessions() as session:
+        first = await session.get(AuditEvent, 1)
+        seqs = list(await session.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq)))
+        checkpoints = list(await session.scalars(select(AuditCheckpoint.seq)))
+    assert first is not None
+    assert first.prev_hash == ZERO_HASH
+    assert first.hash == chain_hash(ZERO_HASH, canonical_bytes(first))
+    assert seqs == list(range(1, 1201))
+    checkpoints.sort()
+    assert checkpoints[0] >= 500
+    assert all(b - a >= 500 for a, b in itertools.pairwise(checkpoints))
+
+
+async def test_record_durable_returns_after_commit(audit: AuditLog, sessions: Sessions) -> None:
+    await audit.record_durable(_entry(1, action="http.GET /api/v1/messages/{id}/body"))
+    async with sessions() as session:
+        rows = list(await session.scalars(select(AuditEvent)))
+    assert [(r.seq, r.action) for r in rows] == [(1, "http.GET /api/v1/messages/{id}/body")]
+
+
+async def test_occurred_at_defaults_to_the_clock(
+    audit: AuditLog, sessions: Sessions, clock: FixedClock
+) -> None:
+    given = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    await audit.record_durable(_entry(1))
+    await audit.record_durable(_entry(2, occurred_at=given))
+    async with sessions() as session:
+        times = list(await session.scalars(select(AuditEvent.occurred_at).order_by("seq")))
+    assert times == [clock.now(), given]
+
+
+async def test_entries_are_checked_and_cleaned(audit: AuditLog, sessions: Sessions) -> None:
+    with pytest.raises(ValueError, match="outcome"):
+        await audit.record(_entry(1, outcome="maybe"))
+    with pytest.raises(ValueError, match="timezone"):
+        await audit.record(_entry(1, occurred_at=datetime(2026, 1, 1)))  # noqa: DTZ001 - refused
+    with pytest.raises(TypeError):
+        await audit.record(_entry(1, details={"x": object()}))
+    # A hostile header must not stop the event (or its batch) from being written.
+    await audit.record_durable(_entry(1, actor="x" * 200, user_agent="curl\x00\ud800"))
+    async with sessions() as session:
+        row = await session.get(AuditEvent, 1)
+    assert row is not None
+    assert row.actor == "x" * 79 + "…"
+    assert row.user_agent == "curl\ufffd?"
+
+
+async def test_database_refuses_update_delete_and_truncate(
+    audit: AuditLog, sessions: Sessions
+) -> None:
+    await _fill(audit, 3)
+    statements: list[Executable] = [
+        update(EVENTS).where(EVENTS.c.seq == 2).values(actor="someone else"),
+        delete(EVENTS).where(EVENTS.c.seq == 2),
+    ]
+    async with sessions() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            statements.append(text("TRUNCATE audit_events"))
+    for statement in statements:
+        async with sessions() as session:
+            with pytest.raises(DBAPIError, match="append-only"):
+                await session.execute(statement)
+    report = await _verify(audit, sessions)
+    assert report.ok
+    assert report.events == 3
+
+
+# -- tampering ------------------------------------------------------------------
+
+
+async def test_altered_event_is_caught(audit: AuditLog, sessions: Sessions) -> None:
+    await _fill(audit, 30)
+    async with _as_dba(sessions) as session:
+        await session.execute(update(EVENTS).where(EVENTS.c.seq == 7).values(outcome="denied"))
+    assert _found(await _verify(audit, sessions)) == [(7, "altered")]
+
+
+async def test_altered_event_with_its_hash_recomputed_breaks_the_next_link(
+    audit: AuditLog, sessions: Sessions
+) -> None:
+    await _fill(audit, 30)
+    async with _as_dba(sessions) as session:
+        event = await session.get(AuditEvent, 7)
+        assert event is not None
+        event.actor = "us_innocent"
+        event.hash = chain_hash(event.prev_hash, canonical_bytes(event))
+    assert _found(await _verify(audit, sessions)) == [(8, "broken_link")]
+
+
+async def test_removed_event_is_caught(audit: AuditLog, sessions: Sessions) -> None:
+    await _fill(audit, 30)
+    async with _as_dba(sessions) as session:
+        await session.execute(delete(EVENTS).where(EVENTS.c.seq.in_([5, 6])))
+    report = await _verify(audit, sessions)
+    assert _found(report) == [(5, "gap")]
+    assert "5..6" in report.problems[0].detail
+
+
+async def test_removed_event_with_the_rest_renumbered_is_caught(
+    audit: AuditLog, sessions: Sessions
+) -> None:
+    await _fill(audit, 30)
+    async with _as_dba(sessions) as session:
+        await session.execute(delete(EVENTS).where(EVENTS.c.seq == 5))
+        await _shift(session, 6, -1)
+    report = await _verify(audit, sessions)
+    assert _found(report) == [(5, "broken_link"), (5, "renumbered")]
+    assert "5..29 were written as seq 6..30" in report.problems[1].detail
+
+
+async def test_inserted_event_is_caught(audit: AuditLog, sessions: Sessions) -> None:
+    await _fill(audit, 30)
+    async with _as_dba(sessions) as session:
+        await _shift(session, 6, 1)
+        fifth = await session.get(AuditEvent, 5)
+        assert fifth is not None
+        forged = AuditEvent(
+            seq=6,
+            occurred_at=fifth.occurred_at,
+            actor="us_1",
+            action="http.POST /api/v1/holds/{id}/release",
+            outcome="allowed",
+            prev_hash=fifth.hash,
+            hash="",
+        )
+        forged.hash = chain_hash(fifth.hash, canonical_bytes(forged))
+        session.add(forged)
+    assert _found(await _verify(audit, sessions)) == [(6, "inserted"), (7, "renumbered")]
+
+
+@pytest.mark.parametrize("pair", [(4, 9), (4, 5)])
+async def test_reordered_events_are_caught(
+    audit: AuditLog, sessions: Sessions, pair: tuple[int, int]
+) -> None:
+    await _fill(audit, 30)
+    a, b = pair
+    async with _as_dba(sessions) as session:
+        await _swap(session, a, b, FIELDS)
+    assert _found(await _verify(audit, sessions)) == [(a, "reordered"), (b, "reordered")]
+
+
+@pytest.mark.parametrize("pair", [(4, 9), (4, 5)])
+async def test_reordered_whole_rows_are_caught(
+    audit: AuditLog, sessions: Sessions, pair: tuple[int, int]
+) -> None:
+    await _fill(audit, 30)
+    a, b = pair
+    async with _as_dba(sessions) as session:
+        await _swap(session, a, b, (*FIELDS, "prev_hash", "hash"))
+    found = _found(await _verify(audit, sessions))
+    assert {(a, "reordered"), (b, "reordered")} <= set(found)
+    assert {kind for _, kind in found} == {"reordered", "broken_link"}
+    assert found[0][0] == a
+
+
+async def test_rewritten_chain_is_caught_by_its_checkpoint(
+    audit: AuditLog, sessions: Sessions
+) -> None:
+    await _fill(audit, 30)
+    checkpoint = await _checkpoint(audit, sessions)
+    await _fill(audit, 10, start=30)
+    async with _as_dba(sessions) as session:
+        await session.execute(update(EVENTS).where(EVENTS.c.seq == 12).values(actor="us_other"))
+        await _rechain(session, 12)
+    # The chain itself is consistent again: only the signed checkpoint disagrees.
+    assert _found(await _verify(audit, sessions)) == [(30, "checkpoint_mismatch")]
+
+    # Rewriting the checkpoint row too needs a signature the DBA cannot make,
+    # and the sealed copy in the vault still holds the original.
+    forger = Ed25519PrivateKey.generate()
+    async with sessions() as session, session.begin():
+        row = await session.get(AuditCheckpoint, checkpoint.id)
+        assert row is not None
+        head = await session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == 30))
+        assert head is not None
+        row.hash = head
+        row.signature = forger.sign(checkpoint_message(row.seq, row.hash)).hex()
+        row.public_key = (
+            forger.public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            .hex()
+        )
+    assert _found(await _verify(audit, sessions)) == [
+        (30, "checkpoint_key"),
+        (30, "checkpoint_signature"),
+        (30, "checkpoint_statement"),
+    ]
+
+
+async def test_altered_checkpoint_is_caught(audit: AuditLog, sessions: Sessions) -> None:
+    await _fill(audit, 30)
+    checkpoint = await _checkpoint(audit, sessions)
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(AuditCheckpoint).where(AuditCheckpoint.id == checkpoint.id).values(hash="f" * 64)
+        )
+    assert _found(await _verify(audit, sessions)) == [
+        (30, "checkpoint_mismatch"),
+        (30, "checkpoint_signature"),
+        (30, "checkpoint_statement"),
+    ]
+
+
+async def test_forged_checkpoint_signature_is_caught(audit: AuditLog, sessions: Sessions) -> None:
+    await _fill(audit, 30)
+    checkpoint = await _checkpoint(audit, sessions)
+    forged = Ed25519PrivateKey.generate().sign(checkpoint_message(30, checkpoint.hash)).hex()
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(AuditCheckpoint)
+            .where(AuditCheckpoint.id == checkpoint.id)
+            .values(signature=forged)
+        )
+    report = await _verify(audit, sessions)
+    assert _found(report) == [(30, "checkpoint_signature"), (30, "checkpoint_statement")]
+    assert "signature" in report.problems[1].detail
+
+
+async def test_removed_checkpoint_is_caught(audit: AuditLog, sessions: Sessions) -> None:
+    await _fill(audit, 30)
+    checkpoint = await _checkpoint(audit, sessions)
+    async with sessions() as session, session.begin():
+        await session.execute(delete(AuditCheckpoint).where(AuditCheckpoint.id == checkpoint.id))
+    assert _found(await _verify(audit, sessions)) == [(30, "checkpoint_removed")]
+
+
+async def test_truncated_tail_is_caught_by_the_checkpoint(
+    audit: AuditLog, sessions: Sessions
+) -> None:
+    await _fill(audit, 30)
+    await _checkpoint(audit, sessions)
+    async with _as_dba(sessions) as session:
+        await session.execute(delete(EVENTS).where(EVENTS.c.seq >= 25))
+    report = await _verify(audit, sessions)
+    assert _found(report) == [(30, "checkpoint_mismatch")]
+    assert report.head_seq == 24
+
+
+# -- checkpoints ----------------------------------------------------------------
+
+
+async def test_checkpoints_are_signed_and_sealed(audit: AuditLog, sessions: Sessions) -> None:
+    async with sessions() as session, session.begin():
+        assert await audit.checkpoint(session) is None  # nothing to sign yet
+    await _fill(audit, 5)
+    checkpoint = await _checkpoint(audit, sessions)
+    async with sessions() as session, session.begin():
+        assert await audit.checkpoint(session) is None  # the head has not moved
+        pem = await audit.public_key_pem(session)
+    key = serialization.load_pem_public_key(pem.encode())
+    assert isinstance(key, Ed25519PublicKey)
+    key.verify(bytes.fromhex(checkpoint.signature), checkpoint_message(5, checkpoint.hash))
+    assert checkpoint.object_id is not None
+
+
+async def test_checkpoint_due_follows_the_clock(
+    audit: AuditLog, sessions: Sessions, clock: FixedClock
+) -> None:
+    assert await audit.checkpoint_due() is None  # no events
+    await _fill(audit, 3)
+    first = await audit.checkpoint_due()
+    assert first is not None
+    assert first.seq == 3
+    await _fill(audit, 2, start=3)
+    clock.advance(timedelta(minutes=10))
+    assert await audit.checkpoint_due() is None  # the last one is recent
+    clock.advance(timedelta(minutes=6))
+    second = await audit.checkpoint_due()
+    assert second is not None
+    assert second.seq == 5
+
+
+# -- sealed details -------------------------------------------------------------
+
+
+async def test_details_are_sealed_and_bound_to_their_event(
+    audit: AuditLog, sessions: Sessions
+) -> None:
+    await audit.record_durable(
+        _entry(1, action="http.GET /api/v1/search", details={"query": SEARCH_TERM})
+    )
+    await audit.record_durable(_entry(2, details={"query": "other"}))
+    await audit.record_durable(_entry(3))
+    async with sessions() as session:
+        rows = (await session.execute(select(EVENTS).order_by(EVENTS.c.seq))).all()
+        dump = repr([tuple(row) for row in rows])
+        assert rows[0].details_sealed is not None
+        assert SEARCH_TERM.encode() not in rows[0].details_sealed
+        assert "insider" not in dump
+        assert "Sheena" not in dump
+        events = list(await session.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
+        assert await audit.open_details(session, events[0]) == {"query": SEARCH_TERM}
+        assert await audit.open_details(session, events[2]) is None
+
+    async with _as_dba(sessions) as session:
+        await session.execute(
+            update(EVENTS).where(EVENTS.c.seq == 2).values(details_sealed=rows[0].details_sealed)
+        )
+    async with sessions() as session:
+        moved = await session.get(AuditEvent, 2)
+        assert moved is not None
+        with pytest.raises(IntegrityError):
+            await audit.open_details(session, moved)
+    assert _found(await _verify(audit, sessions)) == [(2, "altered")]
+
+
+# -- concurrency ----------------------------------------------------------------
+
+
+async def test_concurrent_appenders_form_one_chain(
+    audit: AuditLog,
+    sessions: Sessions,
+    database_url: str,
+    vault: Vault,
+    keyring: Keyring,
+    clock: FixedClock,
+) -> None:
+    other_engine = create_engine(database_url)
+    other = AuditLog(session_factory(other_engine), vault, keyring, clock, checkpoint_every=50)
+    try:
+
+        async def burst(log: AuditLog, name: str, rounds: int) -> None:
+            for r in range(rounds):
+                await asyncio.gather(
+                    *(log.record_durable(_entry(i, actor=name)) for i in range(20)),
+                    *(log.record(_entry(i, actor=name, details={"r": r})) for i in range(10)),
+                )
+
+        with capture_logs() as logs:
+            await asyncio.gather(burst(audit, "us_a", 10), burst(other, "us_b", 10))
+            await asyncio.gather(audit.flush(), other.flush())
+    finally:
+        await other.close()
+        await other_engine.dispose()
+
+    # Appenders wait for each other rather than collide and retry.
+    assert [e["event"] for e in logs if e["log_level"] != "info"] == []
+    report = await _verify(audit, sessions)
+    assert report.ok, report.problems
+    assert report.events == 600
+    assert report.checkpoints >= 1
+    async with sessions() as session:
+        rows = await session.execute(select(AuditEvent.actor, func.count()).group_by("actor"))
+        counts = {actor: count for actor, count in rows}
+    assert counts == {"us_a": 300, "us_b": 300}
+
+
+_APPENDER = """
+import asyncio, sys
+from pathlib import Path
+from archiver.audit import AuditEntry, AuditLog
+from archiver.clock import SystemClock
+from archiver.db import Base, create_engine, session_factory
+from archiver.filestore import FileStore
+from archiver.keyring import Keyring
+from archiver.vault import Vault
+
+async def main(url: str, store: str, root: str, name: str) -> None:
+    engine = create_engine(url)
+    clock = SystemClock()
+    keyring = Keyring([bytes.fromhex(root)], clock)
+    vault = Vault(FileStore(Path(store), clock), keyring, clock)
+    log = AuditLog(session_factory(engine), vault, keyring, clock, checkpoint_every=40)
+    for _ in range(8):
+        await asyncio.gather(*(
+            log.record_durable(AuditEntry(actor=name, action="job.test", outcome="ok"))
+            for _ in range(25)
+        ))
+    await log.close()
+    await engine.dispose()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_two_processes_form_one_chain(
+    audit: AuditLog, sessions: Sessions, database_url: str, root_key: bytes, tmp_path: Path
+) -> None:
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _APPENDER,
+            database_url,
+            str(tmp_path / "vault"),
+            root_key.hex(),
+            name,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for name in ("proc_a", "proc_b")
+    ]
+    results = await asyncio.gather(*(p.communicate() for p in procs))
+    for proc, (stdout, stderr) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, stderr.decode()
+        assert b"append failed" not in stdout, stdout.decode()
+    report = await _verify(audit, sessions)
+    assert report.ok, report.problems
+    assert report.events == 400
+    assert report.checkpoints >= 1
+
+
+async def test_record_durable_fails_loudly_when_nothing_can_be_written(
+    tmp_path: Path, vault: Vault, keyring: Keyring, clock: FixedClock
+) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'not-migrated.db'}")
+    log = AuditLog(session_factory(engine), vault, keyring, clock)
+    try:
+        with pytest.raises(AuditUnavailable):
+            await log.record_durable(_entry(1))
+    finally:
+        await log.close()
+        await engine.dispose()
+
+
+async def test_queued_events_survive_a_database_outage(
+    tmp_path: Path, vault: Vault, keyring: Keyring, clock: FixedClock
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'late.db'}"
+    engine = create_engine(url)
+    log = AuditLog(session_factory(engine), vault, keyring, clock)
+    try:
+        with capture_logs() as logs:
+            await log.record(_entry(1))
+            await asyncio.sleep(0.05)  # the first attempt finds no tables
+            await asyncio.to_thread(upgrade, url)
+            await log.flush()
+        assert "audit append failed" in [e["event"] for e in logs]
+        assert "audit events lost" not in [e["event"] for e in logs]
+        async with session_factory(engine)() as session:
+            report = await log.verify(session)
+        assert report.ok
+        assert report.events == 1
+    finally:
+        await log.close()
+        await engine.dispose()
+
+
+# -- auditor queries and exports --------------------------------------------------
+
+
+async def _varied(audit: AuditLog, clock: FixedClock) -> None:
+    for i in range(10):
+        await audit.record(_entry(i, actor="us_a"))
+        clock.advance(timedelta(minutes=1))
+    for i in range(5):
+        await audit.record(
+            _entry(i, actor="us_b", action="http.POST /api/v1/exports", outcome="denied")
+        )
+        clock.advance(timedelta(minutes=1))
+    for action in ("job.fetch_media", "job.fetch_media", "job.fetchXmedia"):
+        await audit.record(
+            _entry(0, actor="system", action=action, outcome="failed", target="record:7")
+        )
+        clock.advance(timedelta(minutes=1))
+    await audit.record(_entry(0, action="http.GET /api/v1/search", details={"query": SEARCH_TERM}))
+    await audit.flush()
+
+
+async def test_query_filters(audit: AuditLog, sessions: Sessions, clock: FixedClock) -> None:
+    start = clock.now()
+    await _varied(audit, clock)
+    async with sessions() as session:
+
+        async def seqs(**filters: object) -> list[int]:
+            events = await audit.query(session, **filters)  # type: ignore[arg-type]  # kwargs
+            return [e.seq for e in events]
+
+        assert await seqs(actor="us_b") == [11, 12, 13, 14, 15]
+        assert await seqs(outcome="denied") == [11, 12, 13, 14, 15]
+        assert await seqs(action="http.POST /api/v1/exports") == [11, 12, 13, 14, 15]
+        assert len(await seqs(action="http.*")) == 16
+        assert await seqs(action="job.fetch_*") == [16, 17]  # "_" is not a wildcard
+        assert await seqs(target="record:7") == [8, 16, 17, 18]
+        window = await seqs(since=start + timedelta(minutes=2), until=start + timedelta(minutes=4))
+        assert window == [3, 4]
+        assert await seqs(actor="us_a", since=start + timedelta(minutes=8)) == [9, 10]
+        assert await seqs(actor="nobody") == []
+        with pytest.raises(ValueError, match="limit"):
+            await seqs(limit=0)
+
+
+async def test_query_pages_by_seq(audit: AuditLog, sessions: Sessions, clock: FixedClock) -> None:
+    await _varied(audit, clock)
+    pages: list[list[int]] = []
+    after: int | None = None
+    async with sessions() as session:
+        while page := await audit.query(session, action="http.*", after_seq=after, limit=4):
+            pages.append([e.seq for e in page])
+            after = page[-1].seq
+    assert [len(p) for p in pages] == [4, 4, 4, 4]
+    assert [s for p in pages for s in p] == [*range(1, 16), 19]
+
+
+async def test_export_is_signed_and_verifiable(
+    audit: AuditLog, sessions: Sessions, clock: FixedClock
+) -> None:
+    await _varied(audit, clock)
+    async with sessions() as session, session.begin():
+        everything, signature = await audit.export(session)
+        denied, denied_signature = await audit.export(session, outcome="denied")
+        pem = await audit.public_key_pem(session)
+
+    assert verify_export(everything, signature, pem)
+    assert verify_export(denied, denied_signature, pem)
+    lines = everything.splitlines()
+    assert len(lines) == 19
+    assert len(denied.splitlines()) == 5
+    # Details stay sealed: only their digest shows that there were some.
+    assert SEARCH_TERM.encode() not in everything
+    assert b'"details_sha256":"' in lines[-1]
+    assert b'"details_sha256":null' in lines[0]
+    # A complete export carries the chain, so it can be re-verified offline.
+    links = [(fields["prev_hash"], fields["hash"]) for fields in map(json.loads, lines)]
+    assert links[0][0] == ZERO_HASH
+    assert all(b[0] == a[1] for a, b in itertools.pairwise(links))
+
+    for position in (0, len(everything) // 2, len(everything) - 2):
+        tampered = bytearray(everything)
+        tampered[position] ^= 0x20
+        assert not verify_export(bytes(tampered), signature, pem)
+    assert not verify_export(everything, denied_signature, pem)
