@@ -23,6 +23,7 @@ from litestar.types import ASGIApp
 from sqlalchemy import text
 
 from api.archive import ArchiveController
+from api.audit import AuditController, AuditTrailMiddleware
 from api.auth import PUBLIC, AuthMiddleware, SecurityHeadersMiddleware, authorize
 from api.bootstrap import Services, open_services
 from api.console import CONSOLE_ROUTES
@@ -121,6 +122,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             ArchiveController,
             UsersController,
             TokensController,
+            AuditController,
             *CONSOLE_ROUTES,
             static,
         ],
@@ -143,7 +145,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
 
 
 def create_asgi_app(settings: Settings, clock: Clock | None = None) -> ASGIApp:
-    """The application as served: request ids, access logs and security headers wrap
-    every response, including the router's own 404 and 405 answers."""
-    app = SecurityHeadersMiddleware(create_app(settings, clock), hsts=not settings.embedded)
-    return RequestIdMiddleware(app)
+    """The application as served: request ids, access logs, security headers and the
+    audit trail wrap every response, including the router's own 404 and 405 answers."""
+    litestar = create_app(settings, clock)
+    audited = AuditTrailMiddleware(litestar, lambda: getattr(litestar.state, "services", None))
+    return RequestIdMiddleware(SecurityHeadersMiddleware(audited, hsts=not settings.embedded))

@@ -26,6 +26,7 @@ from litestar.status_codes import HTTP_201_CREATED
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.audit import audit_access
 from api.auth import needs
 from api.bootstrap import Services
 from archiver.blind_index import normalize_phone
@@ -128,9 +129,19 @@ class ImportOut(msgspec.Struct):
 
 
 async def _views(
-    services: Services, session: AsyncSession, records: list[Record]
+    services: Services, request: Caller, session: AsyncSession, records: list[Record]
 ) -> list[RecordOut]:
+    """Decrypted records, once the access is durably in the audit trail."""
     ids = [r.id for r in records]
+    if records:
+        await audit_access(
+            services,
+            request,
+            action="archive.read",
+            permission=Permission.ARCHIVE_READ,
+            target="records:" + ",".join(str(i) for i in ids),
+            scope=",".join(sorted({r.account_id for r in records})),
+        )
     media: dict[int, list[MediaOut]] = {i: [] for i in ids}
     for item in await session.scalars(select(MediaItem).where(MediaItem.record_id.in_(ids))):
         media[item.record_id].append(
@@ -190,7 +201,7 @@ def _parse_cursor(cursor: str) -> tuple[datetime, int]:
 
 
 async def _page(
-    services: Services, query: Select[Record], cursor: str | None, limit: int
+    services: Services, request: Caller, query: Select[Record], cursor: str | None, limit: int
 ) -> RecordPage:
     """One page of ``query`` in time order, after ``cursor``."""
     if cursor:
@@ -204,7 +215,7 @@ async def _page(
         )
         more = len(records) > limit
         records = records[:limit]
-        views = await _views(services, session, records)
+        views = await _views(services, request, session, records)
     return RecordPage(views, _cursor(records[-1]) if more else None)
 
 
@@ -270,7 +281,7 @@ class ArchiveController(Controller):
         query = _scope(select(Record).where(Record.account_id == account_id), request.user)
         if kind:
             query = query.where(Record.kind == kind)
-        return await _page(services, query, cursor, limit)
+        return await _page(services, request, query, cursor, limit)
 
     @get("/messages/{record_id:int}", opt=needs(Permission.ARCHIVE_READ))
     async def get_message(self, request: Caller, record_id: int, services: Services) -> RecordOut:
@@ -281,7 +292,7 @@ class ArchiveController(Controller):
                 Permission.ARCHIVE_READ, record.account_id
             ):
                 raise NotFoundException("no such record")
-            return (await _views(services, session, [record]))[0]
+            return (await _views(services, request, session, [record]))[0]
 
     @get("/messages", opt=needs(Permission.ARCHIVE_READ))
     async def find_messages(
@@ -297,7 +308,7 @@ class ArchiveController(Controller):
             )
             if not records:
                 raise NotFoundException("no record with that wamid")
-            return await _views(services, session, records)
+            return await _views(services, request, session, records)
 
     @get("/contacts", opt=needs(Permission.ARCHIVE_READ))
     async def find_contact(
@@ -335,21 +346,7 @@ class ArchiveController(Controller):
         query = _scope(select(Record).where(Record.contact_id == contact_id), request.user)
         if account_id:
             query = query.where(Record.account_id == account_id)
-        if cursor:
-            when, last = _parse_cursor(cursor)
-            query = query.where(
-                or_(Record.occurred_at > when, and_(Record.occurred_at == when, Record.id > last))
-            )
-        async with services.sessions() as session:
-            records = list(
-                await session.scalars(
-                    query.order_by(Record.occurred_at, Record.id).limit(limit + 1)
-                )
-            )
-            more = len(records) > limit
-            records = records[:limit]
-            views = await _views(services, session, records)
-        return RecordPage(views, _cursor(records[-1]) if more else None)
+        return await _page(services, request, query, cursor, limit)
 
     @post(
         "/imports/chat-export",

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.settings import Settings, SettingsError, parse_root_key
 from archiver.accounts import AccountService
+from archiver.audit import AuditLog
 from archiver.blind_index import BlindIndex
 from archiver.capture import Capture, Retention
 from archiver.clock import Clock, SystemClock
@@ -127,10 +128,12 @@ class Services:
     identity: IdentityService
     approvals: ApprovalService
     grants: GrantService
+    audit: AuditLog
 
     async def close(self) -> None:
-        """Finish pending journal writes, then release connections."""
+        """Finish pending journal and audit writes, then release connections."""
         await self.capture.close()
+        await self.audit.close()
         await self.graph.aclose()
         await self.engine.dispose()
 
@@ -151,7 +154,8 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     accounts = AccountService(keyring, index, clock)
     records = timedelta(days=settings.record_retention_days)
     retention = Retention(journal=timedelta(days=settings.journal_retention_days), records=records)
-    capture = Capture(vault, sessions, accounts, index, clock, retention)
+    audit = AuditLog(sessions, vault, keyring, clock)
+    capture = Capture(vault, sessions, accounts, index, clock, retention, audit)
     # The embedded sandbox (the demo, tests) serves media from loopback.
     hosts = META_MEDIA_HOSTS + (LOOPBACK_HOSTS if settings.embedded else ())
     graph = GraphClient(settings.graph_base_url, download_hosts=hosts)
@@ -172,4 +176,5 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         identity=identity,
         approvals=approvals,
         grants=GrantService(identity, approvals),
+        audit=audit,
     )

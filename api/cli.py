@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from api.bootstrap import (
 from api.logging import configure_logging
 from api.migrate import upgrade
 from api.settings import Settings, SettingsError, load_settings
+from archiver.audit import AuditEntry
 from archiver.blind_index import normalize_phone
 from archiver.chat_export import ChatExportError
 from archiver.errors import AccountExists, AccountNotFound, ArchiverError
@@ -34,6 +36,10 @@ from archiver.models import User
 
 T = TypeVar("T")
 log = structlog.get_logger("strongroom.cli")
+# The CLI acts with the operator's full local authority (it holds the root key),
+# so it is named "cli" in the audit trail and in approvals; a privileged grant it
+# asks for still needs an admin's decision once the first admin exists.
+CLI_ACTOR = "cli"
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -59,8 +65,10 @@ def _prepare(settings: Settings) -> None:
 
 
 def _run(settings: Settings, work: Callable[[Services], Awaitable[T]]) -> T:
-    """Open the services, run ``work`` with them, close them."""
+    """Open the services, run ``work`` with them, record it in the audit trail, close."""
     _prepare(settings)
+    path = click.get_current_context().command_path.split()[1:]
+    action = "cli." + ".".join(path)
 
     async def main() -> T:
         try:
@@ -70,11 +78,27 @@ def _run(settings: Settings, work: Callable[[Services], Awaitable[T]]) -> T:
         except ArchiverError as exc:
             _fail(f"vault: {exc}")
         try:
-            return await work(services)
+            result = await work(services)
+        except BaseException as exc:
+            await _audit_cli(services, action, "failed", type(exc).__name__)
+            raise
+        else:
+            await _audit_cli(services, action, "ok", None)
+            return result
         finally:
             await services.close()
 
     return asyncio.run(main())
+
+
+async def _audit_cli(services: Services, action: str, outcome: str, reason: str | None) -> None:
+    entry = AuditEntry(
+        actor=CLI_ACTOR,
+        action=action,
+        outcome=outcome,  # type: ignore[arg-type]  # always "ok" or "failed"
+        reason=reason,
+    )
+    await services.audit.record_durable(entry)
 
 
 @click.group()
@@ -375,12 +399,6 @@ def import_chat_export(
     )
 
 
-# The CLI acts with the operator's full local authority (it holds the root key),
-# so it is named "cli" in approvals; a privileged grant it asks for still needs
-# an admin's decision once the first admin exists.
-CLI_ACTOR = "cli"
-
-
 def _password(password_file: Path | None, password_env: str | None) -> str:
     given = _secret(None, password_file, password_env, "password")
     if given:
@@ -603,3 +621,107 @@ def tokens_revoke(token_id: str) -> None:
     except IdentityError as exc:
         _fail(str(exc), 1)
     click.echo(f"token {token_id} revoked")
+
+
+@main.command()
+@click.option(
+    "--url", default="http://127.0.0.1:8000", show_default=True, help="The running server."
+)
+@click.option(
+    "--timeout",
+    default=45.0,
+    show_default=True,
+    type=click.FloatRange(1, 600),
+    help="Seconds to wait for projection and media fetch.",
+)
+def demo(url: str, timeout: float) -> None:
+    """Fill a running embedded server (make serve, same directory) with a fictional
+    business's conversations, and create a compliance officer to look at them."""
+    from api.demo import DemoError, run_demo
+
+    settings = _settings()
+    if settings.log_level != "debug":
+        # The progress lines are the output; request and job logs would bury them.
+        configure_logging("warning")
+    if not settings.embedded:
+        _fail(
+            "the demo runs only in embedded mode: its fictional records could never be "
+            "deleted from a production archive",
+            1,
+        )
+    if settings.master_key is None and not settings.master_key_file.exists():
+        # A server on these settings would have created it: we are elsewhere.
+        _fail(
+            f"no root key at {settings.master_key_file}; run the demo in the directory "
+            "where the server runs, with the same STRONGROOM_* settings",
+            1,
+        )
+
+    async def work(services: Services) -> None:
+        await run_demo(services, url, wait_seconds=timeout, out=click.echo)
+
+    try:
+        _run(settings, work)
+    except DemoError as exc:
+        _fail(str(exc), 1)
+
+
+@main.group()
+def audit() -> None:
+    """Verify and export the audit trail."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain, the checkpoints and their sealed copies; exit 1 on tampering."""
+    settings = _settings()
+
+    async def work(services: Services) -> bool:
+        async with services.sessions() as session, session.begin():
+            report = await services.audit.verify(session)
+        for problem in report.problems:
+            click.echo(f"TAMPERED seq {problem.seq} {problem.kind}: {problem.detail}")
+        if report.problems_omitted:
+            click.echo(f"... and {report.problems_omitted} more problems")
+        click.echo(
+            f"checked {report.events} events up to seq {report.head_seq} and "
+            f"{report.checkpoints} checkpoints; {report.unanchored} events after the last "
+            f"checkpoint; {len(report.problems) + report.problems_omitted} problems"
+        )
+        return report.ok
+
+    if not _run(settings, work):
+        sys.exit(1)
+
+
+@audit.command("export")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--actor", help="Only this actor's events.")
+@click.option("--action", help="Only this action (a trailing * matches a prefix).")
+def audit_export(out: Path, actor: str | None, action: str | None) -> None:
+    """Write the trail as JSONL, its Ed25519 signature (OUT.sig) and public key (OUT.pem)."""
+    settings = _settings()
+
+    async def work(services: Services) -> tuple[bytes, bytes, str]:
+        async with services.sessions() as session, session.begin():
+            jsonl, signature = await services.audit.export(session, actor=actor, action=action)
+            return jsonl, signature, await services.audit.public_key_pem(session)
+
+    jsonl, signature, pem = _run(settings, work)
+    out.write_bytes(jsonl)
+    out.with_name(out.name + ".sig").write_bytes(base64.b64encode(signature) + b"\n")
+    out.with_name(out.name + ".pem").write_text(pem)
+    events = len(jsonl.splitlines())
+    click.echo(f"wrote {out} ({events} events), {out.name}.sig and {out.name}.pem")
+
+
+@audit.command("public-key")
+def audit_public_key() -> None:
+    """Print the Ed25519 public key that signs checkpoints and exports (PEM)."""
+    settings = _settings()
+
+    async def work(services: Services) -> str:
+        async with services.sessions() as session, session.begin():
+            return await services.audit.public_key_pem(session)
+
+    click.echo(_run(settings, work), nl=False)

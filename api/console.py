@@ -76,13 +76,16 @@ async def login(request: Caller, services: Services) -> Response[Any]:
     username, password = form.get("username"), form.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         return _login_form(services, "Enter your username and password.", 400)
-    try:
-        async with services.sessions() as session, session.begin():
+    refusal: IdentityError | None = None
+    async with services.sessions() as session, session.begin():
+        try:
             user = await services.identity.check_password(session, username, password)
-    except AccountLocked as exc:
-        message = f"Too many failed attempts. Try again after {exc.until:%H:%M} UTC."
+        except IdentityError as exc:
+            refusal = exc  # caught inside the transaction, so the failure count commits
+    if isinstance(refusal, AccountLocked):
+        message = f"Too many failed attempts. Try again after {refusal.until:%H:%M} UTC."
         return _login_form(services, message, 429)
-    except IdentityError:
+    if refusal is not None:
         return _login_form(services, "Invalid username or password.", 401)
     async with services.sessions() as session, session.begin():
         cookie, _ = await services.identity.start_session(session, user, mfa_verified=False)

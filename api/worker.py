@@ -17,6 +17,7 @@ log = structlog.get_logger("strongroom.worker")
 
 RECONCILE_EVERY_HOURS = 6
 MEDIA_EVERY_SECONDS = 10
+CHECKPOINT_EVERY_SECONDS = 60
 
 
 def schedule(scheduler: AsyncIOScheduler, services: Services) -> None:

@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver.accounts import AccountSecrets, AccountService
+from archiver.audit import AuditEntry, AuditLog
 from archiver.blind_index import BlindIndex
 from archiver.clock import Clock
 from archiver.errors import CaptureError
@@ -97,7 +98,9 @@ class Capture:
         index: BlindIndex,
         clock: Clock,
         retention: Retention,
+        audit: AuditLog | None = None,
     ) -> None:
+        self._audit = audit
         self._vault = vault
         self._sessions = sessions
         self._accounts = accounts
@@ -265,6 +268,16 @@ class Capture:
         for entry in entries:
             if await self._project_one(entry.id):
                 done += 1
+        if self._audit is not None and entries:
+            await self._audit.record(
+                AuditEntry(
+                    actor="system",
+                    action="job.project_journal",
+                    outcome="ok" if done == len(entries) else "failed",
+                    reason=f"projected {done} of {len(entries)} journal entries",
+                    target=f"journal:{entries[0].id}-{entries[-1].id}",
+                )
+            )
         return done
 
     async def _project_one(self, entry_id: int) -> bool:

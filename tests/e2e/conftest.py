@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import PG_ADMIN_DSN, REQUIRE_PG, _pg_available, _pg_execute, _pg_url
@@ -50,3 +51,20 @@ def server(database_name: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield srv
     finally:
         srv.close()
+
+
+@pytest.fixture
+def clients(server: Server) -> Iterator[Callable[..., httpx.Client]]:
+    """New cookie-keeping clients for ``server``, all closed afterwards."""
+    made: list[httpx.Client] = []
+
+    def new(**cookies: str) -> httpx.Client:
+        client = httpx.Client(
+            base_url=server.url, timeout=10, follow_redirects=False, cookies=cookies
+        )
+        made.append(client)
+        return client
+
+    yield new
+    for client in made:
+        client.close()

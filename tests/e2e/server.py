@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -12,10 +13,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.bootstrap import Services, open_services
+from api.settings import load_settings
+from archiver.identity import ROLE_PERMISSIONS, Permission, Role
 
 STRONGROOM = str(Path(sys.executable).with_name("strongroom"))
 PASSWORD = "e2e-password-long-enough"
@@ -143,23 +150,45 @@ class Server:
                 assert decided.status_code == 200, decided.text
 
     def bootstrap_users(self) -> None:
-        """The first admin (CLI only), then a compliance officer who can also import."""
-        made = self.cli(
-            "users",
-            "create",
-            "e2e-admin",
-            "--role",
-            "admin",
-            "--password-env",
-            "E2E_PASSWORD",
-            E2E_PASSWORD=PASSWORD,
+        """An admin and a compliance officer (who can also import), with API tokens.
+
+        Set up in-process through the services for speed; the CLI and approval
+        path is what ``create_user`` exercises.
+        """
+        admin, officer = asyncio.run(self._bootstrap())
+        self.admin = {"Authorization": f"Bearer {admin}"}
+        self.officer = {"Authorization": f"Bearer {officer}"}
+
+    async def _bootstrap(self) -> tuple[str, str]:
+        services = await open_services(load_settings(self.env))
+        try:
+            async with services.sessions() as session, session.begin():
+                return (
+                    await self._user_token(services, session, "e2e-admin", [Role.ADMIN]),
+                    await self._user_token(
+                        services,
+                        session,
+                        "e2e-officer",
+                        [Role.COMPLIANCE_OFFICER, Role.RECORDS_MANAGER],
+                    ),
+                )
+        finally:
+            await services.close()
+
+    @staticmethod
+    async def _user_token(
+        services: Services, session: AsyncSession, name: str, roles: list[Role]
+    ) -> str:
+        identity = services.identity
+        user = await identity.create_user(session, name, PASSWORD, created_by="e2e")
+        scopes: set[Permission] = set()
+        for role in roles:
+            await identity.apply_grant(session, user, role, None, granted_by="e2e")
+            scopes |= ROLE_PERMISSIONS[role]
+        token = await identity.create_token(
+            session, user, name="e2e", scopes=frozenset(scopes), lifetime=timedelta(days=1)
         )
-        assert made.returncode == 0, made.stderr
-        self.admin = self.token(
-            "e2e-admin", "users.manage", "grants.approve", "accounts.manage", "accounts.read"
-        )
-        self.create_user("e2e-officer", "compliance_officer", "records_manager")
-        self.officer = self.token("e2e-officer", "archive.read", "archive.import", "accounts.read")
+        return token.secret
 
     def add_account(self, **extra: str) -> str:
         body = {

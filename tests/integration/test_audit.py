@@ -628,7 +628,7 @@ async def test_query_filters(audit: AuditLog, sessions: Sessions, clock: FixedCl
     async with sessions() as session:
 
         async def seqs(**filters: object) -> list[int]:
-            events = await audit.query(session, **filters)  # type: ignore[arg-type]  # kwargs
+            events = await audit.query(session, **filters)  # type: ignore[arg-type]  # filters of mixed types in one dict
             return [e.seq for e in events]
 
         assert await seqs(actor="us_b") == [11, 12, 13, 14, 15]

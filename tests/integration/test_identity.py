@@ -1,0 +1,239 @@
+"""Identity against real databases: argon2id, lockout, TOTP, tokens, grants, maker-checker."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pyotp
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from archiver.clock import FixedClock
+from archiver.identity import (
+    FIRST_LOCKOUT,
+    MAX_FAILED_LOGINS,
+    AccountLocked,
+    ApprovalService,
+    GrantService,
+    IdentityService,
+    InvalidCredentials,
+    NotPermitted,
+    Permission,
+    Principal,
+    Role,
+)
+from archiver.keyring import Keyring
+from archiver.models import ApiToken, Approval, User
+
+Sessions = async_sessionmaker[AsyncSession]
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def identity(keyring: Keyring, clock: FixedClock) -> IdentityService:
+    return IdentityService(keyring, clock)
+
+
+async def _user(identity: IdentityService, sessions: Sessions, name: str = "alice") -> User:
+    async with sessions() as session, session.begin():
+        return await identity.create_user(session, name, PASSWORD, created_by=None)
+
+
+async def test_passwords_are_argon2id_and_checked(
+    identity: IdentityService, sessions: Sessions
+) -> None:
+    user = await _user(identity, sessions)
+    assert user.password_hash is not None
+    assert user.password_hash.startswith("$argon2id$")
+    assert PASSWORD not in user.password_hash
+    async with sessions() as session, session.begin():
+        assert (await identity.check_password(session, "ALICE", PASSWORD)).id == user.id
+        with pytest.raises(InvalidCredentials):
+            await identity.check_password(session, "alice", "wrong password!")
+        with pytest.raises(InvalidCredentials):
+            await identity.check_password(session, "nobody", PASSWORD)
+    with pytest.raises(ValueError, match="at least"):
+        async with sessions() as session, session.begin():
+            await identity.create_user(session, "bob", "short", created_by=None)
+
+
+async def test_lockout_backs_off_and_expires(
+    identity: IdentityService, sessions: Sessions, clock: FixedClock
+) -> None:
+    await _user(identity, sessions)
+    for _ in range(MAX_FAILED_LOGINS):
+        async with sessions() as session, session.begin():
+            with pytest.raises(InvalidCredentials):
+                await identity.check_password(session, "alice", "wrong password!")
+    async with sessions() as session, session.begin():
+        # Locked: even the right password is refused until the lock expires.
+        with pytest.raises(AccountLocked) as locked:
+            await identity.check_password(session, "alice", PASSWORD)
+    assert locked.value.until == clock.now() + FIRST_LOCKOUT
+
+    clock.advance(FIRST_LOCKOUT + timedelta(seconds=1))
+    async with sessions() as session, session.begin():
+        with pytest.raises(InvalidCredentials):
+            await identity.check_password(session, "alice", "wrong again!!")
+    async with sessions() as session, session.begin():
+        with pytest.raises(AccountLocked) as again:
+            await identity.check_password(session, "alice", PASSWORD)
+    assert again.value.until == clock.now() + 2 * FIRST_LOCKOUT  # doubled
+
+    clock.advance(3 * FIRST_LOCKOUT)
+    async with sessions() as session, session.begin():
+        await identity.check_password(session, "alice", PASSWORD)
+        user = (await session.scalars(select(User))).one()
+        assert (user.failed_logins, user.locked_until) == (0, None)
+
+
+async def test_totp_enrolment_and_replay(
+    identity: IdentityService, sessions: Sessions, clock: FixedClock
+) -> None:
+    user = await _user(identity, sessions)
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        enrolment = await identity.totp_enrolment(session, user)
+        assert enrolment.uri.startswith("otpauth://totp/Strongroom:alice")
+        # Asking again before confirming shows the same secret.
+        assert (await identity.totp_enrolment(session, user)).secret == enrolment.secret
+    totp = pyotp.TOTP(enrolment.secret)
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        with pytest.raises(InvalidCredentials):
+            await identity.verify_totp(
+                session, user, "000000" if totp.at(clock.now()) != "000000" else "111111"
+            )
+        await identity.verify_totp(session, user, totp.at(clock.now()))
+        assert user.mfa_enrolled_at == clock.now()
+        assert user.totp_secret_sealed is not None
+        assert enrolment.secret.encode() not in user.totp_secret_sealed
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        with pytest.raises(InvalidCredentials):  # the same code cannot be used twice
+            await identity.verify_totp(session, user, totp.at(clock.now()))
+    clock.advance(timedelta(seconds=30))
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        await identity.verify_totp(session, user, totp.at(clock.now()))
+        await identity.reset_mfa(session, user)
+        assert user.mfa_enrolled_at is None
+
+
+async def test_tokens_expire_revoke_and_are_scoped(
+    identity: IdentityService, sessions: Sessions, clock: FixedClock
+) -> None:
+    user = await _user(identity, sessions)
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        await identity.apply_grant(session, user, Role.COMPLIANCE_OFFICER, None, granted_by=None)
+        new = await identity.create_token(
+            session,
+            user,
+            name="ci",
+            scopes=frozenset({Permission.ARCHIVE_READ}),
+            lifetime=timedelta(hours=1),
+        )
+        stored = (await session.scalars(select(ApiToken))).one()
+    assert new.secret.startswith(f"sr_{new.prefix}_")
+    assert new.secret.split("_", 2)[2] not in stored.secret_hash
+    assert stored.secret_hash.startswith("$argon2id$")
+
+    async with sessions() as session, session.begin():
+        principal = await identity.authenticate_token(session, new.secret)
+    assert principal.allows(Permission.ARCHIVE_READ, "acc_any")
+    assert not principal.allows(Permission.ACCOUNTS_READ)  # the role has it, the token does not
+
+    for forged in (
+        new.secret[:-1] + ("A" if new.secret[-1] != "A" else "B"),
+        "sr_zzzzzzzzzzzz_" + "x" * 43,
+        "junk",
+    ):
+        async with sessions() as session, session.begin():
+            with pytest.raises(InvalidCredentials):
+                await identity.authenticate_token(session, forged)
+
+    clock.advance(timedelta(hours=1))
+    async with sessions() as session, session.begin():
+        with pytest.raises(InvalidCredentials):
+            await identity.authenticate_token(session, new.secret)
+
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        other = await identity.create_token(
+            session,
+            user,
+            name="x",
+            scopes=frozenset({Permission.ARCHIVE_READ}),
+            lifetime=timedelta(days=1),
+        )
+        await identity.authenticate_token(session, other.secret)
+        await identity.revoke_token(session, other.id)
+    async with sessions() as session, session.begin():
+        with pytest.raises(InvalidCredentials):
+            await identity.authenticate_token(session, other.secret)
+
+
+def _principal(user_id: str, *grants: tuple[Role, str | None]) -> Principal:
+    return Principal(user_id, user_id, frozenset(grants), via="session")
+
+
+def test_grants_are_scoped_and_default_deny() -> None:
+    officer = _principal("u1", (Role.COMPLIANCE_OFFICER, "acc_a"))
+    assert officer.allows(Permission.ARCHIVE_READ, "acc_a")
+    assert not officer.allows(Permission.ARCHIVE_READ, "acc_b")
+    assert officer.accounts_for(Permission.ARCHIVE_READ) == {"acc_a"}
+    assert not officer.allows(Permission.USERS_MANAGE)
+    admin = _principal("u2", (Role.ADMIN, None))
+    assert admin.allows(Permission.USERS_MANAGE)
+    assert not admin.allows(Permission.ARCHIVE_READ, "acc_a")  # admins read no content
+    scoped_admin = _principal("u3", (Role.ADMIN, "acc_a"))
+    assert not scoped_admin.allows(Permission.USERS_MANAGE)  # global permissions need all accounts
+    regulator = _principal("u4", (Role.REGULATOR, None))
+    assert not any(regulator.allows(p) for p in Permission)
+    assert not _principal("u5").allows(Permission.ACCOUNTS_READ)
+
+
+async def test_maker_checker_refuses_self_approval(
+    identity: IdentityService, sessions: Sessions, clock: FixedClock
+) -> None:
+    grants = GrantService(identity, ApprovalService(clock))
+    maker, checker, target, outsider = [
+        await _user(identity, sessions, n) for n in ("maker", "checker", "target", "outsider")
+    ]
+    admin_maker = _principal(maker.id, (Role.ADMIN, None))
+    admin_checker = _principal(checker.id, (Role.ADMIN, None))
+    async with sessions() as session, session.begin():
+        target = await session.merge(target)
+        request = await grants.request(session, admin_maker, target, Role.COMPLIANCE_OFFICER, None)
+    assert isinstance(request, Approval)
+    async with sessions() as session, session.begin():
+        assert await identity.active_grants(session, target.id) == []
+        with pytest.raises(NotPermitted, match="someone other than its maker"):
+            await grants.decide(session, request.id, admin_maker, approve=True)
+    async with sessions() as session, session.begin():
+        with pytest.raises(NotPermitted, match=r"grants\.approve"):
+            await grants.decide(
+                session, request.id, _principal(outsider.id, (Role.SUPERVISOR, None)), approve=True
+            )
+    async with sessions() as session, session.begin():
+        grant = await grants.decide(session, request.id, admin_checker, approve=True, reason="ok")
+        assert grant is not None
+        assert grant.approval_id == request.id
+    async with sessions() as session:
+        roles = [g.role for g in await identity.active_grants(session, target.id)]
+        assert roles == ["compliance_officer"]
+
+    # A non-privileged role is granted at once; a rejected request grants nothing.
+    async with sessions() as session, session.begin():
+        target = await session.merge(target)
+        direct = await grants.request(session, admin_maker, target, Role.AGENT, None)
+        assert not isinstance(direct, Approval)
+        rejected = await grants.request(session, admin_maker, target, Role.AUDITOR, None)
+        assert isinstance(rejected, Approval)
+    async with sessions() as session, session.begin():
+        assert await grants.decide(session, rejected.id, admin_checker, approve=False) is None
+    async with sessions() as session:
+        roles = sorted(g.role for g in await identity.active_grants(session, target.id))
+        assert roles == ["agent", "compliance_officer"]
