@@ -27,6 +27,7 @@ from api.audit import AuditController, AuditTrailMiddleware
 from api.auth import PUBLIC, AuthMiddleware, SecurityHeadersMiddleware, authorize
 from api.bootstrap import Services, open_services
 from api.console import CONSOLE_ROUTES
+from api.deps import ServicesDep
 from api.logging import RequestIdMiddleware
 from api.settings import Settings
 from api.users import TokensController, UsersController
@@ -54,7 +55,7 @@ def healthz() -> dict[str, str]:
 
 
 @get("/readyz", tags=["health"], opt={"permission": PUBLIC})
-async def readyz(services: Services) -> Response[dict[str, str]]:
+async def readyz(services: ServicesDep) -> Response[dict[str, str]]:
     """The database and the vault are reachable."""
     checks: dict[str, str] = {}
     try:

@@ -21,14 +21,14 @@ from litestar.exceptions import (
     NotFoundException,
     ValidationException,
 )
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import audit_access
 from api.auth import needs
-from api.bootstrap import Services
+from api.deps import ServicesDep
 from archiver.blind_index import normalize_phone
 from archiver.capture import decode_sealed_item
 from archiver.chat_export import ChatExportError
@@ -129,7 +129,7 @@ class ImportOut(msgspec.Struct):
 
 
 async def _views(
-    services: Services, request: Caller, session: AsyncSession, records: list[Record]
+    services: ServicesDep, request: Caller, session: AsyncSession, records: list[Record]
 ) -> list[RecordOut]:
     """Decrypted records, once the access is durably in the audit trail."""
     ids = [r.id for r in records]
@@ -201,7 +201,7 @@ def _parse_cursor(cursor: str) -> tuple[datetime, int]:
 
 
 async def _page(
-    services: Services, request: Caller, query: Select[Record], cursor: str | None, limit: int
+    services: ServicesDep, request: Caller, query: Select[Record], cursor: str | None, limit: int
 ) -> RecordPage:
     """One page of ``query`` in time order, after ``cursor``."""
     if cursor:
@@ -226,7 +226,7 @@ class ArchiveController(Controller):
     tags = ["archive"]  # noqa: RUF012  (Litestar reads this class attribute)
 
     @post("/accounts", status_code=HTTP_201_CREATED, opt=needs(Permission.ACCOUNTS_MANAGE))
-    async def add_account(self, data: AccountIn, services: Services) -> AccountOut:
+    async def add_account(self, data: JSONBody[AccountIn], services: ServicesDep) -> AccountOut:
         """Register a phone number and its Meta app secret and verify token."""
         try:
             async with services.sessions() as session, session.begin():
@@ -251,7 +251,7 @@ class ArchiveController(Controller):
         )
 
     @get("/accounts", opt=needs(Permission.ACCOUNTS_READ))
-    async def list_accounts(self, request: Caller, services: Services) -> list[AccountOut]:
+    async def list_accounts(self, request: Caller, services: ServicesDep) -> list[AccountOut]:
         """The registered phone numbers the caller's grants cover (never their secrets)."""
         allowed = request.user.accounts_for(Permission.ACCOUNTS_READ)
         async with services.sessions() as session:
@@ -271,11 +271,11 @@ class ArchiveController(Controller):
     async def account_records(
         self,
         request: Caller,
-        account_id: str,
-        services: Services,
-        kind: str | None = None,
-        cursor: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = _PAGE,
+        account_id: FromPath[str],
+        services: ServicesDep,
+        kind: FromQuery[str | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = _PAGE,
     ) -> RecordPage:
         """Every record of an account in time order (events included), paginated."""
         query = _scope(select(Record).where(Record.account_id == account_id), request.user)
@@ -284,7 +284,9 @@ class ArchiveController(Controller):
         return await _page(services, request, query, cursor, limit)
 
     @get("/messages/{record_id:int}", opt=needs(Permission.ARCHIVE_READ))
-    async def get_message(self, request: Caller, record_id: int, services: Services) -> RecordOut:
+    async def get_message(
+        self, request: Caller, record_id: FromPath[int], services: ServicesDep
+    ) -> RecordOut:
         """One captured record, decrypted."""
         async with services.sessions() as session:
             record = await session.get(Record, record_id)
@@ -296,7 +298,7 @@ class ArchiveController(Controller):
 
     @get("/messages", opt=needs(Permission.ARCHIVE_READ))
     async def find_messages(
-        self, request: Caller, services: Services, wamid: str
+        self, request: Caller, services: ServicesDep, wamid: FromQuery[str]
     ) -> list[RecordOut]:
         """Records carrying a WhatsApp message id (the message, its edits and statuses)."""
         query = select(Record).where(or_(Record.wamid == wamid, Record.related_wamid == wamid))
@@ -312,7 +314,10 @@ class ArchiveController(Controller):
 
     @get("/contacts", opt=needs(Permission.ARCHIVE_READ))
     async def find_contact(
-        self, request: Caller, services: Services, phone: Annotated[str, Parameter(query="phone")]
+        self,
+        request: Caller,
+        services: ServicesDep,
+        phone: FromQuery[str],
     ) -> ContactOut:
         """The contact id of a phone number (looked up by its blind token), if the
         caller can read any of that contact's records."""
@@ -336,11 +341,11 @@ class ArchiveController(Controller):
     async def conversation(
         self,
         request: Caller,
-        contact_id: str,
-        services: Services,
-        cursor: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = _PAGE,
-        account_id: str | None = None,
+        contact_id: FromPath[str],
+        services: ServicesDep,
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = _PAGE,
+        account_id: FromQuery[str | None] = None,
     ) -> RecordPage:
         """A contact's records in time order, with cursor pagination."""
         query = _scope(select(Record).where(Record.contact_id == contact_id), request.user)
@@ -357,7 +362,7 @@ class ArchiveController(Controller):
     async def import_chat_export(
         self,
         request: Caller,
-        services: Services,
+        services: ServicesDep,
         data: Annotated[ChatExportUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> ImportOut:
         """Import a WhatsApp "Export chat" file; unparseable lines fail the whole file

@@ -11,11 +11,12 @@ import msgspec
 import structlog
 from litestar import Controller, Request, Response, get
 from litestar.enums import ScopeType
-from litestar.params import Parameter
+from litestar.params import FromQuery, QueryParameter
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from api.auth import needs
 from api.bootstrap import Services
+from api.deps import ServicesDep
 from archiver.audit import AuditEntry
 from archiver.identity import Permission, Principal
 
@@ -102,7 +103,7 @@ def _request_id(scope: Scope) -> str | None:
 
 
 async def audit_access(
-    services: Services,
+    services: ServicesDep,
     request: Request[Principal, Any, Any],
     *,
     action: str,
@@ -160,14 +161,14 @@ class AuditController(Controller):
     @get("/", opt=needs(Permission.AUDIT_READ))
     async def events(
         self,
-        services: Services,
-        actor: str | None = None,
-        action: str | None = None,
-        outcome: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        after: Annotated[int | None, Parameter(ge=0)] = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        services: ServicesDep,
+        actor: FromQuery[str | None] = None,
+        action: FromQuery[str | None] = None,
+        outcome: FromQuery[str | None] = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
+        after: Annotated[int | None, QueryParameter(ge=0)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> AuditPage:
         """Audit events in order, filtered, with keyset pagination (``after`` = last seq)."""
         await services.audit.flush()
@@ -207,11 +208,11 @@ class AuditController(Controller):
     async def export(
         self,
         request: Request[Principal, Any, Any],
-        services: Services,
-        actor: str | None = None,
-        action: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        services: ServicesDep,
+        actor: FromQuery[str | None] = None,
+        action: FromQuery[str | None] = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
     ) -> Response[bytes]:
         """JSONL of the trail; the Ed25519 signature of the exact bytes is in a header."""
         await services.audit.flush()
@@ -229,7 +230,7 @@ class AuditController(Controller):
         )
 
     @get("/public-key", opt=needs(Permission.AUDIT_READ), media_type="application/x-pem-file")
-    async def public_key(self, services: Services) -> str:
+    async def public_key(self, services: ServicesDep) -> str:
         """The Ed25519 public key that signs checkpoints and exports."""
         async with services.sessions() as session, session.begin():
             return await services.audit.public_key_pem(session)

@@ -18,7 +18,7 @@ from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
 from api.auth import PUBLIC, SESSION_COOKIE, check_csrf
-from api.bootstrap import Services
+from api.deps import ServicesDep
 from archiver.identity import AccountLocked, IdentityError, Principal
 from archiver.models import User, WebSession
 
@@ -26,7 +26,7 @@ LOGIN_CSRF_COOKIE = "strongroom_login_csrf"
 Caller = Request[Principal | None, Any, Any]
 
 
-def _cookie(services: Services, name: str, value: str, *, max_age: int | None) -> Cookie:
+def _cookie(services: ServicesDep, name: str, value: str, *, max_age: int | None) -> Cookie:
     return Cookie(
         key=name,
         value=value,
@@ -49,7 +49,7 @@ def context(request: Caller, **extra: Any) -> dict[str, Any]:
     return {"principal": request.scope.get("user"), "csrf_token": csrf} | extra
 
 
-def _login_form(services: Services, error: str | None = None, status: int = 200) -> Template:
+def _login_form(services: ServicesDep, error: str | None = None, status: int = 200) -> Template:
     token = secrets.token_urlsafe(24)
     return Template(
         "login.html",
@@ -60,13 +60,13 @@ def _login_form(services: Services, error: str | None = None, status: int = 200)
 
 
 @get("/login", opt={"permission": PUBLIC}, include_in_schema=False)
-async def login_page(services: Services) -> Template:
+async def login_page(services: ServicesDep) -> Template:
     """The sign-in form."""
     return _login_form(services)
 
 
 @post("/login", opt={"permission": PUBLIC}, include_in_schema=False)
-async def login(request: Caller, services: Services) -> Response[Any]:
+async def login(request: Caller, services: ServicesDep) -> Response[Any]:
     """Check the password (with back-off and lockout), then ask for the second factor."""
     form = await request.form()
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
@@ -94,7 +94,7 @@ async def login(request: Caller, services: Services) -> Response[Any]:
     return response
 
 
-async def _pending(request: Caller, services: Services) -> tuple[WebSession, User] | None:
+async def _pending(request: Caller, services: ServicesDep) -> tuple[WebSession, User] | None:
     row = request.scope.get("auth")
     if not isinstance(row, WebSession):
         return None
@@ -104,7 +104,7 @@ async def _pending(request: Caller, services: Services) -> tuple[WebSession, Use
 
 
 @get("/login/mfa", opt={"permission": PUBLIC}, include_in_schema=False)
-async def mfa_page(request: Caller, services: Services) -> Response[Any]:
+async def mfa_page(request: Caller, services: ServicesDep) -> Response[Any]:
     """The second factor: enrolment on first use, then a code."""
     pending = await _pending(request, services)
     if pending is None:
@@ -124,7 +124,7 @@ async def mfa_page(request: Caller, services: Services) -> Response[Any]:
 
 
 @post("/login/mfa", opt={"permission": PUBLIC}, include_in_schema=False)
-async def mfa(request: Caller, services: Services) -> Response[Any]:
+async def mfa(request: Caller, services: ServicesDep) -> Response[Any]:
     """Check the TOTP code and complete the sign-in."""
     pending = await _pending(request, services)
     if pending is None:
@@ -156,7 +156,7 @@ async def mfa(request: Caller, services: Services) -> Response[Any]:
     return _see("/")
 
 
-async def _verified(services: Services, row: WebSession) -> None:
+async def _verified(services: ServicesDep, row: WebSession) -> None:
     async with services.sessions() as session, session.begin():
         live = await session.get(WebSession, row.id_sha256)
         if live is not None:
@@ -164,7 +164,7 @@ async def _verified(services: Services, row: WebSession) -> None:
 
 
 @post("/logout", opt={"permission": PUBLIC}, include_in_schema=False)
-async def logout(request: Caller, services: Services) -> Response[Any]:
+async def logout(request: Caller, services: ServicesDep) -> Response[Any]:
     """End the session; its cookie stops working at once."""
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie and isinstance(request.scope.get("auth"), WebSession):

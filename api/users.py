@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -13,11 +13,11 @@ from litestar.exceptions import (
     PermissionDeniedException,
     ValidationException,
 )
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from api.auth import AUTHENTICATED, needs
-from api.bootstrap import Services
+from api.deps import ServicesDep
 from archiver.identity import (
     IdentityConflict,
     NotPermitted,
@@ -129,15 +129,8 @@ class UsersController(Controller):
     path = "/api/v1"
     tags = ["users"]  # noqa: RUF012  (Litestar reads this class attribute)
 
-    async def _user(self, services: Services, user_id: str) -> User:
-        async with services.sessions() as session:
-            user = await session.get(User, user_id)
-        if user is None:
-            raise NotFoundException("no such user")
-        return user
-
     @get("/users", opt=needs(Permission.USERS_MANAGE))
-    async def list_users(self, services: Services) -> list[UserOut]:
+    async def list_users(self, services: ServicesDep) -> list[UserOut]:
         """Every user with their active grants."""
         now = services.clock.now()
         async with services.sessions() as session:
@@ -157,7 +150,9 @@ class UsersController(Controller):
         return out
 
     @post("/users", status_code=HTTP_201_CREATED, opt=needs(Permission.USERS_MANAGE))
-    async def create_user(self, request: Caller, data: UserIn, services: Services) -> UserOut:
+    async def create_user(
+        self, request: Caller, data: JSONBody[UserIn], services: ServicesDep
+    ) -> UserOut:
         """Create a user with no roles; grant them separately."""
         try:
             async with services.sessions() as session, session.begin():
@@ -172,7 +167,11 @@ class UsersController(Controller):
 
     @post("/users/{user_id:str}/grants", opt=needs(Permission.USERS_MANAGE))
     async def grant(
-        self, request: Caller, user_id: str, data: GrantIn, services: Services
+        self,
+        request: Caller,
+        user_id: FromPath[str],
+        data: JSONBody[GrantIn],
+        services: ServicesDep,
     ) -> Response[Any]:
         """Grant a role: at once (201), or as a request for a second admin (202)."""
         role = _role(data.role)
@@ -202,7 +201,9 @@ class UsersController(Controller):
         status_code=HTTP_200_OK,
         opt=needs(Permission.USERS_MANAGE),
     )
-    async def revoke(self, user_id: str, data: GrantIn, services: Services) -> dict[str, int]:
+    async def revoke(
+        self, user_id: FromPath[str], data: JSONBody[GrantIn], services: ServicesDep
+    ) -> dict[str, int]:
         """Revoke a role (revoking needs no second person)."""
         role = _role(data.role)
         async with services.sessions() as session, session.begin():
@@ -217,7 +218,7 @@ class UsersController(Controller):
         status_code=HTTP_200_OK,
         opt=needs(Permission.USERS_MANAGE),
     )
-    async def reset_mfa(self, user_id: str, services: Services) -> dict[str, str]:
+    async def reset_mfa(self, user_id: FromPath[str], services: ServicesDep) -> dict[str, str]:
         """Forget a user's authenticator; they enrol again at their next sign-in."""
         async with services.sessions() as session, session.begin():
             user = await session.get(User, user_id)
@@ -228,7 +229,7 @@ class UsersController(Controller):
 
     @get("/approvals", opt=needs(Permission.GRANTS_APPROVE))
     async def approvals(
-        self, services: Services, status: Annotated[str, Parameter(query="status")] = "pending"
+        self, services: ServicesDep, status: FromQuery[str] = "pending"
     ) -> list[ApprovalOut]:
         """Maker-checker requests (pending by default)."""
         if status != "pending":
@@ -242,7 +243,11 @@ class UsersController(Controller):
         opt=needs(Permission.GRANTS_APPROVE),
     )
     async def decide(
-        self, request: Caller, approval_id: int, data: DecisionIn, services: Services
+        self,
+        request: Caller,
+        approval_id: FromPath[int],
+        data: JSONBody[DecisionIn],
+        services: ServicesDep,
     ) -> ApprovalOut:
         """Approve or reject a request; the maker can never decide their own."""
         try:
@@ -266,14 +271,16 @@ class TokensController(Controller):
     tags = ["tokens"]  # noqa: RUF012  (Litestar reads this class attribute)
 
     @get("/", opt={"permission": AUTHENTICATED})
-    async def list_tokens(self, request: Caller, services: Services) -> list[TokenOut]:
+    async def list_tokens(self, request: Caller, services: ServicesDep) -> list[TokenOut]:
         """The caller's tokens (never their secrets)."""
         async with services.sessions() as session:
             tokens = await services.identity.tokens(session, request.user.user_id)
         return [_token(t) for t in tokens]
 
     @post("/", status_code=HTTP_201_CREATED, opt={"permission": AUTHENTICATED})
-    async def create_token(self, request: Caller, data: TokenIn, services: Services) -> TokenOut:
+    async def create_token(
+        self, request: Caller, data: JSONBody[TokenIn], services: ServicesDep
+    ) -> TokenOut:
         """Issue a token for the caller; the secret is in this answer only.
 
         Only a console session can mint tokens (a token cannot mint another), and a
@@ -302,7 +309,9 @@ class TokensController(Controller):
         return _token(token, new.secret)
 
     @post("/{token_id:str}/revoke", status_code=HTTP_200_OK, opt={"permission": AUTHENTICATED})
-    async def revoke_token(self, request: Caller, token_id: str, services: Services) -> TokenOut:
+    async def revoke_token(
+        self, request: Caller, token_id: FromPath[str], services: ServicesDep
+    ) -> TokenOut:
         """Revoke one of the caller's tokens, effective at once."""
         async with services.sessions() as session, session.begin():
             token = await session.get(ApiToken, token_id)

@@ -8,7 +8,7 @@ import msgspec
 import structlog
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_400_BAD_REQUEST,
@@ -18,18 +18,18 @@ from litestar.status_codes import (
 )
 
 from api.auth import PUBLIC
-from api.bootstrap import Services
-from archiver.capture import MAX_WEBHOOK_BYTES, SignatureInvalid
+from api.deps import ServicesDep
+from archiver.capture import MAX_JSON_DEPTH, MAX_WEBHOOK_BYTES, SignatureInvalid, nesting_depth
 
 log = structlog.get_logger("strongroom.webhooks")
 
 
 @get("/webhooks/whatsapp", tags=["webhooks"], media_type="text/plain", opt={"permission": PUBLIC})
 async def verify_webhook(
-    services: Services,
-    mode: Annotated[str | None, Parameter(query="hub.mode")] = None,
-    token: Annotated[str | None, Parameter(query="hub.verify_token")] = None,
-    challenge: Annotated[str | None, Parameter(query="hub.challenge")] = None,
+    services: ServicesDep,
+    mode: Annotated[str | None, QueryParameter(name="hub.mode")] = None,
+    token: Annotated[str | None, QueryParameter(name="hub.verify_token")] = None,
+    challenge: Annotated[str | None, QueryParameter(name="hub.challenge")] = None,
 ) -> Response[str]:
     """Answer Meta's subscription handshake with the challenge when the token matches."""
     if mode != "subscribe" or not token or challenge is None:
@@ -49,7 +49,7 @@ async def verify_webhook(
     opt={"permission": PUBLIC},  # authenticated by the Meta app signature instead
 )
 async def receive_webhook(
-    request: Request[object, object, State], services: Services
+    request: Request[object, object, State], services: ServicesDep
 ) -> Response[dict[str, str]]:
     """Verify the signature over the raw bytes, journal them durably, then acknowledge."""
     body = await request.body()
@@ -59,9 +59,11 @@ async def receive_webhook(
     except SignatureInvalid as exc:
         log.warning("webhook refused", reason=str(exc))
         return Response({"error": "invalid signature"}, status_code=HTTP_401_UNAUTHORIZED)
+    if nesting_depth(body) > MAX_JSON_DEPTH:
+        return Response({"error": "body is nested too deeply"}, status_code=HTTP_400_BAD_REQUEST)
     try:
         msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return Response({"error": "body is not JSON"}, status_code=HTTP_400_BAD_REQUEST)
     try:
         await services.capture.journal(account.account_id, body, signature or "")

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import re
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable
@@ -29,7 +30,6 @@ from typing import Any
 import msgspec
 import structlog
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver.accounts import AccountSecrets, AccountService
@@ -37,7 +37,7 @@ from archiver.audit import AuditEntry, AuditLog
 from archiver.blind_index import BlindIndex
 from archiver.clock import Clock
 from archiver.errors import CaptureError
-from archiver.items import Identity, Item, extract
+from archiver.items import Identity, Item, extract, fit
 from archiver.models import (
     Contact,
     ContactIdentity,
@@ -54,9 +54,26 @@ from archiver.vault import SealRequest, Vault
 log = structlog.get_logger("strongroom.capture")
 
 MAX_WEBHOOK_BYTES = 3 * 1024 * 1024
+# Meta's deliveries nest about eight levels; anything far deeper is refused before
+# parsing, so no parser's recursion limit decides what is accepted.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+# Journal entries projected together; an entry failing this often is set aside.
+PROJECTION_BATCH = 50
+MAX_ATTEMPTS = 10
 _MAX_BATCH = 256
 _STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3, "played": 4}
 _SECRETS_REFRESH = timedelta(seconds=5)
+
+
+def nesting_depth(body: bytes) -> int:
+    """How deeply the arrays and objects of a JSON text nest (strings ignored)."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.finditer(_JSON_STRING.sub(b'""', body)):
+        depth += 1 if bracket.group() in (b"[", b"{") else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 class SignatureInvalid(CaptureError):
@@ -254,21 +271,34 @@ class Capture:
 
     # -- projection --------------------------------------------------------
 
-    async def project_pending(self, limit: int = 100) -> int:
-        """Project up to ``limit`` unprojected journal entries; return how many."""
+    async def project_pending(self, limit: int = PROJECTION_BATCH) -> int:
+        """Project up to ``limit`` unprojected journal entries; return how many.
+
+        The batch is projected together; if that fails, each entry is retried on
+        its own, and an entry that still fails is counted (``attempts``,
+        ``last_error``) and set aside after ``MAX_ATTEMPTS`` so that it never
+        blocks the entries behind it. It stays in the journal for replay.
+        """
         async with self._sessions() as session:
             query = (
                 select(JournalEntry)
-                .where(JournalEntry.projected_at.is_(None))
+                .where(JournalEntry.projected_at.is_(None), JournalEntry.attempts < MAX_ATTEMPTS)
                 .order_by(JournalEntry.id)
                 .limit(limit)
             )
             entries = list(await session.scalars(query))
-        done = 0
-        for entry in entries:
-            if await self._project_one(entry.id):
-                done += 1
-        if self._audit is not None and entries:
+        if not entries:
+            return 0
+        try:
+            done = await self._project(entries)
+        except Exception:  # find the entry at fault; the others go through alone
+            done = 0
+            for entry in entries:
+                try:
+                    done += await self._project([entry])
+                except Exception as exc:  # the entry stays in the journal, to be replayed
+                    await self._count_failure(entry.id, exc)
+        if self._audit is not None:
             await self._audit.record(
                 AuditEntry(
                     actor="system",
@@ -280,63 +310,78 @@ class Capture:
             )
         return done
 
-    async def _project_one(self, entry_id: int) -> bool:
-        try:
-            async with self._sessions() as session, session.begin():
-                query = select(JournalEntry).where(
-                    JournalEntry.id == entry_id, JournalEntry.projected_at.is_(None)
+    async def _count_failure(self, entry_id: int, exc: Exception) -> None:
+        log.error("projection failed", entry=entry_id, error=type(exc).__name__)
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(JournalEntry)
+                .where(JournalEntry.id == entry_id)
+                .values(
+                    attempts=JournalEntry.attempts + 1,
+                    last_error=f"{type(exc).__name__}: {str(exc)[:200]}",
                 )
-                entry = (
-                    await session.scalars(query.with_for_update(skip_locked=True))
-                ).one_or_none()
-                if entry is None:
-                    return False  # another projector has it, or it is done
+            )
+
+    async def _project(self, entries: list[JournalEntry]) -> int:
+        """Project ``entries`` in four steps, holding a write lock only briefly:
+        read and extract; create contacts and keys; write the sealed objects with
+        no transaction open; then record everything and mark the entries projected
+        in one short transaction."""
+        plan = await self._plan(entries)
+        async with self._sessions() as session, session.begin():
+            contacts = [await self.resolve_contact(session, item.identities) for _, _, item in plan]
+            requests = [
+                self._seal_request(account_id, contact, item)
+                for (_, account_id, item), contact in zip(plan, contacts, strict=True)
+            ]
+            subjects = {request.subject for request in requests}
+            keys = {s: await self._vault.keyring.key_for(session, s) for s in subjects}
+        objects = await self._vault.write_objects(keys, requests)
+        async with self._sessions() as session, session.begin():
+            ids = [entry.id for entry in entries]
+            claim = select(JournalEntry).where(
+                JournalEntry.id.in_(ids), JournalEntry.projected_at.is_(None)
+            )
+            claimed = {
+                e.id: e for e in await session.scalars(claim.with_for_update(skip_locked=True))
+            }
+            rows = [
+                (account_id, contact, item, obj, claimed[entry.id])
+                for (entry, account_id, item), contact, obj in zip(
+                    plan, contacts, objects, strict=True
+                )
+                if entry.id in claimed
+            ]
+            session.add_all(obj for _, _, _, obj, _ in rows)
+            await session.flush()
+            records = []
+            for account_id, contact, item, obj, entry in rows:
+                records.append(
+                    self._record(account_id, contact, item, obj, entry.id, entry.received_at)
+                )
+            await self._add_records(session, records, [item for _, _, item, _, _ in rows])
+            for entry in claimed.values():
+                entry.projected_at = self._clock.now()
+        return len(claimed)
+
+    async def _plan(self, entries: list[JournalEntry]) -> list[tuple[JournalEntry, str, Item]]:
+        """The new items of ``entries``: decrypted, extracted, routed to their account,
+        without those already recorded or repeated within the batch."""
+        planned: dict[tuple[str, str], tuple[JournalEntry, str, Item]] = {}
+        async with self._sessions() as session:
+            for entry in entries:
                 raw = await self.read_journal_entry(session, entry)
                 payload = msgspec.json.decode(raw.body)
                 received = datetime.fromisoformat(raw.received_at)
-                await self._project_items(session, entry, extract(payload, received))
-                entry.projected_at = self._clock.now()
-            return True
-        except DBIntegrityError:
-            # A concurrent projector wrote the same item first; the retry finds it.
-            log.info("projection raced, will retry", entry=entry_id)
-            return False
-        except Exception as exc:  # the entry stays in the journal, to be replayed
-            log.error("projection failed", entry=entry_id, error=type(exc).__name__)
-            async with self._sessions() as session, session.begin():
-                await session.execute(
-                    update(JournalEntry)
-                    .where(JournalEntry.id == entry_id)
-                    .values(
-                        attempts=JournalEntry.attempts + 1,
-                        last_error=f"{type(exc).__name__}: {str(exc)[:200]}",
-                    )
-                )
-            return False
-
-    async def _project_items(
-        self, session: AsyncSession, entry: JournalEntry, items: list[Item]
-    ) -> None:
-        accounts = await self.accounts_sharing_secret(entry.account_id)
-        keyed: dict[tuple[str, str], Item] = {}
-        for item in items:
-            account_id = accounts.get(item.phone_number_id or "", entry.account_id)
-            keyed.setdefault((account_id, item.dedupe_key), item)
-        existing = await self._existing(session, keyed)
-        new = [(acc, item) for (acc, key), item in keyed.items() if (acc, key) not in existing]
-        if not new:
-            return
-        contacts = [await self.resolve_contact(session, item.identities) for _, item in new]
-        records = await self.store_items(
-            session,
-            [(acc, contact, item) for (acc, item), contact in zip(new, contacts, strict=True)],
-            journal_entry_id=entry.id,
-            received_at=entry.received_at,
-        )
-        await self._apply_effects(session, records, [item for _, item in new])
+                accounts = await self.accounts_sharing_secret(entry.account_id)
+                for item in extract(payload, received):
+                    account_id = accounts.get(item.phone_number_id or "", entry.account_id)
+                    planned.setdefault((account_id, item.dedupe_key), (entry, account_id, item))
+            existing = await self._existing(session, planned)
+        return [value for key, value in planned.items() if key not in existing]
 
     async def _existing(
-        self, session: AsyncSession, keyed: dict[tuple[str, str], Item]
+        self, session: AsyncSession, keyed: Iterable[tuple[str, str]]
     ) -> set[tuple[str, str]]:
         found: set[tuple[str, str]] = set()
         by_account: dict[str, list[str]] = defaultdict(list)
@@ -359,91 +404,118 @@ class Capture:
         journal_entry_id: int | None,
         received_at: datetime,
     ) -> list[Record]:
-        """Seal ``(account id, contact id, item)`` triples and write their records,
-        search tokens and pending media."""
+        """Seal ``(account id, contact id, item)`` triples in the caller's transaction
+        and write their records, search tokens and pending media."""
         triples = list(items)
         requests = [
-            SealRequest(
-                kind="record",
-                subject=contact_subject(contact) if contact else account_subject(account_id),
-                plaintext=msgspec.json.encode(item.sealed),
-                retain_until=self._clock.now() + self._retention.records,
-            )
-            for account_id, contact, item in triples
+            self._seal_request(account_id, contact, item) for account_id, contact, item in triples
         ]
         objects = await self._vault.seal_many(session, requests)
-        records = []
-        for obj, (account_id, contact, item) in zip(objects, triples, strict=True):
-            record = Record(
-                account_id=account_id,
-                contact_id=contact,
-                dedupe_key=item.dedupe_key,
-                kind=item.kind,
-                source=item.source,
-                direction=item.direction,
-                item_type=item.item_type,
-                wamid=item.wamid,
-                related_wamid=item.related_wamid,
-                status=item.status,
-                occurred_at=item.occurred_at,
-                received_at=received_at,
-                has_media=item.media is not None,
-                forwarded=item.forwarded,
-                revoked=False,
-                opens_window=item.opens_window,
-                journal_entry_id=journal_entry_id,
-                object_id=obj.id,
-            )
-            session.add(record)
-            records.append(record)
+        records = [
+            self._record(account_id, contact, item, obj, journal_entry_id, received_at)
+            for obj, (account_id, contact, item) in zip(objects, triples, strict=True)
+        ]
+        await self._add_records(session, records, [item for _, _, item in triples])
+        return records
+
+    def _seal_request(self, account_id: str, contact: str | None, item: Item) -> SealRequest:
+        return SealRequest(
+            kind="record",
+            subject=contact_subject(contact) if contact else account_subject(account_id),
+            plaintext=msgspec.json.encode(item.sealed),
+            retain_until=self._clock.now() + self._retention.records,
+        )
+
+    @staticmethod
+    def _record(
+        account_id: str,
+        contact: str | None,
+        item: Item,
+        obj: SealedObject,
+        journal_entry_id: int | None,
+        received_at: datetime,
+    ) -> Record:
+        return Record(
+            account_id=account_id,
+            contact_id=contact,
+            dedupe_key=item.dedupe_key,
+            kind=item.kind,
+            source=item.source,
+            direction=item.direction,
+            item_type=item.item_type,
+            wamid=item.wamid,
+            related_wamid=item.related_wamid,
+            status=item.status,
+            occurred_at=item.occurred_at,
+            received_at=received_at,
+            has_media=item.media is not None,
+            forwarded=item.forwarded,
+            revoked=False,
+            opens_window=item.opens_window,
+            journal_entry_id=journal_entry_id,
+            object_id=obj.id,
+        )
+
+    async def _add_records(
+        self, session: AsyncSession, records: list[Record], items: list[Item]
+    ) -> None:
+        """Insert records with their search tokens and pending media, then apply what
+        they change elsewhere (delivery states, revoked flags)."""
+        session.add_all(records)
         await session.flush()
         now = self._clock.now()
-        for record, (_, _, item) in zip(records, triples, strict=True):
+        for record, item in zip(records, items, strict=True):
             session.add_all(
                 SearchToken(token=token, record_id=record.id)
                 for token in self._index.tokens(item.text)
             )
             if item.media is not None:
+                media_id = item.media.get("id")
                 session.add(
                     MediaItem(
                         record_id=record.id,
-                        media_id=item.media.get("id")
-                        if isinstance(item.media.get("id"), str)
-                        else None,
-                        mime_type=str(item.media.get("mime_type") or "")[:200] or None,
-                        expected_sha256=str(item.media.get("sha256") or "")[:100] or None,
+                        media_id=fit(media_id, 200) if isinstance(media_id, str) else None,
+                        mime_type=fit(str(item.media.get("mime_type") or ""), 200) or None,
+                        expected_sha256=fit(str(item.media.get("sha256") or ""), 100) or None,
                         state="pending",
                         attempts=0,
                         next_attempt_at=now,
                     )
                 )
         await session.flush()
-        return records
+        await self._apply_effects(session, records, items)
 
     async def _apply_effects(
         self, session: AsyncSession, records: list[Record], items: list[Item]
     ) -> None:
+        revoking: dict[str, set[str]] = defaultdict(set)
+        messages: dict[str, list[Record]] = defaultdict(list)
         for record, item in zip(records, items, strict=True):
             if item.kind == "status" and item.wamid and item.status:
                 await self._advance_status(session, record.account_id, item.wamid, item.status)
-            if item.item_type == "revoke" and item.related_wamid:
-                await session.execute(
-                    update(Record)
-                    .where(
-                        Record.account_id == record.account_id, Record.wamid == item.related_wamid
-                    )
-                    .values(revoked=True)
-                )
-            if item.wamid and item.item_type not in ("revoke", "status"):
-                # The revoke may have arrived before the message it revokes.
-                revoked = await session.scalar(
-                    select(Record.id).where(
-                        Record.account_id == record.account_id,
-                        Record.related_wamid == item.wamid,
+            elif item.item_type == "revoke" and item.related_wamid:
+                revoking[record.account_id].add(item.related_wamid)
+            elif item.wamid:
+                messages[record.account_id].append(record)
+        for account_id, wamids in revoking.items():
+            await session.execute(
+                update(Record)
+                .where(Record.account_id == account_id, Record.wamid.in_(wamids))
+                .values(revoked=True)
+            )
+        for account_id, batch in messages.items():
+            # A revoke may have arrived before the message it revokes.
+            revoked = set(
+                await session.scalars(
+                    select(Record.related_wamid).where(
+                        Record.account_id == account_id,
                         Record.item_type == "revoke",
+                        Record.related_wamid.in_({r.wamid for r in batch}),
                     )
                 )
-                if revoked is not None:
+            )
+            for record in batch:
+                if record.wamid in revoked:
                     record.revoked = True
         await session.flush()
 
@@ -470,7 +542,8 @@ class Capture:
         """The contact known by any of ``identities``, created (and linked) as needed."""
         if not identities:
             return None
-        tokens = [(i.kind, self.identity_token(i)) for i in identities]
+        # Two spellings of one number give one token: keep each token once.
+        tokens = list(dict.fromkeys((i.kind, self.identity_token(i)) for i in identities))
         contact_id: str | None = None
         known: set[tuple[str, bytes]] = set()
         for kind, token in tokens:

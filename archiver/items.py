@@ -90,6 +90,26 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(msgspec.json.encode(value, order="sorted")).hexdigest()[:40]
 
 
+def fit(value: str, width: int) -> str:
+    """``value`` made safe for a database column of ``width`` characters: NUL (which
+    PostgreSQL refuses) replaced, and anything too long cut and marked with a digest
+    of the whole, so that distinct values stay distinct. The sealed item keeps the
+    value exactly as sent."""
+    value = value.replace("\x00", "\ufffd")
+    if len(value) <= width:
+        return value
+    return (
+        value[: width - 17]
+        + "#"
+        + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    )
+
+
+def _id(value: Any, width: int = 200) -> str | None:
+    text = _str(value)
+    return fit(text, width) if text else None
+
+
 def _key(prefix: str, wamid: str, item_type: str) -> str:
     """``prefix:wamid:type``; an id too long for the key column is replaced by its digest."""
     key = f"{prefix}:{wamid}:{item_type}"
@@ -97,8 +117,7 @@ def _key(prefix: str, wamid: str, item_type: str) -> str:
 
 
 def _type(value: Any, default: str) -> str:
-    text = _str(value) or default
-    return text[:_MAX_TYPE]
+    return fit(_str(value) or default, _MAX_TYPE)
 
 
 def _identities(*pairs: tuple[str, Any]) -> list[Identity]:
@@ -164,10 +183,10 @@ def _related(message: dict[str, Any]) -> str | None:
     kind = message.get("type")
     body = _dict(message.get(kind)) if isinstance(kind, str) else {}
     if kind == "reaction":
-        return _str(body.get("message_id"))
+        return _id(body.get("message_id"))
     if kind in ("edit", "revoke"):
-        return _str(body.get("original_message_id"))
-    return _str(_dict(message.get("context")).get("id"))
+        return _id(body.get("original_message_id"))
+    return _id(_dict(message.get("context")).get("id"))
 
 
 def _message_item(
@@ -183,7 +202,7 @@ def _message_item(
 ) -> Item:
     message = _dict(raw)  # read as an object; ``raw`` is sealed as sent, whatever it is
     contacts = _list(value.get("contacts"))
-    wamid = _str(message.get("id"))
+    wamid = _id(message.get("id"))
     item_type = _type(message.get("type"), "unknown")
     sender = _str(message.get("from"))
     outbound = kind == "echo" or (business_number is not None and sender == business_number)
@@ -237,7 +256,7 @@ def _message_item(
 
 def _status_item(value: dict[str, Any], raw: Any, received_at: datetime) -> Item:
     status = _dict(raw)
-    wamid = _str(status.get("id"))
+    wamid = _id(status.get("id"))
     # Lower-case before cutting: lowering can lengthen a string (``İ`` becomes two).
     state = _type((_str(status.get("status")) or "unknown").lower(), "unknown")
     return Item(
@@ -255,7 +274,7 @@ def _status_item(value: dict[str, Any], raw: Any, received_at: datetime) -> Item
             "item": raw,
         },
         wamid=wamid,
-        status=state,
+        status=fit(state, 20),
         identities=_identities(
             ("wa_id", status.get("recipient_id")),
             ("user_id", status.get("recipient_user_id")),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -98,15 +98,31 @@ class Vault:
         self, session: AsyncSession, requests: list[SealRequest]
     ) -> list[SealedObject]:
         """Seal several objects; their writes (and fsyncs) run in parallel."""
+        keys: dict[str, tuple[str, bytes]] = {}
+        for request in requests:
+            if request.subject not in keys:
+                keys[request.subject] = await self.keyring.key_for(session, request.subject)
+        records = await self.write_objects(keys, requests)
+        session.add_all(records)
+        await session.flush()
+        return records
+
+    async def write_objects(
+        self, keys: Mapping[str, tuple[str, bytes]], requests: list[SealRequest]
+    ) -> list[SealedObject]:
+        """Encrypt and store objects without touching the database; the caller adds
+        the returned records to a session. ``keys`` maps each subject to its key.
+
+        This lets a caller do the slow, fsynced writes outside any transaction and
+        then record them in a short one (an object without a record is harmless;
+        ``verify`` lists it as unrecorded).
+        """
         now = self._clock.now()
         prepared = []
-        keys: dict[str, tuple[str, bytes]] = {}
         for request in requests:
             retain_until = _whole_seconds(request.retain_until)
             if retain_until <= now:
                 raise RetentionViolation("retain-until must be in the future")
-            if request.subject not in keys:
-                keys[request.subject] = await self.keyring.key_for(session, request.subject)
             key_id, key = keys[request.subject]
             object_key = f"{request.kind}/{now:%Y/%m/%d}/{uuid.uuid4().hex}"
             sealed = envelope.seal(key, key_id, object_key, request.plaintext)
@@ -123,7 +139,7 @@ class Vault:
         stored = await asyncio.gather(
             *(put(ok, data, ru, req.legal_hold) for req, ok, _, ru, data in prepared)
         )
-        records = [
+        return [
             SealedObject(
                 object_key=object_key,
                 version_id=result.version_id,
@@ -139,9 +155,6 @@ class Vault:
                 prepared, stored, strict=True
             )
         ]
-        session.add_all(records)
-        await session.flush()
-        return records
 
     async def open(self, session: AsyncSession, record: SealedObject) -> bytes:
         """Read and decrypt a sealed object; raise ``KeyDestroyed`` after shredding."""
