@@ -62,6 +62,9 @@ class AuthMiddleware:
     async def _resolve(self, services: Services, scope: Scope) -> tuple[Principal | None, Any]:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         authorization = headers.get("authorization", "")
+        cookie = _cookie(headers.get("cookie", ""), SESSION_COOKIE)
+        if not authorization and cookie is None:
+            return None, None  # anonymous (webhooks, health): no database round trip
         async with services.sessions() as session, session.begin():
             if authorization.lower().startswith("bearer "):
                 try:
@@ -71,7 +74,6 @@ class AuthMiddleware:
                 except IdentityError:
                     return None, "invalid-token"
                 return principal, None
-            cookie = _cookie(headers.get("cookie", ""), SESSION_COOKIE)
             if cookie is None:
                 return None, None
             found = await services.identity.find_session(session, cookie)

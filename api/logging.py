@@ -470,7 +470,9 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             client = scope.get("client")
-            _access_log.info(
+            # Debug level: the audit trail already records every request durably,
+            # and rendering a redacted line per request costs more than serving it.
+            _access_log.debug(
                 "http_request",
                 method=scope["method"],
                 path=scope["path"],

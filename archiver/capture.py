@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver.accounts import AccountSecrets, AccountService
@@ -464,11 +464,15 @@ class Capture:
         session.add_all(records)
         await session.flush()
         now = self._clock.now()
+        tokens = [
+            {"token": token, "record_id": record.id}
+            for record, item in zip(records, items, strict=True)
+            for token in self._index.tokens(item.text)
+        ]
+        if tokens:
+            # Ten or more tokens a record: one executemany, not an ORM object each.
+            await session.execute(insert(SearchToken), tokens)
         for record, item in zip(records, items, strict=True):
-            session.add_all(
-                SearchToken(token=token, record_id=record.id)
-                for token in self._index.tokens(item.text)
-            )
             if item.media is not None:
                 media_id = item.media.get("id")
                 session.add(
