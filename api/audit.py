@@ -112,7 +112,8 @@ async def audit_access(
     scope: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Record, durably, what a principal is about to be shown; raises if it cannot."""
+    """Record, durably, what a principal is about to be shown or has just changed;
+    raises if it cannot (the caller must not answer as if it had happened)."""
     principal = request.user
     await services.audit.record_durable(
         AuditEntry(

@@ -28,25 +28,21 @@ import hashlib
 import hmac
 import json
 import secrets
-import socket
 import struct
-import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-import uvicorn
 from sqlalchemy import func, select
 
 from api.bootstrap import Services
 from api.cli import CLI_ACTOR, _grant_from_cli
-from api.fake_graph import FakeMedia, create_fake_graph
+from api.fake_graph import FakeMedia, running_fake_graph
 from api.worker import MEDIA_EVERY_SECONDS
 from archiver.identity import IdentityConflict, Role
 from archiver.items import Identity, extract
@@ -55,9 +51,7 @@ from archiver.models import ContactIdentity, MediaItem, Record
 # How long a 401 on the first webhook is retried: the server re-reads its
 # accounts on an unknown signature at most every 5 s.
 SIGNATURE_GRACE_SECONDS = 12.0
-_LOOPBACK = "127.0.0.1"
 _POLL_SECONDS = 0.5
-_START_SECONDS = 10.0  # for the demo's media server to start, or to stop
 
 
 class DemoError(Exception):
@@ -850,41 +844,6 @@ def build_demo(account: DemoAccount, now: datetime, media_base: str) -> DemoData
 # -- running it against a server ---------------------------------------------------
 
 
-@asynccontextmanager
-async def _serving_media(media: FakeMedia) -> AsyncIterator[str]:
-    """Serve the fake Graph API for ``media`` on a free loopback port; yield its URL.
-
-    It runs in a thread of its own: serving from the main thread, uvicorn would
-    take Ctrl-C for itself.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_fake_graph(media),
-            log_config=None,
-            log_level=None,
-            access_log=False,
-            lifespan="off",
-            ws="none",
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="demo-media", daemon=True
-        )
-        thread.start()
-        try:
-            deadline = time.monotonic() + _START_SECONDS
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    raise DemoError(f"could not start the demo media server on {_LOOPBACK}:{port}")
-                await asyncio.sleep(0.01)
-            yield f"http://{_LOOPBACK}:{port}"
-        finally:
-            server.should_exit = True
-            await asyncio.to_thread(thread.join, _START_SECONDS)
-
-
 def _lost(url: str, exc: httpx.HTTPError) -> DemoError:
     return DemoError(f"lost the connection to {url} ({type(exc).__name__})")
 
@@ -1110,7 +1069,7 @@ async def run_demo(
             f"phone_number_id {account.phone_number_id}) with fresh secrets"
         )
         media = FakeMedia(account.access_token)
-        async with _serving_media(media) as media_base:
+        with running_fake_graph(media) as media_base:
             data = build_demo(account, services.clock.now(), media_base)
             for file in data.files:
                 media.add(file.media_id, file.data, file.mime_type)

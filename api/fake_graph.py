@@ -22,11 +22,16 @@ import hashlib
 import hmac
 import json
 import secrets
+import socket
 import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import uvicorn
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.enums import MediaType
@@ -259,3 +264,37 @@ def create_fake_graph(media: FakeMedia) -> Litestar:
         openapi_config=None,
         debug=False,
     )
+
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextmanager
+def running_fake_graph(media: FakeMedia, *, timeout: float = 10.0) -> Iterator[str]:
+    """Serve the fake Graph API for ``media`` over real HTTP on a free loopback port,
+    in a thread of its own (from the main thread uvicorn would take Ctrl-C), and
+    yield its base URL. The socket is bound before the server starts, so there is
+    no race for the port."""
+    app = create_fake_graph(media)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        # No log settings: uvicorn would apply them to the process-wide "uvicorn.*" loggers.
+        config = uvicorn.Config(app, log_config=None, log_level=None, lifespan="off", ws="none")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="fake-graph", daemon=True
+        )
+        thread.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the fake Graph API did not start on {LOOPBACK}:{port}")
+                time.sleep(0.01)
+            yield f"http://{LOOPBACK}:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout)
+        if thread.is_alive():
+            raise RuntimeError("the fake Graph API did not stop")

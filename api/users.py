@@ -16,6 +16,7 @@ from litestar.exceptions import (
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 
+from api.audit import audit_access
 from api.auth import AUTHENTICATED, needs
 from api.deps import ServicesDep
 from archiver.identity import (
@@ -190,10 +191,26 @@ class UsersController(Controller):
         except NotPermitted as exc:
             raise PermissionDeniedException(str(exc)) from None
         if isinstance(result, Grant):
+            await audit_access(
+                services,
+                request,
+                action="grant.apply",
+                permission=Permission.USERS_MANAGE,
+                target=f"user:{user_id} role:{role.value}",
+                scope=data.account_id or "all accounts",
+            )
             return Response(
                 GrantOut(result.role, result.account_id, result.granted_at),
                 status_code=HTTP_201_CREATED,
             )
+        await audit_access(
+            services,
+            request,
+            action="approval.request",
+            permission=Permission.USERS_MANAGE,
+            target=f"approval:{result.id} user:{user_id} role:{role.value}",
+            scope=data.account_id or "all accounts",
+        )
         return Response(_approval(result), status_code=HTTP_202_ACCEPTED)
 
     @post(
@@ -261,6 +278,13 @@ class UsersController(Controller):
             raise PermissionDeniedException(str(exc)) from None
         except IdentityConflict as exc:
             raise ClientException(str(exc), status_code=409) from None
+        await audit_access(
+            services,
+            request,
+            action=f"approval.{approval.status}",
+            permission=Permission.GRANTS_APPROVE,
+            target=f"approval:{approval.id} kind:{approval.kind} maker:{approval.requested_by}",
+        )
         return _approval(approval)
 
 

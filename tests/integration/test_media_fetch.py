@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from api.fake_graph import FakeMedia
+from api.fake_graph import FakeMedia, running_fake_graph
 from archiver.accounts import AccountService
 from archiver.blind_index import BlindIndex
 from archiver.clock import FixedClock
@@ -29,7 +29,6 @@ from archiver.media import FIRST_RETRY, MediaFetcher, sha256_matches
 from archiver.models import Contact, MediaItem, Record, SealedObject
 from archiver.subjects import record_subject
 from archiver.vault import Vault
-from tests.fakes.graph_server import running_fake_graph
 
 Sessions = async_sessionmaker[AsyncSession]
 

@@ -1,1 +1,0 @@
-"""Fakes of outside services, served over real HTTP for tests."""
