@@ -29,6 +29,7 @@ from api.bootstrap import Services, open_services
 from api.console import CONSOLE_ROUTES
 from api.deps import ServicesDep
 from api.logging import RequestIdMiddleware
+from api.search import search
 from api.settings import Settings
 from api.users import TokensController, UsersController
 from api.webhooks import receive_webhook, verify_webhook
@@ -124,6 +125,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             UsersController,
             TokensController,
             AuditController,
+            search,
             *CONSOLE_ROUTES,
             static,
         ],

@@ -186,12 +186,14 @@ async def _views(
     return out
 
 
-def _cursor(record: Record) -> str:
-    raw = f"{record.occurred_at.isoformat()}|{record.id}".encode()
+def encode_cursor(position: tuple[datetime, int]) -> str:
+    """An opaque cursor for a position in time order: (occurred at, record id)."""
+    raw = f"{position[0].isoformat()}|{position[1]}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _parse_cursor(cursor: str) -> tuple[datetime, int]:
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """The position a cursor stands for; a clear 400 when it is malformed."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         when, _, ident = raw.partition("|")
@@ -205,7 +207,7 @@ async def _page(
 ) -> RecordPage:
     """One page of ``query`` in time order, after ``cursor``."""
     if cursor:
-        when, last = _parse_cursor(cursor)
+        when, last = decode_cursor(cursor)
         query = query.where(
             or_(Record.occurred_at > when, and_(Record.occurred_at == when, Record.id > last))
         )
@@ -216,7 +218,9 @@ async def _page(
         more = len(records) > limit
         records = records[:limit]
         views = await _views(services, request, session, records)
-    return RecordPage(views, _cursor(records[-1]) if more else None)
+    return RecordPage(
+        views, encode_cursor((records[-1].occurred_at, records[-1].id)) if more else None
+    )
 
 
 class ArchiveController(Controller):

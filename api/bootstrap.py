@@ -25,6 +25,7 @@ from archiver.interfaces import ObjectStore
 from archiver.keyring import Keyring, new_root_key
 from archiver.media import MediaFetcher
 from archiver.s3store import S3Store
+from archiver.search import Search
 from archiver.vault import Vault
 
 log = structlog.get_logger("strongroom.bootstrap")
@@ -129,6 +130,7 @@ class Services:
     approvals: ApprovalService
     grants: GrantService
     audit: AuditLog
+    search: Search
 
     async def close(self) -> None:
         """Finish pending journal and audit writes, then release connections."""
@@ -177,4 +179,5 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         approvals=approvals,
         grants=GrantService(identity, approvals),
         audit=audit,
+        search=Search(vault, index),
     )

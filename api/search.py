@@ -1,0 +1,152 @@
+"""``POST /api/v1/search``: find messages by words, phrases and filters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, post
+from litestar.exceptions import ValidationException
+from litestar.params import JSONBody
+from litestar.status_codes import HTTP_200_OK
+
+from api.archive import decode_cursor, encode_cursor
+from api.audit import audit_access
+from api.auth import needs
+from api.deps import ServicesDep
+from archiver.blind_index import normalize_phone
+from archiver.identity import Permission, Principal
+from archiver.items import Identity
+from archiver.models import ContactIdentity
+from archiver.search import Filters, SearchError
+
+Direction = Literal["inbound", "outbound", "none", "unknown"]
+Source = Literal["cloud_api", "business_app", "history_sync", "chat_import", "outbox"]
+
+
+class SearchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Words are ANDed, ``OR`` separates groups, "quoted phrases" match exactly."""
+
+    query: str
+    contact: str | None = None
+    account_id: str | None = None
+    direction: Direction | None = None
+    source: Source | None = None
+    type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    has_media: bool | None = None
+    flagged: bool | None = None
+    on_hold: bool | None = None
+    cursor: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+
+
+class MediaState(msgspec.Struct):
+    state: str
+    mime_type: str | None
+    size: int | None
+
+
+class SearchResult(msgspec.Struct):
+    """A matching record with a decrypted snippet; the whole record is at
+    ``GET /api/v1/messages/{id}``."""
+
+    id: int
+    account_id: str
+    contact_id: str | None
+    kind: str
+    source: str
+    direction: str
+    type: str
+    wamid: str | None
+    occurred_at: datetime
+    revoked: bool
+    snippet: str
+    media: list[MediaState]
+
+
+class SearchOut(msgspec.Struct):
+    results: list[SearchResult]
+    next_cursor: str | None
+
+
+@post(
+    "/api/v1/search", status_code=HTTP_200_OK, opt=needs(Permission.ARCHIVE_READ), tags=["search"]
+)
+async def search(
+    request: Request[Principal, Any, Any], data: JSONBody[SearchIn], services: ServicesDep
+) -> SearchOut:
+    """Search the archive within the caller's accounts; every search is audited,
+    its terms sealed inside the audit event."""
+    if data.flagged is not None or data.on_hold is not None:
+        raise ValidationException("lexicon flags and legal holds cannot be searched yet")
+    allowed = request.user.accounts_for(Permission.ARCHIVE_READ)
+    accounts = None if allowed is None else frozenset(allowed)
+    if data.account_id is not None:
+        if accounts is not None and data.account_id not in accounts:
+            accounts = frozenset()
+        else:
+            accounts = frozenset({data.account_id})
+    contact_ids = None
+    if data.contact is not None:
+        try:
+            token = services.capture.identity_token(
+                Identity("wa_id", normalize_phone(data.contact))
+            )
+        except ValueError as exc:
+            raise ValidationException(str(exc)) from None
+        async with services.sessions() as session:
+            row = await session.get(ContactIdentity, ("wa_id", token))
+        contact_ids = frozenset({row.contact_id} if row else set())
+    filters = Filters(
+        accounts=accounts,
+        contact_ids=contact_ids,
+        direction=data.direction,
+        source=data.source,
+        item_type=data.type,
+        since=data.since,
+        until=data.until,
+        has_media=data.has_media,
+    )
+    try:
+        async with services.sessions() as session:
+            hits, cursor = await services.search.search(
+                session,
+                data.query,
+                filters,
+                after=decode_cursor(data.cursor) if data.cursor else None,
+                limit=data.limit,
+            )
+    except SearchError as exc:
+        raise ValidationException(str(exc)) from None
+    await audit_access(
+        services,
+        request,
+        action="archive.search",
+        permission=Permission.ARCHIVE_READ,
+        target="records:" + ",".join(str(h.record.id) for h in hits),
+        scope=",".join(sorted(accounts)) if accounts is not None else "all accounts",
+        details={"query": data.query, "filters": msgspec.to_builtins(data)},
+    )
+    return SearchOut(
+        [
+            SearchResult(
+                h.record.id,
+                h.record.account_id,
+                h.record.contact_id,
+                h.record.kind,
+                h.record.source,
+                h.record.direction,
+                h.record.item_type,
+                h.record.wamid,
+                h.record.occurred_at,
+                h.record.revoked,
+                h.snippet,
+                [MediaState(m.state, m.mime_type, m.size) for m in h.media],
+            )
+            for h in hits
+        ],
+        encode_cursor(cursor) if cursor else None,
+    )
