@@ -27,6 +27,7 @@ from api.audit import AuditController, AuditTrailMiddleware
 from api.auth import PUBLIC, AuthMiddleware, SecurityHeadersMiddleware, authorize
 from api.bootstrap import Services, open_services
 from api.console import CONSOLE_ROUTES
+from api.conversations import ConversationController
 from api.deps import ServicesDep
 from api.logging import RequestIdMiddleware
 from api.search import search
@@ -125,6 +126,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             UsersController,
             TokensController,
             AuditController,
+            ConversationController,
             search,
             *CONSOLE_ROUTES,
             static,

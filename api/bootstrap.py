@@ -16,6 +16,7 @@ from archiver.audit import AuditLog
 from archiver.blind_index import BlindIndex
 from archiver.capture import Capture, Retention
 from archiver.clock import Clock, SystemClock
+from archiver.conversations import Conversations
 from archiver.db import create_engine, session_factory
 from archiver.filestore import FileStore
 from archiver.graph import LOOPBACK_HOSTS, META_MEDIA_HOSTS, GraphClient
@@ -131,6 +132,7 @@ class Services:
     grants: GrantService
     audit: AuditLog
     search: Search
+    conversations: Conversations
 
     async def close(self) -> None:
         """Finish pending journal and audit writes, then release connections."""
@@ -180,4 +182,5 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         grants=GrantService(identity, approvals),
         audit=audit,
         search=Search(vault, index),
+        conversations=Conversations(vault),
     )

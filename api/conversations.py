@@ -1,0 +1,177 @@
+"""Conversations read back as chats, and media streamed decrypted on demand."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, get
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, FromQuery
+
+from api.audit import audit_access
+from api.auth import needs
+from api.deps import ServicesDep
+from archiver.identity import Permission, Principal
+from archiver.models import MediaItem, Record, SealedObject
+
+Caller = Request[Principal, Any, Any]
+
+
+class VersionOut(msgspec.Struct):
+    record_id: int
+    occurred_at: datetime
+    text: str
+
+
+class ReactionOut(msgspec.Struct):
+    record_id: int
+    occurred_at: datetime
+    emoji: str
+    direction: str
+
+
+class MediaOut(msgspec.Struct):
+    id: int
+    state: str
+    mime_type: str | None
+    size: int | None
+    error: str | None
+    url: str | None
+
+
+class MessageOut(msgspec.Struct):
+    id: int
+    account_id: str
+    wamid: str | None
+    direction: str
+    source: str
+    type: str
+    occurred_at: datetime
+    text: str
+    reply_to: str | None
+    revoked: bool
+    erased: bool
+    versions: list[VersionOut]
+    reactions: list[ReactionOut]
+    receipts: dict[str, datetime]
+    media: list[MediaOut]
+    content: dict[str, Any] | None
+
+
+class EventOut(msgspec.Struct):
+    id: int
+    type: str
+    source: str
+    occurred_at: datetime
+
+
+class ConversationOut(msgspec.Struct):
+    contact_id: str
+    messages: list[MessageOut]
+    events: list[EventOut]
+
+
+class ConversationController(Controller):
+    """A contact's conversation, and its media."""
+
+    path = "/api/v1"
+    tags = ["conversations"]  # noqa: RUF012  (Litestar reads this class attribute)
+
+    @get("/conversations/{contact_id:str}", opt=needs(Permission.ARCHIVE_READ))
+    async def conversation(
+        self,
+        request: Caller,
+        contact_id: FromPath[str],
+        services: ServicesDep,
+        account_id: FromQuery[str | None] = None,
+    ) -> ConversationOut:
+        """Messages in order with reply threading, reactions, every version of an
+        edited message, revoked messages kept and marked, receipts and sources."""
+        allowed = request.user.accounts_for(Permission.ARCHIVE_READ)
+        accounts: set[str] | None = allowed
+        if account_id is not None:
+            accounts = {account_id} if allowed is None or account_id in allowed else set()
+        async with services.sessions() as session:
+            chat = await services.conversations.reconstruct(session, contact_id, accounts)
+        if not chat.messages and not chat.events:
+            raise NotFoundException("no such conversation")
+        await audit_access(
+            services,
+            request,
+            action="archive.read.conversation",
+            permission=Permission.ARCHIVE_READ,
+            target=f"contact:{contact_id} records:"
+            + ",".join(str(m.record.id) for m in chat.messages),
+            scope=",".join(sorted({m.record.account_id for m in chat.messages})),
+        )
+        return ConversationOut(
+            contact_id,
+            [
+                MessageOut(
+                    id=m.record.id,
+                    account_id=m.record.account_id,
+                    wamid=m.record.wamid,
+                    direction=m.record.direction,
+                    source=m.record.source,
+                    type=m.record.item_type,
+                    occurred_at=m.record.occurred_at,
+                    text=m.versions[-1].text,
+                    reply_to=m.reply_to,
+                    revoked=m.record.revoked,
+                    erased=m.content is None,
+                    versions=[VersionOut(v.record_id, v.occurred_at, v.text) for v in m.versions],
+                    reactions=[
+                        ReactionOut(r.record_id, r.occurred_at, r.emoji, r.direction)
+                        for r in m.reactions
+                    ],
+                    receipts=m.receipts,
+                    media=[
+                        MediaOut(
+                            i.id,
+                            i.state,
+                            i.mime_type,
+                            i.size,
+                            i.last_error,
+                            f"/api/v1/media/{i.id}" if i.state == "fetched" else None,
+                        )
+                        for i in m.media
+                    ],
+                    content=m.content,
+                )
+                for m in chat.messages
+            ],
+            [EventOut(e.id, e.item_type, e.source, e.occurred_at) for e in chat.events],
+        )
+
+    @get("/media/{media_id:int}", opt=needs(Permission.ARCHIVE_READ))
+    async def media(
+        self, request: Caller, media_id: FromPath[int], services: ServicesDep
+    ) -> Response[bytes]:
+        """The media file, decrypted on demand; each access is audited first."""
+        async with services.sessions() as session:
+            item = await session.get(MediaItem, media_id)
+            record = await session.get(Record, item.record_id) if item else None
+            visible = record is not None and request.user.allows(
+                Permission.ARCHIVE_READ, record.account_id
+            )
+            if item is None or record is None or not visible or item.object_id is None:
+                raise NotFoundException("no such media")
+            sealed = await session.get(SealedObject, item.object_id)
+            if sealed is None:
+                raise NotFoundException("no such media")
+            await audit_access(
+                services,
+                request,
+                action="archive.read.media",
+                permission=Permission.ARCHIVE_READ,
+                target=f"media:{media_id} record:{record.id}",
+                scope=record.account_id,
+            )
+            data = await services.vault.open(session, sealed)
+        return Response(
+            data,
+            media_type=item.mime_type or "application/octet-stream",
+            headers={"content-disposition": f'inline; filename="media-{media_id}"'},
+        )

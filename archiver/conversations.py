@@ -1,0 +1,139 @@
+"""Conversation reconstruction: a contact's records read back as the chat it was.
+
+Reactions, edits and revokes are folded into the message they refer to (every
+version kept, the original first); statuses become the message's receipts;
+replies point at the message they quote. What is neither a message nor folds
+into one (history chunk summaries, account events) is listed as an event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from archiver.capture import decode_sealed_item
+from archiver.errors import KeyDestroyed
+from archiver.models import MediaItem, Record, SealedObject
+from archiver.search import searchable_text
+from archiver.vault import Vault
+
+_FOLDED = frozenset({"reaction", "edit", "revoke"})
+
+
+@dataclass(slots=True)
+class Version:
+    """One version of a message's text: the original, then each edit."""
+
+    record_id: int
+    occurred_at: datetime
+    text: str
+
+
+@dataclass(slots=True)
+class Reaction:
+    record_id: int
+    occurred_at: datetime
+    emoji: str  # empty: the reaction was removed
+    direction: str
+
+
+@dataclass(slots=True)
+class Message:
+    """A message as a reader sees it, with everything that happened to it."""
+
+    record: Record
+    content: dict[str, Any] | None  # None once erased
+    text: str
+    reply_to: str | None
+    versions: list[Version] = field(default_factory=list)
+    reactions: list[Reaction] = field(default_factory=list)
+    receipts: dict[str, datetime] = field(default_factory=dict)
+    media: list[MediaItem] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Conversation:
+    contact_id: str
+    messages: list[Message]
+    events: list[Record]
+
+
+class Conversations:
+    """Reads a contact's records back as a conversation."""
+
+    def __init__(self, vault: Vault) -> None:
+        self._vault = vault
+
+    async def _content(self, session: AsyncSession, record: Record) -> dict[str, Any] | None:
+        sealed = await session.get(SealedObject, record.object_id)
+        if sealed is None:
+            return None
+        try:
+            return decode_sealed_item(await self._vault.open(session, sealed))
+        except KeyDestroyed:
+            return None
+
+    async def reconstruct(
+        self, session: AsyncSession, contact_id: str, accounts: Iterable[str] | None
+    ) -> Conversation:
+        """The contact's conversation within ``accounts`` (``None``: every account)."""
+        query = select(Record).where(Record.contact_id == contact_id)
+        if accounts is not None:
+            query = query.where(Record.account_id.in_(list(accounts)))
+        records = list(await session.scalars(query.order_by(Record.occurred_at, Record.id)))
+        wamids = [r.wamid for r in records if r.wamid]
+        if wamids:
+            # Statuses may carry the recipient only as a business-scoped id, so they
+            # are found by message id rather than by contact.
+            statuses = select(Record).where(Record.kind == "status", Record.wamid.in_(wamids))
+            known = {r.id for r in records}
+            records += [r for r in await session.scalars(statuses) if r.id not in known]
+        media: dict[int, list[MediaItem]] = {}
+        ids = [r.id for r in records]
+        for stored in await session.scalars(select(MediaItem).where(MediaItem.record_id.in_(ids))):
+            media.setdefault(stored.record_id, []).append(stored)
+
+        messages: dict[str, Message] = {}
+        ordered: list[Message] = []
+        folded: list[tuple[Record, dict[str, Any] | None]] = []
+        events: list[Record] = []
+        for record in records:
+            if record.kind == "status":
+                folded.append((record, None))
+            elif record.kind == "event":
+                events.append(record)
+            elif record.item_type in _FOLDED:
+                folded.append((record, await self._content(session, record)))
+            else:
+                content = await self._content(session, record)
+                text = searchable_text(content) if content else ""
+                message = Message(record, content, text, record.related_wamid)
+                message.versions.append(Version(record.id, record.occurred_at, text))
+                message.media = media.get(record.id, [])
+                ordered.append(message)
+                if record.wamid:
+                    messages.setdefault(record.wamid, message)
+        for record, content in folded:
+            target = messages.get(
+                (record.related_wamid if record.kind != "status" else record.wamid) or ""
+            )
+            if target is None:
+                continue
+            item = content.get("item") if content else None
+            if record.kind == "status" and record.status:
+                target.receipts.setdefault(record.status, record.occurred_at)
+            elif record.item_type == "edit" and isinstance(item, dict):
+                target.versions.append(
+                    Version(record.id, record.occurred_at, searchable_text(content or {}))
+                )
+            elif record.item_type == "reaction" and isinstance(item, dict):
+                emoji = (item.get("reaction") or {}).get("emoji") or ""
+                target.reactions.append(
+                    Reaction(record.id, record.occurred_at, str(emoji), record.direction)
+                )
+        return Conversation(contact_id, ordered, events)
