@@ -42,11 +42,25 @@ def _see(path: str) -> Redirect:
     return Redirect(path, status_code=HTTP_303_SEE_OTHER)
 
 
+# The main navigation: a link shows only to those who hold its permission.
+NAV = [
+    ("/search", "Search", Permission.ARCHIVE_READ),
+    ("/audit", "Audit log", Permission.AUDIT_READ),
+    ("/admin/users", "Users", Permission.USERS_MANAGE),
+]
+
+
 def context(request: Caller, **extra: Any) -> dict[str, Any]:
-    """What every console page needs: the principal and the session's CSRF token."""
+    """What every console page needs: the principal, the session's CSRF token, the nav."""
     row = request.scope.get("auth")
     csrf = row.csrf_token if isinstance(row, WebSession) else ""
-    return {"principal": request.scope.get("user"), "csrf_token": csrf} | extra
+    principal = request.scope.get("user")
+    nav = [
+        (href, label, request.url.path.startswith(href))
+        for href, label, permission in NAV
+        if principal is not None and principal.allows(permission)
+    ]
+    return {"principal": principal, "csrf_token": csrf, "nav": nav} | extra
 
 
 def _login_form(services: ServicesDep, error: str | None = None, status: int = 200) -> Template:
