@@ -10,20 +10,52 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.params import FromPath
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
+from litestar.types import ExceptionHandlersMap
 
-from api.auth import PUBLIC, SESSION_COOKIE, check_csrf
+from api.archive import decode_cursor, encode_cursor
+from api.audit import audit_access
+from api.auth import PUBLIC, SESSION_COOKIE, check_csrf, needs
 from api.deps import ServicesDep
-from archiver.identity import AccountLocked, IdentityError, Principal
-from archiver.models import User, WebSession
+from archiver.blind_index import normalize_phone
+from archiver.conversations import Message
+from archiver.errors import AccountNotFound
+from archiver.identity import (
+    AccountLocked,
+    IdentityConflict,
+    IdentityError,
+    NotPermitted,
+    Permission,
+    Principal,
+    Role,
+)
+from archiver.items import Identity
+from archiver.models import ContactIdentity, Grant, MediaItem, Record, User, WebSession
+from archiver.search import Filters, SearchError
 
 LOGIN_CSRF_COOKIE = "strongroom_login_csrf"
 Caller = Request[Principal | None, Any, Any]
+Page = Request[Principal, Any, Any]
+SEARCH_PAGE = 25
+AUDIT_PAGE = 50
+SOURCES = {
+    "cloud_api": "Cloud API",
+    "business_app": "Business App",
+    "history_sync": "History",
+    "chat_import": "Import",
+    "outbox": "Outbox",
+}
+DIRECTIONS = ("inbound", "outbound", "none", "unknown")
+OUTCOMES = ("ok", "allowed", "denied", "failed")
 
 
 def _cookie(services: ServicesDep, name: str, value: str, *, max_age: int | None) -> Cookie:
@@ -50,7 +82,7 @@ NAV = [
 ]
 
 
-def context(request: Caller, **extra: Any) -> dict[str, Any]:
+def context(request: Request[Any, Any, Any], **extra: Any) -> dict[str, Any]:
     """What every console page needs: the principal, the session's CSRF token, the nav."""
     row = request.scope.get("auth")
     csrf = row.csrf_token if isinstance(row, WebSession) else ""
@@ -200,4 +232,369 @@ async def home(request: Caller) -> Response[Any]:
     return Template("home.html", context=context(request, grants=grants))
 
 
-CONSOLE_ROUTES = [login_page, login, mfa_page, mfa, logout, home]
+# --- Console pages ---------------------------------------------------------------------
+
+
+def _wants_html(request: Request[Any, Any, Any]) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+_ERROR_TITLES = {
+    400: "Please check your request",
+    403: "You do not have access to this page",
+    404: "Not found",
+    409: "That could not be done",
+}
+
+
+def _page_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Browsers get an HTML page (anonymous ones: the sign-in form); API clients and
+    scripts keep the API's JSON error, so the authorization matrix reads both alike."""
+    if not _wants_html(request):
+        body: dict[str, Any] = {"error": exc.detail}
+        if isinstance(exc.extra, dict):
+            body.update(exc.extra)
+        return Response(body, status_code=exc.status_code, headers=exc.headers)
+    if exc.status_code == 401:
+        return _see("/login")
+    title = _ERROR_TITLES.get(exc.status_code, "Something went wrong")
+    return Template(
+        "error.html",
+        context=context(request, status=exc.status_code, title=title, detail=exc.detail),
+        status_code=exc.status_code,
+    )
+
+
+PAGE_ERRORS: ExceptionHandlersMap = {HTTPException: _page_error}
+
+
+def _page(permission: Permission) -> dict[str, Any]:
+    return {
+        "opt": needs(permission),
+        "exception_handlers": PAGE_ERRORS,
+        "include_in_schema": False,
+    }
+
+
+def _params(request: Request[Any, Any, Any], *names: str) -> dict[str, str]:
+    return {name: request.query_params.get(name, "").strip() for name in names}
+
+
+def _day(value: str, *, end: bool = False) -> datetime | None:
+    """A form's YYYY-MM-DD as UTC midnight; ``end`` makes the day inclusive."""
+    if not value:
+        return None
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise ValidationException(f"{value!r} is not a date (YYYY-MM-DD)") from None
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start + timedelta(days=1) if end else start
+
+
+def _choice(value: str, allowed: Any, name: str) -> str | None:
+    if value and value not in allowed:
+        raise ValidationException(f"unknown {name} {value!r}")
+    return value or None
+
+
+# The same scoping and filters as POST /api/v1/search (api/search.py).
+async def _search_filters(request: Page, services: ServicesDep, form: dict[str, str]) -> Filters:
+    allowed = request.user.accounts_for(Permission.ARCHIVE_READ)
+    contact_ids = None
+    if form["contact"]:
+        try:
+            token = services.capture.identity_token(
+                Identity("wa_id", normalize_phone(form["contact"]))
+            )
+        except ValueError as exc:
+            raise ValidationException(str(exc)) from None
+        async with services.sessions() as session:
+            row = await session.get(ContactIdentity, ("wa_id", token))
+        contact_ids = frozenset({row.contact_id} if row else set())
+    media = _choice(form["has_media"], ("yes", "no"), "media filter")
+    return Filters(
+        accounts=None if allowed is None else frozenset(allowed),
+        contact_ids=contact_ids,
+        direction=_choice(form["direction"], DIRECTIONS, "direction"),
+        source=_choice(form["source"], SOURCES, "source"),
+        item_type=form["type"] or None,
+        since=_day(form["since"]),
+        until=_day(form["until"], end=True),
+        has_media=None if media is None else media == "yes",
+    )
+
+
+@get("/search", **_page(Permission.ARCHIVE_READ))
+async def search_page(request: Page, services: ServicesDep) -> Template:
+    """Search the archive: words, "phrases", OR, and filters; results in time order."""
+    form = _params(
+        request,
+        *("q", "contact", "direction", "source", "type", "since", "until", "has_media", "cursor"),
+    )
+    page = context(request, form=form, sources=SOURCES, directions=DIRECTIONS, hits=None, more=None)
+    if not form["q"]:
+        return Template("search.html", context=page)
+    try:
+        filters = await _search_filters(request, services, form)
+        after = decode_cursor(form["cursor"]) if form["cursor"] else None
+        async with services.sessions() as session:
+            hits, cursor = await services.search.search(
+                session, form["q"], filters, after=after, limit=SEARCH_PAGE
+            )
+    except ValidationException as exc:
+        return Template("search.html", context=page | {"error": exc.detail}, status_code=400)
+    except SearchError as exc:
+        return Template("search.html", context=page | {"error": str(exc)}, status_code=400)
+    accounts = filters.accounts
+    await audit_access(
+        services,
+        request,
+        action="archive.search",
+        permission=Permission.ARCHIVE_READ,
+        target="records:" + ",".join(str(h.record.id) for h in hits),
+        scope=",".join(sorted(accounts)) if accounts is not None else "all accounts",
+        details={"query": form["q"], "filters": {k: v for k, v in form.items() if v}},
+    )
+    more = None
+    if cursor is not None:
+        more = "/search?" + urlencode(
+            {k: v for k, v in form.items() if v} | {"cursor": encode_cursor(cursor)}
+        )
+    return Template("search.html", context=page | {"hits": hits, "more": more})
+
+
+@get("/conversations/{contact_id:str}", **_page(Permission.ARCHIVE_READ))
+async def conversation_page(
+    request: Page, contact_id: FromPath[str], services: ServicesDep
+) -> Template:
+    """A contact's conversation, read like the chat it was; every version kept."""
+    accounts = request.user.accounts_for(Permission.ARCHIVE_READ)
+    async with services.sessions() as session:
+        chat = await services.conversations.reconstruct(session, contact_id, accounts)
+    if not chat.messages and not chat.events:
+        raise NotFoundException("no such conversation")
+    await audit_access(
+        services,
+        request,
+        action="archive.read.conversation",
+        permission=Permission.ARCHIVE_READ,
+        target=f"contact:{contact_id} records:" + ",".join(str(m.record.id) for m in chat.messages),
+        scope=",".join(sorted({m.record.account_id for m in chat.messages})),
+    )
+    quoted = {m.record.wamid: m for m in chat.messages if m.record.wamid}
+    reactions = {m.record.id: _current_reactions(m) for m in chat.messages}
+    return Template(
+        "conversation.html",
+        context=context(request, chat=chat, quoted=quoted, reactions=reactions, sources=SOURCES),
+    )
+
+
+def _current_reactions(message: Message) -> list[str]:
+    """Each side's latest reaction; an empty emoji removed an earlier one."""
+    latest = {r.direction: r.emoji for r in message.reactions}
+    return [emoji for emoji in latest.values() if emoji]
+
+
+@get("/media/{media_id:int}/view", **_page(Permission.ARCHIVE_READ))
+async def media_page(request: Page, media_id: FromPath[int], services: ServicesDep) -> Template:
+    """One media file; its bytes come from GET /api/v1/media/{id}, audited there."""
+    async with services.sessions() as session:
+        item = await session.get(MediaItem, media_id)
+        record = await session.get(Record, item.record_id) if item else None
+    if (
+        item is None
+        or record is None
+        or not request.user.allows(Permission.ARCHIVE_READ, record.account_id)
+    ):
+        raise NotFoundException("no such media")
+    kind = (item.mime_type or "").partition("/")[0]
+    return Template(
+        "media.html",
+        context=context(request, item=item, record=record, kind=kind, sources=SOURCES),
+    )
+
+
+@get("/audit", **_page(Permission.AUDIT_READ))
+async def audit_page(request: Page, services: ServicesDep) -> Template:
+    """The audit trail, filtered, oldest first, paged by sequence number."""
+    form = _params(request, "actor", "action", "outcome", "since", "until", "after")
+    page = context(request, form=form, outcomes=OUTCOMES, events=[], more=None)
+    try:
+        since, until = _day(form["since"]), _day(form["until"], end=True)
+        outcome = _choice(form["outcome"], OUTCOMES, "outcome")
+        after = int(form["after"]) if form["after"] else None
+    except ValidationException as exc:
+        return Template("audit.html", context=page | {"error": exc.detail}, status_code=400)
+    except ValueError:
+        return Template("audit.html", context=page | {"error": "bad page"}, status_code=400)
+    await services.audit.flush()
+    async with services.sessions() as session:
+        events = await services.audit.query(
+            session,
+            actor=form["actor"] or None,
+            action=form["action"] or None,
+            outcome=outcome,
+            since=since,
+            until=until,
+            after_seq=after,
+            limit=AUDIT_PAGE,
+        )
+    more = None
+    if len(events) == AUDIT_PAGE:
+        kept = {k: v for k, v in form.items() if v and k != "after"}
+        more = "/audit?" + urlencode(kept | {"after": str(events[-1].seq)})
+    return Template("audit.html", context=page | {"events": events, "more": more})
+
+
+_NOTICES = {
+    "created": "User created. Grant them a role next.",
+    "granted": "Role granted.",
+    "requested": "This role is privileged: an approval was opened for a second administrator.",
+    "approved": "Request approved and applied.",
+    "rejected": "Request rejected.",
+}
+
+
+async def _users_page(
+    request: Page, services: ServicesDep, *, error: str | None = None, status: int = 200
+) -> Template:
+    now = services.clock.now()
+    async with services.sessions() as session:
+        users = await services.identity.users(session)
+        grants = {u.id: await services.identity.active_grants(session, u.id) for u in users}
+        accounts = await services.accounts.all(session)
+        pending = await services.approvals.pending(session)
+    names = {u.id: u.username for u in users}
+    approvals = [
+        {
+            "approval": a,
+            "request": services.approvals.payload(a),
+            "maker": names.get(a.requested_by, a.requested_by),
+            "mine": a.requested_by == request.user.user_id,
+        }
+        for a in pending
+    ]
+    return Template(
+        "users.html",
+        context=context(
+            request,
+            users=users,
+            grants=grants,
+            names=names,
+            accounts=accounts,
+            roles=[r.value for r in Role],
+            approvals=approvals,
+            can_decide=request.user.allows(Permission.GRANTS_APPROVE),
+            now=now,
+            notice=_NOTICES.get(request.query_params.get("done", "")),
+            error=error,
+        ),
+        status_code=status,
+    )
+
+
+async def _form(request: Page, *names: str) -> dict[str, str]:
+    form = await request.form()
+    values = {name: form.get(name) for name in names}
+    return {k: v.strip() if isinstance(v, str) else "" for k, v in values.items()}
+
+
+@get("/admin/users", **_page(Permission.USERS_MANAGE))
+async def users_page(request: Page, services: ServicesDep) -> Template:
+    """Users, their roles, MFA and lock state; create, grant, and decide approvals."""
+    return await _users_page(request, services)
+
+
+@post("/admin/users", **_page(Permission.USERS_MANAGE))
+async def create_user(request: Page, services: ServicesDep) -> Response[Any]:
+    """Create a user with no roles."""
+    form = await _form(request, "username", "password")
+    try:
+        async with services.sessions() as session, session.begin():
+            await services.identity.create_user(
+                session, form["username"], form["password"], created_by=request.user.user_id
+            )
+    except ValueError as exc:
+        return await _users_page(request, services, error=str(exc), status=400)
+    except IdentityConflict as exc:
+        return await _users_page(request, services, error=str(exc), status=409)
+    return _see("/admin/users?done=created")
+
+
+@post("/admin/users/{user_id:str}/grants", **_page(Permission.USERS_MANAGE))
+async def grant_role(request: Page, user_id: FromPath[str], services: ServicesDep) -> Response[Any]:
+    """Grant a role at once, or open an approval when it is privileged."""
+    form = await _form(request, "role", "account_id")
+    try:
+        role = Role(form["role"])
+    except ValueError:
+        return await _users_page(request, services, error="Choose a role.", status=400)
+    account_id = form["account_id"] or None
+    try:
+        async with services.sessions() as session, session.begin():
+            user = await session.get(User, user_id)
+            if user is None:
+                raise NotFoundException("no such user")
+            if account_id is not None:
+                await services.accounts.get(session, account_id)
+            result = await services.grants.request(session, request.user, user, role, account_id)
+    except AccountNotFound:
+        return await _users_page(request, services, error="No such account.", status=400)
+    except (IdentityConflict, NotPermitted) as exc:
+        return await _users_page(request, services, error=str(exc), status=409)
+    applied = isinstance(result, Grant)
+    await audit_access(
+        services,
+        request,
+        action="grant.apply" if applied else "approval.request",
+        permission=Permission.USERS_MANAGE,
+        target=("" if isinstance(result, Grant) else f"approval:{result.id} ")
+        + f"user:{user_id} role:{role.value}",
+        scope=account_id or "all accounts",
+    )
+    return _see("/admin/users?done=" + ("granted" if applied else "requested"))
+
+
+@post("/admin/approvals/{approval_id:int}/decision", **_page(Permission.GRANTS_APPROVE))
+async def decide_approval(
+    request: Page, approval_id: FromPath[int], services: ServicesDep
+) -> Response[Any]:
+    """Approve or reject a request; its maker cannot decide it."""
+    form = await _form(request, "decision")
+    if form["decision"] not in ("approve", "reject"):
+        return await _users_page(request, services, error="Choose approve or reject.", status=400)
+    approve = form["decision"] == "approve"
+    try:
+        async with services.sessions() as session, session.begin():
+            await services.grants.decide(session, approval_id, request.user, approve=approve)
+    except NotPermitted as exc:
+        return await _users_page(request, services, error=str(exc), status=403)
+    except IdentityConflict as exc:
+        return await _users_page(request, services, error=str(exc), status=409)
+    await audit_access(
+        services,
+        request,
+        action="approval.approved" if approve else "approval.rejected",
+        permission=Permission.GRANTS_APPROVE,
+        target=f"approval:{approval_id}",
+    )
+    return _see("/admin/users?done=" + ("approved" if approve else "rejected"))
+
+
+CONSOLE_ROUTES = [
+    login_page,
+    login,
+    mfa_page,
+    mfa,
+    logout,
+    home,
+    search_page,
+    conversation_page,
+    media_page,
+    audit_page,
+    users_page,
+    create_user,
+    grant_role,
+    decide_approval,
+]
