@@ -26,7 +26,7 @@ from api.archive import decode_cursor, encode_cursor
 from api.audit import audit_access
 from api.auth import PUBLIC, SESSION_COOKIE, check_csrf, needs
 from api.deps import ServicesDep
-from archiver.blind_index import normalize_phone
+from api.search import account_scope, audited_search, contact_scope
 from archiver.conversations import Message
 from archiver.errors import AccountNotFound
 from archiver.identity import (
@@ -38,8 +38,7 @@ from archiver.identity import (
     Principal,
     Role,
 )
-from archiver.items import Identity
-from archiver.models import ContactIdentity, Grant, MediaItem, Record, User, WebSession
+from archiver.models import Grant, MediaItem, Record, User, WebSession
 from archiver.search import Filters, SearchError
 
 LOGIN_CSRF_COOKIE = "strongroom_login_csrf"
@@ -300,22 +299,10 @@ def _choice(value: str, allowed: Any, name: str) -> str | None:
 
 # The same scoping and filters as POST /api/v1/search (api/search.py).
 async def _search_filters(request: Page, services: ServicesDep, form: dict[str, str]) -> Filters:
-    allowed = request.user.accounts_for(Permission.ARCHIVE_READ)
-    contact_ids = None
-    if form["contact"]:
-        try:
-            token = services.capture.identity_token(
-                Identity("wa_id", normalize_phone(form["contact"]))
-            )
-        except ValueError as exc:
-            raise ValidationException(str(exc)) from None
-        async with services.sessions() as session:
-            row = await session.get(ContactIdentity, ("wa_id", token))
-        contact_ids = frozenset({row.contact_id} if row else set())
     media = _choice(form["has_media"], ("yes", "no"), "media filter")
     return Filters(
-        accounts=None if allowed is None else frozenset(allowed),
-        contact_ids=contact_ids,
+        accounts=account_scope(request.user, None),
+        contact_ids=await contact_scope(services, form["contact"] or None),
         direction=_choice(form["direction"], DIRECTIONS, "direction"),
         source=_choice(form["source"], SOURCES, "source"),
         item_type=form["type"] or None,
@@ -337,25 +324,19 @@ async def search_page(request: Page, services: ServicesDep) -> Template:
         return Template("search.html", context=page)
     try:
         filters = await _search_filters(request, services, form)
-        after = decode_cursor(form["cursor"]) if form["cursor"] else None
-        async with services.sessions() as session:
-            hits, cursor = await services.search.search(
-                session, form["q"], filters, after=after, limit=SEARCH_PAGE
-            )
+        hits, cursor = await audited_search(
+            services,
+            request,
+            form["q"],
+            filters,
+            after=decode_cursor(form["cursor"]) if form["cursor"] else None,
+            limit=SEARCH_PAGE,
+            asked={k: v for k, v in form.items() if v},
+        )
     except ValidationException as exc:
         return Template("search.html", context=page | {"error": exc.detail}, status_code=400)
     except SearchError as exc:
         return Template("search.html", context=page | {"error": str(exc)}, status_code=400)
-    accounts = filters.accounts
-    await audit_access(
-        services,
-        request,
-        action="archive.search",
-        permission=Permission.ARCHIVE_READ,
-        target="records:" + ",".join(str(h.record.id) for h in hits),
-        scope=",".join(sorted(accounts)) if accounts is not None else "all accounts",
-        details={"query": form["q"], "filters": {k: v for k, v in form.items() if v}},
-    )
     more = None
     if cursor is not None:
         more = "/search?" + urlencode(

@@ -14,12 +14,13 @@ from litestar.status_codes import HTTP_200_OK
 from api.archive import decode_cursor, encode_cursor
 from api.audit import audit_access
 from api.auth import needs
+from api.bootstrap import Services
 from api.deps import ServicesDep
 from archiver.blind_index import normalize_phone
 from archiver.identity import Permission, Principal
 from archiver.items import Identity
 from archiver.models import ContactIdentity
-from archiver.search import Filters, SearchError
+from archiver.search import Filters, Hit, SearchError
 
 Direction = Literal["inbound", "outbound", "none", "unknown"]
 Source = Literal["cloud_api", "business_app", "history_sync", "chat_import", "outbox"]
@@ -72,6 +73,56 @@ class SearchOut(msgspec.Struct):
     next_cursor: str | None
 
 
+def account_scope(caller: Principal, account_id: str | None) -> frozenset[str] | None:
+    """The accounts a search may look in: the caller's, narrowed to ``account_id``."""
+    allowed = caller.accounts_for(Permission.ARCHIVE_READ)
+    if account_id is None:
+        return None if allowed is None else frozenset(allowed)
+    return frozenset({account_id}) if allowed is None or account_id in allowed else frozenset()
+
+
+async def contact_scope(services: Services, phone: str | None) -> frozenset[str] | None:
+    """The contact a phone number names (none at all if it is unknown)."""
+    if phone is None:
+        return None
+    try:
+        token = services.capture.identity_token(Identity("wa_id", normalize_phone(phone)))
+    except ValueError as exc:
+        raise ValidationException(str(exc)) from None
+    async with services.sessions() as session:
+        row = await session.get(ContactIdentity, ("wa_id", token))
+    return frozenset({row.contact_id} if row else set())
+
+
+async def audited_search(
+    services: Services,
+    request: Request[Principal, Any, Any],
+    query: str,
+    filters: Filters,
+    *,
+    after: tuple[datetime, int] | None,
+    limit: int,
+    asked: dict[str, Any],
+) -> tuple[list[Hit], tuple[datetime, int] | None]:
+    """Run a search, then record it (terms and filters sealed) before any result is
+    shown. Raises ``SearchError`` for a query with nothing searchable."""
+    async with services.sessions() as session:
+        hits, cursor = await services.search.search(
+            session, query, filters, after=after, limit=limit
+        )
+    accounts = filters.accounts
+    await audit_access(
+        services,
+        request,
+        action="archive.search",
+        permission=Permission.ARCHIVE_READ,
+        target="records:" + ",".join(str(h.record.id) for h in hits),
+        scope=",".join(sorted(accounts)) if accounts is not None else "all accounts",
+        details={"query": query, "filters": asked},
+    )
+    return hits, cursor
+
+
 @post(
     "/api/v1/search", status_code=HTTP_200_OK, opt=needs(Permission.ARCHIVE_READ), tags=["search"]
 )
@@ -82,27 +133,9 @@ async def search(
     its terms sealed inside the audit event."""
     if data.flagged is not None or data.on_hold is not None:
         raise ValidationException("lexicon flags and legal holds cannot be searched yet")
-    allowed = request.user.accounts_for(Permission.ARCHIVE_READ)
-    accounts = None if allowed is None else frozenset(allowed)
-    if data.account_id is not None:
-        if accounts is not None and data.account_id not in accounts:
-            accounts = frozenset()
-        else:
-            accounts = frozenset({data.account_id})
-    contact_ids = None
-    if data.contact is not None:
-        try:
-            token = services.capture.identity_token(
-                Identity("wa_id", normalize_phone(data.contact))
-            )
-        except ValueError as exc:
-            raise ValidationException(str(exc)) from None
-        async with services.sessions() as session:
-            row = await session.get(ContactIdentity, ("wa_id", token))
-        contact_ids = frozenset({row.contact_id} if row else set())
     filters = Filters(
-        accounts=accounts,
-        contact_ids=contact_ids,
+        accounts=account_scope(request.user, data.account_id),
+        contact_ids=await contact_scope(services, data.contact),
         direction=data.direction,
         source=data.source,
         item_type=data.type,
@@ -111,25 +144,17 @@ async def search(
         has_media=data.has_media,
     )
     try:
-        async with services.sessions() as session:
-            hits, cursor = await services.search.search(
-                session,
-                data.query,
-                filters,
-                after=decode_cursor(data.cursor) if data.cursor else None,
-                limit=data.limit,
-            )
+        hits, cursor = await audited_search(
+            services,
+            request,
+            data.query,
+            filters,
+            after=decode_cursor(data.cursor) if data.cursor else None,
+            limit=data.limit,
+            asked=msgspec.to_builtins(data),
+        )
     except SearchError as exc:
         raise ValidationException(str(exc)) from None
-    await audit_access(
-        services,
-        request,
-        action="archive.search",
-        permission=Permission.ARCHIVE_READ,
-        target="records:" + ",".join(str(h.record.id) for h in hits),
-        scope=",".join(sorted(accounts)) if accounts is not None else "all accounts",
-        details={"query": data.query, "filters": msgspec.to_builtins(data)},
-    )
     return SearchOut(
         [
             SearchResult(

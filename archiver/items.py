@@ -297,7 +297,7 @@ def _event(
         source=SOURCE_CLOUD_API,
         direction="none",
         item_type=_type(item_type, "event"),
-        dedupe_key=f"e:{field_name[:40]}:{_digest(item)}",
+        dedupe_key=f"e:{fit(field_name, 40)}:{_digest(item)}",
         occurred_at=_when(when, received_at),
         sealed={
             "field": field_name,

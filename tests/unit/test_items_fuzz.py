@@ -87,8 +87,13 @@ def test_extract_keeps_every_message_and_fits_the_record_row(payload: Any) -> No
 @settings(max_examples=500)
 @given(webhook_values)
 def test_every_column_of_an_item_fits(payload: Any) -> None:
-    """Ids and states fit their columns too (PostgreSQL refuses a longer string)."""
+    """Ids and states fit their columns too: PostgreSQL refuses a longer string, and
+    any string holding NUL."""
+    columns = ("wamid", "related_wamid", "status", "kind", "source", "direction")
     for item in extract(payload, RECEIVED):
-        for name in ("wamid", "related_wamid", "status", "kind", "source", "direction"):
+        for name in columns:
             value = getattr(item, name)
             assert value is None or len(value) <= width(name), name
+        for name in (*columns, "dedupe_key", "item_type"):
+            value = getattr(item, name)
+            assert value is None or "\x00" not in value, name
