@@ -25,6 +25,7 @@ from litestar.types import ExceptionHandlersMap
 from api.archive import decode_cursor, encode_cursor
 from api.audit import audit_access
 from api.auth import PUBLIC, SESSION_COOKIE, check_csrf, needs
+from api.conversations import audited_conversation
 from api.deps import ServicesDep
 from api.search import account_scope, audited_search, contact_scope
 from archiver.conversations import Message
@@ -350,18 +351,8 @@ async def conversation_page(
     request: Page, contact_id: FromPath[str], services: ServicesDep
 ) -> Template:
     """A contact's conversation, read like the chat it was; every version kept."""
-    accounts = request.user.accounts_for(Permission.ARCHIVE_READ)
-    async with services.sessions() as session:
-        chat = await services.conversations.reconstruct(session, contact_id, accounts)
-    if not chat.messages and not chat.events:
-        raise NotFoundException("no such conversation")
-    await audit_access(
-        services,
-        request,
-        action="archive.read.conversation",
-        permission=Permission.ARCHIVE_READ,
-        target=f"contact:{contact_id} records:" + ",".join(str(m.record.id) for m in chat.messages),
-        scope=",".join(sorted({m.record.account_id for m in chat.messages})),
+    chat = await audited_conversation(
+        services, request, contact_id, account_scope(request.user, None)
     )
     quoted = {m.record.wamid: m for m in chat.messages if m.record.wamid}
     reactions = {m.record.id: _current_reactions(m) for m in chat.messages}

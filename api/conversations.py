@@ -12,7 +12,10 @@ from litestar.params import FromPath, FromQuery
 
 from api.audit import audit_access
 from api.auth import needs
+from api.bootstrap import Services
 from api.deps import ServicesDep
+from api.search import account_scope
+from archiver.conversations import Conversation
 from archiver.identity import Permission, Principal
 from archiver.models import MediaItem, Record, SealedObject
 
@@ -73,6 +76,26 @@ class ConversationOut(msgspec.Struct):
     events: list[EventOut]
 
 
+async def audited_conversation(
+    services: Services, request: Caller, contact_id: str, accounts: frozenset[str] | None
+) -> Conversation:
+    """The contact's conversation within ``accounts``, recorded in the audit trail
+    before it is shown; 404 when the caller can see none of it."""
+    async with services.sessions() as session:
+        chat = await services.conversations.reconstruct(session, contact_id, accounts)
+    if not chat.messages and not chat.events:
+        raise NotFoundException("no such conversation")
+    await audit_access(
+        services,
+        request,
+        action="archive.read.conversation",
+        permission=Permission.ARCHIVE_READ,
+        target=f"contact:{contact_id} records:" + ",".join(str(m.record.id) for m in chat.messages),
+        scope=",".join(sorted({m.record.account_id for m in chat.messages})),
+    )
+    return chat
+
+
 class ConversationController(Controller):
     """A contact's conversation, and its media."""
 
@@ -89,22 +112,8 @@ class ConversationController(Controller):
     ) -> ConversationOut:
         """Messages in order with reply threading, reactions, every version of an
         edited message, revoked messages kept and marked, receipts and sources."""
-        allowed = request.user.accounts_for(Permission.ARCHIVE_READ)
-        accounts: set[str] | None = allowed
-        if account_id is not None:
-            accounts = {account_id} if allowed is None or account_id in allowed else set()
-        async with services.sessions() as session:
-            chat = await services.conversations.reconstruct(session, contact_id, accounts)
-        if not chat.messages and not chat.events:
-            raise NotFoundException("no such conversation")
-        await audit_access(
-            services,
-            request,
-            action="archive.read.conversation",
-            permission=Permission.ARCHIVE_READ,
-            target=f"contact:{contact_id} records:"
-            + ",".join(str(m.record.id) for m in chat.messages),
-            scope=",".join(sorted({m.record.account_id for m in chat.messages})),
+        chat = await audited_conversation(
+            services, request, contact_id, account_scope(request.user, account_id)
         )
         return ConversationOut(
             contact_id,

@@ -312,6 +312,18 @@ def _event(
 def _history_items(
     value: dict[str, Any], business_number: str | None, received_at: datetime
 ) -> list[Item]:
+    def history(message: Any, extra: dict[str, Any] | None = None) -> Item:
+        return _message_item(
+            "history",
+            value,
+            message,
+            kind="history",
+            source=SOURCE_HISTORY,
+            business_number=business_number,
+            received_at=received_at,
+            extra=extra,
+        )
+
     items: list[Item] = []
     for chunk in _list(value.get("history")):
         chunk = _dict(chunk)
@@ -324,32 +336,14 @@ def _history_items(
         for thread in _list(chunk.get("threads")):
             thread = _dict(thread)
             for message in _list(thread.get("messages")):
-                item = _message_item(
-                    "history",
-                    value,
-                    message,
-                    kind="history",
-                    source=SOURCE_HISTORY,
-                    business_number=business_number,
-                    received_at=received_at,
-                    extra={"history": {"metadata": meta, "thread_id": thread.get("id")}},
+                item = history(
+                    message, {"history": {"metadata": meta, "thread_id": thread.get("id")}}
                 )
                 if item.direction == "outbound" and not item.identities:
                     item.identities = _identities(("wa_id", thread.get("id")))
                 items.append(item)
     # Media for an earlier placeholder arrives later under the same field.
-    for message in _list(value.get("messages")):
-        items.append(
-            _message_item(
-                "history",
-                value,
-                message,
-                kind="history",
-                source=SOURCE_HISTORY,
-                business_number=business_number,
-                received_at=received_at,
-            )
-        )
+    items.extend(history(message) for message in _list(value.get("messages")))
     return items
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -39,11 +40,10 @@ def database_name(request: pytest.FixtureRequest) -> Iterator[str]:
     asyncio.run(_pg_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
-@pytest.fixture(scope="module")
-def server(database_name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A running server with one account registered (``server.account_id``)."""
-    data_dir = tmp_path_factory.mktemp("server")
-    srv = Server(server_env(data_dir / "data", database_name), data_dir / "data", data_dir / "log")
+@contextmanager
+def running_server(data_dir: Path, database: str) -> Iterator[Server]:
+    """A started server with an admin, an officer and one account (``account_id``)."""
+    srv = Server(server_env(data_dir / "data", database), data_dir / "data", data_dir / "log")
     try:
         srv.start()
         srv.bootstrap_users()
@@ -51,6 +51,13 @@ def server(database_name: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield srv
     finally:
         srv.close()
+
+
+@pytest.fixture(scope="module")
+def server(database_name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A running server with one account registered (``server.account_id``)."""
+    with running_server(tmp_path_factory.mktemp("server"), database_name) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -58,6 +58,40 @@ def fixture(name: str) -> dict[str, Any]:
     return value
 
 
+def customer_message(
+    customer: str, wamid: str, timestamp: int, *, template: str = "message_text", **fields: Any
+) -> dict[str, Any]:
+    """A signed-webhook body with one message from ``customer``, built on a fixture;
+    ``fields`` replace the message's own (a non-text ``type`` drops ``text``)."""
+    payload = fixture(template)
+    value = payload["entry"][0]["changes"][0]["value"]
+    value["contacts"][0]["wa_id"] = customer
+    message = value["messages"][0]
+    message.update({"id": wamid, "from": customer, "timestamp": str(timestamp)})
+    if fields.get("type", "text") != "text":
+        del message["text"]
+    message.update(fields)
+    return payload
+
+
+def business_echo(customer: str, wamid: str, timestamp: int, body: str) -> dict[str, Any]:
+    """A coexistence echo: the business wrote ``body`` to ``customer`` from the app."""
+    payload = fixture("smb_message_echo_text")
+    echo = payload["entry"][0]["changes"][0]["value"]["message_echoes"][0]
+    echo.update({"id": wamid, "to": customer, "timestamp": str(timestamp), "text": {"body": body}})
+    return payload
+
+
+def status_update(customer: str, wamid: str, timestamp: int, status: str) -> dict[str, Any]:
+    """A delivery status of the business's message ``wamid`` to ``customer``."""
+    payload = fixture("status_delivered")
+    item = payload["entry"][0]["changes"][0]["value"]["statuses"][0]
+    item.update(
+        {"id": wamid, "status": status, "timestamp": str(timestamp), "recipient_id": customer}
+    )
+    return payload
+
+
 class Server:
     """One server process; ``client`` talks to it over real HTTP."""
 

@@ -18,7 +18,7 @@ import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.e2e.conftest import server_env
+from tests.e2e.conftest import running_server
 from tests.e2e.server import PASSWORD, Server
 from tests.e2e.test_console import DELETED, EDITED, ORIGINAL, japanese_conversation
 
@@ -51,16 +51,9 @@ def browser(site: Server) -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A real server on SQLite with two accounts (``other`` is the second one's id)."""
-    data_dir = tmp_path_factory.mktemp("browser")
-    srv = Server(server_env(data_dir / "data", "sqlite"), data_dir / "data", data_dir / "log")
-    try:
-        srv.start()
-        srv.bootstrap_users()
-        srv.account_id = srv.add_account()
+    """A real server on SQLite with an admin, an officer and one account."""
+    with running_server(tmp_path_factory.mktemp("browser"), "sqlite") as srv:
         yield srv
-    finally:
-        srv.close()
 
 
 def _shot(page: Page, name: str) -> None:

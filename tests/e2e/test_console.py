@@ -12,7 +12,13 @@ import httpx
 import pyotp
 import pytest
 
-from tests.e2e.server import PASSWORD, Server, fixture
+from tests.e2e.server import (
+    PASSWORD,
+    Server,
+    business_echo,
+    customer_message,
+    status_update,
+)
 
 CUSTOMER = "819012345678"
 BASE = 1763700000
@@ -20,32 +26,17 @@ BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;
 
 
 def _message(wamid: str, offset: int, **fields: Any) -> dict[str, Any]:
-    payload = fixture("message_text_japanese")
-    value = payload["entry"][0]["changes"][0]["value"]
-    message = value["messages"][0]
-    message.update({"id": wamid, "from": CUSTOMER, "timestamp": str(BASE + offset)})
-    if "type" in fields and fields["type"] != "text":
-        del message["text"]
-    message.update(fields)
-    return payload
+    return customer_message(
+        CUSTOMER, wamid, BASE + offset, template="message_text_japanese", **fields
+    )
 
 
 def _echo(wamid: str, offset: int, body: str) -> dict[str, Any]:
-    payload = fixture("smb_message_echo_text")
-    echo = payload["entry"][0]["changes"][0]["value"]["message_echoes"][0]
-    echo.update(
-        {"id": wamid, "to": CUSTOMER, "timestamp": str(BASE + offset), "text": {"body": body}}
-    )
-    return payload
+    return business_echo(CUSTOMER, wamid, BASE + offset, body)
 
 
 def _status(wamid: str, offset: int, status: str) -> dict[str, Any]:
-    payload = fixture("status_delivered")
-    item = payload["entry"][0]["changes"][0]["value"]["statuses"][0]
-    item.update(
-        {"id": wamid, "status": status, "timestamp": str(BASE + offset), "recipient_id": CUSTOMER}
-    )
-    return payload
+    return status_update(CUSTOMER, wamid, BASE + offset, status)
 
 
 ORIGINAL = "明日の会議は10時からです"

@@ -7,40 +7,22 @@ import json
 import zipfile
 from typing import Any
 
-from tests.e2e.server import Server, fixture
+from tests.e2e.server import Server, business_echo, customer_message, status_update
 
 CUSTOMER = "447700900123"
 BASE = 1763710000
 
 
 def _message(wamid: str, offset: int, **fields: Any) -> dict[str, Any]:
-    payload = fixture("message_text")
-    value = payload["entry"][0]["changes"][0]["value"]
-    value["contacts"][0]["wa_id"] = CUSTOMER
-    message = value["messages"][0]
-    message.update({"id": wamid, "from": CUSTOMER, "timestamp": str(BASE + offset)})
-    if "type" in fields and fields["type"] != "text":
-        del message["text"]
-    message.update(fields)
-    return payload
+    return customer_message(CUSTOMER, wamid, BASE + offset, **fields)
 
 
 def _echo(wamid: str, offset: int, body: str) -> dict[str, Any]:
-    payload = fixture("smb_message_echo_text")
-    echo = payload["entry"][0]["changes"][0]["value"]["message_echoes"][0]
-    echo.update(
-        {"id": wamid, "to": CUSTOMER, "timestamp": str(BASE + offset), "text": {"body": body}}
-    )
-    return payload
+    return business_echo(CUSTOMER, wamid, BASE + offset, body)
 
 
 def _status(wamid: str, offset: int, status: str) -> dict[str, Any]:
-    payload = fixture("status_delivered")
-    item = payload["entry"][0]["changes"][0]["value"]["statuses"][0]
-    item.update(
-        {"id": wamid, "status": status, "timestamp": str(BASE + offset), "recipient_id": CUSTOMER}
-    )
-    return payload
+    return status_update(CUSTOMER, wamid, BASE + offset, status)
 
 
 def test_a_conversation_reads_as_it_happened(server: Server) -> None:
