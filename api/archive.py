@@ -30,12 +30,12 @@ from api.audit import audit_access
 from api.auth import needs
 from api.deps import ServicesDep
 from archiver.blind_index import normalize_phone
-from archiver.capture import decode_sealed_item
+from archiver.capture import open_records
 from archiver.chat_export import ChatExportError
-from archiver.errors import AccountExists, AccountNotFound, KeyDestroyed
+from archiver.errors import AccountExists, AccountNotFound
 from archiver.identity import Permission, Principal
 from archiver.items import Identity
-from archiver.models import ContactIdentity, DeliveryState, MediaItem, Record, SealedObject
+from archiver.models import ContactIdentity, DeliveryState, MediaItem, Record
 
 MAX_IMPORT_BYTES = 512 * 1024 * 1024
 _PAGE = 100
@@ -147,16 +147,11 @@ async def _views(
         media[item.record_id].append(
             MediaOut(item.state, item.mime_type, item.size, item.last_error)
         )
+    contents = await open_records(services.vault, session, records)
     out = []
     for record in records:
-        sealed = await session.get(SealedObject, record.object_id)
-        content: dict[str, Any] | None = None
-        erased = False
-        if sealed is not None:
-            try:
-                content = decode_sealed_item(await services.vault.open(session, sealed))
-            except KeyDestroyed:
-                erased = True
+        content = contents.get(record.id)
+        erased = content is None  # every record has its sealed object; only shredding hides it
         delivery = None
         if record.wamid and record.direction == "outbound":
             state = await session.get(DeliveryState, (record.account_id, record.wamid))

@@ -298,9 +298,16 @@ def _choice(value: str, allowed: Any, name: str) -> str | None:
     return value or None
 
 
+SEARCH_FILTERS = (
+    *("contact", "direction", "source", "type"),
+    *("since", "until", "has_media", "on_hold"),
+)
+
+
 # The same scoping and filters as POST /api/v1/search (api/search.py).
 async def _search_filters(request: Page, services: ServicesDep, form: dict[str, str]) -> Filters:
     media = _choice(form["has_media"], ("yes", "no"), "media filter")
+    hold = _choice(form["on_hold"], ("yes", "no"), "hold filter")
     return Filters(
         accounts=account_scope(request.user, None),
         contact_ids=await contact_scope(services, form["contact"] or None),
@@ -310,18 +317,16 @@ async def _search_filters(request: Page, services: ServicesDep, form: dict[str, 
         since=_day(form["since"]),
         until=_day(form["until"], end=True),
         has_media=None if media is None else media == "yes",
+        on_hold=None if hold is None else hold == "yes",
     )
 
 
 @get("/search", **_page(Permission.ARCHIVE_READ))
 async def search_page(request: Page, services: ServicesDep) -> Template:
     """Search the archive: words, "phrases", OR, and filters; results in time order."""
-    form = _params(
-        request,
-        *("q", "contact", "direction", "source", "type", "since", "until", "has_media", "cursor"),
-    )
+    form = _params(request, "q", *SEARCH_FILTERS, "cursor")
     page = context(request, form=form, sources=SOURCES, directions=DIRECTIONS, hits=None, more=None)
-    if not form["q"]:
+    if not any(form[name] for name in ("q", *SEARCH_FILTERS)):
         return Template("search.html", context=page)
     try:
         filters = await _search_filters(request, services, form)

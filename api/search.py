@@ -27,9 +27,10 @@ Source = Literal["cloud_api", "business_app", "history_sync", "chat_import", "ou
 
 
 class SearchIn(msgspec.Struct, forbid_unknown_fields=True):
-    """Words are ANDed, ``OR`` separates groups, "quoted phrases" match exactly."""
+    """Words are ANDed, ``OR`` separates groups, "quoted phrases" match exactly; an
+    empty query lists the messages that pass the filters."""
 
-    query: str
+    query: str = ""
     contact: str | None = None
     account_id: str | None = None
     direction: Direction | None = None
@@ -131,8 +132,8 @@ async def search(
 ) -> SearchOut:
     """Search the archive within the caller's accounts; every search is audited,
     its terms sealed inside the audit event."""
-    if data.flagged is not None or data.on_hold is not None:
-        raise ValidationException("lexicon flags and legal holds cannot be searched yet")
+    if data.flagged is not None:
+        raise ValidationException("lexicon flags cannot be searched yet: there is no lexicon")
     filters = Filters(
         accounts=account_scope(request.user, data.account_id),
         contact_ids=await contact_scope(services, data.contact),
@@ -142,6 +143,7 @@ async def search(
         since=data.since,
         until=data.until,
         has_media=data.has_media,
+        on_hold=data.on_hold,
     )
     try:
         hits, cursor = await audited_search(

@@ -45,6 +45,7 @@ import hashlib
 import hmac
 import re
 import unicodedata
+from datetime import UTC, datetime, timedelta
 
 import phonenumbers
 
@@ -337,6 +338,15 @@ _REASONS = {
     phonenumbers.ValidationResult.TOO_LONG: "too long for its country",
     phonenumbers.ValidationResult.INVALID_LENGTH: "wrong length for its country",
 }
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def time_key(when: datetime) -> int:
+    """A record's place in the index's time order: microseconds since the epoch."""
+    return (when - _EPOCH) // _MICROSECOND
 
 
 class BlindIndex:

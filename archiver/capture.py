@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver.accounts import AccountSecrets, AccountService
 from archiver.audit import AuditEntry, AuditLog
-from archiver.blind_index import BlindIndex
+from archiver.blind_index import BlindIndex, time_key
 from archiver.clock import Clock
 from archiver.errors import CaptureError
 from archiver.items import Identity, Item, extract, fit
@@ -465,7 +465,7 @@ class Capture:
         await session.flush()
         now = self._clock.now()
         tokens = [
-            {"token": token, "record_id": record.id}
+            {"token": token, "at": time_key(record.occurred_at), "record_id": record.id}
             for record, item in zip(records, items, strict=True)
             for token in self._index.tokens(item.text)
         ]
@@ -598,3 +598,23 @@ def decode_sealed_item(plaintext: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CaptureError("sealed record is not a JSON object")
     return value
+
+
+async def open_records(
+    vault: Vault, session: AsyncSession, records: Iterable[Record]
+) -> dict[int, dict[str, Any]]:
+    """The sealed content of each record, by record id; erased records are left out."""
+    records = list(records)
+    sealed = {
+        obj.id: obj
+        for obj in await session.scalars(
+            select(SealedObject).where(SealedObject.id.in_({r.object_id for r in records}))
+        )
+    }
+    readable = [r for r in records if r.object_id in sealed]
+    opened = await vault.open_many(session, [sealed[r.object_id] for r in readable])
+    return {
+        record.id: decode_sealed_item(plaintext)
+        for record, plaintext in zip(readable, opened, strict=True)
+        if plaintext is not None
+    }

@@ -16,9 +16,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from archiver.capture import decode_sealed_item
-from archiver.errors import KeyDestroyed
-from archiver.models import MediaItem, Record, SealedObject
+from archiver.capture import open_records
+from archiver.models import MediaItem, Record
 from archiver.search import searchable_text
 from archiver.vault import Vault
 
@@ -69,15 +68,6 @@ class Conversations:
     def __init__(self, vault: Vault) -> None:
         self._vault = vault
 
-    async def _content(self, session: AsyncSession, record: Record) -> dict[str, Any] | None:
-        sealed = await session.get(SealedObject, record.object_id)
-        if sealed is None:
-            return None
-        try:
-            return decode_sealed_item(await self._vault.open(session, sealed))
-        except KeyDestroyed:
-            return None
-
     async def reconstruct(
         self, session: AsyncSession, contact_id: str, accounts: Iterable[str] | None
     ) -> Conversation:
@@ -102,15 +92,18 @@ class Conversations:
         ordered: list[Message] = []
         folded: list[tuple[Record, dict[str, Any] | None]] = []
         events: list[Record] = []
+        contents = await open_records(
+            self._vault, session, [r for r in records if r.kind not in ("status", "event")]
+        )
         for record in records:
             if record.kind == "status":
                 folded.append((record, None))
             elif record.kind == "event":
                 events.append(record)
             elif record.item_type in _FOLDED:
-                folded.append((record, await self._content(session, record)))
+                folded.append((record, contents.get(record.id)))
             else:
-                content = await self._content(session, record)
+                content = contents.get(record.id)  # absent when erased
                 text = searchable_text(content) if content else ""
                 message = Message(record, content, text, record.related_wamid)
                 message.versions.append(Version(record.id, record.occurred_at, text))

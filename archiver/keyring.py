@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -78,6 +78,23 @@ class Keyring:
         if row is None:
             raise KeyNotFound(f"no subject key {key_id}")
         return self._unwrap(row)
+
+    async def keys_by_id(
+        self, session: AsyncSession, key_ids: Iterable[str]
+    ) -> dict[str, bytes | None]:
+        """Return each key of ``key_ids``, ``None`` for a destroyed one; raise
+        ``KeyNotFound`` if one does not exist."""
+        wanted = set(key_ids)
+        rows = await session.scalars(
+            select(SubjectKey)
+            .where(SubjectKey.key_id.in_(wanted))
+            .execution_options(populate_existing=True)
+        )
+        keys = {row.key_id: None if row.wrapped_key is None else self._unwrap(row) for row in rows}
+        missing = wanted - keys.keys()
+        if missing:
+            raise KeyNotFound(f"no subject key {sorted(missing)[0]}")
+        return keys
 
     async def destroy(self, session: AsyncSession, subject: str) -> str:
         """Destroy the subject's key (crypto-shredding) and return its id."""

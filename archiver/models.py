@@ -138,6 +138,7 @@ class Record(Base):
         UniqueConstraint("account_id", "dedupe_key"),
         Index("ix_records_contact_time", "contact_id", "occurred_at"),
         Index("ix_records_account_time", "account_id", "occurred_at"),
+        Index("ix_records_time", "occurred_at", "id"),
     )
 
 
@@ -153,11 +154,19 @@ class DeliveryState(Base):
 
 
 class SearchToken(Base):
-    """A blind-index token of a record's text."""
+    """A blind-index token of a record's text.
+
+    ``at`` is the record's ``occurred_at`` in microseconds since the epoch, so the
+    key ``(token, at, record_id)`` lists a term's records in time order: the first
+    page of a search reads only the first entries of its rarest term, and the other
+    terms are point lookups. On SQLite the table is the key (WITHOUT ROWID).
+    """
 
     __tablename__ = "search_tokens"
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
     token: Mapped[bytes] = mapped_column(LargeBinary(8), primary_key=True)
+    at: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     record_id: Mapped[int] = mapped_column(ForeignKey("records.id"), primary_key=True)
 
 

@@ -16,21 +16,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, exists, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
-from archiver.blind_index import BlindIndex, normalize, query_tokens, tokenize
-from archiver.capture import decode_sealed_item
-from archiver.errors import ArchiverError, KeyDestroyed
+from archiver.blind_index import BlindIndex, normalize, query_tokens, time_key, tokenize
+from archiver.capture import open_records
+from archiver.errors import ArchiverError
 from archiver.items import message_text
 from archiver.models import MediaItem, Record, SealedObject, SearchToken
 from archiver.vault import Vault
 
 _QUERY = re.compile(r'"([^"]*)"|(\S+)')
 _SNIPPET = 60
-# Candidates are fetched in rounds of this many times the page size, because
-# some fail the check on the decrypted text.
-_OVERFETCH = 3
+# Candidates that fail the check on the decrypted text are replaced by fetching
+# again, in rounds that double up to this size.
+_MAX_ROUND = 1_000
+# Choosing the rarest token counts each token's entries only up to this many.
+_COUNT_CAP = 10_000
 _MAX_GROUPS = 8
 _MAX_TERMS = 16
 
@@ -59,6 +62,7 @@ class Filters:
     since: datetime | None = None
     until: datetime | None = None
     has_media: bool | None = None
+    on_hold: bool | None = None  # the record's sealed object is under legal hold
 
 
 @dataclass(slots=True)
@@ -134,22 +138,6 @@ class Search:
         self._vault = vault
         self._index = index
 
-    def _candidates(self, group: Group, filters: Filters) -> Select[int]:
-        tokens = list(
-            dict.fromkeys(
-                token
-                for term in (*group.words, *group.phrases)
-                for token in self._index.query(term)
-            )
-        )
-        holding = (
-            select(SearchToken.record_id)
-            .where(SearchToken.token.in_(tokens))
-            .group_by(SearchToken.record_id)
-            .having(func.count(SearchToken.token.distinct()) == len(tokens))
-        )
-        return select(Record.id).where(Record.id.in_(holding), *_conditions(filters))
-
     async def search(
         self,
         session: AsyncSession,
@@ -159,57 +147,137 @@ class Search:
         after: tuple[datetime, int] | None = None,
         limit: int = 50,
     ) -> tuple[list[Hit], tuple[datetime, int] | None]:
-        """One page of verified hits in time order, and the cursor for the next."""
-        groups = parse_query(query)
-        union = self._candidates(groups[0], filters)
-        for group in groups[1:]:
-            union = union.union(self._candidates(group, filters))  # type: ignore[assignment]  # a union of id selects
-        ids = union.subquery()
+        """One page of verified hits in time order, and the cursor for the next.
+
+        An empty ``query`` lists the messages that pass ``filters`` (receipts
+        excepted), for example a contact's messages over a date range.
+        """
+        groups = parse_query(query) if query.strip() else []
         hits: list[Hit] = []
         cursor = after
+        wanted = limit
         while True:
-            page = select(Record).where(Record.id.in_(select(ids.c.id)))
-            if cursor is not None:
-                when, last = cursor
-                page = page.where(
-                    or_(
-                        Record.occurred_at > when,
-                        and_(Record.occurred_at == when, Record.id > last),
-                    )
-                )
-            batch = list(
-                await session.scalars(
-                    page.order_by(Record.occurred_at, Record.id).limit(limit * _OVERFETCH)
-                )
-            )
+            batch = await self._candidates(session, groups, filters, cursor, wanted)
+            contents = await open_records(self._vault, session, batch)
             for record in batch:
                 cursor = (record.occurred_at, record.id)
-                hit = await self._verify(session, record, groups)
+                content = contents.get(record.id)  # absent when erased
+                hit = None if content is None else _verify(record, content, groups)
                 if hit is not None:
                     hits.append(hit)
                     if len(hits) == limit:
+                        await _attach_media(session, hits)
                         return hits, cursor  # a later page may still be empty
-            if len(batch) < limit * _OVERFETCH:
+            if len(batch) < wanted:
+                await _attach_media(session, hits)
                 return hits, None
+            # Most candidates pass, so the first round asks for one page; a query
+            # whose candidates often fail (phrases) fetches growing rounds.
+            wanted = min(wanted * 2, _MAX_ROUND)
 
-    async def _verify(
-        self, session: AsyncSession, record: Record, groups: Sequence[Group]
-    ) -> Hit | None:
-        sealed = await session.get(SealedObject, record.object_id)
-        if sealed is None:
-            return None
-        try:
-            content = decode_sealed_item(await self._vault.open(session, sealed))
-        except KeyDestroyed:
-            return None  # erased: nothing to match, nothing to show
-        text = searchable_text(content)
+    async def _candidates(
+        self,
+        session: AsyncSession,
+        groups: Sequence[Group],
+        filters: Filters,
+        after: tuple[datetime, int] | None,
+        count: int,
+    ) -> list[Record]:
+        """The next ``count`` records, in time order, holding every token of some group."""
+        if not groups:
+            query = select(Record).where(Record.kind != "status", *_conditions(filters))
+            if after is not None:
+                query = query.where(tuple_(Record.occurred_at, Record.id) > after)
+            return list(
+                await session.scalars(query.order_by(Record.occurred_at, Record.id).limit(count))
+            )
+        found: set[tuple[int, int]] = set()
         for group in groups:
-            if _matches(group, text):
-                media = list(
-                    await session.scalars(select(MediaItem).where(MediaItem.record_id == record.id))
+            group_query = await self._group_query(session, group, filters, after)
+            found.update((at, i) for at, i in await session.execute(group_query.limit(count)))
+        ids = [record_id for _, record_id in sorted(found)[:count]]
+        records = {r.id: r for r in await session.scalars(select(Record).where(Record.id.in_(ids)))}
+        return [records[i] for i in ids]
+
+    async def _group_query(
+        self,
+        session: AsyncSession,
+        group: Group,
+        filters: Filters,
+        after: tuple[datetime, int] | None,
+    ) -> Select[int, int]:
+        """``(at, record_id)`` of the group's records in time order.
+
+        The rarest token drives: its entries are read in index order, so the
+        page ends as soon as enough are found, and every other token is a point
+        lookup on the same key.
+        """
+        tokens = list(
+            dict.fromkeys(
+                token
+                for term in (*group.words, *group.phrases)
+                for token in self._index.query(term)
+            )
+        )
+        driver = await _rarest(session, tokens)
+        entry = aliased(SearchToken)
+        query = select(entry.at, entry.record_id).where(entry.token == driver)
+        for token in tokens:
+            if token != driver:
+                other = aliased(SearchToken)
+                query = query.where(
+                    exists().where(
+                        other.token == token,
+                        other.at == entry.at,
+                        other.record_id == entry.record_id,
+                    )
                 )
-                return Hit(record, content, _snippet(group, text), media)
-        return None
+        if after is not None:
+            when, last = after
+            query = query.where(tuple_(entry.at, entry.record_id) > tuple_(time_key(when), last))
+        conditions = _conditions(filters)
+        if conditions:
+            # A correlated EXISTS rather than a join keeps the token index as the
+            # outer loop (and the time order) whatever the planner thinks of the
+            # records' own indexes.
+            query = query.where(exists().where(Record.id == entry.record_id, *conditions))
+        return query.order_by(entry.at, entry.record_id)
+
+
+async def _rarest(session: AsyncSession, tokens: list[bytes]) -> bytes:
+    """The token held by the fewest records (counted up to a cap)."""
+    if len(tokens) == 1:
+        return tokens[0]
+    counts = [
+        select(func.count())
+        .select_from(
+            select(SearchToken.at).where(SearchToken.token == token).limit(_COUNT_CAP).subquery()
+        )
+        .scalar_subquery()
+        for token in tokens
+    ]
+    row = (await session.execute(select(*counts))).one()
+    return min(zip(row, tokens, strict=True), key=lambda pair: pair[0])[1]
+
+
+def _verify(record: Record, content: dict[str, Any], groups: Sequence[Group]) -> Hit | None:
+    text = searchable_text(content)
+    if not groups:
+        return Hit(record, content, _snippet(Group((), ()), text))
+    for group in groups:
+        if _matches(group, text):
+            return Hit(record, content, _snippet(group, text))
+    return None
+
+
+async def _attach_media(session: AsyncSession, hits: list[Hit]) -> None:
+    by_record = {hit.record.id: hit for hit in hits}
+    if not by_record:
+        return
+    for media in await session.scalars(
+        select(MediaItem).where(MediaItem.record_id.in_(by_record)).order_by(MediaItem.id)
+    ):
+        by_record[media.record_id].media.append(media)
 
 
 def _conditions(filters: Filters) -> list[Any]:
@@ -230,4 +298,9 @@ def _conditions(filters: Filters) -> list[Any]:
         conditions.append(Record.occurred_at < filters.until)
     if filters.has_media is not None:
         conditions.append(Record.has_media.is_(filters.has_media))
+    if filters.on_hold is not None:
+        held = exists().where(
+            SealedObject.id == Record.object_id, SealedObject.legal_hold.is_(True)
+        )
+        conditions.append(held if filters.on_hold else ~held)
     return conditions

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -20,7 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from archiver import envelope
 from archiver.clock import Clock
-from archiver.errors import IntegrityError, ObjectNotFound, RetentionViolation, VaultError
+from archiver.errors import (
+    IntegrityError,
+    KeyDestroyed,
+    ObjectNotFound,
+    RetentionViolation,
+    VaultError,
+)
 from archiver.interfaces import ObjectStore, StoredObject
 from archiver.keyring import Keyring
 from archiver.models import SealedObject
@@ -158,11 +164,32 @@ class Vault:
 
     async def open(self, session: AsyncSession, record: SealedObject) -> bytes:
         """Read and decrypt a sealed object; raise ``KeyDestroyed`` after shredding."""
-        key = await self.keyring.key_by_id(session, record.key_id)
-        data = await asyncio.to_thread(self.store.get, record.object_key, record.version_id)
-        if hashlib.sha256(data).hexdigest() != record.sha256:
-            raise IntegrityError(f"{record.object_key} does not match its recorded SHA-256")
-        return envelope.open_(key, record.object_key, data)
+        (plaintext,) = await self.open_many(session, [record])
+        if plaintext is None:
+            raise KeyDestroyed(f"subject key {record.key_id} was destroyed")
+        return plaintext
+
+    async def open_many(
+        self, session: AsyncSession, records: Sequence[SealedObject]
+    ) -> list[bytes | None]:
+        """Read and decrypt several sealed objects, in order; ``None`` for each whose
+        subject key was destroyed. One key query and one thread hop for them all."""
+        keys = await self.keyring.keys_by_id(session, {r.key_id for r in records})
+        readable = [r for r in records if keys[r.key_id] is not None]
+        data = await asyncio.to_thread(
+            lambda: {r.id: self.store.get(r.object_key, r.version_id) for r in readable}
+        )
+        opened: list[bytes | None] = []
+        for record in records:
+            key = keys[record.key_id]
+            if key is None:
+                opened.append(None)
+                continue
+            sealed = data[record.id]
+            if hashlib.sha256(sealed).hexdigest() != record.sha256:
+                raise IntegrityError(f"{record.object_key} does not match its recorded SHA-256")
+            opened.append(envelope.open_(key, record.object_key, sealed))
+        return opened
 
     async def extend_retention(
         self, session: AsyncSession, record: SealedObject, retain_until: datetime

@@ -17,6 +17,7 @@ from pathlib import Path
 import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.e2e.conftest import running_server
 from tests.e2e.server import PASSWORD, Server
@@ -58,7 +59,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def _shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=True)
+    # Headless Chromium on a loaded machine sometimes fails a capture ("Unable to
+    # capture screenshot") although the page is fine; the picture is an artifact,
+    # not what is tested, so it gets a few tries.
+    for attempt in range(3):
+        try:
+            page.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=True)
+            return
+        except PlaywrightError as exc:
+            if "Unable to capture screenshot" not in str(exc) or attempt == 2:
+                raise
+            page.wait_for_timeout(500)
 
 
 def _sign_in(page: Page, base: str, username: str, prefix: str) -> None:

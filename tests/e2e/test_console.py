@@ -218,6 +218,13 @@ def test_search_pages_with_a_cursor(server: Server, contact: str, console: Conso
     assert "議事録 00" not in second.text
     assert 'class="more"' not in second.text
 
+    # Filters alone list the contact's messages in time order.
+    alone = client.get("/search", params={"contact": "+" + CUSTOMER, "type": "text"})
+    assert alone.status_code == 200
+    shown = re.findall(r"議事録 (\d\d)", alone.text)
+    assert shown
+    assert shown == sorted(shown)
+
 
 def test_refusals_are_html_pages(server: Server, contact: str, console: Console) -> None:
     client = console("console-agent", "agent")

@@ -15,6 +15,7 @@ import pytest
 from api.bootstrap import open_services
 from api.settings import load_settings
 from archiver.identity import ROLE_PERMISSIONS, Role
+from archiver.models import Record, SealedObject
 from tests.e2e.server import PASSWORD, Server, fixture
 
 BASE_TIME = 1763700000
@@ -107,11 +108,11 @@ def test_filters(archive: Server) -> None:
     assert other["results"] == []
 
 
-def test_pagination_in_time_order(archive: Server) -> None:
+def _all_pages(archive: Server, query: str) -> list[str]:
     seen: list[str] = []
     cursor = None
     for _ in range(5):
-        body: dict[str, Any] = {"query": "pagination", "limit": 3}
+        body: dict[str, Any] = {"query": query, "limit": 3}
         if cursor:
             body["cursor"] = cursor
         page = _search(archive, **body)
@@ -119,13 +120,58 @@ def test_pagination_in_time_order(archive: Server) -> None:
         cursor = page["next_cursor"]
         if not cursor:
             break
-    assert seen == [f"wamid.S-PAGE{i}" for i in range(7)]
+    return seen
+
+
+def test_pagination_in_time_order(archive: Server) -> None:
+    pages = [f"wamid.S-PAGE{i}" for i in range(7)]
+    assert _all_pages(archive, "pagination") == pages
+    # OR groups are merged in time order across pages.
+    assert _all_pages(archive, "number OR parcel OR 資料") == [
+        "wamid.S-JA2",
+        "wamid.S-OTHER",
+        *pages,
+    ]
+
+
+def test_filters_alone_list_a_contacts_messages_over_dates(archive: Server) -> None:
+    # BASE_TIME + 10 s to + 13 s: the first three pagination messages.
+    window = {"since": "2025-11-21T04:40:10Z", "until": "2025-11-21T04:40:13Z"}
+    found = _search(archive, contact="+44 7700 900123", **window)
+    assert _wamids(found) == ["wamid.S-PAGE0", "wamid.S-PAGE1", "wamid.S-PAGE2"]
+    assert found["results"][0]["snippet"] == "pagination check number 0"
+    assert all(r["kind"] != "status" for r in _search(archive, limit=200)["results"])
+    first = _search(archive, query="  ", contact="+44 7700 900123", limit=2)
+    rest = _search(archive, contact="+44 7700 900123", cursor=first["next_cursor"])
+    assert _wamids(first) + _wamids(rest) == ["wamid.S-OTHER"] + [
+        f"wamid.S-PAGE{i}" for i in range(7)
+    ]
+
+
+def test_on_hold_filter_follows_the_vaults_legal_hold(archive: Server) -> None:
+    held = archive.records_of("wamid.S-JA2")[0]["id"]
+
+    async def hold() -> None:
+        services = await open_services(load_settings(archive.env))
+        try:
+            async with services.sessions() as session, session.begin():
+                record = await session.get(Record, held)
+                assert record is not None
+                sealed = await session.get(SealedObject, record.object_id)
+                assert sealed is not None
+                await services.vault.set_legal_hold(session, sealed, True)
+        finally:
+            await services.close()
+
+    asyncio.run(hold())
+    assert _wamids(_search(archive, query="会議", on_hold=True)) == ["wamid.S-JA2"]
+    assert "wamid.S-JA2" not in _wamids(_search(archive, query="会議", on_hold=False))
+    assert "wamid.S-JA" in _wamids(_search(archive, query="会議", on_hold=False))
 
 
 def test_bad_queries_get_clear_errors(archive: Server) -> None:
     post = archive.client.post
     for body in (
-        {"query": "   "},
         {"query": "!!!"},
         {"query": "x", "flagged": True},
         {"query": "x", "cursor": "@@"},

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
+import sqlalchemy as sa
 from sqlalchemy import inspect
 
 from api.migrate import check, downgrade, upgrade
 from api.models import metadata
+from archiver.blind_index import time_key
 from archiver.db import create_engine
 
 
@@ -30,3 +33,89 @@ def test_migrations_round_trip_without_drift(database_url: str) -> None:
     upgrade(database_url)
     check(database_url)
     assert asyncio.run(_tables(database_url)) == set(metadata.tables)
+
+
+_OLD_TOKENS = sa.table("search_tokens", sa.column("token"), sa.column("record_id"))
+
+
+async def _seed_record_with_token(url: str, occurred_at: datetime) -> None:
+    """One record and one search token, written as revision 0003 knows them."""
+    engine = create_engine(url)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                metadata.tables["accounts"].insert(),
+                {
+                    "id": "acc",
+                    "phone_number_id": "1",
+                    "display_phone_token": b"t",
+                    "display_phone_sealed": b"s",
+                    "app_secret_sealed": b"s",
+                    "verify_token_sha256": "0" * 64,
+                    "created_at": now,
+                },
+            )
+            await conn.execute(
+                metadata.tables["sealed_objects"].insert(),
+                {
+                    "id": 1,
+                    "object_key": "records/x",
+                    "version_id": "v",
+                    "kind": "record",
+                    "key_id": "k",
+                    "sha256": "0" * 64,
+                    "size": 1,
+                    "retain_until": now,
+                    "legal_hold": False,
+                    "sealed_at": now,
+                },
+            )
+            await conn.execute(
+                metadata.tables["records"].insert(),
+                {
+                    "id": 7,
+                    "account_id": "acc",
+                    "dedupe_key": "m:1",
+                    "kind": "message",
+                    "source": "cloud_api",
+                    "direction": "inbound",
+                    "item_type": "text",
+                    "occurred_at": occurred_at,
+                    "received_at": now,
+                    "has_media": False,
+                    "forwarded": False,
+                    "revoked": False,
+                    "opens_window": True,
+                    "object_id": 1,
+                },
+            )
+            await conn.execute(_OLD_TOKENS.insert(), {"token": b"12345678", "record_id": 7})
+    finally:
+        await engine.dispose()
+
+
+async def _rows(url: str, query: str) -> list[tuple[object, ...]]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return [tuple(row) for row in await conn.execute(sa.text(query))]
+    finally:
+        await engine.dispose()
+
+
+def test_search_tokens_keep_their_record_and_gain_its_time(database_url: str) -> None:
+    occurred_at = datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
+    downgrade(database_url, "0003")
+    asyncio.run(_seed_record_with_token(database_url, occurred_at))
+
+    upgrade(database_url)
+    assert asyncio.run(_rows(database_url, "SELECT token, at, record_id FROM search_tokens")) == [
+        (b"12345678", time_key(occurred_at), 7)
+    ]
+    assert time_key(occurred_at) == 1_741_064_767_890_123
+
+    downgrade(database_url, "0003")
+    assert asyncio.run(_rows(database_url, "SELECT token, record_id FROM search_tokens")) == [
+        (b"12345678", 7)
+    ]
