@@ -29,6 +29,7 @@ from api.bootstrap import Services, open_services
 from api.console import CONSOLE_ROUTES
 from api.conversations import ConversationController
 from api.deps import ServicesDep
+from api.lexicon import LexiconController
 from api.logging import RequestIdMiddleware
 from api.search import search
 from api.settings import Settings
@@ -127,6 +128,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             TokensController,
             AuditController,
             ConversationController,
+            LexiconController,
             search,
             *CONSOLE_ROUTES,
             static,

@@ -28,6 +28,7 @@ from archiver.media import MediaFetcher
 from archiver.s3store import S3Store
 from archiver.search import Search
 from archiver.vault import Vault
+from policy.lexicon import Lexicon
 
 log = structlog.get_logger("strongroom.bootstrap")
 
@@ -133,6 +134,7 @@ class Services:
     audit: AuditLog
     search: Search
     conversations: Conversations
+    lexicon: Lexicon
 
     async def close(self) -> None:
         """Finish pending journal and audit writes, then release connections."""
@@ -183,4 +185,5 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         audit=audit,
         search=Search(vault, index),
         conversations=Conversations(vault),
+        lexicon=Lexicon(clock),
     )

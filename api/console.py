@@ -27,7 +27,7 @@ from api.audit import audit_access
 from api.auth import PUBLIC, SESSION_COOKIE, check_csrf, needs
 from api.conversations import audited_conversation
 from api.deps import ServicesDep
-from api.search import account_scope, audited_search, contact_scope
+from api.search import account_scope, audited_search, contact_scope, lexicon_terms
 from archiver.conversations import Message
 from archiver.errors import AccountNotFound
 from archiver.identity import (
@@ -300,7 +300,7 @@ def _choice(value: str, allowed: Any, name: str) -> str | None:
 
 SEARCH_FILTERS = (
     *("contact", "direction", "source", "type"),
-    *("since", "until", "has_media", "on_hold"),
+    *("since", "until", "has_media", "on_hold", "flagged"),
 )
 
 
@@ -308,6 +308,8 @@ SEARCH_FILTERS = (
 async def _search_filters(request: Page, services: ServicesDep, form: dict[str, str]) -> Filters:
     media = _choice(form["has_media"], ("yes", "no"), "media filter")
     hold = _choice(form["on_hold"], ("yes", "no"), "hold filter")
+    lexicon = _choice(form["flagged"], ("yes", "no"), "lexicon filter")
+    flagged = None if lexicon is None else lexicon == "yes"
     return Filters(
         accounts=account_scope(request.user, None),
         contact_ids=await contact_scope(services, form["contact"] or None),
@@ -318,6 +320,8 @@ async def _search_filters(request: Page, services: ServicesDep, form: dict[str, 
         until=_day(form["until"], end=True),
         has_media=None if media is None else media == "yes",
         on_hold=None if hold is None else hold == "yes",
+        flagged=flagged,
+        lexicon=await lexicon_terms(services, flagged),
     )
 
 

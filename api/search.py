@@ -95,6 +95,14 @@ async def contact_scope(services: Services, phone: str | None) -> frozenset[str]
     return frozenset({row.contact_id} if row else set())
 
 
+async def lexicon_terms(services: Services, flagged: bool | None) -> tuple[str, ...]:
+    """The active lexicon terms, when the flagged filter asks for them."""
+    if flagged is None:
+        return ()
+    async with services.sessions() as session:
+        return tuple(await services.lexicon.terms(session))
+
+
 async def audited_search(
     services: Services,
     request: Request[Principal, Any, Any],
@@ -132,8 +140,6 @@ async def search(
 ) -> SearchOut:
     """Search the archive within the caller's accounts; every search is audited,
     its terms sealed inside the audit event."""
-    if data.flagged is not None:
-        raise ValidationException("lexicon flags cannot be searched yet: there is no lexicon")
     filters = Filters(
         accounts=account_scope(request.user, data.account_id),
         contact_ids=await contact_scope(services, data.contact),
@@ -144,6 +150,8 @@ async def search(
         until=data.until,
         has_media=data.has_media,
         on_hold=data.on_hold,
+        flagged=data.flagged,
+        lexicon=await lexicon_terms(services, data.flagged),
     )
     try:
         hits, cursor = await audited_search(

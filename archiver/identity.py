@@ -58,6 +58,7 @@ class Permission(StrEnum):
     ARCHIVE_IMPORT = "archive.import"
     AUDIT_READ = "audit.read"
     AUDIT_EXPORT = "audit.export"
+    LEXICON_MANAGE = "lexicon.manage"
 
 
 # The permission matrix: which role may do what. Mirrored in the README.
@@ -71,7 +72,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         }
     ),
     Role.RECORDS_MANAGER: frozenset({Permission.ACCOUNTS_READ, Permission.ARCHIVE_IMPORT}),
-    Role.COMPLIANCE_OFFICER: frozenset({Permission.ACCOUNTS_READ, Permission.ARCHIVE_READ}),
+    Role.COMPLIANCE_OFFICER: frozenset(
+        {Permission.ACCOUNTS_READ, Permission.ARCHIVE_READ, Permission.LEXICON_MANAGE}
+    ),
     Role.SUPERVISOR: frozenset({Permission.ACCOUNTS_READ, Permission.ARCHIVE_READ}),
     Role.AGENT: frozenset(),
     Role.AUDITOR: frozenset({Permission.AUDIT_READ, Permission.AUDIT_EXPORT}),
@@ -89,6 +92,7 @@ GLOBAL_PERMISSIONS = frozenset(
         Permission.GRANTS_APPROVE,
         Permission.AUDIT_READ,
         Permission.AUDIT_EXPORT,
+        Permission.LEXICON_MANAGE,
     }
 )
 

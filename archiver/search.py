@@ -11,12 +11,11 @@ words merely occur apart never reach the caller.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, exists, func, select, tuple_
+from sqlalchemy import Select, and_, exists, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -63,6 +62,8 @@ class Filters:
     until: datetime | None = None
     has_media: bool | None = None
     on_hold: bool | None = None  # the record's sealed object is under legal hold
+    flagged: bool | None = None  # the text holds a term of ``lexicon``
+    lexicon: tuple[str, ...] = ()  # the active lexicon terms, when ``flagged`` is set
 
 
 @dataclass(slots=True)
@@ -98,6 +99,42 @@ def parse_query(text: str) -> list[Group]:
     if len(groups) > _MAX_GROUPS or any(len(g.words) + len(g.phrases) > _MAX_TERMS for g in groups):
         raise SearchError(f"at most {_MAX_GROUPS} OR groups of {_MAX_TERMS} terms")
     return groups
+
+
+def lexicon_group(term: str) -> Group:
+    """A lexicon term matches as its search would: a word as a word, several as a phrase."""
+    return Group((term,), ()) if len(term.split()) == 1 else Group((), (term,))
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What candidates are drawn from and what their text must then show."""
+
+    groups: list[Group]  # the query's; the text must match one (none: no terms asked)
+    lexicon: list[Group]  # the lexicon's, when the flagged filter is set
+    flagged: bool | None
+
+    @property
+    def drivers(self) -> list[Group]:
+        """Groups whose tokens find the candidates (none: the filters alone do)."""
+        return self.groups or (self.lexicon if self.flagged else [])
+
+    @property
+    def required(self) -> list[Group]:
+        """Groups of which candidates must also hold every token of one."""
+        return self.lexicon if self.flagged and self.groups else []
+
+    def snippet_of(self, text: str) -> str | None:
+        """The snippet if ``text`` passes, else ``None``."""
+        matched = next((g for g in self.groups if _matches(g, text)), None)
+        if self.groups and matched is None:
+            return None
+        if self.flagged is not None:
+            flag = next((g for g in self.lexicon if _matches(g, text)), None)
+            if (flag is not None) != self.flagged:
+                return None
+            matched = matched or flag
+        return _snippet(matched or Group((), ()), text)
 
 
 def searchable_text(content: dict[str, Any]) -> str:
@@ -152,19 +189,27 @@ class Search:
         An empty ``query`` lists the messages that pass ``filters`` (receipts
         excepted), for example a contact's messages over a date range.
         """
-        groups = parse_query(query) if query.strip() else []
+        plan = _Plan(
+            parse_query(query) if query.strip() else [],
+            [lexicon_group(term) for term in filters.lexicon],
+            filters.flagged,
+        )
+        if plan.flagged and not plan.lexicon:
+            return [], None  # an empty lexicon flags nothing
         hits: list[Hit] = []
         cursor = after
         wanted = limit
         while True:
-            batch = await self._candidates(session, groups, filters, cursor, wanted)
+            batch = await self._candidates(session, plan, filters, cursor, wanted)
             contents = await open_records(self._vault, session, batch)
             for record in batch:
                 cursor = (record.occurred_at, record.id)
                 content = contents.get(record.id)  # absent when erased
-                hit = None if content is None else _verify(record, content, groups)
-                if hit is not None:
-                    hits.append(hit)
+                if content is None:
+                    continue
+                snippet = plan.snippet_of(searchable_text(content))
+                if snippet is not None:
+                    hits.append(Hit(record, content, snippet))
                     if len(hits) == limit:
                         await _attach_media(session, hits)
                         return hits, cursor  # a later page may still be empty
@@ -178,13 +223,13 @@ class Search:
     async def _candidates(
         self,
         session: AsyncSession,
-        groups: Sequence[Group],
+        plan: _Plan,
         filters: Filters,
         after: tuple[datetime, int] | None,
         count: int,
     ) -> list[Record]:
         """The next ``count`` records, in time order, holding every token of some group."""
-        if not groups:
+        if not plan.drivers:
             query = select(Record).where(Record.kind != "status", *_conditions(filters))
             if after is not None:
                 query = query.where(tuple_(Record.occurred_at, Record.id) > after)
@@ -192,8 +237,8 @@ class Search:
                 await session.scalars(query.order_by(Record.occurred_at, Record.id).limit(count))
             )
         found: set[tuple[int, int]] = set()
-        for group in groups:
-            group_query = await self._group_query(session, group, filters, after)
+        for group in plan.drivers:
+            group_query = await self._group_query(session, group, plan.required, filters, after)
             found.update((at, i) for at, i in await session.execute(group_query.limit(count)))
         ids = [record_id for _, record_id in sorted(found)[:count]]
         records = {r.id: r for r in await session.scalars(select(Record).where(Record.id.in_(ids)))}
@@ -203,6 +248,7 @@ class Search:
         self,
         session: AsyncSession,
         group: Group,
+        required: list[Group],
         filters: Filters,
         after: tuple[datetime, int] | None,
     ) -> Select[int, int]:
@@ -212,26 +258,14 @@ class Search:
         page ends as soon as enough are found, and every other token is a point
         lookup on the same key.
         """
-        tokens = list(
-            dict.fromkeys(
-                token
-                for term in (*group.words, *group.phrases)
-                for token in self._index.query(term)
-            )
-        )
+        tokens = self._tokens(group)
         driver = await _rarest(session, tokens)
         entry = aliased(SearchToken)
-        query = select(entry.at, entry.record_id).where(entry.token == driver)
-        for token in tokens:
-            if token != driver:
-                other = aliased(SearchToken)
-                query = query.where(
-                    exists().where(
-                        other.token == token,
-                        other.at == entry.at,
-                        other.record_id == entry.record_id,
-                    )
-                )
+        query = select(entry.at, entry.record_id).where(
+            entry.token == driver, *_holding(entry, [t for t in tokens if t != driver])
+        )
+        if required:
+            query = query.where(or_(*(and_(*_holding(entry, self._tokens(g))) for g in required)))
         if after is not None:
             when, last = after
             query = query.where(tuple_(entry.at, entry.record_id) > tuple_(time_key(when), last))
@@ -242,6 +276,28 @@ class Search:
             # records' own indexes.
             query = query.where(exists().where(Record.id == entry.record_id, *conditions))
         return query.order_by(entry.at, entry.record_id)
+
+    def _tokens(self, group: Group) -> list[bytes]:
+        return list(
+            dict.fromkeys(
+                token
+                for term in (*group.words, *group.phrases)
+                for token in self._index.query(term)
+            )
+        )
+
+
+def _holding(entry: type[SearchToken], tokens: list[bytes]) -> list[Any]:
+    """Conditions that ``entry``'s record also holds each of ``tokens``."""
+    conditions = []
+    for token in tokens:
+        other = aliased(SearchToken)
+        conditions.append(
+            exists().where(
+                other.token == token, other.at == entry.at, other.record_id == entry.record_id
+            )
+        )
+    return conditions
 
 
 async def _rarest(session: AsyncSession, tokens: list[bytes]) -> bytes:
@@ -258,16 +314,6 @@ async def _rarest(session: AsyncSession, tokens: list[bytes]) -> bytes:
     ]
     row = (await session.execute(select(*counts))).one()
     return min(zip(row, tokens, strict=True), key=lambda pair: pair[0])[1]
-
-
-def _verify(record: Record, content: dict[str, Any], groups: Sequence[Group]) -> Hit | None:
-    text = searchable_text(content)
-    if not groups:
-        return Hit(record, content, _snippet(Group((), ()), text))
-    for group in groups:
-        if _matches(group, text):
-            return Hit(record, content, _snippet(group, text))
-    return None
 
 
 async def _attach_media(session: AsyncSession, hits: list[Hit]) -> None:

@@ -169,11 +169,32 @@ def test_on_hold_filter_follows_the_vaults_legal_hold(archive: Server) -> None:
     assert "wamid.S-JA" in _wamids(_search(archive, query="会議", on_hold=False))
 
 
+def test_flagged_filter_follows_the_lexicon(archive: Server) -> None:
+    assert _search(archive, flagged=True)["results"] == []  # an empty lexicon flags nothing
+    ids = {}
+    for term in ("parcel", "board meeting", "資料"):
+        added = archive.client.post("/api/v1/lexicon", json={"term": term}, headers=archive.officer)
+        assert added.status_code == 201, added.text
+        ids[term] = added.json()["id"]
+    # "board meeting" is a phrase: the message with the words apart is not flagged.
+    flagged = _wamids(_search(archive, flagged=True))
+    assert flagged == ["wamid.S-JA2", "wamid.S-PHRASE", "wamid.S-OTHER"]
+    assert _wamids(_search(archive, query="会議", flagged=True)) == ["wamid.S-JA2"]
+    clean = _wamids(_search(archive, query="会議", flagged=False))
+    assert "wamid.S-JA" in clean
+    assert "wamid.S-JA2" not in clean
+    assert "wamid.S-APART" in _wamids(_search(archive, query="board", flagged=False))
+
+    removed = archive.client.delete(f"/api/v1/lexicon/{ids['parcel']}", headers=archive.officer)
+    assert removed.status_code == 204, removed.text
+    assert "wamid.S-OTHER" not in _wamids(_search(archive, flagged=True))
+
+
 def test_bad_queries_get_clear_errors(archive: Server) -> None:
     post = archive.client.post
     for body in (
         {"query": "!!!"},
-        {"query": "x", "flagged": True},
+        {"query": "x", "flagged": "yes"},
         {"query": "x", "cursor": "@@"},
         {"query": "x", "limit": 0},
         {"nope": 1},

@@ -1,0 +1,112 @@
+"""The compliance lexicon over HTTP (compliance officers)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, post
+from litestar.exceptions import ClientException, NotFoundException, ValidationException
+from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
+
+from api.audit import audit_access
+from api.auth import needs
+from api.deps import ServicesDep
+from archiver.identity import Permission, Principal
+from policy.errors import DuplicateTerm, InvalidTerm, TermAlreadyRemoved, TermNotFound
+from policy.models import LexiconTerm
+
+Caller = Request[Principal, Any, Any]
+
+
+class TermIn(msgspec.Struct, forbid_unknown_fields=True):
+    term: str
+    action: str = "flag"
+
+
+class TermOut(msgspec.Struct):
+    id: int
+    term: str
+    normalized: str
+    action: str
+    added_by: str
+    added_at: datetime
+    removed_by: str | None
+    removed_at: datetime | None
+
+
+def _term(row: LexiconTerm) -> TermOut:
+    return TermOut(
+        row.id,
+        row.term,
+        row.normalized,
+        row.action,
+        row.added_by,
+        row.added_at,
+        row.removed_by,
+        row.removed_at,
+    )
+
+
+class LexiconController(Controller):
+    """Sensitive terms: the archive search flags them, the outbox holds or blocks them."""
+
+    path = "/api/v1/lexicon"
+    tags = ["lexicon"]  # noqa: RUF012  (Litestar reads this class attribute)
+
+    @get("/", opt=needs(Permission.LEXICON_MANAGE))
+    async def list_terms(
+        self, services: ServicesDep, removed: FromQuery[bool] = False
+    ) -> list[TermOut]:
+        """The active terms; with ``removed=true``, removed ones too."""
+        async with services.sessions() as session:
+            lexicon = services.lexicon
+            rows = await (lexicon.history(session) if removed else lexicon.active(session))
+        return [_term(row) for row in rows]
+
+    @post("/", status_code=HTTP_201_CREATED, opt=needs(Permission.LEXICON_MANAGE))
+    async def add_term(
+        self, request: Caller, data: JSONBody[TermIn], services: ServicesDep
+    ) -> TermOut:
+        """Add a term with its action: ``flag`` (default), ``hold`` or ``block``."""
+        try:
+            async with services.sessions() as session, session.begin():
+                row = await services.lexicon.add(
+                    session, data.term, data.action, request.user.actor
+                )
+        except InvalidTerm as exc:
+            raise ValidationException(str(exc)) from None
+        except DuplicateTerm as exc:
+            raise ClientException(str(exc), status_code=HTTP_409_CONFLICT) from None
+        await audit_access(
+            services,
+            request,
+            action="lexicon.add",
+            permission=Permission.LEXICON_MANAGE,
+            target=f"lexicon:{row.id} action:{row.action}",
+            details={"term": row.term},
+        )
+        return _term(row)
+
+    @delete("/{term_id:int}", status_code=HTTP_204_NO_CONTENT, opt=needs(Permission.LEXICON_MANAGE))
+    async def remove_term(
+        self, request: Caller, term_id: FromPath[int], services: ServicesDep
+    ) -> None:
+        """Remove a term; its row stays, with who removed it and when."""
+        try:
+            async with services.sessions() as session, session.begin():
+                row = await services.lexicon.remove(session, term_id, request.user.actor)
+        except TermNotFound as exc:
+            raise NotFoundException(str(exc)) from None
+        except TermAlreadyRemoved as exc:
+            raise ClientException(str(exc), status_code=HTTP_409_CONFLICT) from None
+        await audit_access(
+            services,
+            request,
+            action="lexicon.remove",
+            permission=Permission.LEXICON_MANAGE,
+            target=f"lexicon:{row.id} action:{row.action}",
+            details={"term": row.term},
+        )
