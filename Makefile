@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat constraints.txt pyproject.toml | cksum |
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench-vault bench-webhooks
+.PHONY: serve test bench-vault bench-webhooks bench-search
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,6 @@ bench-vault: $(STAMP)
 
 bench-webhooks: $(STAMP)
 	$(BIN)/python -m tests.bench.webhooks
+
+bench-search: $(STAMP)
+	$(BIN)/python -m tests.bench.search

@@ -10,6 +10,7 @@ words merely occur apart never reach the caller.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,10 +30,10 @@ from archiver.vault import Vault
 _QUERY = re.compile(r'"([^"]*)"|(\S+)')
 _SNIPPET = 60
 # Candidates that fail the check on the decrypted text are replaced by fetching
-# again, in rounds that double up to this size.
+# again, in rounds of at most this many.
 _MAX_ROUND = 1_000
 # Choosing the rarest token counts each token's entries only up to this many.
-_COUNT_CAP = 10_000
+_COUNT_CAP = 1_000
 _MAX_GROUPS = 8
 _MAX_TERMS = 16
 
@@ -199,11 +200,13 @@ class Search:
         hits: list[Hit] = []
         cursor = after
         wanted = limit
+        examined = 0
         while True:
             batch = await self._candidates(session, plan, filters, cursor, wanted)
             contents = await open_records(self._vault, session, batch)
             for record in batch:
                 cursor = (record.occurred_at, record.id)
+                examined += 1
                 content = contents.get(record.id)  # absent when erased
                 if content is None:
                     continue
@@ -216,9 +219,12 @@ class Search:
             if len(batch) < wanted:
                 await _attach_media(session, hits)
                 return hits, None
-            # Most candidates pass, so the first round asks for one page; a query
-            # whose candidates often fail (phrases) fetches growing rounds.
-            wanted = min(wanted * 2, _MAX_ROUND)
+            # Most candidates pass, so the first round asks for one page; the next
+            # asks for what is missing at the pass rate seen so far (phrases and
+            # flags fail more often), with some margin.
+            missing = limit - len(hits)
+            rate = max(len(hits), 1) / examined
+            wanted = min(max(math.ceil(missing / rate * 1.5), 10), _MAX_ROUND)
 
     async def _candidates(
         self,
@@ -317,7 +323,7 @@ async def _rarest(session: AsyncSession, tokens: list[bytes]) -> bytes:
 
 
 async def _attach_media(session: AsyncSession, hits: list[Hit]) -> None:
-    by_record = {hit.record.id: hit for hit in hits}
+    by_record = {hit.record.id: hit for hit in hits if hit.record.has_media}
     if not by_record:
         return
     for media in await session.scalars(
