@@ -35,20 +35,23 @@ from api.search import search
 from api.settings import Settings
 from api.users import TokensController, UsersController
 from api.webhooks import receive_webhook, verify_webhook
-from api.worker import background_jobs
+from api.worker import worker_process
 from archiver.clock import Clock
 from archiver.errors import VaultError
 
 log = structlog.get_logger("strongroom.api")
 TEMPLATES = Path(__file__).with_name("templates")
 STATIC = Path(__file__).with_name("static")
+
+
+async def _is_sign_in(request: Request[Any, Any, State]) -> bool:
+    # A coroutine: Litestar runs a plain function here in a worker thread, for
+    # every request the middleware sees.
+    return request.method == "POST" and request.scope["path"].startswith("/login")
+
+
 # Sign-in attempts per client address; lockout per user is in IdentityService.
-LOGIN_RATE_LIMIT = RateLimitConfig(
-    rate_limit=("minute", 10),
-    check_throttle_handler=lambda request: (
-        request.method == "POST" and request.url.path.startswith("/login")
-    ),
-)
+LOGIN_RATE_LIMIT = RateLimitConfig(rate_limit=("minute", 10), check_throttle_handler=_is_sign_in)
 
 
 @get("/healthz", sync_to_thread=False, tags=["health"], opt={"permission": PUBLIC})
@@ -106,8 +109,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
         app.state.services = services
         try:
             if settings.embedded:
-                # Embedded mode runs the worker's jobs inside the server process.
-                async with background_jobs(services):
+                # Embedded mode runs the worker beside the server, as a child process.
+                async with worker_process():
                     yield
             else:
                 yield

@@ -17,7 +17,7 @@ from archiver.blind_index import BlindIndex
 from archiver.capture import Capture, Retention
 from archiver.clock import Clock, SystemClock
 from archiver.conversations import Conversations
-from archiver.db import create_engine, session_factory
+from archiver.db import create_engine, session_factory, write_gate
 from archiver.filestore import FileStore
 from archiver.graph import LOOPBACK_HOSTS, META_MEDIA_HOSTS, GraphClient
 from archiver.identity import ApprovalService, GrantService, IdentityService
@@ -160,8 +160,9 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     accounts = AccountService(keyring, index, clock)
     records = timedelta(days=settings.record_retention_days)
     retention = Retention(journal=timedelta(days=settings.journal_retention_days), records=records)
-    audit = AuditLog(sessions, vault, keyring, clock)
-    capture = Capture(vault, sessions, accounts, index, clock, retention, audit)
+    gate = write_gate(settings.database_url)
+    audit = AuditLog(sessions, vault, keyring, clock, write_gate=gate)
+    capture = Capture(vault, sessions, accounts, index, clock, retention, audit, write_gate=gate)
     # The embedded sandbox (the demo, tests) serves media from loopback.
     hosts = META_MEDIA_HOSTS + (LOOPBACK_HOSTS if settings.embedded else ())
     graph = GraphClient(settings.graph_base_url, download_hosts=hosts)

@@ -1,9 +1,14 @@
-"""The worker: projection of the capture journal and scheduled jobs."""
+"""The worker: projection of the capture journal and scheduled jobs.
+
+``strongroom worker`` runs them; the embedded ``strongroom serve`` runs one as a
+child process (:func:`worker_process`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +23,13 @@ log = structlog.get_logger("strongroom.worker")
 RECONCILE_EVERY_HOURS = 6
 MEDIA_EVERY_SECONDS = 10
 CHECKPOINT_EVERY_SECONDS = 60
+# How often an idle projector looks for new journal entries (one indexed query).
+PROJECTION_POLL_SECONDS = 0.2
+# How long the embedded server waits for its worker to finish what it is doing.
+WORKER_STOP_SECONDS = 30.0
+# Added to the embedded worker's niceness: when the two compete for a core,
+# acknowledging webhooks comes first and projection catches up afterwards.
+EMBEDDED_WORKER_NICENESS = 10
 
 
 def schedule(scheduler: AsyncIOScheduler, services: Services) -> None:
@@ -44,7 +56,9 @@ def schedule(scheduler: AsyncIOScheduler, services: Services) -> None:
 async def background_jobs(services: Services) -> AsyncIterator[None]:
     """Run the journal projection loop and the scheduled jobs while inside."""
     stop = asyncio.Event()
-    projection = asyncio.create_task(services.capture.run_projection(stop))
+    projection = asyncio.create_task(
+        services.capture.run_projection(stop, idle_seconds=PROJECTION_POLL_SECONDS)
+    )
     scheduler = AsyncIOScheduler(timezone="UTC")
     schedule(scheduler, services)
     scheduler.start()
@@ -57,12 +71,56 @@ async def background_jobs(services: Services) -> AsyncIterator[None]:
         await projection
 
 
-async def run_worker(services: Services) -> None:
-    """Run the background jobs until SIGINT or SIGTERM."""
+class _StopWhenClosed(asyncio.Protocol):
+    """Sets ``stop`` when the pipe it reads closes."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop.set()
+
+
+async def run_worker(services: Services, *, embedded: bool = False) -> None:
+    """Run the background jobs until SIGINT or SIGTERM.
+
+    ``embedded``: run as the embedded server's child (see :func:`worker_process`):
+    stop also when stdin closes, and run at a lower CPU priority than the server.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if embedded:
+        await loop.connect_read_pipe(lambda: _StopWhenClosed(stop), sys.stdin)
     async with background_jobs(services):
         await stop.wait()
     log.info("worker stopped")
+
+
+@asynccontextmanager
+async def worker_process() -> AsyncIterator[None]:
+    """Run ``strongroom worker`` as a child process (on the same settings, read from
+    the same environment) while inside; on the way out, wait for it to stop.
+
+    In a process of its own, projection neither holds the server's event loop nor
+    shares its interpreter lock, and it runs on another core; at a lower CPU
+    priority, it takes what acknowledging webhooks leaves. The child stops when its
+    stdin closes: here, or when this process dies, however it dies (SIGKILL too).
+    It finishes the batch in hand first, and projection is idempotent, so a child
+    still finishing beside a restarted server does no harm.
+    """
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "api.cli", "worker", "--embedded", stdin=asyncio.subprocess.PIPE
+    )
+    try:
+        yield
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        try:
+            await asyncio.wait_for(child.wait(), WORKER_STOP_SECONDS)
+        except TimeoutError:
+            log.error("worker did not stop in time; killing it", pid=child.pid)
+            child.kill()
+            await child.wait()

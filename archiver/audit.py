@@ -56,6 +56,7 @@ import contextlib
 import hashlib
 import itertools
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -110,6 +111,8 @@ ProblemKind = Literal[
 # Any constant works as long as every Strongroom process uses the same one: "SRAUDIT" + 0x01.
 _ADVISORY_LOCK: Final = 0x5352_4155_4449_5401
 _MAX_BATCH = 500
+# How long an event that nobody waits for waits for others to share its commit.
+_GATHER_SECONDS = 0.02
 # Waiting callers hear of a failure after _WRITE_ATTEMPTS; queued events are
 # retried for _KEEP_TRYING seconds, riding out a database restart.
 _WRITE_ATTEMPTS = 3
@@ -391,6 +394,7 @@ class AuditLog:
         *,
         checkpoint_every: int = 1000,
         checkpoint_minutes: int = 15,
+        write_gate: AbstractAsyncContextManager[None] | None = None,
     ) -> None:
         if checkpoint_every < 1 or checkpoint_minutes < 1:
             raise ValueError("checkpoint intervals must be positive")
@@ -403,6 +407,7 @@ class AuditLog:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._signing_key_ensured = False
+        self._write_gate = write_gate or contextlib.nullcontext()
 
     # -- appending ---------------------------------------------------------
 
@@ -453,6 +458,10 @@ class AuditLog:
     async def _write_loop(self, queue: asyncio.Queue[_Pending]) -> None:
         while True:
             batch = [await queue.get()]
+            if batch[0].done is None:
+                # Nobody waits for this event: let those of the next few milliseconds
+                # join it, so that a busy server appends in tens, not ones.
+                await asyncio.sleep(_GATHER_SECONDS)
             while len(batch) < _MAX_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
             try:
@@ -490,9 +499,9 @@ class AuditLog:
     async def _append(self, batch: list[_Pending]) -> tuple[int, int]:
         """Append ``batch`` in one transaction; return the new head seq and the
         seq of the last checkpoint."""
-        async with self._sessions() as session, session.begin():
+        async with self._write_gate, self._sessions() as session, session.begin():
             await _lock_chain(session)
-            seq, prev = await _head(session) or (0, ZERO_HASH)
+            seq, prev, last_checkpoint = await _head_and_checkpoint(session)
             if not self._signing_key_ensured:
                 # Created with the first events, so the exported public key is durable.
                 await self._keyring.key_for(session, SIGNING_SUBJECT)
@@ -511,9 +520,8 @@ class AuditLog:
                 rows.append(row)
             # A bulk INSERT of plain values: building ORM objects cost more than the write.
             await session.execute(insert(AuditEvent), rows)
-            last_checkpoint = await session.scalar(select(func.max(AuditCheckpoint.seq)))
         self._signing_key_ensured = True
-        return seq, last_checkpoint or 0
+        return seq, last_checkpoint
 
     # -- details -----------------------------------------------------------
 
@@ -575,7 +583,7 @@ class AuditLog:
 
     async def checkpoint_due(self) -> AuditCheckpoint | None:
         """Checkpoint (in its own transaction) if the last one is older than the interval."""
-        async with self._sessions() as session, session.begin():
+        async with self._write_gate, self._sessions() as session, session.begin():
             last = await session.scalar(select(func.max(AuditCheckpoint.created_at)))
             if last is not None and self._clock.now() - last < self._checkpoint_interval:
                 return None
@@ -583,7 +591,7 @@ class AuditLog:
 
     async def _checkpoint_quietly(self) -> None:
         try:
-            async with self._sessions() as session, session.begin():
+            async with self._write_gate, self._sessions() as session, session.begin():
                 await self.checkpoint(session)
         except Exception as exc:  # the events are committed; the next trigger retries
             log.error("audit checkpoint failed", error=type(exc).__name__)
@@ -770,6 +778,20 @@ async def _lock_chain(session: AsyncSession) -> None:
         # SQLite takes its single write lock at the first write of a transaction;
         # an insert of no rows takes it before the head is read.
         await session.execute(text("INSERT INTO audit_events SELECT * FROM audit_events WHERE 0"))
+
+
+async def _head_and_checkpoint(session: AsyncSession) -> tuple[int, str, int]:
+    """The head's seq and hash (0 and the zero hash for an empty chain) and the seq
+    of the last checkpoint (0 if none), in one query."""
+    last_checkpoint = select(func.coalesce(func.max(AuditCheckpoint.seq), 0)).scalar_subquery()
+    row = (
+        await session.execute(
+            select(AuditEvent.seq, AuditEvent.hash, last_checkpoint)
+            .order_by(AuditEvent.seq.desc())
+            .limit(1)
+        )
+    ).first()
+    return (0, ZERO_HASH, 0) if row is None else (row[0], row[1], row[2])
 
 
 async def _head(session: AsyncSession) -> tuple[int, str] | None:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
+import os
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -80,6 +86,74 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+class WriteGate:
+    """Admits one writer at a time to an SQLite database, across processes.
+
+    SQLite has one write lock, and a writer that finds it taken polls for it,
+    sleeping 1, 2, 5, 10, 15, 20, 25 ms (then 50 and 100) between tries: writers
+    wait for each other longer than they write, and a busy one can starve the
+    others. Writers that pass through the gate queue instead, on an asyncio lock
+    within a process, then on an exclusive ``flock`` of a file beside the
+    database, which the kernel hands to the next process as soon as it is
+    released (or its holder dies).
+
+    Hold it from before a transaction's first write until its commit, and never
+    wait for it with a write transaction open: that transaction's lock would
+    stop the holder. Writers that do not use it still work, by polling.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._lock = asyncio.Lock()
+        self._fd: int | None = None
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire()
+        try:
+            if self._path is not None:
+                self._fd = await self._flock(self._path)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+        self._lock.release()
+
+    @staticmethod
+    async def _flock(path: Path) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass  # another process writes: wait for it in a thread
+        except BaseException:
+            os.close(fd)
+            raise
+        waiting = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX))
+        try:
+            await asyncio.shield(waiting)
+        except BaseException:
+            # Cancelled or failed: the thread may still take the lock; release it then.
+            waiting.add_done_callback(lambda _: os.close(fd))
+            raise
+        return fd
+
+
+def write_gate(url: str) -> AbstractAsyncContextManager[None]:
+    """The :class:`WriteGate` of an SQLite database; PostgreSQL, which locks rows,
+    needs none (every writer is admitted at once)."""
+    if not url.startswith("sqlite"):
+        return contextlib.nullcontext()
+    database = make_url(url).database
+    # In memory, or a URI filename: the gate then stays within this process.
+    no_file = not database or database == ":memory:" or database.startswith("file:")
+    return WriteGate(None if no_file else Path(f"{database}-gate"))
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -72,6 +72,26 @@ class Keyring:
             row = await self._create(session, subject)
         return row.key_id, self._unwrap(row)
 
+    async def keys_for(
+        self, session: AsyncSession, subjects: Iterable[str]
+    ) -> dict[str, tuple[str, bytes]]:
+        """:meth:`key_for` of several subjects with one query: ``subject → (key_id, key)``.
+
+        Missing keys are added to ``session`` for the caller to commit; if another
+        writer creates one of them first, that commit fails and can be retried.
+        """
+        wanted = set(subjects)
+        rows = {
+            row.subject: row
+            for row in await session.scalars(
+                select(SubjectKey).where(SubjectKey.subject.in_(wanted))
+            )
+        }
+        for subject in wanted - rows.keys():
+            rows[subject] = self._new_row(subject)
+            session.add(rows[subject])
+        return {subject: (row.key_id, self._unwrap(row)) for subject, row in rows.items()}
+
     async def key_by_id(self, session: AsyncSession, key_id: str) -> bytes:
         """Return the key with ``key_id``; raise ``KeyDestroyed`` or ``KeyNotFound``."""
         row = await session.get(SubjectKey, key_id, populate_existing=True)
@@ -151,16 +171,19 @@ class Keyring:
         result = await session.scalars(select(SubjectKey).where(SubjectKey.subject == subject))
         return result.one_or_none()
 
-    async def _create(self, session: AsyncSession, subject: str) -> SubjectKey:
+    def _new_row(self, subject: str) -> SubjectKey:
         key_id = "sk_" + secrets.token_hex(12)
         raw = os.urandom(envelope.KEY_SIZE)
-        row = SubjectKey(
+        return SubjectKey(
             key_id=key_id,
             subject=subject,
             root_key_id=self._current,
             wrapped_key=_wrap(AESGCM(self._roots[self._current]), key_id, raw),
             created_at=self._clock.now(),
         )
+
+    async def _create(self, session: AsyncSession, subject: str) -> SubjectKey:
+        row = self._new_row(subject)
         try:
             async with session.begin_nested():
                 session.add(row)

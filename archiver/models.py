@@ -39,7 +39,9 @@ class SealedObject(Base):
     __tablename__ = "sealed_objects"
 
     id: Mapped[int] = mapped_column(BIGINT_PK, primary_key=True, autoincrement=True)
-    object_key: Mapped[str] = mapped_column(String(300), unique=True)
+    # Unique and chosen by us: SQLAlchemy can insert many rows in one statement on
+    # SQLite and still tell which new id is whose (without it, one row at a time).
+    object_key: Mapped[str] = mapped_column(String(300), unique=True, insert_sentinel=True)
     version_id: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(40), index=True)
     key_id: Mapped[str] = mapped_column(String(40), index=True)
@@ -132,7 +134,8 @@ class Record(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     opens_window: Mapped[bool] = mapped_column(Boolean, default=False)
     journal_entry_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"))
-    object_id: Mapped[int] = mapped_column(ForeignKey("sealed_objects.id"))
+    # Each record has its own sealed object: the insert sentinel (see SealedObject).
+    object_id: Mapped[int] = mapped_column(ForeignKey("sealed_objects.id"), insert_sentinel=True)
 
     __table_args__ = (
         UniqueConstraint("account_id", "dedupe_key"),

@@ -1,0 +1,59 @@
+"""The embedded server runs its worker as a child process and never leaves it behind:
+it stops with the server, and by itself when the server is killed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.e2e.conftest import server_env
+from tests.e2e.server import Server
+
+
+def _worker_of(parent: int) -> int | None:
+    """The pid of ``parent``'s ``strongroom worker`` child, if it has one (Linux /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == parent and b"worker" in cmdline and b"--embedded" in cmdline:
+            return int(stat.parent.name)
+    return None
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie waiting to be reaped counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+def test_the_worker_stops_with_the_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = Server(server_env(data, "sqlite"), data, tmp_path / "log")
+    try:
+        server.start()
+        assert server.proc is not None
+        worker = server.wait_for(lambda: _worker_of(server.proc.pid))
+        server.stop()  # SIGTERM: the server waits for its worker to finish
+        assert server.proc.returncode is not None
+        assert _gone(worker)
+        assert "worker stopped" in (tmp_path / "log").read_text()
+    finally:
+        server.close()
+
+
+def test_a_killed_servers_worker_stops_by_itself(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = Server(server_env(data, "sqlite"), data, tmp_path / "log")
+    try:
+        server.start()
+        assert server.proc is not None
+        worker = server.wait_for(lambda: _worker_of(server.proc.pid))
+        server.kill()  # SIGKILL: no shutdown hook runs, but the worker's stdin closes
+        server.wait_for(lambda: _gone(worker))
+    finally:
+        server.close()
