@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_40
 
 from api.audit import audit_access
 from api.auth import needs
+from api.bootstrap import Services
 from api.deps import ServicesDep
 from archiver.identity import Permission, Principal
 from policy.errors import DuplicateTerm, InvalidTerm, TermAlreadyRemoved, TermNotFound
@@ -50,6 +51,18 @@ def _term(row: LexiconTerm) -> TermOut:
     )
 
 
+async def _audit(services: Services, request: Caller, action: str, row: LexiconTerm) -> None:
+    """Record a change durably, the term sealed in the event's details."""
+    await audit_access(
+        services,
+        request,
+        action=action,
+        permission=Permission.LEXICON_MANAGE,
+        target=f"lexicon:{row.id} action:{row.action}",
+        details={"term": row.term},
+    )
+
+
 class LexiconController(Controller):
     """Sensitive terms: the archive search flags them, the outbox holds or blocks them."""
 
@@ -80,14 +93,7 @@ class LexiconController(Controller):
             raise ValidationException(str(exc)) from None
         except DuplicateTerm as exc:
             raise ClientException(str(exc), status_code=HTTP_409_CONFLICT) from None
-        await audit_access(
-            services,
-            request,
-            action="lexicon.add",
-            permission=Permission.LEXICON_MANAGE,
-            target=f"lexicon:{row.id} action:{row.action}",
-            details={"term": row.term},
-        )
+        await _audit(services, request, "lexicon.add", row)
         return _term(row)
 
     @delete("/{term_id:int}", status_code=HTTP_204_NO_CONTENT, opt=needs(Permission.LEXICON_MANAGE))
@@ -102,11 +108,4 @@ class LexiconController(Controller):
             raise NotFoundException(str(exc)) from None
         except TermAlreadyRemoved as exc:
             raise ClientException(str(exc), status_code=HTTP_409_CONFLICT) from None
-        await audit_access(
-            services,
-            request,
-            action="lexicon.remove",
-            permission=Permission.LEXICON_MANAGE,
-            target=f"lexicon:{row.id} action:{row.action}",
-            details={"term": row.term},
-        )
+        await _audit(services, request, "lexicon.remove", row)

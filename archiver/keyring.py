@@ -94,10 +94,10 @@ class Keyring:
 
     async def key_by_id(self, session: AsyncSession, key_id: str) -> bytes:
         """Return the key with ``key_id``; raise ``KeyDestroyed`` or ``KeyNotFound``."""
-        row = await session.get(SubjectKey, key_id, populate_existing=True)
-        if row is None:
-            raise KeyNotFound(f"no subject key {key_id}")
-        return self._unwrap(row)
+        key = (await self.keys_by_id(session, [key_id]))[key_id]
+        if key is None:
+            raise KeyDestroyed(f"subject key {key_id} was destroyed")
+        return key
 
     async def keys_by_id(
         self, session: AsyncSession, key_ids: Iterable[str]
