@@ -67,12 +67,15 @@ PROJECTION_BATCH = 50
 MAX_ATTEMPTS = 10
 # Items projected in one write transaction (whole journal entries, at least one):
 # it bounds how long projection holds the database's write lock.
-_ITEMS_PER_TRANSACTION = 25
+_ITEMS_PER_TRANSACTION = 10
 _MAX_BATCH = 256
 # Under concurrent load, the journal writer waits this long for the POSTs already on
 # their way before sealing a segment (as PostgreSQL's commit_delay): one segment for
 # many costs far less than several small ones, and the wait is short next to an fsync.
 _COMMIT_DELAY_SECONDS = 0.001
+# Batches written at once: one seals and fsyncs its segment while another holds the
+# write lock, so neither the disk nor the database waits for the other.
+_BATCHES_IN_FLIGHT = 2
 _STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3, "played": 4}
 _SECRETS_REFRESH = timedelta(seconds=5)
 
@@ -164,6 +167,8 @@ class Capture:
         self._retention = retention
         self._secrets: list[AccountSecrets] = []
         self._secrets_loaded_at: datetime | None = None
+        self._journal_key_cache: dict[str, tuple[str, bytes]] = {}
+        self._keys_loaded_at: datetime | None = None
         self._queue: asyncio.Queue[_Pending] | None = None
         self._writer: asyncio.Task[None] | None = None
         self.journal_written = asyncio.Event()
@@ -241,26 +246,39 @@ class Capture:
                 await self._writer
 
     async def _write_loop(self, queue: asyncio.Queue[_Pending]) -> None:
+        in_flight = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
+        writing: set[asyncio.Task[None]] = set()
         last = 1
         while True:
             batch = [await queue.get()]
+            await in_flight.acquire()  # meanwhile, more POSTs queue up for this batch
             if last > 1:  # under concurrent load: see _COMMIT_DELAY_SECONDS
                 await asyncio.sleep(_COMMIT_DELAY_SECONDS)
             while len(batch) < _MAX_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
             last = len(batch)
-            try:
-                ids = await self._write_batch(batch)
-            except Exception as exc:  # every waiter must hear of the failure
-                log.error("journal write failed", error=type(exc).__name__, entries=len(batch))
-                for pending in batch:
-                    if not pending.done.done():
-                        pending.done.set_exception(exc)
-            else:
-                for pending, entry_id in zip(batch, ids, strict=True):
-                    if not pending.done.done():
-                        pending.done.set_result(entry_id)
-                self.journal_written.set()
+            task = asyncio.create_task(self._settle_batch(queue, batch, in_flight))
+            writing.add(task)  # the loop holds a reference until the task is done
+            task.add_done_callback(writing.discard)
+
+    async def _settle_batch(
+        self, queue: asyncio.Queue[_Pending], batch: list[_Pending], in_flight: asyncio.Semaphore
+    ) -> None:
+        """Write one batch and tell each waiter its entry id, or the failure."""
+        try:
+            ids = await self._write_batch(batch)
+        except Exception as exc:  # every waiter must hear of the failure
+            log.error("journal write failed", error=type(exc).__name__, entries=len(batch))
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_exception(exc)
+        else:
+            for pending, entry_id in zip(batch, ids, strict=True):
+                if not pending.done.done():
+                    pending.done.set_result(entry_id)
+            self.journal_written.set()
+        finally:
+            in_flight.release()
             for _ in batch:
                 queue.task_done()
 
@@ -278,47 +296,61 @@ class Capture:
             )
             for account_id, positions in by_account.items()
         ]
-        async with self._sessions() as session:
-            keyring = self._vault.keyring
-            keys = {r.subject: await keyring.key_for(session, r.subject) for r in requests}
-            # Ends the read (and commits an account's first journal key): nothing may
-            # wait for the write gate with a write transaction open.
+        keys = await self._journal_keys([r.subject for r in requests])
+        # Written and fsynced before the write lock is taken.
+        objects = await self._vault.write_objects(keys, requests)
+        async with self._write_gate, self._sessions() as session:
+            session.add_all(objects)
+            await session.flush()
+            rows = [
+                {
+                    "account_id": account_id,
+                    "object_id": obj.id,
+                    "position": position,
+                    "body_sha256": batch[i].body_sha256,
+                    "received_at": now,
+                    "attempts": 0,
+                }
+                for obj, (account_id, positions) in zip(objects, by_account.items(), strict=True)
+                for position, i in enumerate(positions)
+            ]
+            # One multi-row INSERT of plain values. Its RETURNING rows may come in
+            # any order (asking SQLAlchemy to sort them makes it insert row by
+            # row on SQLite), so they are matched on (segment, position).
+            inserted = await session.execute(
+                insert(JournalEntry).returning(
+                    JournalEntry.id, JournalEntry.object_id, JournalEntry.position
+                ),
+                rows,
+            )
+            id_of = {(obj, position): entry for entry, obj, position in inserted}
             await session.commit()
-            # Written and fsynced before the write lock is taken.
-            objects = await self._vault.write_objects(keys, requests)
-            async with self._write_gate:
-                session.add_all(objects)
-                await session.flush()
-                rows = [
-                    {
-                        "account_id": account_id,
-                        "object_id": obj.id,
-                        "position": position,
-                        "body_sha256": batch[i].body_sha256,
-                        "received_at": now,
-                        "attempts": 0,
-                    }
-                    for obj, (account_id, positions) in zip(
-                        objects, by_account.items(), strict=True
-                    )
-                    for position, i in enumerate(positions)
-                ]
-                # One multi-row INSERT of plain values. Its RETURNING rows may come in
-                # any order (asking SQLAlchemy to sort them makes it insert row by
-                # row on SQLite), so they are matched on (segment, position).
-                inserted = await session.execute(
-                    insert(JournalEntry).returning(
-                        JournalEntry.id, JournalEntry.object_id, JournalEntry.position
-                    ),
-                    rows,
-                )
-                id_of = {(obj, position): entry for entry, obj, position in inserted}
-                await session.commit()
         ids = [0] * len(batch)
         for obj, positions in zip(objects, by_account.values(), strict=True):
             for position, i in enumerate(positions):
                 ids[i] = id_of[obj.id, position]
         return ids
+
+    async def _journal_keys(self, subjects: list[str]) -> dict[str, tuple[str, bytes]]:
+        """The journal keys of ``subjects``, read (or created) at most every few seconds.
+
+        Every journal batch needs its account's key; reading it from the database
+        each time cost a query and two thread hops on the acknowledgement path.
+        """
+        wanted = set(subjects)
+        stale = self._keys_loaded_at is None or (
+            self._clock.now() - self._keys_loaded_at > _SECRETS_REFRESH
+        )
+        if stale or not wanted <= self._journal_key_cache.keys():
+            async with self._sessions() as session:
+                keyring = self._vault.keyring
+                wanted |= self._journal_key_cache.keys()
+                # One subject at a time: key_for creates a missing key in a savepoint.
+                fresh = {subject: await keyring.key_for(session, subject) for subject in wanted}
+                await session.commit()
+            self._journal_key_cache = fresh
+            self._keys_loaded_at = self._clock.now()
+        return {subject: self._journal_key_cache[subject] for subject in subjects}
 
     async def read_journal_entry(
         self, session: AsyncSession, entry: JournalEntry
@@ -421,6 +453,8 @@ class Capture:
                 async with self._write_gate:
                     await session.commit()
         objects = await self._vault.write_objects(keys, requests)
+        # Computed before the write lock is taken, as everything that can be.
+        tokens = {id(item): self._index.tokens(item.text) for _, _, item in plan}
         async with self._write_gate, self._sessions() as session, session.begin():
             ids = [entry.id for entry in entries]
             claim = select(JournalEntry).where(
@@ -443,7 +477,8 @@ class Capture:
                 records.append(
                     self._record(account_id, contact, item, obj, entry.id, entry.received_at)
                 )
-            await self._add_records(session, records, [item for _, _, item, _, _ in rows])
+            items = [item for _, _, item, _, _ in rows]
+            await self._add_records(session, records, items, [tokens[id(i)] for i in items])
             if claimed:
                 await session.execute(
                     update(JournalEntry)
@@ -507,7 +542,10 @@ class Capture:
             self._record(account_id, contact, item, obj, journal_entry_id, received_at)
             for obj, (account_id, contact, item) in zip(objects, triples, strict=True)
         ]
-        await self._add_records(session, records, [item for _, _, item in triples])
+        sealed = [item for _, _, item in triples]
+        await self._add_records(
+            session, records, sealed, [self._index.tokens(item.text) for item in sealed]
+        )
         return records
 
     def _seal_request(self, account_id: str, contact: str | None, item: Item) -> SealRequest:
@@ -549,17 +587,22 @@ class Capture:
         )
 
     async def _add_records(
-        self, session: AsyncSession, records: list[Record], items: list[Item]
+        self,
+        session: AsyncSession,
+        records: list[Record],
+        items: list[Item],
+        tokens_of: list[list[bytes]],
     ) -> None:
-        """Insert records with their search tokens and pending media, then apply what
-        they change elsewhere (delivery states, revoked flags)."""
+        """Insert records with their search tokens (``tokens_of`` each item) and
+        pending media, then apply what they change elsewhere (delivery states,
+        revoked flags)."""
         session.add_all(records)
         await session.flush()
         now = self._clock.now()
         tokens = [
             {"token": token, "at": time_key(record.occurred_at), "record_id": record.id}
-            for record, item in zip(records, items, strict=True)
-            for token in self._index.tokens(item.text)
+            for record, item_tokens in zip(records, tokens_of, strict=True)
+            for token in item_tokens
         ]
         if tokens:
             # Ten or more tokens a record: one executemany, not an ORM object each.

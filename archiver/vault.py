@@ -27,14 +27,12 @@ from archiver.errors import (
     RetentionViolation,
     VaultError,
 )
-from archiver.interfaces import ObjectStore, StoredObject
+from archiver.interfaces import NewObject, ObjectStore
 from archiver.keyring import Keyring
 from archiver.models import SealedObject
 
 _VERIFY_BATCH = 200
 _VERIFY_CONCURRENCY = 8
-# Parallel writes let the filesystem batch fsyncs; more threads stop helping.
-_WRITE_CONCURRENCY = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +81,6 @@ class Vault:
         self.store = store
         self.keyring = keyring
         self._clock = clock
-        self._writes = asyncio.Semaphore(_WRITE_CONCURRENCY)
 
     async def seal(
         self,
@@ -134,16 +131,12 @@ class Vault:
             sealed = envelope.seal(key, key_id, object_key, request.plaintext)
             prepared.append((request, object_key, key_id, retain_until, sealed))
 
-        async def put(
-            object_key: str, data: bytes, retain_until: datetime, hold: bool
-        ) -> StoredObject:
-            async with self._writes:
-                return await asyncio.to_thread(
-                    self.store.put, object_key, data, retain_until=retain_until, legal_hold=hold
-                )
-
-        stored = await asyncio.gather(
-            *(put(ok, data, ru, req.legal_hold) for req, ok, _, ru, data in prepared)
+        stored = await asyncio.to_thread(
+            self.store.put_many,
+            [
+                NewObject(object_key, data, retain_until, request.legal_hold)
+                for request, object_key, _, retain_until, data in prepared
+            ],
         )
         return [
             SealedObject(

@@ -145,6 +145,16 @@ async def test_tokens_expire_revoke_and_are_scoped(
     assert principal.allows(Permission.ARCHIVE_READ, "acc_any")
     assert not principal.allows(Permission.ACCOUNTS_READ)  # the role has it, the token does not
 
+    # Last use is kept to the minute: requests within it write nothing.
+    first_use = clock.now()
+    for step, last_use in ((timedelta(seconds=59), first_use), (timedelta(seconds=2), None)):
+        clock.advance(step)
+        async with sessions() as session, session.begin():
+            await identity.authenticate_token(session, new.secret)
+        async with sessions() as session:
+            used = (await session.scalars(select(ApiToken))).one().last_used_at
+        assert used == (last_use or clock.now())
+
     for forged in (
         new.secret[:-1] + ("A" if new.secret[-1] != "A" else "B"),
         "sr_zzzzzzzzzzzz_" + "x" * 43,

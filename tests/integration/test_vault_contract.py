@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 import urllib3
 
+from archiver import filestore
 from archiver.clock import FixedClock, SystemClock
 from archiver.errors import ObjectExists, ObjectNotFound, RetentionViolation, StoreUnavailable
 from archiver.filestore import FileStore
-from archiver.interfaces import LockState, ObjectStore, StoredObject
+from archiver.interfaces import LockState, NewObject, ObjectStore, StoredObject
 from tests.integration.conftest import S3Target, fresh_bucket
 
 KEY = "journal/2026/11/21/abc.bin"
@@ -244,6 +245,24 @@ def test_ping_answers_for_a_usable_store(backend: Backend) -> None:
     backend.store.ping()
 
 
+def test_put_many_stores_each_object_in_order(backend: Backend) -> None:
+    retain = backend.later()
+    objects = [
+        NewObject(f"batch/{n}", f"object {n}".encode(), retain, legal_hold=n == 2) for n in range(5)
+    ]
+
+    stored = backend.store.put_many(objects)
+
+    assert [s.key for s in stored] == [o.key for o in objects]
+    for obj, result in zip(objects, stored, strict=True):
+        assert result.sha256 == hashlib.sha256(obj.data).hexdigest()
+        assert backend.store.get(obj.key, result.version_id) == obj.data
+        assert backend.store.lock_state(obj.key, result.version_id) == LockState(
+            retain, obj.legal_hold
+        )
+    assert backend.store.put_many([]) == []
+
+
 # --- the file vault -------------------------------------------------------------------
 
 
@@ -278,6 +297,50 @@ def test_file_crash_before_link_leaves_no_object(
     assert list((tmp_path / "vault" / "tmp").iterdir()) == []
     stored = file_store.put(KEY, b"whole", retain_until=RETAIN)
     assert file_store.get(KEY, stored.version_id) == b"whole"
+
+
+def test_file_put_many_with_a_taken_or_bad_key_stores_none(
+    file_store: FileStore, tmp_path: Path
+) -> None:
+    file_store.put("batch/taken", b"first", retain_until=RETAIN)
+    past = datetime(2020, 1, 1, tzinfo=UTC)
+    for batch, error in (
+        (
+            [NewObject("batch/new", b"x", RETAIN), NewObject("batch/taken", b"y", RETAIN)],
+            ObjectExists,
+        ),
+        ([NewObject("batch/new", b"x", RETAIN), NewObject("batch/new", b"y", RETAIN)], ValueError),
+        ([NewObject("batch/new", b"x", RETAIN), NewObject("batch/../x", b"y", RETAIN)], ValueError),
+        ([NewObject("batch/new", b"x", RETAIN), NewObject("batch/old", b"y", past)], ValueError),
+    ):
+        with pytest.raises(error):
+            file_store.put_many(batch)
+
+        assert list(file_store.keys()) == ["batch/taken"]
+        assert list((tmp_path / "vault" / "tmp").iterdir()) == []
+
+
+def test_file_store_without_syncfs_fsyncs_each_file(
+    file_store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    file_store.put_many([NewObject("a/0", b"zero", RETAIN), NewObject("b/0", b"zero", RETAIN)])
+    monkeypatch.setattr(filestore, "_syncfs", None)
+    monkeypatch.setattr(os, "fsync", fsync)
+    stored = file_store.put_many(
+        [NewObject("a/1", b"one", RETAIN), NewObject("b/2", b"two", RETAIN)]
+    )
+
+    assert [file_store.get(s.key, s.version_id) for s in stored] == [b"one", b"two"]
+    # Two temporary files per object, then the four (existing) directories they were
+    # linked into.
+    assert len(synced) == 2 * 2 + 4
 
 
 def test_file_leftover_temp_files_are_ignored(file_store: FileStore, tmp_path: Path) -> None:
