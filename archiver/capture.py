@@ -454,7 +454,7 @@ class Capture:
                     await session.commit()
         objects = await self._vault.write_objects(keys, requests)
         # Computed before the write lock is taken, as everything that can be.
-        tokens = {id(item): self._index.tokens(item.text) for _, _, item in plan}
+        tokens = [self._index.tokens(item.text) for _, _, item in plan]
         async with self._write_gate, self._sessions() as session, session.begin():
             ids = [entry.id for entry in entries]
             claim = select(JournalEntry).where(
@@ -464,21 +464,20 @@ class Capture:
                 e.id: e for e in await session.scalars(claim.with_for_update(skip_locked=True))
             }
             rows = [
-                (account_id, contact, item, obj, claimed[entry.id])
-                for (entry, account_id, item), contact, obj in zip(
-                    plan, contacts, objects, strict=True
+                (account_id, contact, item, obj, claimed[entry.id], item_tokens)
+                for (entry, account_id, item), contact, obj, item_tokens in zip(
+                    plan, contacts, objects, tokens, strict=True
                 )
                 if entry.id in claimed
             ]
-            session.add_all(obj for _, _, _, obj, _ in rows)
+            session.add_all(obj for _, _, _, obj, _, _ in rows)
             await session.flush()
-            records = []
-            for account_id, contact, item, obj, entry in rows:
-                records.append(
-                    self._record(account_id, contact, item, obj, entry.id, entry.received_at)
-                )
-            items = [item for _, _, item, _, _ in rows]
-            await self._add_records(session, records, items, [tokens[id(i)] for i in items])
+            records = [
+                self._record(account_id, contact, item, obj, entry.id, entry.received_at)
+                for account_id, contact, item, obj, entry, _ in rows
+            ]
+            items = [item for _, _, item, _, _, _ in rows]
+            await self._add_records(session, records, items, [t for *_, t in rows])
             if claimed:
                 await session.execute(
                     update(JournalEntry)

@@ -155,7 +155,7 @@ class FileStore:
                             self._write_temp(_sidecar_bytes(record), durable=_syncfs is None),
                         )
                     )
-                self._sync(())
+                self._sync()  # the files, before any of them can be seen
                 with self._writer_lock():
                     for key in keys:
                         self._check_free(key)
@@ -320,7 +320,7 @@ class FileStore:
             raise ObjectNotFound(f"{key} has no version {version_id}")
         return stored
 
-    def _sync(self, directories: Iterable[Path]) -> None:
+    def _sync(self, directories: Iterable[Path] = ()) -> None:
         """Make what was written durable: the whole filesystem with one ``syncfs``
         where there is one; otherwise each of ``directories`` (the caller has
         fsynced its files)."""
