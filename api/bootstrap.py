@@ -17,7 +17,7 @@ from archiver.blind_index import BlindIndex
 from archiver.capture import Capture, Retention
 from archiver.clock import Clock, SystemClock
 from archiver.conversations import Conversations
-from archiver.db import create_engine, session_factory, write_gate
+from archiver.db import Writer, create_engine, session_factory
 from archiver.filestore import FileStore
 from archiver.graph import LOOPBACK_HOSTS, META_MEDIA_HOSTS, GraphClient
 from archiver.identity import ApprovalService, GrantService, IdentityService
@@ -121,6 +121,7 @@ class Services:
     clock: Clock
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    writer: Writer
     keyring: Keyring
     vault: Vault
     accounts: AccountService
@@ -141,6 +142,7 @@ class Services:
         await self.capture.close()
         await self.audit.close()
         await self.graph.aclose()
+        await self.writer.close()
         await self.engine.dispose()
 
 
@@ -160,9 +162,9 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     accounts = AccountService(keyring, index, clock)
     records = timedelta(days=settings.record_retention_days)
     retention = Retention(journal=timedelta(days=settings.journal_retention_days), records=records)
-    gate = write_gate(settings.database_url)
-    audit = AuditLog(sessions, vault, keyring, clock, write_gate=gate)
-    capture = Capture(vault, sessions, accounts, index, clock, retention, audit, write_gate=gate)
+    writer = Writer(sessions, settings.database_url)
+    audit = AuditLog(sessions, vault, keyring, clock, writer=writer)
+    capture = Capture(vault, sessions, accounts, index, clock, retention, audit, writer=writer)
     # The embedded sandbox (the demo, tests) serves media from loopback.
     hosts = META_MEDIA_HOSTS + (LOOPBACK_HOSTS if settings.embedded else ())
     graph = GraphClient(settings.graph_base_url, download_hosts=hosts)
@@ -173,6 +175,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         clock=clock,
         engine=engine,
         sessions=sessions,
+        writer=writer,
         keyring=keyring,
         vault=vault,
         accounts=accounts,

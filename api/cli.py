@@ -142,11 +142,8 @@ def serve(host: str, port: int) -> None:
 )
 def worker(embedded: bool) -> None:
     """Run the journal projection and the scheduled jobs (media fetch, vault reconciliation)."""
-    from api.worker import EMBEDDED_WORKER_NICENESS, run_worker
+    from api.worker import run_worker
 
-    if embedded:
-        # Before any thread starts: Linux gives each thread its own niceness.
-        os.nice(EMBEDDED_WORKER_NICENESS)
     _run(_settings(), lambda services: run_worker(services, embedded=embedded))
 
 

@@ -7,6 +7,7 @@ child process (:func:`worker_process`).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -93,6 +94,12 @@ async def run_worker(services: Services, *, embedded: bool = False) -> None:
         loop.add_signal_handler(sig, stop.set)
     if embedded:
         await loop.connect_read_pipe(lambda: _StopWhenClosed(stop), sys.stdin)
+        # Linux gives each thread its own niceness: this lowers the event loop's
+        # and that of the threads it starts from now on, but not the database
+        # writer's, started with the services. A niced writer held SQLite's one
+        # write lock for longer whenever the server was busy, and the server's
+        # writers waited for it.
+        os.nice(EMBEDDED_WORKER_NICENESS)
     async with background_jobs(services):
         await stop.wait()
     log.info("worker stopped")

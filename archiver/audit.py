@@ -56,7 +56,6 @@ import contextlib
 import hashlib
 import itertools
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -71,9 +70,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from sqlalchemy import Select, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from archiver import envelope
 from archiver.clock import Clock
+from archiver.db import Writer
 from archiver.errors import ArchiverError, CryptoError, IntegrityError, VaultError
 from archiver.keyring import Keyring
 from archiver.models import AuditCheckpoint, AuditEvent, SealedObject
@@ -394,7 +395,7 @@ class AuditLog:
         *,
         checkpoint_every: int = 1000,
         checkpoint_minutes: int = 15,
-        write_gate: AbstractAsyncContextManager[None] | None = None,
+        writer: Writer | None = None,
     ) -> None:
         if checkpoint_every < 1 or checkpoint_minutes < 1:
             raise ValueError("checkpoint intervals must be positive")
@@ -405,9 +406,9 @@ class AuditLog:
         self._checkpoint_every = checkpoint_every
         self._checkpoint_interval = timedelta(minutes=checkpoint_minutes)
         self._queue: asyncio.Queue[_Pending] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._signing_key_ensured = False
-        self._write_gate = write_gate or contextlib.nullcontext()
+        self._append_task: asyncio.Task[None] | None = None
+        self._details_key: tuple[str, bytes] | None = None
+        self._writer = writer or Writer(sessions)
 
     # -- appending ---------------------------------------------------------
 
@@ -437,11 +438,11 @@ class AuditLog:
     async def close(self) -> None:
         """Write what is queued, then stop the writer."""
         await self.flush()
-        if self._writer is not None:
-            self._writer.cancel()
+        if self._append_task is not None:
+            self._append_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+                await self._append_task
+            self._append_task = None
 
     async def _enqueue(self, entry: AuditEntry, done: asyncio.Future[None] | None) -> None:
         columns = _columns(entry, self._clock.now())
@@ -451,8 +452,8 @@ class AuditLog:
             details = msgspec.json.encode(dict(entry.details))
         if self._queue is None:
             self._queue = asyncio.Queue()
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_loop(self._queue))
+        if self._append_task is None or self._append_task.done():
+            self._append_task = asyncio.create_task(self._write_loop(self._queue))
         await self._queue.put(_Pending(columns, details, done))
 
     async def _write_loop(self, queue: asyncio.Queue[_Pending]) -> None:
@@ -499,29 +500,32 @@ class AuditLog:
     async def _append(self, batch: list[_Pending]) -> tuple[int, int]:
         """Append ``batch`` in one transaction; return the new head seq and the
         seq of the last checkpoint."""
-        async with self._write_gate, self._sessions() as session, session.begin():
-            await _lock_chain(session)
-            seq, prev, last_checkpoint = await _head_and_checkpoint(session)
-            if not self._signing_key_ensured:
-                # Created with the first events, so the exported public key is durable.
+        if self._details_key is None:
+            # Both keys are created with the first events, so the exported public
+            # key is durable. Neither changes later: root rotation rewraps them.
+            async with self._writer.gate, self._sessions() as session, session.begin():
                 await self._keyring.key_for(session, SIGNING_SUBJECT)
-            details_key: tuple[str, bytes] | None = None
+                details_key = await self._keyring.key_for(session, DETAILS_SUBJECT)
+            self._details_key = details_key  # once committed
+        key_id, key = self._details_key
+
+        def append(session: Session) -> tuple[int, int]:
+            _lock_chain(session)
+            seq, prev, last_checkpoint = _head_and_checkpoint(session)
             rows = []
             for pending in batch:
                 seq += 1
                 sealed = None
                 if pending.details is not None:
-                    if details_key is None:
-                        details_key = await self._keyring.key_for(session, DETAILS_SUBJECT)
-                    key_id, key = details_key
                     sealed = envelope.seal(key, key_id, details_object_key(seq), pending.details)
                 row = {**pending.columns, "seq": seq, "details_sealed": sealed, "prev_hash": prev}
                 row["hash"] = prev = chain_hash(prev, canonical_bytes(row))
                 rows.append(row)
             # A bulk INSERT of plain values: building ORM objects cost more than the write.
-            await session.execute(insert(AuditEvent), rows)
-        self._signing_key_ensured = True
-        return seq, last_checkpoint
+            session.execute(insert(AuditEvent), rows)
+            return seq, last_checkpoint
+
+        return await self._writer.run(append)
 
     # -- details -----------------------------------------------------------
 
@@ -544,7 +548,7 @@ class AuditLog:
 
         Runs in ``session``'s transaction, which the caller commits.
         """
-        await _lock_chain(session)
+        await session.run_sync(_lock_chain)
         head = await _head(session)
         if head is None:
             return None
@@ -583,7 +587,7 @@ class AuditLog:
 
     async def checkpoint_due(self) -> AuditCheckpoint | None:
         """Checkpoint (in its own transaction) if the last one is older than the interval."""
-        async with self._write_gate, self._sessions() as session, session.begin():
+        async with self._writer.gate, self._sessions() as session, session.begin():
             last = await session.scalar(select(func.max(AuditCheckpoint.created_at)))
             if last is not None and self._clock.now() - last < self._checkpoint_interval:
                 return None
@@ -591,7 +595,7 @@ class AuditLog:
 
     async def _checkpoint_quietly(self) -> None:
         try:
-            async with self._write_gate, self._sessions() as session, session.begin():
+            async with self._writer.gate, self._sessions() as session, session.begin():
                 await self.checkpoint(session)
         except Exception as exc:  # the events are committed; the next trigger retries
             log.error("audit checkpoint failed", error=type(exc).__name__)
@@ -770,26 +774,24 @@ class AuditLog:
 # -- helpers -------------------------------------------------------------------
 
 
-async def _lock_chain(session: AsyncSession) -> None:
+def _lock_chain(session: Session) -> None:
     """Serialise appenders and checkpointers across processes until the transaction ends."""
     if session.get_bind().dialect.name == "postgresql":
-        await session.execute(select(func.pg_advisory_xact_lock(_ADVISORY_LOCK)))
+        session.execute(select(func.pg_advisory_xact_lock(_ADVISORY_LOCK)))
     else:
         # SQLite takes its single write lock at the first write of a transaction;
         # an insert of no rows takes it before the head is read.
-        await session.execute(text("INSERT INTO audit_events SELECT * FROM audit_events WHERE 0"))
+        session.execute(text("INSERT INTO audit_events SELECT * FROM audit_events WHERE 0"))
 
 
-async def _head_and_checkpoint(session: AsyncSession) -> tuple[int, str, int]:
+def _head_and_checkpoint(session: Session) -> tuple[int, str, int]:
     """The head's seq and hash (0 and the zero hash for an empty chain) and the seq
     of the last checkpoint (0 if none), in one query."""
     last_checkpoint = select(func.coalesce(func.max(AuditCheckpoint.seq), 0)).scalar_subquery()
-    row = (
-        await session.execute(
-            select(AuditEvent.seq, AuditEvent.hash, last_checkpoint)
-            .order_by(AuditEvent.seq.desc())
-            .limit(1)
-        )
+    row = session.execute(
+        select(AuditEvent.seq, AuditEvent.hash, last_checkpoint)
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
     ).first()
     return (0, ZERO_HASH, 0) if row is None else (row[0], row[1], row[2])
 

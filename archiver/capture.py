@@ -23,7 +23,6 @@ import re
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,11 +31,13 @@ import msgspec
 import structlog
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from archiver.accounts import AccountSecrets, AccountService
 from archiver.audit import AuditEntry, AuditLog
 from archiver.blind_index import BlindIndex, time_key
 from archiver.clock import Clock
+from archiver.db import Writer
 from archiver.errors import CaptureError
 from archiver.items import Identity, Item, extract, fit
 from archiver.models import (
@@ -155,10 +156,10 @@ class Capture:
         clock: Clock,
         retention: Retention,
         audit: AuditLog | None = None,
-        write_gate: AbstractAsyncContextManager[None] | None = None,
+        writer: Writer | None = None,
     ) -> None:
         self._audit = audit
-        self._write_gate = write_gate or contextlib.nullcontext()
+        self._writer = writer or Writer(sessions)
         self._vault = vault
         self._sessions = sessions
         self._accounts = accounts
@@ -170,7 +171,7 @@ class Capture:
         self._journal_key_cache: dict[str, tuple[str, bytes]] = {}
         self._keys_loaded_at: datetime | None = None
         self._queue: asyncio.Queue[_Pending] | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._journal_task: asyncio.Task[None] | None = None
         self.journal_written = asyncio.Event()
 
     # -- accounts and signatures ------------------------------------------
@@ -230,8 +231,8 @@ class Capture:
         """
         if self._queue is None:
             self._queue = asyncio.Queue()
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_loop(self._queue))
+        if self._journal_task is None or self._journal_task.done():
+            self._journal_task = asyncio.create_task(self._write_loop(self._queue))
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         entry = JournalEntryBody(self._clock.now().isoformat(), signature, body)
         await self._queue.put(_Pending(account_id, entry, hashlib.sha256(body).hexdigest(), done))
@@ -239,11 +240,11 @@ class Capture:
 
     async def close(self) -> None:
         """Stop the journal writer once the queue is empty."""
-        if self._writer is not None and self._queue is not None:
+        if self._journal_task is not None and self._queue is not None:
             await self._queue.join()
-            self._writer.cancel()
+            self._journal_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+                await self._journal_task
 
     async def _write_loop(self, queue: asyncio.Queue[_Pending]) -> None:
         in_flight = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
@@ -299,9 +300,10 @@ class Capture:
         keys = await self._journal_keys([r.subject for r in requests])
         # Written and fsynced before the write lock is taken.
         objects = await self._vault.write_objects(keys, requests)
-        async with self._write_gate, self._sessions() as session:
+
+        def insert_entries(session: Session) -> dict[tuple[int, int], int]:
             session.add_all(objects)
-            await session.flush()
+            session.flush()
             rows = [
                 {
                     "account_id": account_id,
@@ -317,14 +319,15 @@ class Capture:
             # One multi-row INSERT of plain values. Its RETURNING rows may come in
             # any order (asking SQLAlchemy to sort them makes it insert row by
             # row on SQLite), so they are matched on (segment, position).
-            inserted = await session.execute(
+            inserted = session.execute(
                 insert(JournalEntry).returning(
                     JournalEntry.id, JournalEntry.object_id, JournalEntry.position
                 ),
                 rows,
             )
-            id_of = {(obj, position): entry for entry, obj, position in inserted}
-            await session.commit()
+            return {(obj, position): entry for entry, obj, position in inserted}
+
+        id_of = await self._writer.run(insert_entries)
         ids = [0] * len(batch)
         for obj, positions in zip(objects, by_account.values(), strict=True):
             for position, i in enumerate(positions):
@@ -450,19 +453,18 @@ class Capture:
             keys = await self._vault.keyring.keys_for(session, {r.subject for r in requests})
             session.add_all(new_contacts)
             if session.new:  # new contacts or keys: a short write
-                async with self._write_gate:
+                async with self._writer.gate:
                     await session.commit()
         objects = await self._vault.write_objects(keys, requests)
         # Computed before the write lock is taken, as everything that can be.
         tokens = [self._index.tokens(item.text) for _, _, item in plan]
-        async with self._write_gate, self._sessions() as session, session.begin():
+
+        def record(session: Session) -> int:
             ids = [entry.id for entry in entries]
             claim = select(JournalEntry).where(
                 JournalEntry.id.in_(ids), JournalEntry.projected_at.is_(None)
             )
-            claimed = {
-                e.id: e for e in await session.scalars(claim.with_for_update(skip_locked=True))
-            }
+            claimed = {e.id: e for e in session.scalars(claim.with_for_update(skip_locked=True))}
             rows = [
                 (account_id, contact, item, obj, claimed[entry.id], item_tokens)
                 for (entry, account_id, item), contact, obj, item_tokens in zip(
@@ -471,20 +473,22 @@ class Capture:
                 if entry.id in claimed
             ]
             session.add_all(obj for _, _, _, obj, _, _ in rows)
-            await session.flush()
+            session.flush()
             records = [
                 self._record(account_id, contact, item, obj, entry.id, entry.received_at)
                 for account_id, contact, item, obj, entry, _ in rows
             ]
             items = [item for _, _, item, _, _, _ in rows]
-            await self._add_records(session, records, items, [t for *_, t in rows])
+            self._add_records(session, records, items, [t for *_, t in rows])
             if claimed:
-                await session.execute(
+                session.execute(
                     update(JournalEntry)
                     .where(JournalEntry.id.in_(claimed))
                     .values(projected_at=self._clock.now())
                 )
-        return len(claimed)
+            return len(claimed)
+
+        return await self._writer.run(record)
 
     async def _plan(self, entries: list[JournalEntry]) -> list[tuple[JournalEntry, str, Item]]:
         """The new items of ``entries``: decrypted, extracted, routed to their account,
@@ -542,9 +546,8 @@ class Capture:
             for obj, (account_id, contact, item) in zip(objects, triples, strict=True)
         ]
         sealed = [item for _, _, item in triples]
-        await self._add_records(
-            session, records, sealed, [self._index.tokens(item.text) for item in sealed]
-        )
+        tokens = [self._index.tokens(item.text) for item in sealed]
+        await session.run_sync(lambda sync: self._add_records(sync, records, sealed, tokens))
         return records
 
     def _seal_request(self, account_id: str, contact: str | None, item: Item) -> SealRequest:
@@ -585,9 +588,9 @@ class Capture:
             object_id=obj.id,
         )
 
-    async def _add_records(
+    def _add_records(
         self,
-        session: AsyncSession,
+        session: Session,
         records: list[Record],
         items: list[Item],
         tokens_of: list[list[bytes]],
@@ -596,7 +599,7 @@ class Capture:
         pending media, then apply what they change elsewhere (delivery states,
         revoked flags)."""
         session.add_all(records)
-        await session.flush()
+        session.flush()
         now = self._clock.now()
         tokens = [
             {"token": token, "at": time_key(record.occurred_at), "record_id": record.id}
@@ -605,7 +608,7 @@ class Capture:
         ]
         if tokens:
             # Ten or more tokens a record: one executemany, not an ORM object each.
-            await session.execute(insert(SearchToken), tokens)
+            session.execute(insert(SearchToken), tokens)
         for record, item in zip(records, items, strict=True):
             if item.media is not None:
                 media_id = item.media.get("id")
@@ -620,23 +623,21 @@ class Capture:
                         next_attempt_at=now,
                     )
                 )
-        await session.flush()
-        await self._apply_effects(session, records, items)
+        session.flush()
+        self._apply_effects(session, records, items)
 
-    async def _apply_effects(
-        self, session: AsyncSession, records: list[Record], items: list[Item]
-    ) -> None:
+    def _apply_effects(self, session: Session, records: list[Record], items: list[Item]) -> None:
         revoking: dict[str, set[str]] = defaultdict(set)
         messages: dict[str, list[Record]] = defaultdict(list)
         for record, item in zip(records, items, strict=True):
             if item.kind == "status" and item.wamid and item.status:
-                await self._advance_status(session, record.account_id, item.wamid, item.status)
+                self._advance_status(session, record.account_id, item.wamid, item.status)
             elif item.item_type == "revoke" and item.related_wamid:
                 revoking[record.account_id].add(item.related_wamid)
             elif item.wamid:
                 messages[record.account_id].append(record)
         for account_id, wamids in revoking.items():
-            await session.execute(
+            session.execute(
                 update(Record)
                 .where(Record.account_id == account_id, Record.wamid.in_(wamids))
                 .values(revoked=True)
@@ -644,7 +645,7 @@ class Capture:
         for account_id, batch in messages.items():
             # A revoke may have arrived before the message it revokes.
             revoked = set(
-                await session.scalars(
+                session.scalars(
                     select(Record.related_wamid).where(
                         Record.account_id == account_id,
                         Record.item_type == "revoke",
@@ -655,13 +656,11 @@ class Capture:
             for record in batch:
                 if record.wamid in revoked:
                     record.revoked = True
-        await session.flush()
+        session.flush()
 
-    async def _advance_status(
-        self, session: AsyncSession, account_id: str, wamid: str, status: str
-    ) -> None:
+    def _advance_status(self, session: Session, account_id: str, wamid: str, status: str) -> None:
         """Move a message's delivery state forward only; ``failed`` is terminal."""
-        state = await session.get(DeliveryState, (account_id, wamid), with_for_update=True)
+        state = session.get(DeliveryState, (account_id, wamid), with_for_update=True)
         now = self._clock.now()
         if state is None:
             session.add(

@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import fcntl
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -19,7 +22,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
@@ -145,15 +148,93 @@ class WriteGate:
         return fd
 
 
+def _sqlite_file(url: str) -> str | None:
+    """The database file of an SQLite ``url``; ``None`` in memory, for a URI
+    filename, or for another database."""
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
 def write_gate(url: str) -> AbstractAsyncContextManager[None]:
     """The :class:`WriteGate` of an SQLite database; PostgreSQL, which locks rows,
     needs none (every writer is admitted at once)."""
     if not url.startswith("sqlite"):
         return contextlib.nullcontext()
-    database = make_url(url).database
+    database = _sqlite_file(url)
     # In memory, or a URI filename: the gate then stays within this process.
-    no_file = not database or database == ":memory:" or database.startswith("file:")
-    return WriteGate(None if no_file else Path(f"{database}-gate"))
+    return WriteGate(None if database is None else Path(f"{database}-gate"))
+
+
+T = TypeVar("T")
+
+
+class Writer:
+    """Runs short write transactions, each a synchronous function of a
+    :class:`~sqlalchemy.orm.Session`; ``gate`` admits async writers.
+
+    On an SQLite file, :meth:`run` takes the gate's ``flock`` and runs the whole
+    transaction in this process's one writer thread, on a connection of its own.
+    Run from the event loop instead, every statement waits for the loop to come
+    round, which under load took longer than the statements; and since SQLite
+    has one write lock, every other writer waited as long. Elsewhere (PostgreSQL,
+    SQLite in memory) :meth:`run` calls the function through ``run_sync`` inside
+    the gate, on the event loop.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], url: str | None = None) -> None:
+        self._sessions = sessions
+        self.gate = write_gate(url) if url else contextlib.nullcontext()
+        database = _sqlite_file(url) if url else None
+        self._file = _FileWriter(database) if database else None
+
+    async def run(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in a transaction, commit it, and return what it returned.
+
+        The objects it loads or adds stay usable after the commit. If the caller
+        is cancelled, a transaction already started still runs to its end.
+        """
+        if self._file is not None:
+            return await self._file.run(work)
+        async with self.gate, self._sessions() as session, session.begin():
+            return await session.run_sync(work)
+
+    async def close(self) -> None:
+        """Finish the transaction in progress and release the writer's connection."""
+        if self._file is not None:
+            await self._file.close()
+
+
+class _FileWriter:
+    """One thread writing to one SQLite file, behind the file's write gate."""
+
+    def __init__(self, database: str) -> None:
+        self._gate_path = Path(f"{database}-gate")
+        self._engine = create_sync_engine(f"sqlite:///{database}")
+        event.listen(self._engine, "connect", _sqlite_pragmas)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        # Started now, so it has the priority of the thread that opens the database.
+        self._thread.submit(lambda: None)
+
+    async def run(self, work: Callable[[Session], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._run_locked, work)
+
+    def _run_locked(self, work: Callable[[Session], T]) -> T:
+        fd = os.open(self._gate_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # excludes async writers too: each has its own fd
+            with Session(self._engine, expire_on_commit=False) as session, session.begin():
+                return work(session)
+        finally:
+            os.close(fd)  # releases the flock
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.shutdown)
+        self._engine.dispose()
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -1,5 +1,6 @@
 """The embedded server runs its worker as a child process and never leaves it behind:
-it stops with the server, and by itself when the server is killed."""
+it stops with the server, and by itself when the server is killed. The worker
+yields the CPU to the server, except for its database writer."""
 
 from __future__ import annotations
 
@@ -29,6 +30,33 @@ def _gone(pid: int) -> bool:
     except OSError:
         return True
     return state in ("Z", "X")
+
+
+def _niceness_of_threads(pid: int) -> dict[int, int]:
+    """``thread id → niceness`` of each thread of ``pid`` (Linux /proc)."""
+    found = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            found[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[16])
+        except OSError:
+            continue  # the thread ended meanwhile
+    return found
+
+
+def test_the_worker_runs_at_a_lower_priority_but_its_database_writer(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = Server(server_env(data, "sqlite"), data, tmp_path / "log")
+    try:
+        server.start()
+        assert server.proc is not None
+        worker = server.wait_for(lambda: _worker_of(server.proc.pid))
+        server.wait_for(lambda: _niceness_of_threads(worker).get(worker) == 10)
+        # The writer thread keeps the server's priority: SQLite's one write lock,
+        # which it holds, is then never held longer because the worker yields.
+        assert 0 in _niceness_of_threads(worker).values()
+        assert set(_niceness_of_threads(server.proc.pid).values()) == {0}
+    finally:
+        server.close()
 
 
 def test_the_worker_stops_with_the_server(tmp_path: Path) -> None:

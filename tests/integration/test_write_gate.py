@@ -1,4 +1,5 @@
-"""The SQLite write gate: one writer at a time, in a process and across processes.
+"""The SQLite write gate: one writer at a time, in a process and across processes;
+and the :class:`Writer` that runs whole write transactions behind it.
 
 Each gate opens its own file description for the ``flock``, so two gates on one
 path exclude each other exactly as the gates of two processes do.
@@ -8,9 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from archiver.db import WriteGate, write_gate
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+from archiver.db import WriteGate, Writer, create_engine, session_factory, write_gate
+from archiver.models import Contact
+from tests.conftest import START
+
+Sessions = async_sessionmaker[AsyncSession]
 
 
 async def test_writers_of_one_process_take_turns(tmp_path: Path) -> None:
@@ -81,3 +93,77 @@ def test_only_an_sqlite_file_has_a_gate_file(tmp_path: Path) -> None:
     assert isinstance(in_memory, WriteGate)
     assert in_memory._path is None
     assert not isinstance(write_gate("postgresql+asyncpg://u:p@localhost/db"), WriteGate)
+
+
+# -- Writer ------------------------------------------------------------------------
+
+
+def _add_contact(contact_id: str) -> Callable[[Session], Contact]:
+    def work(session: Session) -> Contact:
+        contact = Contact(id=contact_id, created_at=START)
+        session.add(contact)
+        return contact
+
+    return work
+
+
+async def _contact_ids(sessions: Sessions) -> list[str]:
+    async with sessions() as session:
+        return list(await session.scalars(select(Contact.id).order_by(Contact.id)))
+
+
+@pytest.fixture(params=["database url", "no url"])
+async def writer(
+    request: pytest.FixtureRequest, sessions: Sessions, database_url: str
+) -> AsyncIterator[Writer]:
+    """A writer on the migrated test database: from its URL (on SQLite, the
+    writer thread), and without one (every database: ``run_sync`` on the loop)."""
+    writer = Writer(sessions, database_url if request.param == "database url" else None)
+    yield writer
+    await writer.close()
+
+
+async def test_a_writer_commits_the_work_and_returns_its_result(
+    writer: Writer, sessions: Sessions
+) -> None:
+    contact = await writer.run(_add_contact("ct_one"))
+
+    assert (contact.id, contact.created_at) == ("ct_one", START)  # usable after the commit
+    assert await _contact_ids(sessions) == ["ct_one"]
+
+
+async def test_failed_work_writes_nothing_and_the_next_runs(
+    writer: Writer, sessions: Sessions
+) -> None:
+    def fail(session: Session) -> None:
+        _add_contact("ct_lost")(session)
+        session.flush()
+        raise RuntimeError("the work failed")
+
+    with pytest.raises(RuntimeError, match="the work failed"):
+        await writer.run(fail)
+    await asyncio.wait_for(writer.run(_add_contact("ct_next")), timeout=10)
+
+    assert await _contact_ids(sessions) == ["ct_next"]
+
+
+async def test_a_writer_waits_for_a_gate_holder_on_the_same_file(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    path = tmp_path / "strongroom.db"
+    shutil.copyfile(sqlite_template, path)
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    sessions = session_factory(engine)
+    writer = Writer(sessions, f"sqlite+aiosqlite:///{path}")
+    try:
+        async with WriteGate(tmp_path / "strongroom.db-gate"):
+            running = asyncio.create_task(writer.run(_add_contact("ct_after")))
+            await asyncio.sleep(0.05)  # time to try; it cannot start while the holder is in
+            assert not running.done()
+            async with sessions() as session:
+                assert await session.scalar(select(func.count()).select_from(Contact)) == 0
+        await asyncio.wait_for(running, timeout=10)
+        assert await _contact_ids(sessions) == ["ct_after"]
+    finally:
+        await writer.close()
+        await engine.dispose()
