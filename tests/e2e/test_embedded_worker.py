@@ -4,7 +4,10 @@ yields the CPU to the server, except for its database writer."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.conftest import server_env
 from tests.e2e.server import Server
@@ -43,45 +46,42 @@ def _niceness_of_threads(pid: int) -> dict[int, int]:
     return found
 
 
-def test_the_worker_runs_at_a_lower_priority_but_its_database_writer(tmp_path: Path) -> None:
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[Server, int]]:
+    """An embedded server on SQLite, and the pid of its worker."""
     data = tmp_path / "data"
     server = Server(server_env(data, "sqlite"), data, tmp_path / "log")
     try:
         server.start()
         assert server.proc is not None
-        worker = server.wait_for(lambda: _worker_of(server.proc.pid))
-        server.wait_for(lambda: _niceness_of_threads(worker).get(worker) == 10)
-        # The writer thread keeps the server's priority: SQLite's one write lock,
-        # which it holds, is then never held longer because the worker yields.
-        assert 0 in _niceness_of_threads(worker).values()
-        assert set(_niceness_of_threads(server.proc.pid).values()) == {0}
+        server_pid = server.proc.pid
+        yield server, server.wait_for(lambda: _worker_of(server_pid))
     finally:
         server.close()
 
 
-def test_the_worker_stops_with_the_server(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    server = Server(server_env(data, "sqlite"), data, tmp_path / "log")
-    try:
-        server.start()
-        assert server.proc is not None
-        worker = server.wait_for(lambda: _worker_of(server.proc.pid))
-        server.stop()  # SIGTERM: the server waits for its worker to finish
-        assert server.proc.returncode is not None
-        assert _gone(worker)
-        assert "worker stopped" in (tmp_path / "log").read_text()
-    finally:
-        server.close()
+def test_the_worker_runs_at_a_lower_priority_but_its_database_writer(
+    running: tuple[Server, int],
+) -> None:
+    server, worker = running
+    assert server.proc is not None
+    server.wait_for(lambda: _niceness_of_threads(worker).get(worker) == 10)
+    # The writer thread keeps the server's priority: SQLite's one write lock,
+    # which it holds, is then never held longer because the worker yields.
+    assert 0 in _niceness_of_threads(worker).values()
+    assert set(_niceness_of_threads(server.proc.pid).values()) == {0}
 
 
-def test_a_killed_servers_worker_stops_by_itself(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    server = Server(server_env(data, "sqlite"), data, tmp_path / "log")
-    try:
-        server.start()
-        assert server.proc is not None
-        worker = server.wait_for(lambda: _worker_of(server.proc.pid))
-        server.kill()  # SIGKILL: no shutdown hook runs, but the worker's stdin closes
-        server.wait_for(lambda: _gone(worker))
-    finally:
-        server.close()
+def test_the_worker_stops_with_the_server(running: tuple[Server, int], tmp_path: Path) -> None:
+    server, worker = running
+    server.stop()  # SIGTERM: the server waits for its worker to finish
+    assert server.proc is not None
+    assert server.proc.returncode is not None
+    assert _gone(worker)
+    assert "worker stopped" in (tmp_path / "log").read_text()
+
+
+def test_a_killed_servers_worker_stops_by_itself(running: tuple[Server, int]) -> None:
+    server, worker = running
+    server.kill()  # SIGKILL: no shutdown hook runs, but the worker's stdin closes
+    server.wait_for(lambda: _gone(worker))
