@@ -527,6 +527,18 @@ def test_server_errors_are_logged_with_status(
     assert access["path"] == "/boom"
 
 
+def test_the_access_log_is_silent_above_debug(
+    capture: Callable[[], list[dict[str, Any]]],
+) -> None:
+    stream = io.StringIO()
+    configure_logging("info", stream)  # capture() restores the logging set-up after
+    with TestClient(_app()) as client:
+        assert client.get("/hello").status_code == 200
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert "inside handler" in [line["event"] for line in lines]  # the stream is live
+    assert _access(lines) == []
+
+
 async def test_middleware_clears_context_and_reports_crashes(
     capture: Callable[[], list[dict[str, Any]]],
 ) -> None:
