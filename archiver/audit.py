@@ -549,12 +549,8 @@ class AuditLog:
         Runs in ``session``'s transaction, which the caller commits.
         """
         await session.run_sync(_lock_chain)
-        head = await _head(session)
-        if head is None:
-            return None
-        seq, head_hash = head
-        last = await session.scalar(select(func.max(AuditCheckpoint.seq)))
-        if last is not None and last >= seq:
+        seq, head_hash, last = await session.run_sync(_head_and_checkpoint)
+        if seq == 0 or last >= seq:  # an empty chain, or nothing new since the last
             return None
         signer = await self._signer(session)
         now = self._clock.now()
@@ -794,15 +790,6 @@ def _head_and_checkpoint(session: Session) -> tuple[int, str, int]:
         .limit(1)
     ).first()
     return (0, ZERO_HASH, 0) if row is None else (row[0], row[1], row[2])
-
-
-async def _head(session: AsyncSession) -> tuple[int, str] | None:
-    row = (
-        await session.execute(
-            select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
-        )
-    ).first()
-    return None if row is None else (row.seq, row.hash)
 
 
 def _filtered(

@@ -159,6 +159,10 @@ def _sqlite_file(url: str) -> str | None:
     return database
 
 
+def _gate_path(database: str) -> Path:
+    return Path(f"{database}-gate")
+
+
 def write_gate(url: str) -> AbstractAsyncContextManager[None]:
     """The :class:`WriteGate` of an SQLite database; PostgreSQL, which locks rows,
     needs none (every writer is admitted at once)."""
@@ -166,7 +170,7 @@ def write_gate(url: str) -> AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()
     database = _sqlite_file(url)
     # In memory, or a URI filename: the gate then stays within this process.
-    return WriteGate(None if database is None else Path(f"{database}-gate"))
+    return WriteGate(None if database is None else _gate_path(database))
 
 
 T = TypeVar("T")
@@ -212,7 +216,7 @@ class _FileWriter:
     """One thread writing to one SQLite file, behind the file's write gate."""
 
     def __init__(self, database: str) -> None:
-        self._gate_path = Path(f"{database}-gate")
+        self._gate_path = _gate_path(database)
         self._engine = create_sync_engine(f"sqlite:///{database}")
         event.listen(self._engine, "connect", _sqlite_pragmas)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
