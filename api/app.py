@@ -25,7 +25,7 @@ from sqlalchemy import text
 from api.archive import ArchiveController
 from api.audit import AuditController, AuditTrailMiddleware
 from api.auth import PUBLIC, AuthMiddleware, SecurityHeadersMiddleware, authorize
-from api.bootstrap import Services, open_services
+from api.bootstrap import Services, freeze_startup_heap, open_services
 from api.console import CONSOLE_ROUTES
 from api.conversations import ConversationController
 from api.deps import ServicesDep
@@ -112,6 +112,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = await open_services(settings, clock)
+        freeze_startup_heap()
         app.state.services = services
         try:
             if settings.embedded:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -144,6 +145,19 @@ class Services:
         await self.graph.aclose()
         await self.writer.close()
         await self.engine.dispose()
+
+
+def freeze_startup_heap() -> None:
+    """Keep what start-up built out of the garbage collector's full passes.
+
+    Those objects (modules, the application, the services) live as long as the
+    process, yet a full collection visits every one: in the server, about
+    165,000 objects took 100 to 170 ms a pass, every few seconds under webhook
+    load, and no request moved meanwhile. Call once a long-running process has
+    opened its services.
+    """
+    gc.collect()  # leave no start-up garbage behind where it can never be collected
+    gc.freeze()
 
 
 async def open_services(settings: Settings, clock: Clock | None = None) -> Services:

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from api.bootstrap import Services
+from api.bootstrap import Services, freeze_startup_heap
 from archiver.jobs import reconcile_vault
 
 log = structlog.get_logger("strongroom.worker")
@@ -100,6 +100,7 @@ async def run_worker(services: Services, *, embedded: bool = False) -> None:
         # write lock for longer whenever the server was busy, and the server's
         # writers waited for it.
         os.nice(EMBEDDED_WORKER_NICENESS)
+    freeze_startup_heap()
     async with background_jobs(services):
         await stop.wait()
     log.info("worker stopped")
