@@ -18,7 +18,7 @@ from archiver.blind_index import BlindIndex
 from archiver.capture import Capture, Retention
 from archiver.clock import Clock, SystemClock
 from archiver.conversations import Conversations
-from archiver.db import Writer, create_engine, session_factory
+from archiver.db import Reader, Writer, create_engine, session_factory
 from archiver.filestore import FileStore
 from archiver.graph import LOOPBACK_HOSTS, META_MEDIA_HOSTS, GraphClient
 from archiver.identity import ApprovalService, GrantService, IdentityService
@@ -123,6 +123,7 @@ class Services:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     writer: Writer
+    reader: Reader
     keyring: Keyring
     vault: Vault
     accounts: AccountService
@@ -144,6 +145,7 @@ class Services:
         await self.audit.close()
         await self.graph.aclose()
         await self.writer.close()
+        await self.reader.close()
         await self.engine.dispose()
 
 
@@ -177,6 +179,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     records = timedelta(days=settings.record_retention_days)
     retention = Retention(journal=timedelta(days=settings.journal_retention_days), records=records)
     writer = Writer(sessions, settings.database_url)
+    reader = Reader(sessions, settings.database_url)
     audit = AuditLog(sessions, vault, keyring, clock, writer=writer)
     capture = Capture(vault, sessions, accounts, index, clock, retention, audit, writer=writer)
     # The embedded sandbox (the demo, tests) serves media from loopback.
@@ -190,6 +193,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         engine=engine,
         sessions=sessions,
         writer=writer,
+        reader=reader,
         keyring=keyring,
         vault=vault,
         accounts=accounts,
@@ -201,7 +205,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         approvals=approvals,
         grants=GrantService(identity, approvals),
         audit=audit,
-        search=Search(vault, index),
+        search=Search(vault, index, reader),
         conversations=Conversations(vault),
         lexicon=Lexicon(clock),
     )

@@ -115,10 +115,7 @@ async def audited_search(
 ) -> tuple[list[Hit], tuple[datetime, int] | None]:
     """Run a search, then record it (terms and filters sealed) before any result is
     shown. Raises ``SearchError`` for a query with nothing searchable."""
-    async with services.sessions() as session:
-        hits, cursor = await services.search.search(
-            session, query, filters, after=after, limit=limit
-        )
+    hits, cursor = await services.search.search(query, filters, after=after, limit=limit)
     accounts = filters.accounts
     await audit_access(
         services,

@@ -22,7 +22,7 @@ import hmac
 import re
 import secrets
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,6 +40,7 @@ from archiver.clock import Clock
 from archiver.db import Writer
 from archiver.errors import CaptureError
 from archiver.items import Identity, Item, extract, fit
+from archiver.keyring import Keyring
 from archiver.models import (
     Contact,
     ContactIdentity,
@@ -755,21 +756,44 @@ def decode_sealed_item(plaintext: bytes) -> dict[str, Any]:
     return value
 
 
-async def open_records(
-    vault: Vault, session: AsyncSession, records: Iterable[Record]
-) -> dict[int, dict[str, Any]]:
-    """The sealed content of each record, by record id; erased records are left out."""
-    records = list(records)
-    sealed = {
+@dataclass(frozen=True, slots=True)
+class SealedContent:
+    """What opening records needs from the database: their sealed objects (an
+    erased record has none) and the subject keys of those (``None`` if destroyed)."""
+
+    objects: dict[int, SealedObject]
+    keys: dict[str, bytes | None]
+
+
+def load_sealed(session: Session, keyring: Keyring, records: Sequence[Record]) -> SealedContent:
+    """The sealed objects of ``records`` and their keys, read in ``session``."""
+    objects = {
         obj.id: obj
-        for obj in await session.scalars(
+        for obj in session.scalars(
             select(SealedObject).where(SealedObject.id.in_({r.object_id for r in records}))
         )
     }
-    readable = [r for r in records if r.object_id in sealed]
-    opened = await vault.open_many(session, [sealed[r.object_id] for r in readable])
+    return SealedContent(objects, keyring.read_keys(session, {o.key_id for o in objects.values()}))
+
+
+def open_loaded(
+    vault: Vault, records: Sequence[Record], sealed: SealedContent
+) -> dict[int, dict[str, Any]]:
+    """The content of each record, by record id; erased records are left out. It
+    blocks on the store."""
+    readable = [r for r in records if r.object_id in sealed.objects]
+    opened = vault.read_many([sealed.objects[r.object_id] for r in readable], sealed.keys)
     return {
         record.id: decode_sealed_item(plaintext)
         for record, plaintext in zip(readable, opened, strict=True)
         if plaintext is not None
     }
+
+
+async def open_records(
+    vault: Vault, session: AsyncSession, records: Iterable[Record]
+) -> dict[int, dict[str, Any]]:
+    """The sealed content of each record, by record id; erased records are left out."""
+    records = list(records)
+    sealed = await session.run_sync(load_sealed, vault.keyring, records)
+    return await asyncio.to_thread(open_loaded, vault, records, sealed)

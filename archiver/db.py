@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
 from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -239,6 +239,51 @@ class _FileWriter:
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._thread.shutdown)
         self._engine.dispose()
+
+
+class Reader:
+    """Runs reads, each a synchronous function of a :class:`~sqlalchemy.orm.Session`,
+    in one hop from the event loop.
+
+    On an SQLite file, a whole read runs in a thread of the reader's own pool, on
+    a connection of its own: aiosqlite hops to its thread and back for every
+    statement, which cost a search as much time as everything else it did.
+    Elsewhere (PostgreSQL, SQLite in memory) :meth:`run` calls the function
+    through ``run_sync`` on the event loop, so it must do database work only.
+    """
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], url: str | None = None, threads: int = 4
+    ) -> None:
+        self._sessions = sessions
+        database = _sqlite_file(url) if url else None
+        self._engine: Engine | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        if database:
+            self._engine = create_sync_engine(
+                f"sqlite:///{database}", pool_size=threads, pool_use_lifo=True
+            )
+            event.listen(self._engine, "connect", _sqlite_pragmas)
+            self._threads = ThreadPoolExecutor(threads, thread_name_prefix="sqlite-reader")
+
+    async def run(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in a session of its own and return what it returned. The
+        objects it loads stay usable afterwards; nothing it changes is committed."""
+        if self._threads is None:
+            async with self._sessions() as session:
+                return await session.run_sync(work)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, self._run, work)
+
+    def _run(self, work: Callable[[Session], T]) -> T:
+        with Session(self._engine) as session:
+            return work(session)
+
+    async def close(self) -> None:
+        """Wait for the reads in progress and release the reader's connections."""
+        if self._threads is not None and self._engine is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._threads.shutdown)
+            self._engine.dispose()
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

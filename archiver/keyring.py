@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from archiver import envelope
 from archiver.clock import Clock
@@ -104,8 +105,12 @@ class Keyring:
     ) -> dict[str, bytes | None]:
         """Return each key of ``key_ids``, ``None`` for a destroyed one; raise
         ``KeyNotFound`` if one does not exist."""
+        return await session.run_sync(self.read_keys, key_ids)
+
+    def read_keys(self, session: Session, key_ids: Iterable[str]) -> dict[str, bytes | None]:
+        """:meth:`keys_by_id` in a synchronous session."""
         wanted = set(key_ids)
-        rows = await session.scalars(
+        rows = session.scalars(
             select(SubjectKey)
             .where(SubjectKey.key_id.in_(wanted))
             .execution_options(populate_existing=True)

@@ -10,6 +10,7 @@ words merely occur apart never reach the caller.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from dataclasses import dataclass, field
@@ -17,11 +18,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, exists, func, or_, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from archiver.blind_index import BlindIndex, normalize, query_tokens, time_key, tokenize
-from archiver.capture import open_records
+from archiver.capture import SealedContent, load_sealed, open_loaded
+from archiver.db import Reader
 from archiver.errors import ArchiverError
 from archiver.items import message_text
 from archiver.models import MediaItem, Record, SealedObject, SearchToken
@@ -172,13 +173,13 @@ def _snippet(group: Group, text: str) -> str:
 class Search:
     """Runs blind-index searches and checks candidates on their decrypted text."""
 
-    def __init__(self, vault: Vault, index: BlindIndex) -> None:
+    def __init__(self, vault: Vault, index: BlindIndex, reader: Reader) -> None:
         self._vault = vault
         self._index = index
+        self._reader = reader
 
     async def search(
         self,
-        session: AsyncSession,
         query: str,
         filters: Filters,
         *,
@@ -202,8 +203,7 @@ class Search:
         wanted = limit
         examined = 0
         while True:
-            batch = await self._candidates(session, plan, filters, cursor, wanted)
-            contents = await open_records(self._vault, session, batch)
+            batch, contents = await self._open_candidates(plan, filters, cursor, wanted)
             for record in batch:
                 cursor = (record.occurred_at, record.id)
                 examined += 1
@@ -214,10 +214,10 @@ class Search:
                 if snippet is not None:
                     hits.append(Hit(record, content, snippet))
                     if len(hits) == limit:
-                        await _attach_media(session, hits)
+                        await self._attach_media(hits)
                         return hits, cursor  # a later page may still be empty
             if len(batch) < wanted:
-                await _attach_media(session, hits)
+                await self._attach_media(hits)
                 return hits, None
             # Most candidates pass, so the first round asks for one page; the next
             # asks for what is missing at the pass rate seen so far (phrases and
@@ -226,9 +226,34 @@ class Search:
             rate = max(len(hits), 1) / examined
             wanted = min(max(math.ceil(missing / rate * 1.5), 10), _MAX_ROUND)
 
-    async def _candidates(
+    async def _open_candidates(
         self,
-        session: AsyncSession,
+        plan: _Plan,
+        filters: Filters,
+        after: tuple[datetime, int] | None,
+        count: int,
+    ) -> tuple[list[Record], dict[int, dict[str, Any]]]:
+        """The next ``count`` candidates and their decrypted content: every query
+        in one read, then the store in one thread hop."""
+
+        def read(session: Session) -> tuple[list[Record], SealedContent]:
+            records = self._candidates(session, plan, filters, after, count)
+            return records, load_sealed(session, self._vault.keyring, records)
+
+        records, sealed = await self._reader.run(read)
+        return records, await asyncio.to_thread(open_loaded, self._vault, records, sealed)
+
+    async def _attach_media(self, hits: list[Hit]) -> None:
+        by_record = {hit.record.id: hit for hit in hits if hit.record.has_media}
+        if not by_record:
+            return
+        media = select(MediaItem).where(MediaItem.record_id.in_(by_record)).order_by(MediaItem.id)
+        for item in await self._reader.run(lambda session: list(session.scalars(media))):
+            by_record[item.record_id].media.append(item)
+
+    def _candidates(
+        self,
+        session: Session,
         plan: _Plan,
         filters: Filters,
         after: tuple[datetime, int] | None,
@@ -239,20 +264,18 @@ class Search:
             query = select(Record).where(Record.kind != "status", *_conditions(filters))
             if after is not None:
                 query = query.where(tuple_(Record.occurred_at, Record.id) > after)
-            return list(
-                await session.scalars(query.order_by(Record.occurred_at, Record.id).limit(count))
-            )
+            return list(session.scalars(query.order_by(Record.occurred_at, Record.id).limit(count)))
         found: set[tuple[int, int]] = set()
         for group in plan.drivers:
-            group_query = await self._group_query(session, group, plan.required, filters, after)
-            found.update((at, i) for at, i in await session.execute(group_query.limit(count)))
+            group_query = self._group_query(session, group, plan.required, filters, after)
+            found.update((at, i) for at, i in session.execute(group_query.limit(count)))
         ids = [record_id for _, record_id in sorted(found)[:count]]
-        records = {r.id: r for r in await session.scalars(select(Record).where(Record.id.in_(ids)))}
+        records = {r.id: r for r in session.scalars(select(Record).where(Record.id.in_(ids)))}
         return [records[i] for i in ids]
 
-    async def _group_query(
+    def _group_query(
         self,
-        session: AsyncSession,
+        session: Session,
         group: Group,
         required: list[Group],
         filters: Filters,
@@ -265,7 +288,7 @@ class Search:
         lookup on the same key.
         """
         tokens = self._tokens(group)
-        driver = await _rarest(session, tokens)
+        driver = _rarest(session, tokens)
         entry = aliased(SearchToken)
         query = select(entry.at, entry.record_id).where(
             entry.token == driver, *_holding(entry, [t for t in tokens if t != driver])
@@ -306,7 +329,7 @@ def _holding(entry: type[SearchToken], tokens: list[bytes]) -> list[Any]:
     return conditions
 
 
-async def _rarest(session: AsyncSession, tokens: list[bytes]) -> bytes:
+def _rarest(session: Session, tokens: list[bytes]) -> bytes:
     """The token held by the fewest records (counted up to a cap)."""
     if len(tokens) == 1:
         return tokens[0]
@@ -318,18 +341,8 @@ async def _rarest(session: AsyncSession, tokens: list[bytes]) -> bytes:
         .scalar_subquery()
         for token in tokens
     ]
-    row = (await session.execute(select(*counts))).one()
+    row = session.execute(select(*counts)).one()
     return min(zip(row, tokens, strict=True), key=lambda pair: pair[0])[1]
-
-
-async def _attach_media(session: AsyncSession, hits: list[Hit]) -> None:
-    by_record = {hit.record.id: hit for hit in hits if hit.record.has_media}
-    if not by_record:
-        return
-    for media in await session.scalars(
-        select(MediaItem).where(MediaItem.record_id.in_(by_record)).order_by(MediaItem.id)
-    ):
-        by_record[media.record_id].media.append(media)
 
 
 def _conditions(filters: Filters) -> list[Any]:

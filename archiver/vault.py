@@ -168,17 +168,20 @@ class Vault:
         """Read and decrypt several sealed objects, in order; ``None`` for each whose
         subject key was destroyed. One key query and one thread hop for them all."""
         keys = await self.keyring.keys_by_id(session, {r.key_id for r in records})
-        readable = [r for r in records if keys[r.key_id] is not None]
-        data = await asyncio.to_thread(
-            lambda: {r.id: self.store.get(r.object_key, r.version_id) for r in readable}
-        )
+        return await asyncio.to_thread(self.read_many, records, keys)
+
+    def read_many(
+        self, records: Sequence[SealedObject], keys: Mapping[str, bytes | None]
+    ) -> list[bytes | None]:
+        """:meth:`open_many` with the subject keys already read (``Keyring.read_keys``);
+        it blocks on the store."""
         opened: list[bytes | None] = []
         for record in records:
             key = keys[record.key_id]
             if key is None:
                 opened.append(None)
                 continue
-            sealed = data[record.id]
+            sealed = self.store.get(record.object_key, record.version_id)
             if hashlib.sha256(sealed).hexdigest() != record.sha256:
                 raise IntegrityError(f"{record.object_key} does not match its recorded SHA-256")
             opened.append(envelope.open_(key, record.object_key, sealed))

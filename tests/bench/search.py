@@ -704,10 +704,7 @@ async def measure(
             query = kind.queries[i % len(kind.queries)]
             t0 = time.perf_counter()
             try:
-                async with services.sessions() as session:
-                    hits, _ = await services.search.search(
-                        session, query.text, query.filters, limit=PAGE
-                    )
+                hits, _ = await services.search.search(query.text, query.filters, limit=PAGE)
             except SearchError as exc:
                 kind.error = f"{type(exc).__name__}: {exc}"
                 break

@@ -77,6 +77,7 @@ def test_japanese_term_finds_text_and_caption(archive: Server) -> None:
     captions = [r for r in found["results"] if r["type"] == "image"]
     assert captions
     assert "会議" in captions[0]["snippet"]
+    assert [m["mime_type"] for m in captions[0]["media"]] == ["image/jpeg"]
     assert all("会議" in r["snippet"] for r in found["results"])
 
 
