@@ -134,7 +134,7 @@ class _Pending:
     account_id: str
     entry: JournalEntryBody
     body_sha256: str
-    done: asyncio.Future[int]
+    done: asyncio.Future[None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +225,8 @@ class Capture:
 
     # -- the journal -------------------------------------------------------
 
-    async def journal(self, account_id: str, body: bytes, signature: str) -> int:
-        """Seal ``body`` in the journal and commit it; return the entry id.
+    async def journal(self, account_id: str, body: bytes, signature: str) -> None:
+        """Seal ``body`` in the journal and commit it.
 
         Returns only once the entry is durable; callers acknowledge after it.
         """
@@ -234,10 +234,10 @@ class Capture:
             self._queue = asyncio.Queue()
         if self._journal_task is None or self._journal_task.done():
             self._journal_task = asyncio.create_task(self._write_loop(self._queue))
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = JournalEntryBody(self._clock.now().isoformat(), signature, body)
         await self._queue.put(_Pending(account_id, entry, hashlib.sha256(body).hexdigest(), done))
-        return await done
+        await done
 
     async def close(self) -> None:
         """Stop the journal writer once the queue is empty."""
@@ -266,25 +266,25 @@ class Capture:
     async def _settle_batch(
         self, queue: asyncio.Queue[_Pending], batch: list[_Pending], in_flight: asyncio.Semaphore
     ) -> None:
-        """Write one batch and tell each waiter its entry id, or the failure."""
+        """Write one batch and tell each waiter that it is durable, or the failure."""
         try:
-            ids = await self._write_batch(batch)
+            await self._write_batch(batch)
         except Exception as exc:  # every waiter must hear of the failure
             log.error("journal write failed", error=type(exc).__name__, entries=len(batch))
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_exception(exc)
         else:
-            for pending, entry_id in zip(batch, ids, strict=True):
+            for pending in batch:
                 if not pending.done.done():
-                    pending.done.set_result(entry_id)
+                    pending.done.set_result(None)
             self.journal_written.set()
         finally:
             in_flight.release()
             for _ in batch:
                 queue.task_done()
 
-    async def _write_batch(self, batch: list[_Pending]) -> list[int]:
+    async def _write_batch(self, batch: list[_Pending]) -> None:
         now = self._clock.now()
         by_account: dict[str, list[int]] = defaultdict(list)
         for i, pending in enumerate(batch):
@@ -302,7 +302,7 @@ class Capture:
         # Written and fsynced before the write lock is taken.
         objects = await self._vault.write_objects(keys, requests)
 
-        def insert_entries(session: Session) -> dict[tuple[int, int], int]:
+        def insert_entries(session: Session) -> None:
             session.add_all(objects)
             session.flush()
             rows = [
@@ -317,23 +317,10 @@ class Capture:
                 for obj, (account_id, positions) in zip(objects, by_account.items(), strict=True)
                 for position, i in enumerate(positions)
             ]
-            # One multi-row INSERT of plain values. Its RETURNING rows may come in
-            # any order (asking SQLAlchemy to sort them makes it insert row by
-            # row on SQLite), so they are matched on (segment, position).
-            inserted = session.execute(
-                insert(JournalEntry).returning(
-                    JournalEntry.id, JournalEntry.object_id, JournalEntry.position
-                ),
-                rows,
-            )
-            return {(obj, position): entry for entry, obj, position in inserted}
+            # Plain values, no RETURNING: the driver then steps once for them all.
+            session.execute(insert(JournalEntry), rows)
 
-        id_of = await self._writer.run(insert_entries)
-        ids = [0] * len(batch)
-        for obj, positions in zip(objects, by_account.values(), strict=True):
-            for position, i in enumerate(positions):
-                ids[i] = id_of[obj.id, position]
-        return ids
+        await self._writer.run(insert_entries)
 
     async def _journal_keys(self, subjects: list[str]) -> dict[str, tuple[str, bytes]]:
         """The journal keys of ``subjects``, read (or created) at most every few seconds.
