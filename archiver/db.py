@@ -257,7 +257,7 @@ class Reader:
 
     On an SQLite file, a whole read runs in a thread of the reader's own pool, on
     a connection of its own: aiosqlite hops to its thread and back for every
-    statement, which cost a search as much time as everything else it did.
+    statement, which took about a quarter of a search's time.
     Elsewhere (PostgreSQL, SQLite in memory) :meth:`run` calls the function
     through ``run_sync`` on the event loop, so it must do database work only.
     """
