@@ -158,10 +158,10 @@ class WriteGate:
         return fd
 
 
-def _sqlite_file(url: str) -> str | None:
+def _sqlite_file(url: str | None) -> str | None:
     """The database file of an SQLite ``url``; ``None`` in memory, for a URI
-    filename, or for another database."""
-    if not url.startswith("sqlite"):
+    filename, for another database, or without a URL."""
+    if url is None or not url.startswith("sqlite"):
         return None
     database = make_url(url).database
     if not database or database == ":memory:" or database.startswith("file:"):
@@ -202,7 +202,7 @@ class Writer:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], url: str | None = None) -> None:
         self._sessions = sessions
         self.gate = write_gate(url) if url else contextlib.nullcontext()
-        database = _sqlite_file(url) if url else None
+        database = _sqlite_file(url)
         self._file = _FileWriter(database) if database else None
 
     async def run(self, work: Callable[[Session], T]) -> T:
@@ -222,33 +222,47 @@ class Writer:
             await self._file.close()
 
 
+class _SqliteThreads:
+    """Threads that work on one SQLite file through a synchronous engine of their own."""
+
+    def __init__(self, database: str, threads: int, name: str) -> None:
+        self.engine = create_sync_engine(f"sqlite:///{database}", pool_size=threads)
+        _configure_sqlite(self.engine)
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        # One started now, so it has the priority of the thread that opens the database.
+        self._executor.submit(lambda: None)
+
+    async def run(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def close(self) -> None:
+        """Wait for the work in progress, then release the connections."""
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        self.engine.dispose()
+
+
 class _FileWriter:
     """One thread writing to one SQLite file, behind the file's write gate."""
 
     def __init__(self, database: str) -> None:
         self._gate_path = _gate_path(database)
-        self._engine = create_sync_engine(f"sqlite:///{database}")
-        _configure_sqlite(self._engine)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        # Started now, so it has the priority of the thread that opens the database.
-        self._thread.submit(lambda: None)
+        self._threads = _SqliteThreads(database, 1, "sqlite-writer")
 
     async def run(self, work: Callable[[Session], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._run_locked, work)
+        return await self._threads.run(lambda: self._run_locked(work))
 
     def _run_locked(self, work: Callable[[Session], T]) -> T:
         fd = os.open(self._gate_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # excludes async writers too: each has its own fd
-            with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            engine = self._threads.engine
+            with Session(engine, expire_on_commit=False) as session, session.begin():
                 return work(session)
         finally:
             os.close(fd)  # releases the flock
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.shutdown)
-        self._engine.dispose()
+        await self._threads.close()
 
 
 class Reader:
@@ -266,13 +280,8 @@ class Reader:
         self, sessions: async_sessionmaker[AsyncSession], url: str | None = None, threads: int = 4
     ) -> None:
         self._sessions = sessions
-        database = _sqlite_file(url) if url else None
-        self._engine: Engine | None = None
-        self._threads: ThreadPoolExecutor | None = None
-        if database:
-            self._engine = create_sync_engine(f"sqlite:///{database}", pool_size=threads)
-            _configure_sqlite(self._engine)
-            self._threads = ThreadPoolExecutor(threads, thread_name_prefix="sqlite-reader")
+        database = _sqlite_file(url)
+        self._threads = _SqliteThreads(database, threads, "sqlite-reader") if database else None
 
     async def run(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in a session of its own and return what it returned. The
@@ -280,18 +289,18 @@ class Reader:
         if self._threads is None:
             async with self._sessions() as session:
                 return await session.run_sync(work)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._run, work)
+        engine = self._threads.engine
 
-    def _run(self, work: Callable[[Session], T]) -> T:
-        with Session(self._engine) as session:
-            return work(session)
+        def read() -> T:
+            with Session(engine) as session:
+                return work(session)
+
+        return await self._threads.run(read)
 
     async def close(self) -> None:
         """Wait for the reads in progress and release the reader's connections."""
-        if self._threads is not None and self._engine is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._threads.shutdown)
-            self._engine.dispose()
+        if self._threads is not None:
+            await self._threads.close()
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
