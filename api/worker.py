@@ -96,7 +96,7 @@ async def run_worker(services: Services, *, embedded: bool = False) -> None:
         await loop.connect_read_pipe(lambda: _StopWhenClosed(stop), sys.stdin)
         # Linux gives each thread its own niceness: this lowers the event loop's
         # and that of the threads it starts from now on, but not the database
-        # writer's, started with the services. A niced writer held SQLite's one
+        # writers', started with the services. A niced writer held SQLite's one
         # write lock for longer whenever the server was busy, and the server's
         # writers waited for it.
         os.nice(EMBEDDED_WORKER_NICENESS)

@@ -299,8 +299,10 @@ class Capture:
             for account_id, positions in by_account.items()
         ]
         keys = await self._journal_keys([r.subject for r in requests])
-        # Written and fsynced before the write lock is taken.
-        objects = await self._vault.write_objects(keys, requests)
+        objects: list[SealedObject] = []
+
+        def write_segments() -> None:  # written and fsynced before the write lock is taken
+            objects.extend(self._vault.store_objects(keys, requests))
 
         def insert_entries(session: Session) -> None:
             session.add_all(objects)
@@ -320,7 +322,7 @@ class Capture:
             # Plain values, no RETURNING: the driver then steps once for them all.
             session.execute(insert(JournalEntry), rows)
 
-        await self._writer.run(insert_entries)
+        await self._writer.run(insert_entries, prepare=write_segments)
 
     async def _journal_keys(self, subjects: list[str]) -> dict[str, tuple[str, bytes]]:
         """The journal keys of ``subjects``, read (or created) at most every few seconds.

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
@@ -191,10 +192,10 @@ class Writer:
     :class:`~sqlalchemy.orm.Session`; ``gate`` admits async writers.
 
     On an SQLite file, :meth:`run` takes the gate's ``flock`` and runs the whole
-    transaction in this process's one writer thread, on a connection of its own.
-    Run from the event loop instead, every statement waits for the loop to come
-    round, which under load took longer than the statements; and since SQLite
-    has one write lock, every other writer waited as long. Elsewhere (PostgreSQL,
+    transaction in one of this process's writer threads, on a connection of its
+    own. Run from the event loop instead, every statement waits for the loop to
+    come round, which under load took longer than the statements; and since
+    SQLite has one write lock, every other writer waited as long. Elsewhere (PostgreSQL,
     SQLite in memory) :meth:`run` calls the function through ``run_sync`` inside
     the gate, on the event loop.
     """
@@ -205,14 +206,23 @@ class Writer:
         database = _sqlite_file(url)
         self._file = _FileWriter(database) if database else None
 
-    async def run(self, work: Callable[[Session], T]) -> T:
+    async def run(
+        self, work: Callable[[Session], T], prepare: Callable[[], object] | None = None
+    ) -> T:
         """Run ``work`` in a transaction, commit it, and return what it returned.
 
-        The objects it loads or adds stay usable after the commit. If the caller
-        is cancelled, a transaction already started still runs to its end.
+        ``prepare``, when given, runs first, in a thread and outside the write lock:
+        it writes and fsyncs the files that ``work`` then records. On an SQLite
+        file both run in one writer thread, one hop from the event loop: a hop back
+        between them waited for the busy loop longer than the transaction took.
+
+        The objects ``work`` loads or adds stay usable after the commit. If the
+        caller is cancelled, a transaction already started still runs to its end.
         """
         if self._file is not None:
-            return await self._file.run(work)
+            return await self._file.run(work, prepare)
+        if prepare is not None:
+            await asyncio.to_thread(prepare)
         async with self.gate, self._sessions() as session, session.begin():
             return await session.run_sync(work)
 
@@ -229,8 +239,11 @@ class _SqliteThreads:
         self.engine = create_sync_engine(f"sqlite:///{database}", pool_size=threads)
         _configure_sqlite(self.engine)
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=name)
-        # One started now, so it has the priority of the thread that opens the database.
-        self._executor.submit(lambda: None)
+        # All started now, so they have the priority of the thread that opens the
+        # database (a thread created later by a niced event loop would be niced too).
+        started = threading.Barrier(threads)
+        for _ in range(threads):
+            self._executor.submit(started.wait)
 
     async def run(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
@@ -241,20 +254,30 @@ class _SqliteThreads:
         self.engine.dispose()
 
 
+# Two journal batches in flight (one fsyncing its segment while the other records
+# it) and one other writer, such as the audit trail, need not wait for a thread.
+_WRITER_THREADS = 3
+
+
 class _FileWriter:
-    """One thread writing to one SQLite file, behind the file's write gate."""
+    """Threads writing to one SQLite file, each transaction behind the file's write gate."""
 
     def __init__(self, database: str) -> None:
         self._gate_path = _gate_path(database)
-        self._threads = _SqliteThreads(database, 1, "sqlite-writer")
+        self._threads = _SqliteThreads(database, _WRITER_THREADS, "sqlite-writer")
 
-    async def run(self, work: Callable[[Session], T]) -> T:
-        return await self._threads.run(lambda: self._run_locked(work))
+    async def run(self, work: Callable[[Session], T], prepare: Callable[[], object] | None) -> T:
+        def prepare_then_write() -> T:
+            if prepare is not None:
+                prepare()
+            return self._run_locked(work)
+
+        return await self._threads.run(prepare_then_write)
 
     def _run_locked(self, work: Callable[[Session], T]) -> T:
         fd = os.open(self._gate_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # excludes async writers too: each has its own fd
+            fcntl.flock(fd, fcntl.LOCK_EX)  # excludes every other writer: each has its own fd
             engine = self._threads.engine
             with Session(engine, expire_on_commit=False) as session, session.begin():
                 return work(session)

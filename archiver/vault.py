@@ -120,6 +120,12 @@ class Vault:
         then record them in a short one (an object without a record is harmless;
         ``verify`` lists it as unrecorded).
         """
+        return await asyncio.to_thread(self.store_objects, keys, requests)
+
+    def store_objects(
+        self, keys: Mapping[str, tuple[str, bytes]], requests: list[SealRequest]
+    ) -> list[SealedObject]:
+        """:meth:`write_objects`, in the calling thread: it blocks on the store."""
         now = self._clock.now()
         prepared = []
         for request in requests:
@@ -131,12 +137,11 @@ class Vault:
             sealed = envelope.seal(key, key_id, object_key, request.plaintext)
             prepared.append((request, object_key, key_id, retain_until, sealed))
 
-        stored = await asyncio.to_thread(
-            self.store.put_many,
+        stored = self.store.put_many(
             [
                 NewObject(object_key, data, retain_until, request.legal_hold)
                 for request, object_key, _, retain_until, data in prepared
-            ],
+            ]
         )
         return [
             SealedObject(

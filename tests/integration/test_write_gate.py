@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -167,3 +168,45 @@ async def test_a_writer_waits_for_a_gate_holder_on_the_same_file(
     finally:
         await writer.close()
         await engine.dispose()
+
+
+async def test_prepare_runs_first_and_outside_the_write_lock(
+    writer: Writer, sessions: Sessions
+) -> None:
+    """As the journal uses it: files written and fsynced by ``prepare`` while other
+    writers commit, then recorded by the work."""
+    release = threading.Event()
+    prepared: list[str] = []
+
+    def prepare() -> None:
+        if not release.wait(timeout=10):
+            raise TimeoutError("never released")
+        prepared.append("ct_prepared")
+
+    def work(session: Session) -> Contact:
+        return _add_contact(prepared[0])(session)
+
+    running = asyncio.create_task(writer.run(work, prepare=prepare))
+    await asyncio.sleep(0.05)  # prepare is now waiting, in a thread
+    # Another writer gets in meanwhile: prepare holds no lock and no transaction.
+    await asyncio.wait_for(writer.run(_add_contact("ct_meanwhile")), timeout=10)
+    assert not running.done()
+    release.set()
+
+    contact = await asyncio.wait_for(running, timeout=10)
+    assert contact.id == "ct_prepared"
+    assert await _contact_ids(sessions) == ["ct_meanwhile", "ct_prepared"]
+
+
+async def test_a_failed_prepare_runs_no_work(writer: Writer, sessions: Sessions) -> None:
+    ran: list[Session] = []
+
+    def prepare() -> None:
+        raise OSError("the disk is full")
+
+    with pytest.raises(OSError, match="the disk is full"):
+        await writer.run(ran.append, prepare=prepare)
+    await asyncio.wait_for(writer.run(_add_contact("ct_next")), timeout=10)
+
+    assert ran == []
+    assert await _contact_ids(sessions) == ["ct_next"]
