@@ -158,6 +158,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu_seconds(pid: int) -> float:
+    """CPU time of the running children of ``pid``: the embedded worker."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return float("nan")
+    return sum(cpu_seconds(int(child)) for child in children)
+
+
 @dataclass
 class Recorder:
     """Answers and latencies; the timed window excludes the warm-up."""
@@ -171,12 +180,17 @@ class Recorder:
     errors: Counter[str] = field(default_factory=Counter)
     acked: list[int] = field(default_factory=list)  # request numbers, in answer order
     ran_out_at: float | None = None
-    cpu: tuple[float, float] = (float("nan"), float("nan"))
+    cpu: tuple[float, float, float] = (float("nan"), float("nan"), float("nan"))
 
     async def sample_cpu(self) -> None:
         """CPU use of the generator and the server over the window (or its part that ran)."""
         await asyncio.sleep(max(0.0, self.measure_from - time.perf_counter()))
-        start = (time.perf_counter(), time.process_time(), cpu_seconds(self.server_pid))
+        start = (
+            time.perf_counter(),
+            time.process_time(),
+            cpu_seconds(self.server_pid),
+            children_cpu_seconds(self.server_pid),
+        )
         try:
             await asyncio.sleep(max(0.0, self.measure_to - time.perf_counter()))
         finally:
@@ -184,6 +198,7 @@ class Recorder:
             self.cpu = (
                 (time.process_time() - start[1]) / wall,
                 (cpu_seconds(self.server_pid) - start[2]) / wall,
+                (children_cpu_seconds(self.server_pid) - start[3]) / wall,
             )
 
     def done(self, number: int, status: int, started: float, finished: float) -> None:
@@ -576,8 +591,8 @@ def bench(args: argparse.Namespace, workdir: Path) -> None:
                 f"{counts(r['statuses'])}; connection errors: {counts(r['errors'])}"
             )
             print(
-                f"  CPU in the window: server {r['cpu'][1]:.0%}, load generator "
-                f"{r['cpu'][0]:.0%} (of one core); load average {load_average()}"
+                f"  CPU in the window: server {r['cpu'][1]:.0%}, its worker {r['cpu'][2]:.0%}, "
+                f"load generator {r['cpu'][0]:.0%} (of one core); load average {load_average()}"
             )
             if not phase.items:
                 continue
