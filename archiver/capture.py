@@ -456,10 +456,10 @@ class Capture:
                 _subject(account_id, contact) for (account_id, _), contact in contacts.items()
             }
             keys = await self._vault.keyring.keys_for(session, subjects)
-            session.add_all(new_contacts)
-            if session.new:  # new contacts or keys
-                async with self._writer.gate:
-                    await session.commit()
+            new_rows = [*new_contacts, *session.new]  # session.new: the keys it lacked
+            session.expunge_all()  # written by the writer instead, in one hop
+        if new_rows:
+            await self._writer.run(lambda writing: writing.add_all(new_rows))
         return contacts, keys
 
     async def _project_group(
