@@ -195,9 +195,9 @@ class Writer:
     transaction in one of this process's writer threads, on a connection of its
     own. Run from the event loop instead, every statement waits for the loop to
     come round, which under load took longer than the statements; and since
-    SQLite has one write lock, every other writer waited as long. Elsewhere (PostgreSQL,
-    SQLite in memory) :meth:`run` calls the function through ``run_sync`` inside
-    the gate, on the event loop.
+    SQLite has one write lock, every other writer waited as long. Elsewhere
+    (PostgreSQL, SQLite in memory) :meth:`run` calls the function through
+    ``run_sync`` inside the gate, on the event loop.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], url: str | None = None) -> None:
