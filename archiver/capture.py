@@ -38,7 +38,7 @@ from archiver.audit import AuditEntry, AuditLog
 from archiver.blind_index import BlindIndex, time_key
 from archiver.clock import Clock
 from archiver.db import Writer
-from archiver.errors import CaptureError, KeyDestroyed
+from archiver.errors import CaptureError
 from archiver.items import Identity, Item, extract, fit
 from archiver.keyring import Keyring
 from archiver.models import (
@@ -115,11 +115,6 @@ def _transactions(
         items += items_of[entry.id]
     if group:
         yield group, items
-
-
-def _subject(account_id: str, contact: str | None) -> str:
-    """Whose key seals a record: its contact's, or its account's when it has none."""
-    return contact_subject(contact) if contact else account_subject(account_id)
 
 
 class SignatureInvalid(CaptureError):
@@ -350,26 +345,22 @@ class Capture:
             self._keys_loaded_at = self._clock.now()
         return {subject: self._journal_key_cache[subject] for subject in subjects}
 
-    async def _read_segments(
-        self, session: AsyncSession, entries: Sequence[JournalEntry]
-    ) -> dict[int, list[JournalEntryBody]]:
-        """Decrypt the journal segments that hold ``entries``, by object id, with
-        one query and one thread hop for them all."""
-        wanted = {entry.object_id for entry in entries}
-        objects = list(
-            await session.scalars(select(SealedObject).where(SealedObject.id.in_(wanted)))
+    async def read_journal_entry(
+        self, session: AsyncSession, entry: JournalEntry
+    ) -> JournalEntryBody:
+        """Decrypt one journal entry."""
+        return (await self._read_segment(session, entry))[entry.position]
+
+    async def _read_segment(
+        self, session: AsyncSession, entry: JournalEntry
+    ) -> list[JournalEntryBody]:
+        """Decrypt the journal segment that holds ``entry``."""
+        sealed = await session.get(SealedObject, entry.object_id)
+        if sealed is None:
+            raise CaptureError(f"journal entry {entry.id} has no sealed object")
+        return msgspec.msgpack.decode(
+            await self._vault.open(session, sealed), type=list[JournalEntryBody]
         )
-        segments = {}
-        for obj, plaintext in zip(
-            objects, await self._vault.open_many(session, objects), strict=True
-        ):
-            if plaintext is None:
-                raise KeyDestroyed(f"subject key {obj.key_id} was destroyed")
-            segments[obj.id] = msgspec.msgpack.decode(plaintext, type=list[JournalEntryBody])
-        missing = [entry.id for entry in entries if entry.object_id not in segments]
-        if missing:
-            raise CaptureError(f"journal entries {missing} have no sealed object")
-        return segments
 
     # -- projection --------------------------------------------------------
 
@@ -425,57 +416,35 @@ class Capture:
             )
 
     async def _project(self, entries: list[JournalEntry]) -> int:
-        """Project ``entries``: read and extract them all, find or create their
-        contacts and keys, then record consecutive entries of at most
-        ``_ITEMS_PER_TRANSACTION`` items together."""
+        """Project ``entries``: read and extract them all, then project consecutive
+        entries of at most ``_ITEMS_PER_TRANSACTION`` items together."""
         plan = await self._plan(entries)
-        contacts, keys = await self._contacts_and_keys(plan)
         done = 0
         for group, planned in _transactions(entries, plan):
-            group_contacts = [
-                contacts[account_id, item.dedupe_key] for _, account_id, item in planned
-            ]
-            done += await self._project_group(group, planned, group_contacts, keys)
+            done += await self._project_group(group, planned)
         return done
 
-    async def _contacts_and_keys(
-        self, plan: list[tuple[JournalEntry, str, Item]]
-    ) -> tuple[dict[tuple[str, str], str | None], dict[str, tuple[str, bytes]]]:
-        """The contact of each planned item, by ``(account id, dedupe key)``, and the
-        keys of the subjects they are sealed under. All are looked up at once; the
-        new ones are created in one short write."""
+    async def _project_group(
+        self, entries: list[JournalEntry], plan: list[tuple[JournalEntry, str, Item]]
+    ) -> int:
+        """Create contacts and keys in one short transaction; write the sealed
+        objects with no transaction open; then record everything and mark the
+        entries projected in another short transaction. Every lookup is made
+        before the first write, so SQLite's write lock is held only for the
+        writes themselves."""
         async with self._sessions() as session:
-            found, new_contacts = await self._contacts_for(
+            contacts, new_contacts = await self._contacts_for(
                 session, [item.identities for _, _, item in plan]
             )
-            contacts = {
-                (account_id, item.dedupe_key): contact
-                for (_, account_id, item), contact in zip(plan, found, strict=True)
-            }
-            subjects = {
-                _subject(account_id, contact) for (account_id, _), contact in contacts.items()
-            }
-            keys = await self._vault.keyring.keys_for(session, subjects)
-            new_rows = [*new_contacts, *session.new]  # session.new: the keys it lacked
-            session.expunge_all()  # written by the writer instead, in one hop
-        if new_rows:
-            await self._writer.run(lambda writing: writing.add_all(new_rows))
-        return contacts, keys
-
-    async def _project_group(
-        self,
-        entries: list[JournalEntry],
-        plan: list[tuple[JournalEntry, str, Item]],
-        contacts: list[str | None],
-        keys: dict[str, tuple[str, bytes]],
-    ) -> int:
-        """Write the sealed objects of ``plan`` with no transaction open, then record
-        them and mark ``entries`` projected in one short transaction. Every lookup
-        is made before, so SQLite's write lock is held only for the writes."""
-        requests = [
-            self._seal_request(account_id, contact, item)
-            for (_, account_id, item), contact in zip(plan, contacts, strict=True)
-        ]
+            requests = [
+                self._seal_request(account_id, contact, item)
+                for (_, account_id, item), contact in zip(plan, contacts, strict=True)
+            ]
+            keys = await self._vault.keyring.keys_for(session, {r.subject for r in requests})
+            session.add_all(new_contacts)
+            if session.new:  # new contacts or keys: a short write
+                async with self._writer.gate:
+                    await session.commit()
         objects = await self._vault.write_objects(keys, requests)
         # Computed before the write lock is taken, as everything that can be.
         tokens = [self._index.tokens(item.text) for _, _, item in plan]
@@ -515,10 +484,12 @@ class Capture:
         """The new items of ``entries``: decrypted, extracted, routed to their account,
         without those already recorded or repeated within the batch."""
         planned: dict[tuple[str, str], tuple[JournalEntry, str, Item]] = {}
+        # The POSTs of one group commit share a segment: it is decrypted once.
+        segments: dict[int, list[JournalEntryBody]] = {}
         async with self._sessions() as session:
-            # The POSTs of one group commit share a segment: it is decrypted once.
-            segments = await self._read_segments(session, entries)
             for entry in entries:
+                if entry.object_id not in segments:
+                    segments[entry.object_id] = await self._read_segment(session, entry)
                 raw = segments[entry.object_id][entry.position]
                 payload = msgspec.json.decode(raw.body)
                 received = datetime.fromisoformat(raw.received_at)
@@ -572,7 +543,7 @@ class Capture:
     def _seal_request(self, account_id: str, contact: str | None, item: Item) -> SealRequest:
         return SealRequest(
             kind="record",
-            subject=_subject(account_id, contact),
+            subject=contact_subject(contact) if contact else account_subject(account_id),
             plaintext=msgspec.json.encode(item.sealed),
             retain_until=self._clock.now() + self._retention.records,
         )
