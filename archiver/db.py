@@ -227,7 +227,7 @@ class Writer:
             return await session.run_sync(work)
 
     async def close(self) -> None:
-        """Finish the transaction in progress and release the writer's connection."""
+        """Finish the transactions in progress and release the writer's connections."""
         if self._file is not None:
             await self._file.close()
 

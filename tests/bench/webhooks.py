@@ -183,7 +183,8 @@ class Recorder:
     cpu: tuple[float, float, float] = (float("nan"), float("nan"), float("nan"))
 
     async def sample_cpu(self) -> None:
-        """CPU use of the generator and the server over the window (or its part that ran)."""
+        """CPU use of the generator, the server and its worker over the window (or its
+        part that ran)."""
         await asyncio.sleep(max(0.0, self.measure_from - time.perf_counter()))
         start = (
             time.perf_counter(),
