@@ -112,8 +112,12 @@ ProblemKind = Literal[
 # Any constant works as long as every Strongroom process uses the same one: "SRAUDIT" + 0x01.
 _ADVISORY_LOCK: Final = 0x5352_4155_4449_5401
 _MAX_BATCH = 500
-# How long an event that nobody waits for waits for others to share its commit.
-_GATHER_SECONDS = 0.02
+# How long an event that nobody waits for waits for others to share its commit
+# (an event that a caller waits for ends the wait). Every HTTP request is audited,
+# and on SQLite each append holds the one write lock that acknowledging webhooks
+# needs: at 500 webhook POSTs a second, gathering for 0.1 s instead of 0.02 s cut
+# the appends from 15 to 7 a second and the ack p50 by about a quarter.
+_GATHER_SECONDS = 0.1
 # Waiting callers hear of a failure after _WRITE_ATTEMPTS; queued events are
 # retried for _KEEP_TRYING seconds, riding out a database restart.
 _WRITE_ATTEMPTS = 3
@@ -406,6 +410,7 @@ class AuditLog:
         self._checkpoint_every = checkpoint_every
         self._checkpoint_interval = timedelta(minutes=checkpoint_minutes)
         self._queue: asyncio.Queue[_Pending] | None = None
+        self._awaited = asyncio.Event()  # set when a queued event has a waiting caller
         self._append_task: asyncio.Task[None] | None = None
         self._details_key: tuple[str, bytes] | None = None
         self._writer = writer or Writer(sessions)
@@ -455,14 +460,18 @@ class AuditLog:
         if self._append_task is None or self._append_task.done():
             self._append_task = asyncio.create_task(self._write_loop(self._queue))
         await self._queue.put(_Pending(columns, details, done))
+        if done is not None:
+            self._awaited.set()
 
     async def _write_loop(self, queue: asyncio.Queue[_Pending]) -> None:
         while True:
             batch = [await queue.get()]
             if batch[0].done is None:
-                # Nobody waits for this event: let those of the next few milliseconds
-                # join it, so that a busy server appends in tens, not ones.
-                await asyncio.sleep(_GATHER_SECONDS)
+                # Nobody waits for this event: let those of the next moments join it,
+                # so that a busy server appends in tens, not ones.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._awaited.wait(), _GATHER_SECONDS)
+            self._awaited.clear()  # every event queued so far is in this batch
             while len(batch) < _MAX_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
             try:

@@ -8,7 +8,7 @@ import asyncio
 import itertools
 import json
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -181,6 +181,24 @@ async def test_record_durable_returns_after_commit(audit: AuditLog, sessions: Se
     async with sessions() as session:
         rows = list(await session.scalars(select(AuditEvent)))
     assert [(r.seq, r.action) for r in rows] == [(1, "http.GET /api/v1/messages/{id}/body")]
+
+
+async def test_a_waiting_caller_ends_the_gathering_of_queued_events(
+    audit: AuditLog, sessions: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Events nobody waits for gather for a while to share one commit; a caller that
+    # waits must not wait for that too. With an hour's gathering, only cutting it
+    # short lets this finish.
+    monkeypatch.setattr("archiver.audit._GATHER_SECONDS", 3600.0)
+    await audit.record(_entry(1, action="http.POST /webhooks/whatsapp"))
+    await asyncio.sleep(0)  # the writer starts gathering
+    await asyncio.wait_for(audit.record_durable(_entry(2, action="export.release")), 60)
+    async with sessions() as session:
+        rows = list(await session.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
+    assert [(r.seq, r.action) for r in rows] == [
+        (1, "http.POST /webhooks/whatsapp"),
+        (2, "export.release"),
+    ]
 
 
 async def test_occurred_at_defaults_to_the_clock(
@@ -578,6 +596,15 @@ async def test_record_durable_fails_loudly_when_nothing_can_be_written(
         await engine.dispose()
 
 
+async def _logged(logs: Sequence[Mapping[str, object]], event: str) -> None:
+    """Wait (at most 10 s) until *event* has been logged."""
+    for _ in range(1000):
+        if event in [e["event"] for e in logs]:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"{event!r} was not logged within 10 s")
+
+
 async def test_queued_events_survive_a_database_outage(
     tmp_path: Path, vault: Vault, keyring: Keyring, clock: FixedClock
 ) -> None:
@@ -587,10 +614,9 @@ async def test_queued_events_survive_a_database_outage(
     try:
         with capture_logs() as logs:
             await log.record(_entry(1))
-            await asyncio.sleep(0.05)  # the first attempt finds no tables
+            await _logged(logs, "audit append failed")  # the first attempt finds no tables
             await asyncio.to_thread(upgrade, url)
             await log.flush()
-        assert "audit append failed" in [e["event"] for e in logs]
         assert "audit events lost" not in [e["event"] for e in logs]
         async with session_factory(engine)() as session:
             report = await log.verify(session)
