@@ -75,9 +75,6 @@ _MAX_BATCH = 256
 # their way before sealing a segment (as PostgreSQL's commit_delay): one segment for
 # many costs far less than several small ones, and the wait is short next to an fsync.
 _COMMIT_DELAY_SECONDS = 0.001
-# Batches written at once: one seals and fsyncs its segment while another holds the
-# write lock, so neither the disk nor the database waits for the other.
-_BATCHES_IN_FLIGHT = 2
 _STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3, "played": 4}
 _SECRETS_REFRESH = timedelta(seconds=5)
 
@@ -248,24 +245,23 @@ class Capture:
                 await self._journal_task
 
     async def _write_loop(self, queue: asyncio.Queue[_Pending]) -> None:
-        in_flight = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
-        writing: set[asyncio.Task[None]] = set()
+        # One batch at a time: the POSTs that arrive while it is written form the next.
+        # Each batch costs the server's CPU (sealing, files, a transaction) whatever its
+        # size, and on two cores that CPU is what the acknowledgements wait for. Two
+        # batches in flight, one sealing while the other recorded, halved the batches'
+        # size: at 500 POSTs a second the ack p50 was 59 ms against 41 ms with one, and
+        # the server's CPU 90% against 78% (six alternate runs of each).
         last = 1
         while True:
             batch = [await queue.get()]
-            await in_flight.acquire()  # meanwhile, more POSTs queue up for this batch
             if last > 1:  # under concurrent load: see _COMMIT_DELAY_SECONDS
                 await asyncio.sleep(_COMMIT_DELAY_SECONDS)
             while len(batch) < _MAX_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
             last = len(batch)
-            task = asyncio.create_task(self._settle_batch(queue, batch, in_flight))
-            writing.add(task)  # the loop holds a reference until the task is done
-            task.add_done_callback(writing.discard)
+            await self._settle_batch(queue, batch)
 
-    async def _settle_batch(
-        self, queue: asyncio.Queue[_Pending], batch: list[_Pending], in_flight: asyncio.Semaphore
-    ) -> None:
+    async def _settle_batch(self, queue: asyncio.Queue[_Pending], batch: list[_Pending]) -> None:
         """Write one batch and tell each waiter that it is durable, or the failure."""
         try:
             await self._write_batch(batch)
@@ -280,7 +276,6 @@ class Capture:
                     pending.done.set_result(None)
             self.journal_written.set()
         finally:
-            in_flight.release()
             for _ in batch:
                 queue.task_done()
 

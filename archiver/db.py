@@ -254,8 +254,8 @@ class _SqliteThreads:
         self.engine.dispose()
 
 
-# Two journal batches in flight (one fsyncing its segment while the other records
-# it) and one other writer, such as the audit trail, need not wait for a thread.
+# The journal's batch, the audit trail's append and one other writer need not wait
+# for a thread.
 _WRITER_THREADS = 3
 
 
