@@ -27,11 +27,12 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from archiver.clock import Clock
 from archiver.errors import ObjectExists, ObjectNotFound, RetentionViolation, StoreUnavailable
@@ -256,12 +257,16 @@ class FileStore:
 
     def _check_free(self, key: str) -> None:
         """Refuse a key that is taken, or whose path another key's path occupies."""
-        path = self.path_of(key)
-        if path.is_file():
+        # One stat answers both: a file on the way to the path fails it with ENOTDIR.
+        try:
+            mode = os.stat(self.path_of(key)).st_mode
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            raise ValueError(f"key {key!r} collides with the path of another key") from None
+        if stat.S_ISREG(mode):
             raise ObjectExists(f"{key} is already stored")
-        parents = PurePosixPath(key).parents
-        if path.exists() or any((self._objects / p).is_file() for p in list(parents)[:-1]):
-            raise ValueError(f"key {key!r} collides with the path of another key")
+        raise ValueError(f"key {key!r} collides with the path of another key")
 
     def _sidecar_path(self, key: str) -> Path:
         return self._locks / (_check_key(key) + _SIDECAR_SUFFIX)

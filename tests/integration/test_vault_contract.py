@@ -416,6 +416,8 @@ def test_file_key_colliding_with_another_keys_path_is_refused(file_store: FileSt
         file_store.put("a", b"y", retain_until=RETAIN)
     with pytest.raises(ValueError, match="collides"):
         file_store.put("a/b/c", b"y", retain_until=RETAIN)
+    with pytest.raises(ValueError, match="collides"):
+        file_store.put("a/b/c/d", b"y", retain_until=RETAIN)
     assert list(file_store.keys()) == ["a/b"]
 
 
