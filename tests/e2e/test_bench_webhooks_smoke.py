@@ -7,15 +7,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.server import clean_env
 
 ROOT = Path(__file__).parents[2]
 
 
-def test_the_webhook_benchmark_runs_and_its_correctness_checks_pass(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pause", [False, True], ids=["worker-running", "worker-paused"])
+def test_the_webhook_benchmark_runs_and_its_correctness_checks_pass(
+    tmp_path: Path, pause: bool
+) -> None:
     args = ["--seconds", "0.5", "--warmup", "0.2", "--rate", "100", "--drain-seconds", "3"]
     run = subprocess.run(
-        [sys.executable, "-m", "tests.bench.webhooks", *args],
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.webhooks",
+            *args,
+            *(["--pause-worker"] if pause else []),
+        ],
         cwd=tmp_path,  # its data directory goes under the working directory
         env=clean_env(PYTHONPATH=str(ROOT)),
         capture_output=True,
@@ -27,6 +38,8 @@ def test_the_webhook_benchmark_runs_and_its_correctness_checks_pass(tmp_path: Pa
     assert run.returncode == 0, run.stderr[-3000:]
 
     assert "answers other than 200, and connection errors, in all phases: none" in out
+    assert re.search(r"fsynced 1 KB file write, 100/s for 5 s .* over 50 ms: \d+", out), out
+    assert ("the embedded worker is paused during the load" in out) == pause
     sampled = re.search(r"sampled projected wamids with exactly one record .*: (\d+)/(\d+)", out)
     assert sampled is not None, out
     assert sampled[1] == sampled[2], out
@@ -40,6 +53,10 @@ def test_the_webhook_benchmark_runs_and_its_correctness_checks_pass(tmp_path: Pa
     cpu = re.findall(r"CPU in the window: server (\d+)%, its worker (\d+)%", out)
     assert len(cpu) == 4, out
     assert all(int(server) > 0 for server, _ in cpu), out
+    if pause:  # stopped: not a tick of CPU in any window, and nothing projected alongside
+        assert all(worker == "0" for _, worker in cpu), out
+        alongside = re.findall(r"projection alongside: (\d+) items projected", out)
+        assert alongside == ["0", "0", "0"], out
     for target in ("messages/s, 50 per POST", "POST/s, 1 per POST", "ack p99 at 100 POST/s"):
         assert target in out
     assert not list(tmp_path.iterdir())  # its temporary data directory is gone
