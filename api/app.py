@@ -34,7 +34,7 @@ from api.logging import RequestIdMiddleware
 from api.search import search
 from api.settings import Settings
 from api.users import TokensController, UsersController
-from api.webhooks import receive_webhook, verify_webhook
+from api.webhooks import whatsapp_webhook
 from api.worker import worker_process
 from archiver.clock import Clock
 from archiver.errors import VaultError
@@ -131,8 +131,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
         route_handlers=[
             healthz,
             readyz,
-            verify_webhook,
-            receive_webhook,
+            whatsapp_webhook,
             ArchiveController,
             UsersController,
             TokensController,

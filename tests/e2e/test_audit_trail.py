@@ -58,6 +58,9 @@ def test_requests_reads_refusals_and_approvals_are_recorded(
 
     # Every read of content is in the trail, with the reader's role and the records.
     assert server.post_webhook(fixture_bytes("message_text")).status_code == 200
+    assert server.post_webhook(b"{}", signature="sha256=" + "0" * 64).status_code == 401
+    deliveries = _events(server, auditor, action="http.POST /webhooks/whatsapp")
+    assert {"allowed", "denied"} <= {e["outcome"] for e in deliveries}
     wamid = fixture("message_text")["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
     record = server.records_of(wamid)[0]
     reads = _events(server, auditor, action="archive.read")

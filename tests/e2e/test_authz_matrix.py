@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from litestar.routes import HTTPRoute
+from litestar.routes import ASGIRoute, HTTPRoute
 
 from api.app import create_app
 from api.auth import AUTHENTICATED, PUBLIC, permission_of
@@ -33,10 +33,14 @@ def _routes() -> list[tuple[str, str, str | None]]:
     app = create_app(load_settings({"STRONGROOM_DATA_DIR": "/nonexistent"}))
     found = []
     for route in app.routes:
-        if not isinstance(route, HTTPRoute):
-            continue
-        for handler in route.route_handlers:
-            for method in sorted(handler.http_methods - {"HEAD", "OPTIONS"}):
+        if isinstance(route, HTTPRoute):
+            for handler in route.route_handlers:
+                for method in sorted(handler.http_methods - {"HEAD", "OPTIONS"}):
+                    found.append((method, route.path, permission_of(handler)))
+        elif isinstance(route, ASGIRoute):  # raw ASGI: its methods are declared in opt
+            handler = route.route_handler
+            assert "methods" in handler.opt, f"{route.path} declares no methods"
+            for method in handler.opt["methods"]:
                 found.append((method, route.path, permission_of(handler)))
     return sorted(set(found))
 

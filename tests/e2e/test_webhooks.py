@@ -108,6 +108,32 @@ def test_oversized_body_is_413(server: Server) -> None:
     assert _files(server.data_dir) == before
 
 
+def test_oversized_body_without_announced_length_is_413(server: Server) -> None:
+    body = b'{"object": "whatsapp_business_account", "pad": "' + b"x" * (3 * 1024 * 1024) + b'"}'
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    before = _files(server.data_dir)
+    response = server.client.post(
+        "/webhooks/whatsapp",
+        content=iter(chunks),  # sent chunked: no Content-Length to refuse it early
+        headers={"Content-Type": "application/json", "X-Hub-Signature-256": sign(body)},
+    )
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert response.status_code == 413
+    assert _files(server.data_dir) == before
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+def test_other_methods_are_405(server: Server, method: str) -> None:
+    body = fixture_bytes("message_text")
+    before = _files(server.data_dir)
+    response = server.client.request(
+        method, "/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": sign(body)}
+    )
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+    assert _files(server.data_dir) == before
+
+
 def test_signed_non_json_is_400(server: Server) -> None:
     before = _files(server.data_dir)
     assert server.post_webhook(b"not json at all").status_code == 400
