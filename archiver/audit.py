@@ -58,7 +58,7 @@ import itertools
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 import msgspec
 import structlog
@@ -68,7 +68,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from sqlalchemy import Select, func, insert, select, text
+from sqlalchemy import Select, Table, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -112,6 +112,7 @@ ProblemKind = Literal[
 # Any constant works as long as every Strongroom process uses the same one: "SRAUDIT" + 0x01.
 _ADVISORY_LOCK: Final = 0x5352_4155_4449_5401
 _MAX_BATCH = 500
+_AUDIT_EVENTS = cast(Table, AuditEvent.__table__)
 # How long an event that nobody waits for waits for others to share its commit
 # (an event that a caller waits for ends the wait). Every HTTP request is audited,
 # and on SQLite each append holds the one write lock that acknowledging webhooks
@@ -530,8 +531,9 @@ class AuditLog:
                 row = {**pending.columns, "seq": seq, "details_sealed": sealed, "prev_hash": prev}
                 row["hash"] = prev = chain_hash(prev, canonical_bytes(row))
                 rows.append(row)
-            # A bulk INSERT of plain values: building ORM objects cost more than the write.
-            session.execute(insert(AuditEvent), rows)
+            # One statement on the table: ORM objects cost more than the write, and
+            # even the ORM's bulk insert added a fifth (about 1 ms for 270 events).
+            session.connection().execute(insert(_AUDIT_EVENTS), rows)
             return seq, last_checkpoint
 
         return await self._writer.run(append)
