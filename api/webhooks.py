@@ -42,7 +42,7 @@ log = structlog.get_logger("strongroom.webhooks")
 # matrix) take them from its ``opt``, since an ASGI route declares none.
 WEBHOOK_METHODS = ("GET", "POST")
 _SIGNATURE_HEADER = b"x-hub-signature-256"
-_HANDSHAKE = ("mode", "verify_token", "challenge")
+_HANDSHAKE_PARAMETERS = ("mode", "verify_token", "challenge")
 
 
 @asgi(
@@ -71,7 +71,7 @@ async def whatsapp_webhook(scope: Scope, receive: Receive, send: Send) -> None:
 async def _handshake(services: Services, scope: HTTPScope) -> ASGIResponse:
     """The challenge back when ``hub.verify_token`` matches an account's verify token."""
     query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
-    mode, token, challenge = (query.get(f"hub.{name}", [None])[0] for name in _HANDSHAKE)
+    mode, token, challenge = (query.get(f"hub.{name}", [None])[0] for name in _HANDSHAKE_PARAMETERS)
     if mode != "subscribe" or not token or challenge is None:
         return _text(HTTP_400_BAD_REQUEST, "bad handshake")
     async with services.sessions() as session:
