@@ -106,15 +106,17 @@ async def _deliver(services: Services, scope: HTTPScope, receive: Receive) -> AS
     return _json(HTTP_200_OK, {"status": "received"})
 
 
+class _TooLarge(ClientException):
+    status_code = HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    detail = "Request Entity Too Large"
+
+
 async def _read_body(scope: HTTPScope, receive: Receive) -> bytes:
     """The whole body, refused with 413 once it (or its announced length) passes
     ``MAX_WEBHOOK_BYTES``: nothing larger is read into memory."""
-    too_large = ClientException(
-        "Request Entity Too Large", status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    )
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > MAX_WEBHOOK_BYTES:
-            raise too_large
+            raise _TooLarge()
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -124,7 +126,7 @@ async def _read_body(scope: HTTPScope, receive: Receive) -> bytes:
         chunk = message["body"]
         size += len(chunk)
         if size > MAX_WEBHOOK_BYTES:
-            raise too_large
+            raise _TooLarge()
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

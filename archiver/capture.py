@@ -80,6 +80,10 @@ _SECRETS_REFRESH = timedelta(seconds=5)
 _SEALED_OBJECTS = cast(Table, SealedObject.__table__)
 _JOURNAL_ENTRIES = cast(Table, JournalEntry.__table__)
 _SEARCH_TOKENS = cast(Table, SearchToken.__table__)
+_SEALED_COLUMNS = [c.key for c in _SEALED_OBJECTS.c if c.key != "id"]
+_INSERT_SEALED = insert(_SEALED_OBJECTS).returning(
+    _SEALED_OBJECTS.c.id, sort_by_parameter_order=True
+)
 
 
 def _insert_sealed(session: Session, objects: list[SealedObject]) -> list[int]:
@@ -89,12 +93,8 @@ def _insert_sealed(session: Session, objects: list[SealedObject]) -> list[int]:
     """
     if not objects:
         return []
-    statement = insert(_SEALED_OBJECTS).returning(
-        _SEALED_OBJECTS.c.id, sort_by_parameter_order=True
-    )
-    columns = [c.key for c in _SEALED_OBJECTS.c if c.key != "id"]
-    rows = [{key: getattr(obj, key) for key in columns} for obj in objects]
-    return list(session.connection().execute(statement, rows).scalars())
+    rows = [{key: getattr(obj, key) for key in _SEALED_COLUMNS} for obj in objects]
+    return list(session.connection().execute(_INSERT_SEALED, rows).scalars())
 
 
 def nesting_depth(body: bytes) -> int:

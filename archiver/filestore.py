@@ -259,13 +259,12 @@ class FileStore:
         """Refuse a key that is taken, or whose path another key's path occupies."""
         # One stat answers both: a file on the way to the path fails it with ENOTDIR.
         try:
-            mode = os.stat(self.path_of(key)).st_mode
+            if stat.S_ISREG(os.stat(self.path_of(key)).st_mode):
+                raise ObjectExists(f"{key} is already stored")
         except FileNotFoundError:
             return
         except NotADirectoryError:
-            raise ValueError(f"key {key!r} collides with the path of another key") from None
-        if stat.S_ISREG(mode):
-            raise ObjectExists(f"{key} is already stored")
+            pass
         raise ValueError(f"key {key!r} collides with the path of another key")
 
     def _sidecar_path(self, key: str) -> Path:
