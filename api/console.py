@@ -25,11 +25,11 @@ from litestar.types import ExceptionHandlersMap
 from api.archive import decode_cursor, encode_cursor
 from api.audit import audit_access
 from api.auth import PUBLIC, SESSION_COOKIE, check_csrf, needs
-from api.conversations import audited_conversation
+from api.conversations import audited_conversation, visible_media
 from api.deps import ServicesDep
 from api.search import account_scope, audited_search, contact_scope, lexicon_terms
 from archiver.conversations import Message
-from archiver.errors import AccountNotFound
+from archiver.errors import AccountNotFound, ArchiverError
 from archiver.identity import (
     AccountLocked,
     IdentityConflict,
@@ -39,7 +39,8 @@ from archiver.identity import (
     Principal,
     Role,
 )
-from archiver.models import Grant, MediaItem, Record, User, WebSession
+from archiver.media_safety import claimed_kind, delivery
+from archiver.models import Grant, SealedObject, User, WebSession
 from archiver.search import Filters, SearchError
 
 LOGIN_CSRF_COOKIE = "strongroom_login_csrf"
@@ -367,7 +368,14 @@ async def conversation_page(
     reactions = {m.record.id: _current_reactions(m) for m in chat.messages}
     return Template(
         "conversation.html",
-        context=context(request, chat=chat, quoted=quoted, reactions=reactions, sources=SOURCES),
+        context=context(
+            request,
+            chat=chat,
+            quoted=quoted,
+            reactions=reactions,
+            sources=SOURCES,
+            claimed_kind=claimed_kind,
+        ),
     )
 
 
@@ -379,17 +387,17 @@ def _current_reactions(message: Message) -> list[str]:
 
 @get("/media/{media_id:int}/view", **_page(Permission.ARCHIVE_READ))
 async def media_page(request: Page, media_id: FromPath[int], services: ServicesDep) -> Template:
-    """One media file; its bytes come from GET /api/v1/media/{id}, audited there."""
+    """One media file: shown only when GET /api/v1/media/{id} would serve it inline,
+    else a download link. Its bytes are opened here only to decide that; they are
+    served, and audited, by that route."""
     async with services.sessions() as session:
-        item = await session.get(MediaItem, media_id)
-        record = await session.get(Record, item.record_id) if item else None
-    if (
-        item is None
-        or record is None
-        or not request.user.allows(Permission.ARCHIVE_READ, record.account_id)
-    ):
-        raise NotFoundException("no such media")
-    kind = (item.mime_type or "").partition("/")[0]
+        item, record = await visible_media(session, request.user, media_id)
+        sealed = await session.get(SealedObject, item.object_id) if item.object_id else None
+        try:
+            data = await services.vault.open(session, sealed) if sealed else b""
+        except ArchiverError:
+            data = b""  # erased or damaged: the page still shows what is known of it
+    kind = delivery(data, item.mime_type).kind
     return Template(
         "media.html",
         context=context(request, item=item, record=record, kind=kind, sources=SOURCES),

@@ -9,6 +9,7 @@ import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import audit_access
 from api.auth import needs
@@ -17,9 +18,14 @@ from api.deps import ServicesDep
 from api.search import account_scope
 from archiver.conversations import Conversation
 from archiver.identity import Permission, Principal
+from archiver.media_safety import delivery
 from archiver.models import MediaItem, Record, SealedObject
 
 Caller = Request[Principal, Any, Any]
+# A media file opened as a document of its own runs no script, loads nothing and
+# has an opaque origin, whatever a browser makes of it. (So audio and video play
+# in the console's viewer, not in a tab of their own.)
+MEDIA_CSP = "sandbox; default-src 'none'"
 
 
 class VersionOut(msgspec.Struct):
@@ -158,16 +164,12 @@ class ConversationController(Controller):
     async def media(
         self, request: Caller, media_id: FromPath[int], services: ServicesDep
     ) -> Response[bytes]:
-        """The media file, decrypted on demand; each access is audited first."""
+        """The media file, decrypted on demand; each access is audited first. Only a
+        raster image, audio or video that its bytes prove is shown inline; anything
+        else is a download that no browser renders."""
         async with services.sessions() as session:
-            item = await session.get(MediaItem, media_id)
-            record = await session.get(Record, item.record_id) if item else None
-            visible = record is not None and request.user.allows(
-                Permission.ARCHIVE_READ, record.account_id
-            )
-            if item is None or record is None or not visible or item.object_id is None:
-                raise NotFoundException("no such media")
-            sealed = await session.get(SealedObject, item.object_id)
+            item, record = await visible_media(session, request.user, media_id)
+            sealed = await session.get(SealedObject, item.object_id) if item.object_id else None
             if sealed is None:
                 raise NotFoundException("no such media")
             await audit_access(
@@ -179,8 +181,30 @@ class ConversationController(Controller):
                 scope=record.account_id,
             )
             data = await services.vault.open(session, sealed)
+        served = delivery(data, item.mime_type)
+        disposition = "inline" if served.inline else "attachment"
         return Response(
             data,
-            media_type=item.mime_type or "application/octet-stream",
-            headers={"content-disposition": f'inline; filename="media-{media_id}"'},
+            media_type=served.content_type,
+            headers={
+                # The name is ours, never the customer's, so it needs no escaping.
+                "content-disposition": f'{disposition}; filename="media-{media_id}"',
+                # Replaces the console's policy; nosniff comes with every response.
+                "content-security-policy": MEDIA_CSP,
+            },
         )
+
+
+async def visible_media(
+    session: AsyncSession, principal: Principal, media_id: int
+) -> tuple[MediaItem, Record]:
+    """The media item and its record; 404 unless ``principal`` may read its account."""
+    item = await session.get(MediaItem, media_id)
+    record = await session.get(Record, item.record_id) if item else None
+    if (
+        item is None
+        or record is None
+        or not principal.allows(Permission.ARCHIVE_READ, record.account_id)
+    ):
+        raise NotFoundException("no such media")
+    return item, record

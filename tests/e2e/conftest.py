@@ -41,13 +41,17 @@ def database_name(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @contextmanager
-def running_server(data_dir: Path, database: str) -> Iterator[Server]:
-    """A started server with an admin, an officer and one account (``account_id``)."""
-    srv = Server(server_env(data_dir / "data", database), data_dir / "data", data_dir / "log")
+def running_server(
+    data_dir: Path, database: str, settings: dict[str, str] | None = None, **account: str
+) -> Iterator[Server]:
+    """A started server with an admin, an officer and one account (``account_id``);
+    ``settings`` are added to its environment, ``account`` to the account's fields."""
+    env = server_env(data_dir / "data", database) | (settings or {})
+    srv = Server(env, data_dir / "data", data_dir / "log")
     try:
         srv.start()
         srv.bootstrap_users()
-        srv.account_id = srv.add_account()
+        srv.account_id = srv.add_account(**account)
         yield srv
     finally:
         srv.close()

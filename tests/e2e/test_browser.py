@@ -11,23 +11,33 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyotp
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.e2e.conftest import running_server
+from api.fake_graph import FakeMedia, running_fake_graph
 from tests.e2e.server import PASSWORD, Server
 from tests.e2e.test_console import DELETED, EDITED, ORIGINAL, japanese_conversation
+from tests.e2e.test_media_safety import (
+    HOSTILE,
+    JS,
+    TOKEN,
+    Captured,
+    capture_all,
+    server_with_graph,
+    svg_loading,
+)
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
 OTHER_PHONE_NUMBER_ID = "209876543210987"
+FAKE_MEDIA = FakeMedia(access_token=TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +62,10 @@ def browser(site: Server) -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A real server on SQLite with an admin, an officer and one account."""
-    with running_server(tmp_path_factory.mktemp("browser"), "sqlite") as srv:
-        yield srv
+    """A real server on SQLite with an admin, an officer and one account, fetching
+    media from a fake Graph API."""
+    with running_fake_graph(FAKE_MEDIA) as graph_url:
+        yield from server_with_graph(tmp_path_factory, "sqlite", graph_url)
 
 
 def _shot(page: Page, name: str) -> None:
@@ -147,3 +158,133 @@ def test_search_and_read_a_japanese_conversation(site: Server, browser: Browser)
     expect(page.locator("main")).not_to_contain_text(ORIGINAL)
     _shot(page, "outsider-4-conversation-refused")
     outsider.close()
+
+
+# What each hostile file really is, as a browser would render it if it were served
+# inline; the JavaScript file runs when an SVG loads it as its script.
+REAL_TYPES = {
+    "svg-script": "image/svg+xml",
+    "svg-onload": "image/svg+xml",
+    "html-script": "text/html",
+    "xhtml-script": "application/xhtml+xml",
+    "svg-script-href": "image/svg+xml",
+}
+
+
+@pytest.fixture(scope="module")
+def hostile(site: Server) -> Captured:
+    """The hostile and the proven files, captured through the webhook and fetched."""
+    return capture_all(site, FAKE_MEDIA, "447700900666")
+
+
+def _open_as_download(page: Page, url: str) -> None:
+    """Navigate to ``url`` and check that it only downloads: no document is made."""
+    before = page.url
+    with page.expect_download():
+        try:
+            page.goto(url)
+        except PlaywrightError as exc:  # Chromium aborts a navigation that downloads
+            if "Download is starting" not in str(exc) and "ERR_ABORTED" not in str(exc):
+                raise
+    assert page.url == before
+
+
+def _rendered_as(content_type: str) -> Callable[[Route], None]:
+    """A route handler that fetches the real response and changes only its type and
+    disposition, keeping every other header (nosniff, the sandboxing CSP)."""
+
+    def handle(route: Route) -> None:
+        served = route.fetch()
+        headers = {k: v for k, v in served.headers.items() if k != "content-disposition"}
+        route.fulfill(response=served, headers=headers | {"content-type": content_type})
+
+    return handle
+
+
+def test_no_hostile_media_runs_script_directly_or_in_the_viewer(
+    site: Server, browser: Browser, hostile: Captured
+) -> None:
+    site.create_user("media-officer", "compliance_officer", account=site.account_id)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    # Every script in the hostile files sets the title to "ran" and requests /ran.
+    marks: list[str] = []
+    context.on("request", lambda r: marks.append(r.url) if r.url.endswith("/ran") else None)
+    context.route(f"{site.url}/ran", lambda route: route.fulfill(status=204))
+    page = context.new_page()
+    _sign_in(page, site.url, "media-officer", "media")
+    controls = 0
+
+    def control(name: str, body: bytes, content_type: str) -> None:
+        """The probe can fail: the same bytes served inline as what they are, without
+        our headers, from our origin, do run. Any mark left by what was opened
+        before would have been seen before this one (the browser reports in order)."""
+        nonlocal controls
+        url = f"{site.url}/control/{name}"
+        context.route(url, lambda route: route.fulfill(body=body, content_type=content_type))
+        with page.expect_request(f"{site.url}/ran"):
+            page.goto(url)
+        expect(page).to_have_title("ran")
+        controls += 1
+        assert len(marks) == controls, marks
+
+    context.route(
+        f"{site.url}/control/javascript",
+        lambda route: route.fulfill(body=JS, content_type="application/javascript"),
+    )
+    for name, real_type in REAL_TYPES.items():
+        media = f"{site.url}/api/v1/media/{hostile.ids[name]}"
+        # The stored file opened in a tab of its own is only a download.
+        _open_as_download(page, media)
+        # Even rendered as what it really is, our headers (kept) stop its script.
+        context.route(media, _rendered_as(real_type))
+        page.goto(media)
+        assert page.title() != "ran"
+        context.unroute(media)
+        # The viewer offers it only as a download, which only downloads.
+        page.goto(f"{site.url}/media/{hostile.ids[name]}/view")
+        expect(page.locator(".viewer img, .viewer audio, .viewer video")).to_have_count(0)
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Download").click()
+        assert download.value.suggested_filename == f"media-{hostile.ids[name]}"
+        assert page.title() != "ran"
+        body = svg_loading("/control/javascript") if name == "svg-script-href" else HOSTILE[name][0]
+        control(name, body, real_type)
+
+    # The issue's attack exactly, with every other defence gone: an SVG rendered
+    # inline loading the stored JavaScript file as its script. nosniff stops it.
+    script = f"/api/v1/media/{hostile.ids['javascript']}"
+    context.route(
+        f"{site.url}/control/attack",
+        lambda route: route.fulfill(body=svg_loading(script), content_type="image/svg+xml"),
+    )
+    with page.expect_response(f"{site.url}{script}") as loaded:
+        page.goto(f"{site.url}/control/attack")
+    assert loaded.value.headers["x-content-type-options"] == "nosniff"
+    assert page.title() != "ran"
+    page.goto(f"{site.url}/conversations/{hostile.contact}")  # thumbnails are only <img>
+    _shot(page, "media-1-conversation")
+    control("last", HOSTILE["svg-script"][0], "image/svg+xml")
+
+    # A proven image is shown, in the viewer and in a tab of its own.
+    page.goto(f"{site.url}/media/{hostile.ids['png']}/view")
+    image = page.locator(".viewer img")
+    expect(image).to_have_count(1)
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
+    )
+    assert image.evaluate("img => img.naturalWidth") == 64
+    _shot(page, "media-2-viewer-image")
+    expect(page.locator(".viewer audio")).to_have_count(0)
+    # Proven audio plays in the viewer (a tab of its own has an opaque origin, whose
+    # player would fetch the file without the session).
+    page.goto(f"{site.url}/media/{hostile.ids['voice']}/view")
+    player = page.locator(".viewer audio")
+    expect(player).to_have_count(1)
+    page.wait_for_function("a => a.readyState > 0 || a.error", arg=player.element_handle())
+    assert player.evaluate("a => a.error") is None
+    response = page.goto(f"{site.url}/api/v1/media/{hostile.ids['png']}")
+    assert response is not None
+    assert response.headers["content-type"] == "image/png"
+    assert page.evaluate("document.images.length && document.images[0].naturalWidth") == 64
+    assert len(marks) == controls
+    context.close()
