@@ -103,7 +103,7 @@ def _http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[Err
     detail, problems = exc.detail, None
     if isinstance(exc.extra, list):  # Litestar's validation errors: field, source, message
         problems = [
-            Problem(reason=e.get("message", ""), field=e.get("key"), source=e.get("source"))
+            Problem(reason=e.get("message", ""), field=_field(e.get("key")), source=e.get("source"))
             for e in exc.extra
         ]
         named = (f"{p.field}: {p.reason}" if p.field else p.reason for p in problems)
@@ -111,6 +111,11 @@ def _http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[Err
     elif isinstance(exc.extra, dict) and "problems" in exc.extra:
         problems = msgspec.convert(exc.extra["problems"], list[Problem])
     return Response(Error(detail, problems), status_code=exc.status_code, headers=exc.headers)
+
+
+def _field(key: str | None) -> str | None:
+    # Litestar names the body as a whole after the handler's parameter, "data".
+    return None if key == "data" else key
 
 
 def _internal_error(_: Request[Any, Any, State], exc: Exception) -> Response[Error]:

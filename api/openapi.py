@@ -2,9 +2,10 @@
 
 Every error is an :class:`Error`. The statuses every route shares are declared
 here, from the route itself, so that no handler repeats them: 400 when it takes
-parameters or a body, 413 when it reads a body, 401 and 403 unless it is public,
-404 when its path names something. A handler declares only what is its own
-(``responses=errors(409)``), with :func:`errors`.
+parameters or a body, 413 when it reads a body, 401 unless it is public, 403 when
+it needs a permission or changes something, 404 when its path names something. A
+handler declares only what is its own (``responses=errors(409)``), with
+:func:`errors`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 
-from api.auth import PUBLIC, SESSION_COOKIE, permission_of
+from api.auth import AUTHENTICATED, PUBLIC, SAFE_METHODS, SESSION_COOKIE, permission_of
 
 
 class Problem(msgspec.Struct, omit_defaults=True):
@@ -103,8 +104,13 @@ def _shared_statuses(route: HTTPRoute, handler: HTTPRouteHandler) -> list[int]:
     statuses = [400] if inputs else []
     if "data" in parameters:
         statuses.append(413)
-    if permission_of(handler) != PUBLIC:
-        statuses += [401, 403]
+    permission = permission_of(handler)
+    if permission != PUBLIC:
+        statuses.append(401)
+        # Any signed-in caller may use an AUTHENTICATED route; only a cookie's missing
+        # CSRF token refuses it, and only for a method that changes something.
+        if permission != AUTHENTICATED or handler.http_methods - SAFE_METHODS:
+            statuses.append(403)
     if route.path_parameters:
         statuses.append(404)
     return statuses

@@ -10,7 +10,7 @@ import pytest
 from litestar.routes import HTTPRoute
 
 from api.app import create_app
-from api.auth import PUBLIC, permission_of
+from api.auth import AUTHENTICATED, PUBLIC, permission_of
 from api.settings import load_settings
 from tests.e2e.server import APP_SECRET, VERIFY_TOKEN, Server
 
@@ -43,9 +43,12 @@ def test_every_error_answer_is_documented_as_an_error_object() -> None:
         errors = {status for status in responses if status.startswith(("4", "5"))}
         for status in errors - {"503"}:  # /readyz says which check failed instead
             assert responses[status]["content"]["application/json"]["schema"] == ERROR, where
-        protected = _permission(method, path) != PUBLIC
-        assert ({"401", "403"} <= errors) == protected, where
+        permission = _permission(method, path)
+        protected = permission != PUBLIC
+        assert ("401" in errors) == protected, where
         assert ("security" in operation) == protected, where
+        refusable = protected and (permission != AUTHENTICATED or method != "GET")
+        assert ("403" in errors) == refusable, where
         if "requestBody" in operation:
             assert {"400", "413"} <= errors, where
         if "{" in path:
@@ -54,6 +57,11 @@ def test_every_error_answer_is_documented_as_an_error_object() -> None:
 
 def test_the_schema_viewers_are_not_api_operations() -> None:
     assert not [path for path in DESCRIPTION["paths"] if path.startswith("/schema")]
+
+
+def test_the_audit_export_describes_its_signature_header() -> None:
+    ok = DESCRIPTION["paths"]["/api/v1/audit/export"]["get"]["responses"]["200"]
+    assert ok["headers"]["x-strongroom-signature"]["required"] is True
 
 
 def _account(**fields: str) -> dict[str, str]:
@@ -87,6 +95,18 @@ def test_an_account_the_description_refuses_is_a_400_naming_the_field(
     assert body["problems"][0]["field"] == named
     assert body["problems"][0]["source"] == "body"
     assert server.client.get("/api/v1/accounts", headers=server.admin).json() == before
+
+
+def test_a_body_with_an_unknown_field_is_a_400_naming_it(server: Server) -> None:
+    refused = server.client.post(
+        "/api/v1/accounts", json=_account(colour="red"), headers=server.admin
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json() == {
+        "error": "Validation failed for POST /api/v1/accounts: "
+        "Object contains unknown field `colour`",
+        "problems": [{"reason": "Object contains unknown field `colour`", "source": "body"}],
+    }
 
 
 def test_approvals_accept_exactly_the_statuses_the_description_lists(server: Server) -> None:
