@@ -8,13 +8,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.middleware.rate_limit import RateLimitConfig
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import ResponseSpec
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
@@ -31,6 +32,7 @@ from api.conversations import ConversationController
 from api.deps import ServicesDep
 from api.lexicon import LexiconController
 from api.logging import RequestIdMiddleware
+from api.openapi import Error, Problem, document_errors, openapi_config
 from api.search import search
 from api.settings import Settings
 from api.users import TokensController, UsersController
@@ -66,7 +68,16 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", tags=["health"], opt={"permission": PUBLIC})
+@get(
+    "/readyz",
+    tags=["health"],
+    opt={"permission": PUBLIC},
+    responses={
+        HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(
+            dict[str, str], description="The database or the vault is unreachable."
+        )
+    },
+)
 async def readyz(services: ServicesDep) -> Response[dict[str, str]]:
     """The database and the vault are reachable."""
     checks: dict[str, str] = {}
@@ -88,17 +99,29 @@ async def readyz(services: ServicesDep) -> Response[dict[str, str]]:
     return Response(checks, status_code=200 if ready else HTTP_503_SERVICE_UNAVAILABLE)
 
 
-def _http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[dict[str, Any]]:
-    body: dict[str, Any] = {"error": exc.detail}
-    if isinstance(exc.extra, dict):
-        body.update(exc.extra)
-    return Response(body, status_code=exc.status_code, headers=exc.headers)
+def _http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[Error]:
+    detail, problems = exc.detail, None
+    if isinstance(exc.extra, list):  # Litestar's validation errors: field, source, message
+        problems = [
+            Problem(reason=e.get("message", ""), field=_field(e.get("key")), source=e.get("source"))
+            for e in exc.extra
+        ]
+        named = (f"{p.field}: {p.reason}" if p.field else p.reason for p in problems)
+        detail = f"{detail}: {'; '.join(named)}"
+    elif isinstance(exc.extra, dict) and "problems" in exc.extra:
+        problems = msgspec.convert(exc.extra["problems"], list[Problem])
+    return Response(Error(detail, problems), status_code=exc.status_code, headers=exc.headers)
 
 
-def _internal_error(_: Request[Any, Any, State], exc: Exception) -> Response[dict[str, str]]:
+def _field(key: str | None) -> str | None:
+    # Litestar names the body as a whole after the handler's parameter, "data".
+    return None if key == "data" else key
+
+
+def _internal_error(_: Request[Any, Any, State], exc: Exception) -> Response[Error]:
     # Clients never see internals; the log carries the exception type and request id.
     log.error("unhandled error", error=type(exc).__name__, exc_info=exc)
-    return Response({"error": "internal error"}, status_code=HTTP_500_INTERNAL_SERVER_ERROR)
+    return Response(Error("internal error"), status_code=HTTP_500_INTERNAL_SERVER_ERROR)
 
 
 def _services(state: State) -> Services:
@@ -127,7 +150,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
     static = create_static_files_router(
         path="/static", directories=[STATIC], opt={"permission": PUBLIC}, include_in_schema=False
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             healthz,
             readyz,
@@ -148,16 +171,18 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         lifespan=[lifespan],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
-        openapi_config=OpenAPIConfig(
-            title="Strongroom",
-            version="0.1.0",
+        openapi_config=openapi_config(
             path="/schema",
             # The API description is public; what it describes is not.
-            openapi_router=Router("/schema", route_handlers=[], opt={"permission": PUBLIC}),
+            openapi_router=Router(
+                "/schema", route_handlers=[], opt={"permission": PUBLIC}, include_in_schema=False
+            ),
         ),
         logging_config=None,  # api.logging owns the root logger (JSON, redacted)
         debug=False,
     )
+    document_errors(app)
+    return app
 
 
 def create_asgi_app(settings: Settings, clock: Clock | None = None) -> ASGIApp:

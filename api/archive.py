@@ -28,7 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import audit_access
 from api.auth import needs
-from api.deps import ServicesDep
+from api.deps import RowId, ServicesDep
+from api.openapi import errors
 from archiver.blind_index import normalize_phone
 from archiver.capture import open_records
 from archiver.chat_export import ChatExportError
@@ -53,10 +54,10 @@ def _scope(query: Select[Record], caller: Principal) -> Select[Record]:
 class AccountIn(msgspec.Struct, forbid_unknown_fields=True):
     """A phone number to capture, with its Meta app's secrets."""
 
-    phone_number_id: str
+    phone_number_id: Annotated[str, msgspec.Meta(pattern="^[0-9]+$", description="Meta's id")]
     display_phone_number: str
-    app_secret: str
-    verify_token: str
+    app_secret: Annotated[str, msgspec.Meta(min_length=1, description="Not blank")]
+    verify_token: Annotated[str, msgspec.Meta(min_length=8)]
     access_token: str | None = None
     waba_id: str | None = None
 
@@ -224,7 +225,12 @@ class ArchiveController(Controller):
     path = "/api/v1"
     tags = ["archive"]  # noqa: RUF012  (Litestar reads this class attribute)
 
-    @post("/accounts", status_code=HTTP_201_CREATED, opt=needs(Permission.ACCOUNTS_MANAGE))
+    @post(
+        "/accounts",
+        status_code=HTTP_201_CREATED,
+        opt=needs(Permission.ACCOUNTS_MANAGE),
+        responses=errors(409),
+    )
     async def add_account(self, data: JSONBody[AccountIn], services: ServicesDep) -> AccountOut:
         """Register a phone number and its Meta app secret and verify token."""
         try:
@@ -284,7 +290,7 @@ class ArchiveController(Controller):
 
     @get("/messages/{record_id:int}", opt=needs(Permission.ARCHIVE_READ))
     async def get_message(
-        self, request: Caller, record_id: FromPath[int], services: ServicesDep
+        self, request: Caller, record_id: RowId, services: ServicesDep
     ) -> RecordOut:
         """One captured record, decrypted."""
         async with services.sessions() as session:
@@ -295,7 +301,7 @@ class ArchiveController(Controller):
                 raise NotFoundException("no such record")
             return (await _views(services, request, session, [record]))[0]
 
-    @get("/messages", opt=needs(Permission.ARCHIVE_READ))
+    @get("/messages", opt=needs(Permission.ARCHIVE_READ), responses=errors(404))
     async def find_messages(
         self, request: Caller, services: ServicesDep, wamid: FromQuery[str]
     ) -> list[RecordOut]:
@@ -311,7 +317,7 @@ class ArchiveController(Controller):
                 raise NotFoundException("no record with that wamid")
             return await _views(services, request, session, records)
 
-    @get("/contacts", opt=needs(Permission.ARCHIVE_READ))
+    @get("/contacts", opt=needs(Permission.ARCHIVE_READ), responses=errors(404))
     async def find_contact(
         self,
         request: Caller,
@@ -357,6 +363,7 @@ class ArchiveController(Controller):
         status_code=HTTP_201_CREATED,
         request_max_body_size=MAX_IMPORT_BYTES,
         opt=needs(Permission.ARCHIVE_IMPORT),
+        responses=errors(404, 422),
     )
     async def import_chat_export(
         self,

@@ -10,6 +10,7 @@ from typing import Annotated, Any, cast
 import msgspec
 import structlog
 from litestar import Controller, Request, Response, get
+from litestar.datastructures import ResponseHeader
 from litestar.enums import ScopeType
 from litestar.params import FromQuery, QueryParameter
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
@@ -205,7 +206,19 @@ class AuditController(Controller):
         ]
         return AuditPage(events, events[-1].seq if len(events) == limit else None)
 
-    @get("/export", opt=needs(Permission.AUDIT_EXPORT), media_type="application/x-ndjson")
+    @get(
+        "/export",
+        opt=needs(Permission.AUDIT_EXPORT),
+        media_type="application/x-ndjson",
+        response_headers=[
+            ResponseHeader(
+                name=SIGNATURE_HEADER,
+                description="The Ed25519 signature of the body, base64.",
+                required=True,
+                documentation_only=True,
+            )
+        ],
+    )
     async def export(
         self,
         request: Request[Principal, Any, Any],

@@ -33,7 +33,7 @@ AUTHENTICATED = "authenticated"
 SESSION_COOKIE = "strongroom_session"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def permission_of(handler: BaseRouteHandler) -> str | None:
@@ -107,7 +107,7 @@ async def authorize(
         raise NotAuthorizedException("sign in or present a valid API token")
     if permission != AUTHENTICATED and not principal.allows(Permission(permission)):
         raise PermissionDeniedException(f"this needs {permission}")
-    if principal.via == "session" and connection.scope.get("method") not in _SAFE_METHODS:
+    if principal.via == "session" and connection.scope.get("method") not in SAFE_METHODS:
         await check_csrf(connection)
 
 

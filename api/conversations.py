@@ -8,13 +8,15 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.exceptions import NotFoundException
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery
+from litestar.status_codes import HTTP_200_OK
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import audit_access
 from api.auth import needs
 from api.bootstrap import Services
-from api.deps import ServicesDep
+from api.deps import RowId, ServicesDep
 from api.search import account_scope
 from archiver.conversations import Conversation
 from archiver.identity import Permission, Principal
@@ -160,9 +162,20 @@ class ConversationController(Controller):
             [EventOut(e.id, e.item_type, e.source, e.occurred_at) for e in chat.events],
         )
 
-    @get("/media/{media_id:int}", opt=needs(Permission.ARCHIVE_READ))
+    @get(
+        "/media/{media_id:int}",
+        opt=needs(Permission.ARCHIVE_READ),
+        responses={
+            HTTP_200_OK: ResponseSpec(
+                bytes,
+                media_type="*/*",
+                description="The file, in its own media type.",
+                generate_examples=False,
+            )
+        },
+    )
     async def media(
-        self, request: Caller, media_id: FromPath[int], services: ServicesDep
+        self, request: Caller, media_id: RowId, services: ServicesDep
     ) -> Response[bytes]:
         """The media file, decrypted on demand; each access is audited first. Only a
         raster image, audio or video that its bytes prove is shown inline; anything

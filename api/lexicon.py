@@ -8,13 +8,14 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.exceptions import ClientException, NotFoundException, ValidationException
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
 
 from api.audit import audit_access
 from api.auth import needs
 from api.bootstrap import Services
-from api.deps import ServicesDep
+from api.deps import RowId, ServicesDep
+from api.openapi import errors
 from archiver.identity import Permission, Principal
 from policy.errors import DuplicateTerm, InvalidTerm, TermAlreadyRemoved, TermNotFound
 from policy.models import LexiconTerm
@@ -79,7 +80,12 @@ class LexiconController(Controller):
             rows = await (lexicon.history(session) if removed else lexicon.active(session))
         return [_term(row) for row in rows]
 
-    @post("/", status_code=HTTP_201_CREATED, opt=needs(Permission.LEXICON_MANAGE))
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        opt=needs(Permission.LEXICON_MANAGE),
+        responses=errors(HTTP_409_CONFLICT),
+    )
     async def add_term(
         self, request: Caller, data: JSONBody[TermIn], services: ServicesDep
     ) -> TermOut:
@@ -96,10 +102,13 @@ class LexiconController(Controller):
         await _audit(services, request, "lexicon.add", row)
         return _term(row)
 
-    @delete("/{term_id:int}", status_code=HTTP_204_NO_CONTENT, opt=needs(Permission.LEXICON_MANAGE))
-    async def remove_term(
-        self, request: Caller, term_id: FromPath[int], services: ServicesDep
-    ) -> None:
+    @delete(
+        "/{term_id:int}",
+        status_code=HTTP_204_NO_CONTENT,
+        opt=needs(Permission.LEXICON_MANAGE),
+        responses=errors(HTTP_409_CONFLICT),
+    )
+    async def remove_term(self, request: Caller, term_id: RowId, services: ServicesDep) -> None:
         """Remove a term; its row stays, with who removed it and when."""
         try:
             async with services.sessions() as session, session.begin():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -13,12 +13,15 @@ from litestar.exceptions import (
     PermissionDeniedException,
     ValidationException,
 )
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from api.audit import audit_access
 from api.auth import AUTHENTICATED, needs
-from api.deps import ServicesDep
+from api.deps import RowId, ServicesDep
+from api.openapi import errors
+from archiver.errors import AccountNotFound
 from archiver.identity import (
     IdentityConflict,
     NotPermitted,
@@ -150,7 +153,12 @@ class UsersController(Controller):
                 )
         return out
 
-    @post("/users", status_code=HTTP_201_CREATED, opt=needs(Permission.USERS_MANAGE))
+    @post(
+        "/users",
+        status_code=HTTP_201_CREATED,
+        opt=needs(Permission.USERS_MANAGE),
+        responses=errors(409),
+    )
     async def create_user(
         self, request: Caller, data: JSONBody[UserIn], services: ServicesDep
     ) -> UserOut:
@@ -166,14 +174,24 @@ class UsersController(Controller):
             raise ClientException(str(exc), status_code=409) from None
         return UserOut(user.id, user.username, [], False, False, False)
 
-    @post("/users/{user_id:str}/grants", opt=needs(Permission.USERS_MANAGE))
+    @post(
+        "/users/{user_id:str}/grants",
+        opt=needs(Permission.USERS_MANAGE),
+        responses={
+            HTTP_201_CREATED: ResponseSpec(GrantOut, description="Granted at once."),
+            HTTP_202_ACCEPTED: ResponseSpec(
+                ApprovalOut, description="Requested: a second admin decides."
+            ),
+        }
+        | errors(409),
+    )
     async def grant(
         self,
         request: Caller,
         user_id: FromPath[str],
         data: JSONBody[GrantIn],
         services: ServicesDep,
-    ) -> Response[Any]:
+    ) -> Response[GrantOut | ApprovalOut]:
         """Grant a role: at once (201), or as a request for a second admin (202)."""
         role = _role(data.role)
         try:
@@ -186,6 +204,8 @@ class UsersController(Controller):
                 result = await services.grants.request(
                     session, request.user, user, role, data.account_id
                 )
+        except AccountNotFound:
+            raise NotFoundException("no such account") from None
         except IdentityConflict as exc:
             raise ClientException(str(exc), status_code=409) from None
         except NotPermitted as exc:
@@ -246,11 +266,9 @@ class UsersController(Controller):
 
     @get("/approvals", opt=needs(Permission.GRANTS_APPROVE))
     async def approvals(
-        self, services: ServicesDep, status: FromQuery[str] = "pending"
+        self, services: ServicesDep, status: FromQuery[Literal["pending"]] = "pending"
     ) -> list[ApprovalOut]:
-        """Maker-checker requests (pending by default)."""
-        if status != "pending":
-            raise ValidationException("only status=pending is listed")
+        """Maker-checker requests waiting for a decision (only those are listed)."""
         async with services.sessions() as session:
             return [_approval(a) for a in await services.approvals.pending(session)]
 
@@ -258,11 +276,12 @@ class UsersController(Controller):
         "/approvals/{approval_id:int}/decision",
         status_code=HTTP_200_OK,
         opt=needs(Permission.GRANTS_APPROVE),
+        responses=errors(409),
     )
     async def decide(
         self,
         request: Caller,
-        approval_id: FromPath[int],
+        approval_id: RowId,
         data: JSONBody[DecisionIn],
         services: ServicesDep,
     ) -> ApprovalOut:
