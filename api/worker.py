@@ -17,13 +17,15 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from api.bootstrap import Services, freeze_startup_heap
-from archiver.jobs import reconcile_vault
+from archiver.jobs import anchor_audit, reconcile_vault
 
 log = structlog.get_logger("strongroom.worker")
 
 RECONCILE_EVERY_HOURS = 6
 MEDIA_EVERY_SECONDS = 10
-CHECKPOINT_EVERY_SECONDS = 60
+# How often the worker asks whether the audit chain's head is due a checkpoint
+# (STRONGROOM_AUDIT_ANCHOR_SECONDS after the last one): the delay's bound is the sum.
+ANCHOR_POLL_SECONDS = 1
 # How often an idle projector looks for new journal entries (one indexed query).
 PROJECTION_POLL_SECONDS = 0.2
 # How long the embedded server waits for its worker to finish what it is doing.
@@ -49,6 +51,14 @@ def schedule(scheduler: AsyncIOScheduler, services: Services) -> None:
         "interval",
         seconds=MEDIA_EVERY_SECONDS,
         id="fetch_media",
+        **common,
+    )
+    scheduler.add_job(
+        anchor_audit,
+        "interval",
+        seconds=ANCHOR_POLL_SECONDS,
+        args=(services.audit,),
+        id="anchor_audit",
         **common,
     )
 

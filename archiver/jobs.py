@@ -5,9 +5,19 @@ from __future__ import annotations
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from archiver.audit import AuditChainBroken, AuditLog
 from archiver.vault import Vault, VerifyReport
 
 log = structlog.get_logger("strongroom.jobs")
+
+
+async def anchor_audit(audit: AuditLog) -> None:
+    """Checkpoint the audit chain's head in the vault when it is due; a chain cut
+    behind its last checkpoint is logged as an error each time, never checkpointed."""
+    try:
+        await audit.checkpoint_due()
+    except AuditChainBroken as exc:
+        log.error("audit chain cut; not checkpointed", problem=str(exc))
 
 
 async def reconcile_vault(vault: Vault, sessions: async_sessionmaker[AsyncSession]) -> VerifyReport:
