@@ -17,7 +17,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from api.bootstrap import Services, freeze_startup_heap
-from archiver.jobs import anchor_audit, reconcile_vault
+from archiver.jobs import anchor_audit_until, reconcile_vault
 
 log = structlog.get_logger("strongroom.worker")
 
@@ -53,23 +53,17 @@ def schedule(scheduler: AsyncIOScheduler, services: Services) -> None:
         id="fetch_media",
         **common,
     )
-    scheduler.add_job(
-        anchor_audit,
-        "interval",
-        seconds=ANCHOR_POLL_SECONDS,
-        args=(services.audit,),
-        id="anchor_audit",
-        **common,
-    )
 
 
 @asynccontextmanager
 async def background_jobs(services: Services) -> AsyncIterator[None]:
-    """Run the journal projection loop and the scheduled jobs while inside."""
+    """Run the journal projection and audit anchoring loops and the scheduled jobs
+    while inside."""
     stop = asyncio.Event()
     projection = asyncio.create_task(
         services.capture.run_projection(stop, idle_seconds=PROJECTION_POLL_SECONDS)
     )
+    anchoring = asyncio.create_task(anchor_audit_until(stop, services.audit, ANCHOR_POLL_SECONDS))
     scheduler = AsyncIOScheduler(timezone="UTC")
     schedule(scheduler, services)
     scheduler.start()
@@ -80,6 +74,7 @@ async def background_jobs(services: Services) -> AsyncIterator[None]:
         stop.set()
         scheduler.shutdown(wait=False)
         await projection
+        await anchoring
 
 
 class _StopWhenClosed(asyncio.Protocol):

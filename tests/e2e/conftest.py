@@ -15,8 +15,8 @@ from tests.conftest import PG_ADMIN_DSN, REQUIRE_PG, _pg_available, _pg_execute,
 from tests.e2e.server import Server, clean_env
 
 
-def server_env(data_dir: Path, database: str) -> dict[str, str]:
-    env = clean_env(STRONGROOM_DATA_DIR=str(data_dir))
+def server_env(data_dir: Path, database: str, **settings: str) -> dict[str, str]:
+    env = clean_env(STRONGROOM_DATA_DIR=str(data_dir), **settings)
     if database != "sqlite":
         env["STRONGROOM_DATABASE_URL"] = _pg_url(database)
     return env
@@ -41,9 +41,11 @@ def database_name(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @contextmanager
-def running_server(data_dir: Path, database: str) -> Iterator[Server]:
-    """A started server with an admin, an officer and one account (``account_id``)."""
-    srv = Server(server_env(data_dir / "data", database), data_dir / "data", data_dir / "log")
+def running_server(data_dir: Path, database: str, **settings: str) -> Iterator[Server]:
+    """A started server with an admin, an officer and one account (``account_id``),
+    configured with ``settings`` too."""
+    env = server_env(data_dir / "data", database, **settings)
+    srv = Server(env, data_dir / "data", data_dir / "log")
     try:
         srv.start()
         srv.bootstrap_users()
