@@ -633,24 +633,27 @@ class AuditLog:
         name that states it, and record it; ``None`` if the head has not moved.
 
         Raises :class:`AuditChainBroken`, and signs nothing, if the chain is behind
-        the newest checkpoint in the vault or differs from it at its seq.
+        the last checkpoint, or the newest one in the vault, or differs from it there.
         """
-        async with self._writer.gate, self._sessions() as session, session.begin():
+        async with self._sessions() as session:
             seq, head_hash, last = await session.run_sync(_head_and_checkpoint)
-            if seq == 0 or last >= seq:  # an empty chain, or nothing new since the last
-                return None
+        _refuse_behind(seq, last, "checkpointed")
+        if seq == last:  # an empty chain, or nothing new since the last checkpoint
+            return None
+        async with self._writer.gate, self._sessions() as session, session.begin():
             keys = await self._keyring.keys_for(session, _SUBJECTS)  # made with the first events
-            signer = Ed25519PrivateKey.from_private_bytes(keys[SIGNING_SUBJECT][1])
-            anchor = self._anchor or await self._newest_anchor(signer.public_key())
-            if anchor is not None:
-                _refuse_behind(seq, anchor.seq, "anchored in the vault")
+        signer = Ed25519PrivateKey.from_private_bytes(keys[SIGNING_SUBJECT][1])
+        anchor = self._anchor or await self._newest_anchor(signer.public_key())
+        if anchor is not None:
+            _refuse_behind(seq, anchor.seq, "anchored in the vault")
+            async with self._sessions() as session:
                 anchored = await session.scalar(
                     select(AuditEvent.hash).where(AuditEvent.seq == anchor.seq)
                 )
-                if anchored != anchor.hash:
-                    raise AuditChainBroken(
-                        f"the event at seq {anchor.seq} is not the one anchored in the vault"
-                    )
+            if anchored != anchor.hash:
+                raise AuditChainBroken(
+                    f"the event at seq {anchor.seq} is not the one anchored in the vault"
+                )
         now = self._clock.now()
         signature = signer.sign(checkpoint_message(seq, head_hash)).hex()
         statement = CheckpointStatement(
