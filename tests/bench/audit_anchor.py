@@ -26,9 +26,7 @@ from archiver.keyring import Keyring
 from archiver.vault import Vault
 
 
-async def measure(workdir: Path, events: int, rounds: int) -> None:
-    url = f"sqlite+aiosqlite:///{workdir / 'strongroom.db'}"
-    upgrade(url)
+async def measure(workdir: Path, url: str, events: int, rounds: int) -> None:
     engine = create_engine(url)
     sessions = session_factory(engine)
     clock = SystemClock()
@@ -71,7 +69,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="strongroom-anchor-", dir=".") as tmp:
-        asyncio.run(measure(Path(tmp).resolve(), args.events, args.rounds))
+        workdir = Path(tmp).resolve()
+        url = f"sqlite+aiosqlite:///{workdir / 'strongroom.db'}"
+        upgrade(url)  # before the event loop: migrations run one of their own
+        asyncio.run(measure(workdir, url, args.events, args.rounds))
 
 
 if __name__ == "__main__":
