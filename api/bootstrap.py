@@ -180,7 +180,9 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     retention = Retention(journal=timedelta(days=settings.journal_retention_days), records=records)
     writer = Writer(sessions, settings.database_url)
     reader = Reader(sessions, settings.database_url)
-    audit = AuditLog(sessions, vault, keyring, clock, writer=writer)
+    audit = AuditLog(
+        sessions, vault, keyring, clock, anchor_seconds=settings.audit_anchor_seconds, writer=writer
+    )
     capture = Capture(vault, sessions, accounts, index, clock, retention, audit, writer=writer)
     # The embedded sandbox (the demo, tests) serves media from loopback.
     hosts = META_MEDIA_HOSTS + (LOOPBACK_HOSTS if settings.embedded else ())

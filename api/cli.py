@@ -25,7 +25,7 @@ from api.bootstrap import (
 from api.logging import configure_logging
 from api.migrate import upgrade
 from api.settings import Settings, SettingsError, load_settings
-from archiver.audit import AuditEntry
+from archiver.audit import AuditEntry, AuditUnavailable, format_time
 from archiver.blind_index import normalize_phone
 from archiver.chat_export import ChatExportError
 from archiver.errors import AccountExists, AccountNotFound, ArchiverError
@@ -101,7 +101,10 @@ async def _audit_cli(services: Services, action: str, outcome: str, reason: str 
         outcome=outcome,  # type: ignore[arg-type]  # always "ok" or "failed"
         reason=reason,
     )
-    await services.audit.record_durable(entry)
+    try:
+        await services.audit.record_durable(entry)
+    except AuditUnavailable as exc:
+        _fail(f"the command could not be recorded in the audit trail: {exc.__cause__ or exc}", 1)
 
 
 @click.group()
@@ -786,10 +789,13 @@ def audit_verify() -> None:
             click.echo(f"TAMPERED seq {problem.seq} {problem.kind}: {problem.detail}")
         if report.problems_omitted:
             click.echo(f"... and {report.problems_omitted} more problems")
+        since = report.unanchored_since
         click.echo(
-            f"checked {report.events} events up to seq {report.head_seq} and "
-            f"{report.checkpoints} checkpoints; {report.unanchored} events after the last "
-            f"checkpoint; {len(report.problems) + report.problems_omitted} problems"
+            f"checked {report.events} events up to seq {report.head_seq}, "
+            f"{report.checkpoints} checkpoints and {report.anchors} in the vault; "
+            f"unanchored: {report.unanchored} events after the last checkpoint"
+            + (f", the oldest at {format_time(since)}" if since else "")
+            + f"; {len(report.problems) + report.problems_omitted} problems"
         )
         return report.ok
 

@@ -38,6 +38,8 @@ SETTINGS_HELP: dict[str, str] = {
     "STRONGROOM_JOURNAL_RETENTION_DAYS": "how long raw webhook bodies are kept (default 30)",
     "STRONGROOM_RECORD_RETENTION_DAYS": "default retention of records (default 2557: 7 years)",
     "STRONGROOM_GRAPH_BASE_URL": "Graph API base URL (default `https://graph.facebook.com`)",
+    "STRONGROOM_AUDIT_ANCHOR_SECONDS": "how often the worker checkpoints new audit events "
+    "in the vault (default 10 seconds)",
 }
 SETTING_NAMES: tuple[str, ...] = tuple(SETTINGS_HELP)
 
@@ -86,6 +88,7 @@ class Settings:
     journal_retention_days: int
     record_retention_days: int
     graph_base_url: str
+    audit_anchor_seconds: int
 
     @property
     def embedded(self) -> bool:
@@ -138,6 +141,15 @@ def _days(env: Mapping[str, str], name: str, default: int) -> int:
         return default
     if not raw.isdigit() or not 1 <= int(raw) <= 36500:
         raise SettingsError(name, f"expected a number of days from 1 to 36500, got {raw!r}")
+    return int(raw)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 86400:
+        raise SettingsError(name, f"expected a number of seconds from 1 to 86400, got {raw!r}")
     return int(raw)
 
 
@@ -254,6 +266,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         journal_retention_days=_days(env, "STRONGROOM_JOURNAL_RETENTION_DAYS", 30),
         record_retention_days=_days(env, "STRONGROOM_RECORD_RETENTION_DAYS", 2557),
         graph_base_url=_http_url(env, "STRONGROOM_GRAPH_BASE_URL", "https://graph.facebook.com"),
+        audit_anchor_seconds=_seconds(env, "STRONGROOM_AUDIT_ANCHOR_SECONDS", 10),
         mode="production" if production else "embedded",
         data_dir=data_dir,
         database_url=database_url,

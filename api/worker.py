@@ -17,13 +17,15 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from api.bootstrap import Services, freeze_startup_heap
-from archiver.jobs import reconcile_vault
+from archiver.jobs import anchor_audit_until, reconcile_vault
 
 log = structlog.get_logger("strongroom.worker")
 
 RECONCILE_EVERY_HOURS = 6
 MEDIA_EVERY_SECONDS = 10
-CHECKPOINT_EVERY_SECONDS = 60
+# How often the worker asks whether the audit chain's head is due a checkpoint
+# (STRONGROOM_AUDIT_ANCHOR_SECONDS after the last one): the delay's bound is the sum.
+ANCHOR_POLL_SECONDS = 1
 # How often an idle projector looks for new journal entries (one indexed query).
 PROJECTION_POLL_SECONDS = 0.2
 # How long the embedded server waits for its worker to finish what it is doing.
@@ -55,11 +57,13 @@ def schedule(scheduler: AsyncIOScheduler, services: Services) -> None:
 
 @asynccontextmanager
 async def background_jobs(services: Services) -> AsyncIterator[None]:
-    """Run the journal projection loop and the scheduled jobs while inside."""
+    """Run the journal projection and audit anchoring loops and the scheduled jobs
+    while inside."""
     stop = asyncio.Event()
     projection = asyncio.create_task(
         services.capture.run_projection(stop, idle_seconds=PROJECTION_POLL_SECONDS)
     )
+    anchoring = asyncio.create_task(anchor_audit_until(stop, services.audit, ANCHOR_POLL_SECONDS))
     scheduler = AsyncIOScheduler(timezone="UTC")
     schedule(scheduler, services)
     scheduler.start()
@@ -70,6 +74,7 @@ async def background_jobs(services: Services) -> AsyncIterator[None]:
         stop.set()
         scheduler.shutdown(wait=False)
         await projection
+        await anchoring
 
 
 class _StopWhenClosed(asyncio.Protocol):

@@ -11,7 +11,7 @@ Each event links to the one before it::
     └──────────────────────┘   └──────────────────────┘   └──────────────────────┘
                                                                      │
     H(p ‖ c) = SHA-256(bytes.fromhex(p) + c), hex                    ▼
-                                      checkpoint (every N events, or M minutes)
+                                 checkpoint (within N seconds of a new event)
 
 A checkpoint signs the head with Ed25519 (the 32-byte seed is the keyring key
 of subject ``audit:signing``)::
@@ -21,6 +21,12 @@ of subject ``audit:signing``)::
                 as JSON with sorted keys, sealed in the vault (kind ``audit-checkpoint``,
                 subject ``audit:checkpoints``, retained 10 years), and the same values
                 in an ``audit_checkpoints`` row.
+    object key = audit-checkpoint/YYYY/MM/DD/<seq, 20 digits>-<hash>-<signature>
+
+The object key states the checkpoint itself, so the vault's own listing is an
+anchor of the chain outside the database: ``verify`` reads it (not the
+``audit_checkpoints`` rows, which a database administrator can delete) and
+needs only the public key to check it.
 
 The canonical encoding ``c`` of an event (:func:`canonical_bytes`) is the
 UTF-8 JSON object below, keys sorted, no whitespace, non-ASCII characters
@@ -41,12 +47,16 @@ anyone recompute the chain offline without receiving the ciphertext.
 
 What is and is not detected: the chain alone finds any change to a row that
 was not followed by recomputing every later hash. Anyone with database rights
-can recompute SHA-256, so the checkpoints anchor the chain: rewriting an event
-at or before a checkpoint changes the head that checkpoint signed, and making
-the checkpoint row agree again needs the signing key, while its sealed copy in
-the write-once vault keeps the original. Events after the last checkpoint
-(``AuditVerifyReport.unanchored``) are protected by the chain alone until the
-next checkpoint.
+can recompute SHA-256, so the checkpoints anchor the chain: rewriting,
+reordering or removing an event at or before a checkpoint changes the head that
+checkpoint signed, or removes it, and the write-once vault keeps the signed
+original. Events after the last checkpoint (``AuditVerifyReport.unanchored``,
+at most ``anchor_seconds`` old while the worker runs) are protected by the
+chain alone until the next checkpoint.
+
+A chain found behind what was written or anchored is not continued: appending
+and checkpointing refuse (:class:`AuditChainBroken`) rather than number new
+events from the cut.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -75,10 +86,10 @@ from sqlalchemy.orm import Session
 from archiver import envelope
 from archiver.clock import Clock
 from archiver.db import Writer
-from archiver.errors import ArchiverError, CryptoError, IntegrityError, VaultError
+from archiver.errors import ArchiverError, CryptoError, IntegrityError, ObjectExists, VaultError
 from archiver.keyring import Keyring
 from archiver.models import AuditCheckpoint, AuditEvent, SealedObject
-from archiver.vault import Vault
+from archiver.vault import SealRequest, Vault, day_prefix
 
 log = structlog.get_logger("strongroom.audit")
 
@@ -90,6 +101,7 @@ CHECKPOINT_SUBJECT: Final = "audit:checkpoints"
 CHECKPOINT_KIND: Final = "audit-checkpoint"
 CHECKPOINT_DOMAIN: Final = b"strongroom-audit-checkpoint\n"
 CHECKPOINT_RETENTION_YEARS: Final = 10
+_SUBJECTS: Final = (SIGNING_SUBJECT, DETAILS_SUBJECT, CHECKPOINT_SUBJECT)
 
 Outcome = Literal["allowed", "denied", "failed", "ok"]
 OUTCOMES: Final = frozenset({"allowed", "denied", "failed", "ok"})
@@ -107,6 +119,8 @@ ProblemKind = Literal[
     "checkpoint_key",  # a checkpoint names a public key other than the audit key
     "checkpoint_statement",  # the vault copy of a checkpoint is missing or differs
     "checkpoint_removed",  # a sealed checkpoint has no checkpoint row any more
+    "anchor_invalid",  # a checkpoint in the vault is malformed or its signature does not verify
+    "truncated",  # the chain ends before the newest checkpoint in the vault
 ]
 
 # Any constant works as long as every Strongroom process uses the same one: "SRAUDIT" + 0x01.
@@ -129,6 +143,14 @@ _VERIFY_BATCH = 1000
 _MAX_SUSPECTS = 200
 _MAX_PROBLEMS = 10_000
 _MAX_QUERY_LIMIT = 1000
+# The name of a checkpoint in the vault: seq, hash and signature.
+_ANCHOR_NAME: Final = re.compile(r"(\d{20})-([0-9a-f]{64})-([0-9a-f]{128})")
+# Checkpoints sealed before their names stated them are named by a random hex id
+# (and checked through their rows and sealed statements).
+_UNNAMED_CHECKPOINT: Final = re.compile(r"[0-9a-f]{32}")
+# How many days back the newest checkpoint is looked for, day by day, before
+# listing them all: an active chain has one from the last minute.
+_ANCHOR_LOOKBACK_DAYS = 3
 
 # The columns of an event that the hash covers as they are; the others are
 # seq, occurred_at and details_sealed (see canonical_fields) and the links.
@@ -163,6 +185,11 @@ _WIDTHS: Final = {
 
 class AuditUnavailable(ArchiverError):
     """An audit event could not be committed; the action it records must not proceed."""
+
+
+class AuditChainBroken(IntegrityError):
+    """The chain in the database is behind an event that was written or anchored:
+    events were removed, and new ones must not be numbered from the cut."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,7 +230,11 @@ class AuditVerifyReport:
     head_seq: int = 0
     head_hash: str = ZERO_HASH
     checkpoints: int = 0
+    anchors: int = 0
+    """Checkpoints found in the vault's own listing with a good signature."""
     last_checkpoint_seq: int = 0
+    unanchored_since: datetime | None = None
+    """When the oldest event after the last checkpoint occurred."""
     problems: list[AuditProblem] = field(default_factory=list)
     problems_omitted: int = 0
 
@@ -223,6 +254,16 @@ class AuditVerifyReport:
             self.problems.append(AuditProblem(seq, kind, detail))
         else:
             self.problems_omitted += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """A checkpoint as the vault's listing names it."""
+
+    seq: int
+    hash: str
+    signature: str
+    object_key: str
 
 
 class CheckpointStatement(msgspec.Struct, frozen=True, kw_only=True):
@@ -273,6 +314,30 @@ def chain_hash(prev_hash: str, canonical: bytes) -> str:
 def checkpoint_message(seq: int, head_hash: str) -> bytes:
     """The bytes a checkpoint signs."""
     return CHECKPOINT_DOMAIN + f"{seq}\n{head_hash}".encode("ascii")
+
+
+def anchor_name(seq: int, head_hash: str, signature: str) -> str:
+    """The last part of a checkpoint's object key: it states the checkpoint."""
+    return f"{seq:020d}-{head_hash}-{signature}"
+
+
+def parse_anchor(object_key: str) -> Anchor | None:
+    """The checkpoint an object key states, or ``None`` if it states none."""
+    match = _ANCHOR_NAME.fullmatch(object_key.rpartition("/")[2])
+    if match is None:
+        return None
+    return Anchor(int(match[1]), match[2], match[3], object_key)
+
+
+def anchor_signed(anchor: Anchor, public_key: Ed25519PublicKey) -> bool:
+    """True if the audit key signed the checkpoint ``anchor`` names."""
+    try:
+        public_key.verify(
+            bytes.fromhex(anchor.signature), checkpoint_message(anchor.seq, anchor.hash)
+        )
+    except InvalidSignature:
+        return False
+    return True
 
 
 def details_object_key(seq: int) -> str:
@@ -389,6 +454,7 @@ class AuditLog:
     Appends are group-committed by one background writer per instance; writers
     in different processes are serialised by the database (an advisory lock on
     PostgreSQL, the write lock on SQLite), so the chain never forks.
+    ``anchor_seconds`` is how often :meth:`checkpoint_due` checkpoints a moving head.
     """
 
     def __init__(
@@ -398,18 +464,20 @@ class AuditLog:
         keyring: Keyring,
         clock: Clock,
         *,
-        checkpoint_every: int = 1000,
-        checkpoint_minutes: int = 15,
+        anchor_seconds: float = 10,
         writer: Writer | None = None,
     ) -> None:
-        if checkpoint_every < 1 or checkpoint_minutes < 1:
-            raise ValueError("checkpoint intervals must be positive")
+        if anchor_seconds <= 0:
+            raise ValueError("the anchoring interval must be positive")
         self._sessions = sessions
         self._vault = vault
         self._keyring = keyring
         self._clock = clock
-        self._checkpoint_every = checkpoint_every
-        self._checkpoint_interval = timedelta(minutes=checkpoint_minutes)
+        self._anchor_interval = timedelta(seconds=anchor_seconds)
+        self._last_anchoring: datetime | None = None
+        self._anchor: Anchor | None = None  # the newest checkpoint known in the vault
+        # No head below this seq is continued: it was written here or anchored.
+        self._floor = 0
         self._queue: asyncio.Queue[_Pending] | None = None
         self._awaited = asyncio.Event()  # set when a queued event has a waiting caller
         self._append_task: asyncio.Task[None] | None = None
@@ -487,7 +555,11 @@ class AuditLog:
         delay = _RETRY_DELAY
         for attempt in itertools.count(1):
             try:
-                head, last_checkpoint = await self._append(batch)
+                head = await self._append(batch)
+            except AuditChainBroken as exc:  # no retry mends it: refuse, loudly
+                log.error("audit chain cut; appends refused", problem=str(exc))
+                _log_lost(_fail_waiters(batch, exc), exc)
+                return
             except Exception as exc:  # retried, then reported to every waiter
                 log.warning("audit append failed", error=type(exc).__name__, attempt=attempt)
                 if attempt >= _WRITE_ATTEMPTS:
@@ -500,28 +572,30 @@ class AuditLog:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_RETRY_DELAY)
                 continue
+            self._floor = max(self._floor, head)
             for pending in batch:
                 if pending.done is not None and not pending.done.done():
                     pending.done.set_result(None)
-            if head - last_checkpoint >= self._checkpoint_every:
-                await self._checkpoint_quietly()
             return
 
-    async def _append(self, batch: list[_Pending]) -> tuple[int, int]:
-        """Append ``batch`` in one transaction; return the new head seq and the
-        seq of the last checkpoint."""
+    async def _append(self, batch: list[_Pending]) -> int:
+        """Append ``batch`` in one transaction; return the new head seq."""
         if self._details_key is None:
-            # Both keys are created with the first events, so the exported public
-            # key is durable. Neither changes later: root rotation rewraps them.
+            # The keys are created with the first events, so the exported public
+            # key is durable. None changes later: root rotation rewraps them.
             async with self._writer.gate, self._sessions() as session, session.begin():
-                await self._keyring.key_for(session, SIGNING_SUBJECT)
-                details_key = await self._keyring.key_for(session, DETAILS_SUBJECT)
-            self._details_key = details_key  # once committed
+                # One by one: key_for uses the key another appender creates meanwhile.
+                keys = {s: await self._keyring.key_for(session, s) for s in _SUBJECTS}
+            signer = Ed25519PrivateKey.from_private_bytes(keys[SIGNING_SUBJECT][1])
+            anchor = await self._newest_anchor(signer.public_key())
+            self._floor = max(self._floor, anchor.seq if anchor else 0)
+            self._details_key = keys[DETAILS_SUBJECT]  # once committed
         key_id, key = self._details_key
 
-        def append(session: Session) -> tuple[int, int]:
+        def append(session: Session) -> int:
             _lock_chain(session)
             seq, prev, last_checkpoint = _head_and_checkpoint(session)
+            _refuse_behind(seq, max(self._floor, last_checkpoint), "written or anchored")
             rows = []
             for pending in batch:
                 seq += 1
@@ -534,7 +608,7 @@ class AuditLog:
             # One statement on the table: ORM objects cost more than the write, and
             # even the ORM's bulk insert added a fifth (about 1 ms for 270 events).
             session.connection().execute(insert(_AUDIT_EVENTS), rows)
-            return seq, last_checkpoint
+            return seq
 
         return await self._writer.run(append)
 
@@ -554,58 +628,110 @@ class AuditLog:
 
     # -- checkpoints -------------------------------------------------------
 
-    async def checkpoint(self, session: AsyncSession) -> AuditCheckpoint | None:
-        """Sign and seal the chain head if it moved since the last checkpoint.
+    async def checkpoint(self) -> AuditCheckpoint | None:
+        """Anchor the chain head: sign it, seal the statement in the vault under a
+        name that states it, and record it; ``None`` if the head has not moved.
 
-        Runs in ``session``'s transaction, which the caller commits.
+        Raises :class:`AuditChainBroken`, and signs nothing, if the chain is behind
+        the last checkpoint, or the newest one in the vault, or differs from it there.
         """
-        await session.run_sync(_lock_chain)
-        seq, head_hash, last = await session.run_sync(_head_and_checkpoint)
-        if seq == 0 or last >= seq:  # an empty chain, or nothing new since the last
+        async with self._sessions() as session:
+            seq, head_hash, last = await session.run_sync(_head_and_checkpoint)
+        _refuse_behind(seq, last, "checkpointed")
+        if seq == last:  # an empty chain, or nothing new since the last checkpoint
             return None
-        signer = await self._signer(session)
+        async with self._writer.gate, self._sessions() as session, session.begin():
+            keys = await self._keyring.keys_for(session, _SUBJECTS)  # made with the first events
+        signer = Ed25519PrivateKey.from_private_bytes(keys[SIGNING_SUBJECT][1])
+        anchor = self._anchor or await self._newest_anchor(signer.public_key())
+        if anchor is not None:
+            _refuse_behind(seq, anchor.seq, "anchored in the vault")
+            async with self._sessions() as session:
+                anchored = await session.scalar(
+                    select(AuditEvent.hash).where(AuditEvent.seq == anchor.seq)
+                )
+            if anchored != anchor.hash:
+                raise AuditChainBroken(
+                    f"the event at seq {anchor.seq} is not the one anchored in the vault"
+                )
         now = self._clock.now()
+        signature = signer.sign(checkpoint_message(seq, head_hash)).hex()
         statement = CheckpointStatement(
             seq=seq,
             hash=head_hash,
-            signature=signer.sign(checkpoint_message(seq, head_hash)).hex(),
+            signature=signature,
             public_key=_public_hex(signer.public_key()),
             created_at=format_time(now),
         )
-        sealed = await self._vault.seal(
-            session,
+        request = SealRequest(
             kind=CHECKPOINT_KIND,
             subject=CHECKPOINT_SUBJECT,
             plaintext=msgspec.json.encode(statement, order="sorted"),
             retain_until=_years_later(now, CHECKPOINT_RETENTION_YEARS),
+            name=anchor_name(seq, head_hash, signature),
         )
-        row = AuditCheckpoint(
-            seq=seq,
-            hash=head_hash,
-            signature=statement.signature,
-            public_key=statement.public_key,
-            object_id=sealed.id,
-            created_at=now,
-        )
-        session.add(row)
-        await session.flush()
+        sealed: list[SealedObject] = []
+
+        def store() -> None:
+            # Written and made durable outside the write lock: appends go on meanwhile.
+            sealed.extend(self._vault.store_objects(keys, [request]))
+
+        def record(session: Session) -> AuditCheckpoint | None:
+            if session.scalar(select(AuditCheckpoint.id).where(AuditCheckpoint.seq == seq)):
+                return None  # another process checkpointed the same head meanwhile
+            session.add(sealed[0])
+            session.flush()
+            row = AuditCheckpoint(
+                seq=seq,
+                hash=head_hash,
+                signature=signature,
+                public_key=statement.public_key,
+                object_id=sealed[0].id,
+                created_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return row
+
+        try:
+            row = await self._writer.run(record, store)
+        except ObjectExists:  # Ed25519 is deterministic: another process anchored this head
+            return None
+        self._anchor = Anchor(seq, head_hash, signature, sealed[0].object_key)
+        self._floor = max(self._floor, seq)
         log.info("audit checkpoint", seq=seq)
         return row
 
     async def checkpoint_due(self) -> AuditCheckpoint | None:
-        """Checkpoint (in its own transaction) if the last one is older than the interval."""
-        async with self._writer.gate, self._sessions() as session, session.begin():
-            last = await session.scalar(select(func.max(AuditCheckpoint.created_at)))
-            if last is not None and self._clock.now() - last < self._checkpoint_interval:
-                return None
-            return await self.checkpoint(session)
-
-    async def _checkpoint_quietly(self) -> None:
+        """:meth:`checkpoint`, unless this log checkpointed (or refused to) less
+        than ``anchor_seconds`` ago. The worker calls it every second."""
+        now = self._clock.now()
+        if self._last_anchoring is not None and now - self._last_anchoring < self._anchor_interval:
+            return None
         try:
-            async with self._writer.gate, self._sessions() as session, session.begin():
-                await self.checkpoint(session)
-        except Exception as exc:  # the events are committed; the next trigger retries
-            log.error("audit checkpoint failed", error=type(exc).__name__)
+            row = await self.checkpoint()
+        except AuditChainBroken:
+            self._last_anchoring = now
+            raise
+        if row is not None:
+            self._last_anchoring = now
+        return row
+
+    async def _newest_anchor(self, public_key: Ed25519PublicKey) -> Anchor | None:
+        """The newest well-signed checkpoint in the vault's own listing: those of the
+        last days first, then, if they have none, all of them."""
+        today = self._clock.now()
+        days = [today - timedelta(days=back) for back in range(_ANCHOR_LOOKBACK_DAYS)]
+        for prefix in [*(day_prefix(CHECKPOINT_KIND, day) for day in days), f"{CHECKPOINT_KIND}/"]:
+            listed = await self._listed_anchors(prefix)
+            for anchor in sorted(listed, key=lambda a: a.seq, reverse=True):
+                if anchor_signed(anchor, public_key):
+                    return anchor
+        return None
+
+    async def _listed_anchors(self, prefix: str) -> list[Anchor]:
+        keys = await self._vault.object_keys(prefix)
+        return [anchor for anchor in map(parse_anchor, keys) if anchor is not None]
 
     async def public_key_pem(self, session: AsyncSession) -> str:
         """The audit signing key's public half (SubjectPublicKeyInfo PEM).
@@ -626,31 +752,47 @@ class AuditLog:
     # -- verification ------------------------------------------------------
 
     async def verify(self, session: AsyncSession) -> AuditVerifyReport:
-        """Re-read every event in seq order and every checkpoint; report each problem."""
+        """Re-read every event in seq order, every checkpoint the vault lists and
+        every checkpoint row; report each problem."""
         report = AuditVerifyReport()
         public_key = (await self._signer(session)).public_key()
-        # Sealed statements first: a checkpoint committed meanwhile then shows up
-        # among the rows too, and is not mistaken for a removed one.
+        # Sealed statements and the vault first: a checkpoint committed meanwhile then
+        # shows up among the rows too, and is not mistaken for a removed one.
         statement_ids = set(
             await session.scalars(
                 select(SealedObject.id).where(SealedObject.kind == CHECKPOINT_KIND)
             )
         )
+        anchors = await self._vault_anchors(public_key, report)
         checkpoints = list(
             await session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq))
         )
         by_seq = {cp.seq: cp for cp in checkpoints}
+        report.checkpoints, report.anchors = len(checkpoints), len(anchors)
+        # The vault's when it has any: rows count alone only for checkpoints sealed
+        # before their object keys named them.
+        report.last_checkpoint_seq = max(anchors or by_seq or [0])
         chain = _ChainCheck(report)
+        mismatched: set[int] = set()
         async for batch in _stream(session, select(AuditEvent)):
             for event in batch:
                 chain.feed(event)
+                if report.unanchored_since is None and event.seq > report.last_checkpoint_seq:
+                    report.unanchored_since = event.occurred_at
                 cp = by_seq.pop(event.seq, None)
+                anchor = anchors.get(event.seq)
                 if cp is not None and cp.hash != event.hash:
-                    report.add(
-                        event.seq,
-                        "checkpoint_mismatch",
-                        f"checkpoint hash {cp.hash} differs from the event's hash {event.hash}",
-                    )
+                    signed = f"checkpoint hash {cp.hash}"
+                elif anchor is not None and anchor.hash != event.hash:
+                    signed = f"the vault's checkpoint {anchor.object_key} signed {anchor.hash}; it"
+                else:
+                    continue
+                mismatched.add(event.seq)
+                report.add(
+                    event.seq,
+                    "checkpoint_mismatch",
+                    f"{signed} differs from the event's hash {event.hash}",
+                )
         chain.finish()
         for seq in by_seq:
             report.add(
@@ -659,10 +801,17 @@ class AuditLog:
                 f"a checkpoint covers seq {seq}, but the chain has no event there "
                 f"(it ends at seq {report.head_seq})",
             )
-        report.checkpoints = len(checkpoints)
-        report.last_checkpoint_seq = checkpoints[-1].seq if checkpoints else 0
+        newest = max(anchors, default=0)
+        if newest > report.head_seq:
+            report.add(
+                report.head_seq + 1,
+                "truncated",
+                f"the chain ends at seq {report.head_seq}, but the vault holds a checkpoint "
+                f"of seq {newest}: events {report.head_seq + 1}..{newest} were removed",
+            )
         for cp in checkpoints:
             await self._check_checkpoint(session, cp, public_key, report)
+        removed = set()
         for object_id in sorted(statement_ids - {cp.object_id for cp in checkpoints}):
             statement = await self._read_statement(session, object_id)
             if isinstance(statement, str):
@@ -670,13 +819,37 @@ class AuditLog:
                     0, "checkpoint_removed", f"sealed checkpoint object {object_id}: {statement}"
                 )
             else:
+                removed.add(statement.seq)
                 report.add(
                     statement.seq,
                     "checkpoint_removed",
                     f"sealed checkpoint of seq {statement.seq} (object {object_id}) has no row",
                 )
+        for seq in sorted(anchors.keys() - {cp.seq for cp in checkpoints} - removed):
+            report.add(
+                seq,
+                "checkpoint_removed",
+                f"the vault holds checkpoint {anchors[seq].object_key}, the database no row",
+            )
         report.problems.sort(key=lambda p: (p.seq, p.kind))
         return report
+
+    async def _vault_anchors(
+        self, public_key: Ed25519PublicKey, report: AuditVerifyReport
+    ) -> dict[int, Anchor]:
+        """The well-signed checkpoints of the vault's own listing, by seq; the others
+        are reported."""
+        anchors = {}
+        for key in await self._vault.object_keys(f"{CHECKPOINT_KIND}/"):
+            anchor = parse_anchor(key)
+            if anchor is None:
+                if not _UNNAMED_CHECKPOINT.fullmatch(key.rpartition("/")[2]):
+                    report.add(0, "anchor_invalid", f"{key} does not name a checkpoint")
+            elif not anchor_signed(anchor, public_key):
+                report.add(anchor.seq, "anchor_invalid", f"{key} is not signed by the audit key")
+            else:
+                anchors[anchor.seq] = anchor
+        return anchors
 
     async def _check_checkpoint(
         self,
@@ -789,6 +962,14 @@ def _lock_chain(session: Session) -> None:
         # SQLite takes its single write lock at the first write of a transaction;
         # an insert of no rows takes it before the head is read.
         session.execute(text("INSERT INTO audit_events SELECT * FROM audit_events WHERE 0"))
+
+
+def _refuse_behind(head: int, floor: int, how: str) -> None:
+    if head < floor:
+        raise AuditChainBroken(
+            f"the audit chain ends at seq {head}, behind seq {floor} {how}: "
+            f"events {head + 1}..{floor} were removed"
+        )
 
 
 def _head_and_checkpoint(session: Session) -> tuple[int, str, int]:

@@ -1,9 +1,10 @@
 """The vault: seals encrypted objects into the WORM store and records them.
 
-Every sealed object gets a database record (key, version, SHA-256 of the
-stored bytes, size, retain-until, legal hold, key id). Retention only ever
-extends: the vault checks its own record before asking the store, whatever the
-backend would allow.
+Objects are stored under ``<kind>/<YYYY>/<MM>/<DD>/<name>`` (the day they were
+sealed; a random name unless the caller gives one). Every sealed object gets a
+database record (key, version, SHA-256 of the stored bytes, size, retain-until,
+legal hold, key id). Retention only ever extends: the vault checks its own
+record before asking the store, whatever the backend would allow.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class SealRequest:
     plaintext: bytes
     retain_until: datetime
     legal_hold: bool = False
+    name: str | None = None
+    """The last part of the object key; a random one if not given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,11 @@ class VerifyReport:
         return not self.drift
 
 
+def day_prefix(kind: str, day: datetime) -> str:
+    """The key prefix of the objects of ``kind`` sealed on ``day``."""
+    return f"{kind}/{day:%Y/%m/%d}/"
+
+
 def _whole_seconds(moment: datetime) -> datetime:
     # S3 Object Lock keeps retain-until to the second; records match it exactly.
     return moment.replace(microsecond=0)
@@ -91,10 +99,11 @@ class Vault:
         plaintext: bytes,
         retain_until: datetime,
         legal_hold: bool = False,
+        name: str | None = None,
     ) -> SealedObject:
         """Encrypt ``plaintext`` under ``subject``'s key, store it write-once and
         add its record to ``session`` (the caller commits)."""
-        request = SealRequest(kind, subject, plaintext, retain_until, legal_hold)
+        request = SealRequest(kind, subject, plaintext, retain_until, legal_hold, name)
         return (await self.seal_many(session, [request]))[0]
 
     async def seal_many(
@@ -133,7 +142,7 @@ class Vault:
             if retain_until <= now:
                 raise RetentionViolation("retain-until must be in the future")
             key_id, key = keys[request.subject]
-            object_key = f"{request.kind}/{now:%Y/%m/%d}/{uuid.uuid4().hex}"
+            object_key = f"{day_prefix(request.kind, now)}{request.name or uuid.uuid4().hex}"
             sealed = envelope.seal(key, key_id, object_key, request.plaintext)
             prepared.append((request, object_key, key_id, retain_until, sealed))
 
@@ -215,6 +224,10 @@ class Vault:
         await asyncio.to_thread(self.store.set_legal_hold, record.object_key, record.version_id, on)
         record.legal_hold = on
         await session.flush()
+
+    async def object_keys(self, prefix: str) -> list[str]:
+        """Every key the store itself lists under ``prefix``, whatever the database records."""
+        return await asyncio.to_thread(lambda: list(self.store.keys(prefix)))
 
     async def verify(self, session: AsyncSession) -> VerifyReport:
         """Re-read every sealed object and compare it with its record and lock state."""

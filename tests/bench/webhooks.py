@@ -563,6 +563,11 @@ def main() -> None:
         help="pause the embedded worker (SIGSTOP) during the load, so that acknowledging is "
         "measured alone; projection runs after it",
     )
+    parser.add_argument(
+        "--audit-anchor-seconds",
+        type=int,
+        help="the server's STRONGROOM_AUDIT_ANCHOR_SECONDS (default: its own, 10)",
+    )
     args = parser.parse_args()
     if args.generate:
         generator_main()
@@ -605,7 +610,10 @@ def bench(args: argparse.Namespace, workdir: Path) -> None:
     )
 
     data_dir = workdir / "data"
-    server = Server(clean_env(STRONGROOM_DATA_DIR=str(data_dir)), data_dir, workdir / "server.log")
+    settings = {"STRONGROOM_DATA_DIR": str(data_dir)}
+    if args.audit_anchor_seconds is not None:
+        settings["STRONGROOM_AUDIT_ANCHOR_SECONDS"] = str(args.audit_anchor_seconds)
+    server = Server(clean_env(**settings), data_dir, workdir / "server.log")
     phases = [
         Phase("healthz", "GET /healthz, closed loop (the HTTP ceiling)", 0, 0.0),
         Phase("open", f"open loop at {args.rate:.0f} POST/s, 1 message/POST", 1, args.rate),
@@ -809,6 +817,9 @@ def verify(
         records, distinct = db.execute(
             "SELECT count(*), count(DISTINCT wamid) FROM records WHERE kind = 'message'"
         ).fetchone()
+        events, checkpoints = db.execute(
+            "SELECT (SELECT count(*) FROM audit_events), (SELECT count(*) FROM audit_checkpoints)"
+        ).fetchone()
     finally:
         db.close()
     print("\ncorrectness")
@@ -824,6 +835,7 @@ def verify(
         f"({'no duplicates' if records == distinct else 'DUPLICATES'}), "
         f"{acked.total} acknowledged items"
     )
+    print(f"  audit trail: {events} events, {checkpoints} checkpoints in the vault")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from tests.conftest import PG_ADMIN_DSN, REQUIRE_PG, _pg_available, _pg_execute,
 from tests.e2e.server import Server, clean_env
 
 
-def server_env(data_dir: Path, database: str) -> dict[str, str]:
-    env = clean_env(STRONGROOM_DATA_DIR=str(data_dir))
+def server_env(data_dir: Path, database: str, **settings: str) -> dict[str, str]:
+    env = clean_env(STRONGROOM_DATA_DIR=str(data_dir), **settings)
     if database != "sqlite":
         env["STRONGROOM_DATABASE_URL"] = _pg_url(database)
     return env
@@ -46,7 +46,7 @@ def running_server(
 ) -> Iterator[Server]:
     """A started server with an admin, an officer and one account (``account_id``);
     ``settings`` are added to its environment, ``account`` to the account's fields."""
-    env = server_env(data_dir / "data", database) | (settings or {})
+    env = server_env(data_dir / "data", database, **(settings or {}))
     srv = Server(env, data_dir / "data", data_dir / "log")
     try:
         srv.start()

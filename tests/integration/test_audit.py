@@ -24,20 +24,24 @@ from structlog.testing import capture_logs
 from api.migrate import upgrade
 from archiver.audit import (
     ZERO_HASH,
+    AuditChainBroken,
     AuditEntry,
     AuditLog,
     AuditUnavailable,
     AuditVerifyReport,
+    anchor_name,
     canonical_bytes,
     chain_hash,
     checkpoint_message,
+    parse_anchor,
     verify_export,
 )
 from archiver.clock import FixedClock
 from archiver.db import Base, create_engine, session_factory
 from archiver.errors import IntegrityError
+from archiver.jobs import anchor_audit
 from archiver.keyring import Keyring
-from archiver.models import AuditCheckpoint, AuditEvent
+from archiver.models import AuditCheckpoint, AuditEvent, SealedObject
 from archiver.vault import Vault
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -63,7 +67,7 @@ SEARCH_TERM = "insider dealing Sheena Nelson"
 async def audit(
     sessions: Sessions, vault: Vault, keyring: Keyring, clock: FixedClock
 ) -> AsyncIterator[AuditLog]:
-    log = AuditLog(sessions, vault, keyring, clock, checkpoint_every=500)
+    log = AuditLog(sessions, vault, keyring, clock)
     yield log
     await log.close()
 
@@ -91,8 +95,7 @@ async def _fill(audit: AuditLog, count: int, start: int = 0) -> None:
 
 
 async def _checkpoint(audit: AuditLog, sessions: Sessions) -> AuditCheckpoint:
-    async with sessions() as session, session.begin():
-        row = await audit.checkpoint(session)
+    row = await audit.checkpoint()
     assert row is not None
     return row
 
@@ -160,20 +163,13 @@ async def test_many_events_form_a_clean_chain(audit: AuditLog, sessions: Session
     report = await _verify(audit, sessions)
     assert report.ok, report.problems
     assert (report.events, report.head_seq) == (1200, 1200)
-    # The writer checkpoints once 500 events have passed the last checkpoint.
-    assert report.checkpoints >= 2
-    assert report.unanchored < 500
     async with sessions() as session:
         first = await session.get(AuditEvent, 1)
         seqs = list(await session.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq)))
-        checkpoints = list(await session.scalars(select(AuditCheckpoint.seq)))
     assert first is not None
     assert first.prev_hash == ZERO_HASH
     assert first.hash == chain_hash(ZERO_HASH, canonical_bytes(first))
     assert seqs == list(range(1, 1201))
-    checkpoints.sort()
-    assert checkpoints[0] >= 500
-    assert all(b - a >= 500 for a, b in itertools.pairwise(checkpoints))
 
 
 async def test_record_durable_returns_after_commit(audit: AuditLog, sessions: Sessions) -> None:
@@ -349,7 +345,7 @@ async def test_rewritten_chain_is_caught_by_its_checkpoint(
     assert _found(await _verify(audit, sessions)) == [(30, "checkpoint_mismatch")]
 
     # Rewriting the checkpoint row too needs a signature the DBA cannot make,
-    # and the sealed copy in the vault still holds the original.
+    # and the vault still holds the original, in its listing and sealed.
     forger = Ed25519PrivateKey.generate()
     async with sessions() as session, session.begin():
         row = await session.get(AuditCheckpoint, checkpoint.id)
@@ -365,6 +361,7 @@ async def test_rewritten_chain_is_caught_by_its_checkpoint(
         )
     assert _found(await _verify(audit, sessions)) == [
         (30, "checkpoint_key"),
+        (30, "checkpoint_mismatch"),
         (30, "checkpoint_signature"),
         (30, "checkpoint_statement"),
     ]
@@ -415,25 +412,34 @@ async def test_truncated_tail_is_caught_by_the_checkpoint(
     async with _as_dba(sessions) as session:
         await session.execute(delete(EVENTS).where(EVENTS.c.seq >= 25))
     report = await _verify(audit, sessions)
-    assert _found(report) == [(30, "checkpoint_mismatch")]
+    assert _found(report) == [(25, "truncated"), (30, "checkpoint_mismatch")]
     assert report.head_seq == 24
 
 
 # -- checkpoints ----------------------------------------------------------------
 
 
-async def test_checkpoints_are_signed_and_sealed(audit: AuditLog, sessions: Sessions) -> None:
-    async with sessions() as session, session.begin():
-        assert await audit.checkpoint(session) is None  # nothing to sign yet
+async def test_checkpoints_are_signed_and_sealed(
+    audit: AuditLog, sessions: Sessions, vault: Vault, clock: FixedClock
+) -> None:
+    assert await audit.checkpoint() is None  # nothing to sign yet
     await _fill(audit, 5)
     checkpoint = await _checkpoint(audit, sessions)
+    assert await audit.checkpoint() is None  # the head has not moved
     async with sessions() as session, session.begin():
-        assert await audit.checkpoint(session) is None  # the head has not moved
         pem = await audit.public_key_pem(session)
+        sealed = await session.get(SealedObject, checkpoint.object_id)
     key = serialization.load_pem_public_key(pem.encode())
     assert isinstance(key, Ed25519PublicKey)
     key.verify(bytes.fromhex(checkpoint.signature), checkpoint_message(5, checkpoint.hash))
-    assert checkpoint.object_id is not None
+    # The vault's own listing states the checkpoint, write-once for ten years.
+    (object_key,) = await vault.object_keys("audit-checkpoint/")
+    assert sealed is not None
+    assert sealed.object_key == object_key
+    assert object_key.endswith(f"/{5:020d}-{checkpoint.hash}-{checkpoint.signature}")
+    lock = vault.store.lock_state(object_key, sealed.version_id)
+    assert lock.retain_until is not None
+    assert lock.retain_until.year == clock.now().year + 10
 
 
 async def test_checkpoint_due_follows_the_clock(
@@ -441,16 +447,154 @@ async def test_checkpoint_due_follows_the_clock(
 ) -> None:
     assert await audit.checkpoint_due() is None  # no events
     await _fill(audit, 3)
-    first = await audit.checkpoint_due()
+    first = await audit.checkpoint_due()  # the first events are anchored at once
     assert first is not None
     assert first.seq == 3
     await _fill(audit, 2, start=3)
-    clock.advance(timedelta(minutes=10))
+    clock.advance(timedelta(seconds=9.9))
     assert await audit.checkpoint_due() is None  # the last one is recent
-    clock.advance(timedelta(minutes=6))
-    second = await audit.checkpoint_due()
+    clock.advance(timedelta(seconds=0.1))
+    second = await audit.checkpoint_due()  # 10 s on, with new events: anchored
     assert second is not None
     assert second.seq == 5
+    clock.advance(timedelta(seconds=60))
+    assert await audit.checkpoint_due() is None  # no new events, nothing to anchor
+    report = await _verify(audit, sessions)
+    assert (report.ok, report.anchors, report.last_checkpoint_seq) == (True, 2, 5)
+
+
+# -- anchoring in the vault ------------------------------------------------------
+
+
+async def _delete_rows(session: AsyncSession, *, events_from: int) -> None:
+    """What the probe's DBA did, and more: remove the newest events, then every
+    checkpoint row and its sealed-object record, so only the vault remembers."""
+    await session.execute(delete(EVENTS).where(EVENTS.c.seq >= events_from))
+    await session.execute(delete(AuditCheckpoint))
+    await session.execute(delete(SealedObject).where(SealedObject.kind == "audit-checkpoint"))
+
+
+async def test_the_newest_events_cannot_be_removed_unseen(
+    audit: AuditLog, sessions: Sessions, clock: FixedClock
+) -> None:
+    await _fill(audit, 30)
+    assert await audit.checkpoint_due() is not None
+    await _fill(audit, 100, start=30)
+    clock.advance(timedelta(seconds=10))
+    assert (await _checkpoint(audit, sessions)).seq == 130
+    async with _as_dba(sessions) as session:
+        await _delete_rows(session, events_from=31)
+    report = await _verify(audit, sessions)
+    assert _found(report) == [
+        (30, "checkpoint_removed"),
+        (31, "truncated"),
+        (130, "checkpoint_removed"),
+    ]
+    assert "events 31..130 were removed" in report.problems[1].detail
+
+
+async def test_a_chain_continued_from_behind_the_anchor_is_caught(
+    audit: AuditLog, sessions: Sessions
+) -> None:
+    await _fill(audit, 40)
+    await _checkpoint(audit, sessions)
+    async with _as_dba(sessions) as session:
+        await _delete_rows(session, events_from=31)
+        # Numbered on from the cut, past the anchor, every hash recomputed.
+        rows = (await session.execute(select(EVENTS).where(EVENTS.c.seq <= 20))).all()
+        await session.execute(
+            EVENTS.insert(), [{**row._asdict(), "seq": row.seq + 30} for row in rows]
+        )
+        await _rechain(session, 31)
+    report = await _verify(audit, sessions)
+    assert report.head_seq == 50
+    assert _found(report) == [(40, "checkpoint_mismatch"), (40, "checkpoint_removed")]
+
+
+async def test_rewritten_or_reordered_anchored_events_are_caught_without_rows(
+    audit: AuditLog, sessions: Sessions
+) -> None:
+    await _fill(audit, 30)
+    await _checkpoint(audit, sessions)
+    async with _as_dba(sessions) as session:
+        await _swap(session, 5, 6, FIELDS)
+        await _rechain(session, 5)
+        await _delete_rows(session, events_from=31)
+    assert _found(await _verify(audit, sessions)) == [
+        (30, "checkpoint_mismatch"),
+        (30, "checkpoint_removed"),
+    ]
+
+
+async def test_a_chain_behind_its_anchor_is_never_continued(
+    audit: AuditLog,
+    sessions: Sessions,
+    vault: Vault,
+    keyring: Keyring,
+    clock: FixedClock,
+) -> None:
+    await _fill(audit, 50)
+    await _checkpoint(audit, sessions)
+    async with _as_dba(sessions) as session:
+        await _delete_rows(session, events_from=41)
+    restarted = AuditLog(sessions, vault, keyring, clock)  # knows only what the vault says
+    try:
+        for log in (audit, restarted):
+            with capture_logs() as logs:
+                with pytest.raises(AuditUnavailable) as refused:
+                    await log.record_durable(_entry(1))
+                await log.record(_entry(2))
+                await log.flush()
+            assert "events 41..50 were removed" in str(refused.value.__cause__)
+            assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+                "audit chain cut; appends refused",
+                "audit chain cut; appends refused",
+                "audit events lost",
+            ]
+            with pytest.raises(AuditChainBroken):
+                await log.checkpoint()
+        with capture_logs() as logs:
+            await anchor_audit(restarted)
+        assert [e["event"] for e in logs] == ["audit chain cut; not checkpointed"]
+    finally:
+        await restarted.close()
+    async with sessions() as session:
+        assert await session.scalar(select(func.max(AuditEvent.seq))) == 40
+    anchored = [parse_anchor(key) for key in await vault.object_keys("audit-checkpoint/")]
+    assert [anchor.seq for anchor in anchored if anchor] == [50]  # nothing new was signed
+
+
+async def test_forged_anchors_in_the_vault_are_reported(
+    audit: AuditLog, sessions: Sessions, vault: Vault, clock: FixedClock
+) -> None:
+    await _fill(audit, 10)
+    checkpoint = await _checkpoint(audit, sessions)
+    forged = Ed25519PrivateKey.generate().sign(checkpoint_message(20, "a" * 64)).hex()
+    retain = clock.now() + timedelta(days=1)
+    for name in (anchor_name(20, "a" * 64, forged), "not-a-checkpoint"):
+        vault.store.put(f"audit-checkpoint/2026/11/21/{name}", b"x", retain_until=retain)
+    report = await _verify(audit, sessions)
+    assert _found(report) == [(0, "anchor_invalid"), (20, "anchor_invalid")]
+    # A forged anchor neither hides the tail nor counts as one.
+    assert (report.anchors, report.last_checkpoint_seq) == (1, checkpoint.seq)
+
+
+async def test_verify_reports_the_unanchored_tail(
+    audit: AuditLog, sessions: Sessions, clock: FixedClock
+) -> None:
+    await _fill(audit, 10)
+    await _checkpoint(audit, sessions)
+    clock.advance(timedelta(seconds=3))
+    oldest = clock.now()
+    await _fill(audit, 4, start=10)
+    clock.advance(timedelta(seconds=5))
+    await _fill(audit, 3, start=14)
+    report = await _verify(audit, sessions)
+    assert report.ok, report.problems
+    assert (report.unanchored, report.unanchored_since) == (7, oldest)
+    await _checkpoint(audit, sessions)
+    report = await _verify(audit, sessions)
+    assert (report.unanchored, report.unanchored_since) == (0, None)
 
 
 # -- sealed details -------------------------------------------------------------
@@ -499,7 +643,7 @@ async def test_concurrent_appenders_form_one_chain(
     clock: FixedClock,
 ) -> None:
     other_engine = create_engine(database_url)
-    other = AuditLog(session_factory(other_engine), vault, keyring, clock, checkpoint_every=50)
+    other = AuditLog(session_factory(other_engine), vault, keyring, clock)
     try:
 
         async def burst(log: AuditLog, name: str, rounds: int) -> None:
@@ -507,6 +651,7 @@ async def test_concurrent_appenders_form_one_chain(
                 await asyncio.gather(
                     *(log.record_durable(_entry(i, actor=name)) for i in range(20)),
                     *(log.record(_entry(i, actor=name, details={"r": r})) for i in range(10)),
+                    log.checkpoint(),  # both anchor the moving head as they append
                 )
 
         with capture_logs() as logs:
@@ -517,7 +662,7 @@ async def test_concurrent_appenders_form_one_chain(
         await other_engine.dispose()
 
     # Appenders wait for each other rather than collide and retry.
-    assert [e["event"] for e in logs if e["log_level"] != "info"] == []
+    assert [e for e in logs if e["log_level"] != "info"] == []
     report = await _verify(audit, sessions)
     assert report.ok, report.problems
     assert report.events == 600
@@ -543,12 +688,13 @@ async def main(url: str, store: str, root: str, name: str) -> None:
     clock = SystemClock()
     keyring = Keyring([bytes.fromhex(root)], clock)
     vault = Vault(FileStore(Path(store), clock), keyring, clock)
-    log = AuditLog(session_factory(engine), vault, keyring, clock, checkpoint_every=40)
+    log = AuditLog(session_factory(engine), vault, keyring, clock)
     for _ in range(8):
         await asyncio.gather(*(
             log.record_durable(AuditEntry(actor=name, action="job.test", outcome="ok"))
             for _ in range(25)
         ))
+        await log.checkpoint()
     await log.close()
     await engine.dispose()
 

@@ -104,3 +104,11 @@ def test_every_setting_is_documented_in_readme() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     for name in SETTING_NAMES:
         assert f"`{name}`" in readme, name
+
+
+def test_audit_anchor_seconds() -> None:
+    assert load_settings({}).audit_anchor_seconds == 10
+    assert load_settings({"STRONGROOM_AUDIT_ANCHOR_SECONDS": "86400"}).audit_anchor_seconds == 86400
+    for bad in ("0", "1.5", "86401", "soon"):
+        with pytest.raises(SettingsError, match="STRONGROOM_AUDIT_ANCHOR_SECONDS: expected"):
+            load_settings({"STRONGROOM_AUDIT_ANCHOR_SECONDS": bad})
