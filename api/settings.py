@@ -38,6 +38,10 @@ SETTINGS_HELP: dict[str, str] = {
     "STRONGROOM_JOURNAL_RETENTION_DAYS": "how long raw webhook bodies are kept (default 30)",
     "STRONGROOM_RECORD_RETENTION_DAYS": "default retention of records (default 2557: 7 years)",
     "STRONGROOM_GRAPH_BASE_URL": "Graph API base URL (default `https://graph.facebook.com`)",
+    "STRONGROOM_PUBLIC_URL": "the `https://…` address clients reach the service at (production)",
+    "STRONGROOM_HTTP_HEADER_TIMEOUT": "seconds to send a request's headers (default 10)",
+    "STRONGROOM_HTTP_BODY_TIMEOUT": "seconds to send a request's body (default 60)",
+    "STRONGROOM_HTTP_MAX_CONNECTIONS": "open connections per process before 503 (default 1000)",
 }
 SETTING_NAMES: tuple[str, ...] = tuple(SETTINGS_HELP)
 
@@ -86,11 +90,21 @@ class Settings:
     journal_retention_days: int
     record_retention_days: int
     graph_base_url: str
+    public_url: str | None
+    http_header_timeout: float
+    http_body_timeout: float
+    http_max_connections: int
 
     @property
     def embedded(self) -> bool:
         """True in the local evaluation mode."""
         return self.mode == "embedded"
+
+    @property
+    def https(self) -> bool:
+        """Clients reach the service over TLS (a proxy terminates it): cookies are
+        Secure and responses carry HSTS."""
+        return self.public_url is not None and self.public_url.startswith("https://")
 
     @property
     def vault_path(self) -> Path:
@@ -139,6 +153,44 @@ def _days(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 36500:
         raise SettingsError(name, f"expected a number of days from 1 to 36500, got {raw!r}")
     return int(raw)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0.1 <= value <= 3600:
+        raise SettingsError(name, f"expected a number of seconds from 0.1 to 3600, got {raw!r}")
+    return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
+        raise SettingsError(name, f"expected a whole number from 1 to 1000000, got {raw!r}")
+    return int(raw)
+
+
+def _public_url(env: Mapping[str, str], production: bool) -> str | None:
+    name = "STRONGROOM_PUBLIC_URL"
+    raw = env.get(name, "").strip()
+    if not raw:
+        if production:
+            raise SettingsError(name, "must be set in production mode, as https://<host>")
+        return None
+    url = _http_url(env, name, raw)
+    parts = urlsplit(url)
+    if production and parts.scheme != "https":
+        raise SettingsError(name, f"must be an https:// URL in production mode, got {raw!r}")
+    if parts.path or parts.query or parts.fragment:
+        raise SettingsError(name, f"expected scheme and host only, got {raw!r}")
+    return url
 
 
 def _http_url(env: Mapping[str, str], name: str, default: str) -> str:
@@ -254,6 +306,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         journal_retention_days=_days(env, "STRONGROOM_JOURNAL_RETENTION_DAYS", 30),
         record_retention_days=_days(env, "STRONGROOM_RECORD_RETENTION_DAYS", 2557),
         graph_base_url=_http_url(env, "STRONGROOM_GRAPH_BASE_URL", "https://graph.facebook.com"),
+        public_url=_public_url(env, production),
+        http_header_timeout=_seconds(env, "STRONGROOM_HTTP_HEADER_TIMEOUT", 10.0),
+        http_body_timeout=_seconds(env, "STRONGROOM_HTTP_BODY_TIMEOUT", 60.0),
+        http_max_connections=_count(env, "STRONGROOM_HTTP_MAX_CONNECTIONS", 1000),
         mode="production" if production else "embedded",
         data_dir=data_dir,
         database_url=database_url,
