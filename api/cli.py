@@ -20,6 +20,7 @@ from api.bootstrap import (
     load_root_keys,
     open_services,
     pending_key_file,
+    prepare_private_paths,
     write_key_file,
 )
 from api.logging import configure_logging
@@ -61,9 +62,13 @@ def _settings() -> Settings:
 
 
 def _prepare(settings: Settings) -> None:
-    """The embedded default brings its schema up to date before any command."""
+    """Check the archive's files are private; the embedded default brings its
+    schema up to date before any command."""
+    try:
+        prepare_private_paths(settings)
+    except SettingsError as exc:
+        _fail(str(exc))
     if settings.embedded:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade(settings.database_url)
 
 
@@ -107,6 +112,9 @@ async def _audit_cli(services: Services, action: str, outcome: str, reason: str 
 @click.group()
 def main() -> None:
     """Strongroom: compliance archive for WhatsApp Business."""
+    # Whatever the archive creates (database, WAL, key, vault files, exports) is
+    # its owner's alone, even where a creation does not say so itself.
+    os.umask(0o077)
 
 
 @main.command()
