@@ -164,8 +164,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
 def create_asgi_app(settings: Settings, clock: Clock | None = None) -> ASGIApp:
     """The application as served: request ids, access logs, security headers and the
     audit trail wrap every response, including the router's own 404 and 405 answers;
-    a body must arrive within the body timeout."""
+    a body the server found late is answered 408."""
     litestar = create_app(settings, clock)
     audited = AuditTrailMiddleware(litestar, lambda: getattr(litestar.state, "services", None))
     secured = RequestIdMiddleware(SecurityHeadersMiddleware(audited, hsts=settings.https))
-    return BodyDeadlineMiddleware(secured, timeout=settings.http_body_timeout)
+    return BodyDeadlineMiddleware(secured)

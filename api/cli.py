@@ -137,9 +137,9 @@ def serve(host: str, port: int) -> None:
         log_config=None,
         access_log=False,
         # The C event loop and HTTP parser (about half the cost of a small
-        # request), with a deadline on each request's headers.
+        # request), with deadlines on each request's headers and body.
         loop="uvloop",
-        http=guarded_protocol(settings.http_header_timeout),
+        http=guarded_protocol(settings.http_header_timeout, settings.http_body_timeout),
         # Past this many open connections, requests are answered 503.
         limit_concurrency=settings.http_max_connections,
     )
