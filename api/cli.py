@@ -140,6 +140,9 @@ def serve(host: str, port: int) -> None:
         # request), with deadlines on each request's headers and body.
         loop="uvloop",
         http=guarded_protocol(settings.http_header_timeout, settings.http_body_timeout),
+        # No route is a websocket, and the guarded protocol never hands a
+        # connection over to another.
+        ws="none",
         # Past this many open connections, requests are answered 503.
         limit_concurrency=settings.http_max_connections,
     )

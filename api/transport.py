@@ -14,9 +14,10 @@ the guard is written here, in uvicorn's HTTP protocol (``GuardedHttpToolsProtoco
   application's next read of it raises ``RequestTimeout`` (``BodyDeadlineMiddleware``
   turns the protocol's signal into that), so that the application answers 408,
   and audits it, like any refusal; the connection is then closed;
-- a connection whose response went out before its request body arrived is
-  closed rather than kept reading a body nobody will use (such as one refused
-  with 413 on its declared length).
+- a connection whose response went out before its request body arrived (such
+  as one refused with 413 on its declared length) takes no further request:
+  the answer ends with the connection's end, and the body is dropped as it
+  comes, within its deadline.
 
 A deadline is armed only when a read leaves a request unfinished: a request
 that arrives whole in one read, as almost every one does, costs no timer (an
@@ -60,6 +61,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _deadline: asyncio.TimerHandle | None = None
     _headers_pending = False
     _body_pending = False
+    _finishing = False  # answered, and reading only what is left of the body
 
     # uvicorn narrows the BaseTransport of asyncio.Protocol the same way.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -93,13 +95,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._body_pending = False
         super().on_message_complete()
+        if self._finishing:
+            self.transport.close()
 
     def on_response_complete(self) -> None:
         cycle = self.cycle
-        if cycle.response_complete and cycle.more_body:
-            # Answered before its body arrived: reading the rest would only
-            # let the client hold the connection.
-            self.transport.close()
+        if cycle.response_complete and cycle.more_body and not self.transport.is_closing():
+            # Answered before its body arrived (a 413 on its declared length, a
+            # refusal that needs no body): the answer ends the connection. The
+            # rest of the body is read and dropped, until it ends or its
+            # deadline passes: closing with it unread would reset the
+            # connection, and the client could lose the answer.
+            self.transport.write_eof()
+            self._finishing = True
         super().on_response_complete()
 
     def _arm(self, timeout: float, late: Callable[[], None]) -> None:
