@@ -35,6 +35,7 @@ from api.logging import RequestIdMiddleware
 from api.openapi import Error, Problem, document_errors, openapi_config
 from api.search import search
 from api.settings import Settings
+from api.transport import BodyDeadlineMiddleware
 from api.users import TokensController, UsersController
 from api.webhooks import whatsapp_webhook
 from api.worker import worker_process
@@ -187,7 +188,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
 
 def create_asgi_app(settings: Settings, clock: Clock | None = None) -> ASGIApp:
     """The application as served: request ids, access logs, security headers and the
-    audit trail wrap every response, including the router's own 404 and 405 answers."""
+    audit trail wrap every response, including the router's own 404 and 405 answers;
+    a body the server found late is answered 408."""
     litestar = create_app(settings, clock)
     audited = AuditTrailMiddleware(litestar, lambda: getattr(litestar.state, "services", None))
-    return RequestIdMiddleware(SecurityHeadersMiddleware(audited, hsts=not settings.embedded))
+    secured = RequestIdMiddleware(SecurityHeadersMiddleware(audited, hsts=settings.https))
+    return BodyDeadlineMiddleware(secured)

@@ -144,7 +144,7 @@ _HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
 
 
 class SecurityHeadersMiddleware:
-    """Adds the hardening headers to every response (HSTS outside embedded mode)."""
+    """Adds the hardening headers to every response (HSTS when served over https)."""
 
     def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
         self.app = app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import stat
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ from archiver.blind_index import BlindIndex
 from archiver.capture import Capture, Retention
 from archiver.clock import Clock, SystemClock
 from archiver.conversations import Conversations
-from archiver.db import Reader, Writer, create_engine, session_factory
+from archiver.db import Reader, Writer, create_engine, session_factory, sqlite_file
 from archiver.filestore import FileStore
 from archiver.graph import LOOPBACK_HOSTS, META_MEDIA_HOSTS, GraphClient
 from archiver.identity import ApprovalService, GrantService, IdentityService
@@ -39,9 +40,43 @@ def pending_key_file(settings: Settings) -> Path:
     return settings.master_key_file.with_name(settings.master_key_file.name + ".new")
 
 
+def prepare_private_paths(settings: Settings) -> None:
+    """Create the embedded data directory (0700), then refuse to go on when group
+    or others can reach what the archive keeps on disk: the data directory, an
+    SQLite database with its -wal and -shm files, a file vault's directories.
+
+    Refusing, not repairing: a mode that someone opened is theirs to look at (the
+    root key file, checked when it is read, is refused the same way).
+    """
+    if settings.embedded:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    checked = [("STRONGROOM_DATA_DIR", settings.data_dir)] if settings.embedded else []
+    database = sqlite_file(settings.database_url)
+    if database is not None:
+        checked += [
+            ("STRONGROOM_DATABASE_URL", Path(database + end)) for end in ("", "-wal", "-shm")
+        ]
+    if settings.s3 is None:
+        vault = settings.vault_path
+        checked += [
+            ("STRONGROOM_VAULT_URL", vault / part) for part in ("", "objects", "locks", "tmp")
+        ]
+    for name, path in checked:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            private = "700" if stat.S_ISDIR(info.st_mode) else "600"
+            raise SettingsError(
+                name, f"{path} is open to group or others (mode {mode:04o}): chmod {private} it"
+            )
+
+
 def write_key_file(path: Path, key: bytes) -> None:
     """Write ``key`` (hex) to a new file readable only by its owner, durably."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, key.hex().encode("ascii") + b"\n")
@@ -165,8 +200,7 @@ def freeze_startup_heap() -> None:
 async def open_services(settings: Settings, clock: Clock | None = None) -> Services:
     """Wire the system described by ``settings`` (the schema must be current)."""
     clock = clock or SystemClock()
-    if settings.embedded:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_private_paths(settings)
     engine = create_engine(settings.database_url)
     sessions = session_factory(engine)
     keyring = Keyring(load_root_keys(settings), clock)

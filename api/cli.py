@@ -20,6 +20,7 @@ from api.bootstrap import (
     load_root_keys,
     open_services,
     pending_key_file,
+    prepare_private_paths,
     write_key_file,
 )
 from api.logging import configure_logging
@@ -61,9 +62,13 @@ def _settings() -> Settings:
 
 
 def _prepare(settings: Settings) -> None:
-    """The embedded default brings its schema up to date before any command."""
+    """Check the archive's files are private; the embedded default brings its
+    schema up to date before any command."""
+    try:
+        prepare_private_paths(settings)
+    except SettingsError as exc:
+        _fail(str(exc))
     if settings.embedded:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade(settings.database_url)
 
 
@@ -110,6 +115,9 @@ async def _audit_cli(services: Services, action: str, outcome: str, reason: str 
 @click.group()
 def main() -> None:
     """Strongroom: compliance archive for WhatsApp Business."""
+    # Whatever the archive creates (database, WAL, key, vault files, exports) is
+    # its owner's alone, even where a creation does not say so itself.
+    os.umask(0o077)
 
 
 @main.command()
@@ -120,19 +128,26 @@ def serve(host: str, port: int) -> None:
     import uvicorn
 
     from api.app import create_asgi_app
+    from api.transport import guarded_protocol
 
     settings = _settings()
     _prepare(settings)
-    log.info("serving", host=host, port=port, mode=settings.mode)
+    log.info("serving", host=host, port=port, mode=settings.mode, public_url=settings.public_url)
     uvicorn.run(
         create_asgi_app(settings),
         host=host,
         port=port,
         log_config=None,
         access_log=False,
-        # The C event loop and HTTP parser: about half the cost of a small request.
+        # The C event loop and HTTP parser (about half the cost of a small
+        # request), with deadlines on each request's headers and body.
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(settings.http_header_timeout, settings.http_body_timeout),
+        # No route is a websocket, and the guarded protocol never hands a
+        # connection over to another.
+        ws="none",
+        # Past this many open connections, requests are answered 503.
+        limit_concurrency=settings.http_max_connections,
     )
 
 

@@ -1,7 +1,7 @@
 """The web console's sign-in: password, then TOTP (mandatory for privileged roles).
 
 Server-rendered with Jinja2. The session cookie is HttpOnly, SameSite=Strict and
-Secure outside embedded mode; only its SHA-256 is stored. Every form carries a
+Secure when the public URL is https://; only its SHA-256 is stored. Every form carries a
 CSRF token: the sign-in form a double-submit cookie (there is no session yet),
 every later form the session's own token.
 """
@@ -66,7 +66,7 @@ def _cookie(services: ServicesDep, name: str, value: str, *, max_age: int | None
         max_age=max_age,
         path="/",
         httponly=True,
-        secure=not services.settings.embedded,
+        secure=services.settings.https,
         samesite="strict",
     )
 

@@ -40,6 +40,10 @@ SETTINGS_HELP: dict[str, str] = {
     "STRONGROOM_GRAPH_BASE_URL": "Graph API base URL (default `https://graph.facebook.com`)",
     "STRONGROOM_AUDIT_ANCHOR_SECONDS": "how often the worker checkpoints new audit events "
     "in the vault (default 10 seconds)",
+    "STRONGROOM_PUBLIC_URL": "the `https://…` address clients reach the service at (production)",
+    "STRONGROOM_HTTP_HEADER_TIMEOUT": "seconds to send a request's headers (default 10)",
+    "STRONGROOM_HTTP_BODY_TIMEOUT": "seconds to send a request's body (default 60)",
+    "STRONGROOM_HTTP_MAX_CONNECTIONS": "open connections per process before 503 (default 1000)",
 }
 SETTING_NAMES: tuple[str, ...] = tuple(SETTINGS_HELP)
 
@@ -89,11 +93,21 @@ class Settings:
     record_retention_days: int
     graph_base_url: str
     audit_anchor_seconds: int
+    public_url: str | None
+    http_header_timeout: float
+    http_body_timeout: float
+    http_max_connections: int
 
     @property
     def embedded(self) -> bool:
         """True in the local evaluation mode."""
         return self.mode == "embedded"
+
+    @property
+    def https(self) -> bool:
+        """Clients reach the service over TLS (a proxy terminates it): cookies are
+        Secure and responses carry HSTS."""
+        return self.public_url is not None and self.public_url.startswith("https://")
 
     @property
     def vault_path(self) -> Path:
@@ -144,13 +158,51 @@ def _days(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
-def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
+def _whole_seconds(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     if not raw.isdigit() or not 1 <= int(raw) <= 86400:
         raise SettingsError(name, f"expected a number of seconds from 1 to 86400, got {raw!r}")
     return int(raw)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0.1 <= value <= 3600:
+        raise SettingsError(name, f"expected a number of seconds from 0.1 to 3600, got {raw!r}")
+    return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
+        raise SettingsError(name, f"expected a whole number from 1 to 1000000, got {raw!r}")
+    return int(raw)
+
+
+def _public_url(env: Mapping[str, str], production: bool) -> str | None:
+    name = "STRONGROOM_PUBLIC_URL"
+    raw = env.get(name, "").strip()
+    if not raw:
+        if production:
+            raise SettingsError(name, "must be set in production mode, as https://<host>")
+        return None
+    url = _http_url(env, name, raw)
+    parts = urlsplit(url)
+    if production and parts.scheme != "https":
+        raise SettingsError(name, f"must be an https:// URL in production mode, got {raw!r}")
+    if parts.path or parts.query or parts.fragment:
+        raise SettingsError(name, f"expected scheme and host only, got {raw!r}")
+    return url
 
 
 def _http_url(env: Mapping[str, str], name: str, default: str) -> str:
@@ -266,7 +318,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         journal_retention_days=_days(env, "STRONGROOM_JOURNAL_RETENTION_DAYS", 30),
         record_retention_days=_days(env, "STRONGROOM_RECORD_RETENTION_DAYS", 2557),
         graph_base_url=_http_url(env, "STRONGROOM_GRAPH_BASE_URL", "https://graph.facebook.com"),
-        audit_anchor_seconds=_seconds(env, "STRONGROOM_AUDIT_ANCHOR_SECONDS", 10),
+        audit_anchor_seconds=_whole_seconds(env, "STRONGROOM_AUDIT_ANCHOR_SECONDS", 10),
+        public_url=_public_url(env, production),
+        http_header_timeout=_seconds(env, "STRONGROOM_HTTP_HEADER_TIMEOUT", 10.0),
+        http_body_timeout=_seconds(env, "STRONGROOM_HTTP_BODY_TIMEOUT", 60.0),
+        http_max_connections=_count(env, "STRONGROOM_HTTP_MAX_CONNECTIONS", 1000),
         mode="production" if production else "embedded",
         data_dir=data_dir,
         database_url=database_url,

@@ -96,6 +96,11 @@ def _configure_sqlite(engine: Engine) -> None:
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """Create the async engine for ``url`` with the settings Strongroom relies on."""
     if url.startswith("sqlite"):
+        database = sqlite_file(url)
+        if database is not None:
+            # SQLite creates the -wal and -shm files with the database's own
+            # mode, so one file made 0600 here keeps all three private.
+            os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
         engine = create_async_engine(url, echo=echo)
         _configure_sqlite(engine.sync_engine)
         return engine
@@ -159,7 +164,7 @@ class WriteGate:
         return fd
 
 
-def _sqlite_file(url: str | None) -> str | None:
+def sqlite_file(url: str | None) -> str | None:
     """The database file of an SQLite ``url``; ``None`` in memory, for a URI
     filename, for another database, or without a URL."""
     if url is None or not url.startswith("sqlite"):
@@ -179,7 +184,7 @@ def write_gate(url: str) -> AbstractAsyncContextManager[None]:
     needs none (every writer is admitted at once)."""
     if not url.startswith("sqlite"):
         return contextlib.nullcontext()
-    database = _sqlite_file(url)
+    database = sqlite_file(url)
     # In memory, or a URI filename: the gate then stays within this process.
     return WriteGate(None if database is None else _gate_path(database))
 
@@ -203,7 +208,7 @@ class Writer:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], url: str | None = None) -> None:
         self._sessions = sessions
         self.gate = write_gate(url) if url else contextlib.nullcontext()
-        database = _sqlite_file(url)
+        database = sqlite_file(url)
         self._file = _FileWriter(database) if database else None
 
     async def run(
@@ -303,7 +308,7 @@ class Reader:
         self, sessions: async_sessionmaker[AsyncSession], url: str | None = None, threads: int = 4
     ) -> None:
         self._sessions = sessions
-        database = _sqlite_file(url)
+        database = sqlite_file(url)
         self._threads = _SqliteThreads(database, threads, "sqlite-reader") if database else None
 
     async def run(self, work: Callable[[Session], T]) -> T:

@@ -2,7 +2,7 @@
 
 Layout under ``root``::
 
-    objects/<key>        the stored bytes, read-only (0o444), never rewritten
+    objects/<key>        the stored bytes, read-only to the owner (0o400), never rewritten
     locks/<key>.json     the sidecar: version, SHA-256, size, retain-until, hold
     tmp/                 temporary files; anything left here after a crash is ignored
     .lock                serialises writers (``flock``), across threads and processes
@@ -12,6 +12,9 @@ and then hard-linked to its final path, so a crash never leaves a readable
 partial object under its key. The sidecar is written first, so an object never
 exists without its lock metadata; a sidecar without an object is the trace of a
 crash and is treated as absent.
+
+Every directory is created 0700 and every file 0600 (objects then 0400), so
+nothing is readable by group or others whatever the umask.
 
 The store enforces retention and legal hold itself, but only against callers
 that go through it: a root user (or anyone with write access to the directory)
@@ -38,7 +41,7 @@ from archiver.clock import Clock
 from archiver.errors import ObjectExists, ObjectNotFound, RetentionViolation, StoreUnavailable
 from archiver.interfaces import LockState, NewObject, StoredObject
 
-_READ_ONLY = 0o444
+_READ_ONLY = 0o400
 # Python's os module has no syncfs(2), so it is called through ctypes. One syncfs
 # makes a whole batch durable for about the cost of one fsync, where fsyncing each
 # file and directory cost four per object; that made the disk, not the CPU, the
@@ -70,7 +73,7 @@ def _makedirs(path: Path) -> None:
         return
     _makedirs(path.parent)
     try:
-        path.mkdir()
+        path.mkdir(mode=0o700)
     except FileExistsError:
         if not path.is_dir():
             raise

@@ -430,7 +430,7 @@ def clear(data_dir: Path) -> None:
         raise SystemExit(
             f"{data_dir} is not empty and holds no benchmark build: refusing to delete it"
         )
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (data_dir / BUILDING).touch()
     (data_dir / MARKER).unlink(missing_ok=True)
     for child in data_dir.iterdir():

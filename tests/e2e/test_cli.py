@@ -122,7 +122,7 @@ def test_keys_init_writes_a_private_file_and_never_overwrites(
 
 def _seal_some(env: dict[str, str], count: int) -> list[SealedObject]:
     settings = load_settings(env)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     upgrade(settings.database_url)
 
     async def seal() -> list[SealedObject]:

@@ -278,7 +278,7 @@ def test_file_objects_and_sidecars_are_read_only(file_store: FileStore, tmp_path
         tmp_path / "vault" / "objects" / KEY,
         tmp_path / "vault" / "locks" / f"{KEY}.json",
     ):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o444, path
+        assert stat.S_IMODE(path.stat().st_mode) == 0o400, path
 
 
 def test_file_crash_before_link_leaves_no_object(

@@ -72,7 +72,15 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
 
 
 def test_compose_has_the_services() -> None:
-    assert set(_services()) == {"postgres", "minio", "minio-init", "migrate", "api", "worker"}
+    assert set(_services()) == {
+        "postgres",
+        "minio",
+        "minio-init",
+        "migrate",
+        "api",
+        "worker",
+        "proxy",
+    }
 
 
 def test_every_variable_reference_is_required_or_defaulted() -> None:
@@ -155,6 +163,7 @@ def test_settings_accept_the_compose_environment(tmp_path: Path) -> None:
     ca = tmp_path / "ca.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     fake = {
+        "PUBLIC_HOST": "archive.example.com",
         "POSTGRES_PASSWORD": "pw",
         "STRONGROOM_S3_ACCESS_KEY": "strongroom",
         "STRONGROOM_S3_SECRET_KEY": "s3-secret",
@@ -167,6 +176,8 @@ def test_settings_accept_the_compose_environment(tmp_path: Path) -> None:
     env["STRONGROOM_S3_CA_BUNDLE"] = str(ca)
     loaded = load_settings(env)
     assert loaded.mode == "production"
+    assert loaded.public_url == "https://archive.example.com"
+    assert loaded.https
     assert loaded.database_url == "postgresql+asyncpg://strongroom:pw@postgres:5432/strongroom"
     assert loaded.s3 is not None
     assert loaded.s3.bucket == "strongroom"
@@ -202,7 +213,9 @@ def test_data_lives_in_volumes() -> None:
     services = _services()
     assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     assert "miniodata:/data" in services["minio"]["volumes"]
-    assert set(_compose()["volumes"]) == {"pgdata", "miniodata"}
+    named = {v for v in services["proxy"]["volumes"] if isinstance(v, str)}
+    assert named == {"caddydata:/data", "caddyconfig:/config"}
+    assert set(_compose()["volumes"]) == {"pgdata", "miniodata", "caddydata", "caddyconfig"}
 
 
 def test_minio_init_makes_a_locked_bucket_without_default_retention() -> None:
@@ -231,7 +244,62 @@ def test_only_expected_ports_are_published() -> None:
     services = _services()
     assert "ports" not in services["postgres"]
     assert all(port.startswith("127.0.0.1:") for port in services["minio"]["ports"])
-    assert services["api"]["ports"] == ["${API_BIND:-127.0.0.1}:8000:8000"]
+    # The API only on the compose network; the proxy alone faces the outside.
+    assert "ports" not in services["api"]
+    assert services["api"]["expose"] == ["8000"]
+    assert [p.split("#")[0].strip() for p in services["proxy"]["ports"]] == ["80:80", "443:443"]
+
+
+# -- the TLS proxy ---------------------------------------------------------------
+
+CADDYFILE = (ROOT / "deploy" / "Caddyfile").read_text()
+SITE = (ROOT / "deploy" / "strongroom.caddy").read_text()
+
+
+def _caddy_lines(text: str) -> list[str]:
+    stripped = (line.strip() for line in text.splitlines())
+    return [line for line in stripped if line and not line.startswith("#")]
+
+
+def test_the_proxy_runs_the_repository_caddyfile() -> None:
+    proxy = _services()["proxy"]
+    assert re.fullmatch(r"caddy:2\.\d+(\.\d+)?", proxy["image"])
+    mounts = {v["source"]: v for v in proxy["volumes"] if isinstance(v, dict)}
+    for source, target in (
+        ("./deploy/Caddyfile", "/etc/caddy/Caddyfile"),
+        ("./deploy/strongroom.caddy", "/etc/caddy/strongroom.caddy"),
+    ):
+        assert mounts[source]["target"] == target
+        assert mounts[source]["read_only"] is True
+        assert (ROOT / source).is_file()
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    assert proxy["environment"]["API_UPSTREAM"] == "api:8000"
+    assert proxy["cap_drop"] == ["ALL"]
+    assert proxy["cap_add"] == ["NET_BIND_SERVICE"]
+
+
+def test_the_proxy_and_the_api_agree_on_the_public_host() -> None:
+    proxy_host = _services()["proxy"]["environment"]["PUBLIC_HOST"]
+    public_url = _services()["api"]["environment"]["STRONGROOM_PUBLIC_URL"]
+    assert public_url == f"https://{proxy_host}"
+    assert "{$PUBLIC_HOST}" in CADDYFILE
+
+
+def test_the_caddyfile_terminates_tls_and_redirects() -> None:
+    lines = _caddy_lines(CADDYFILE)
+    assert "admin off" in lines
+    assert "import strongroom.caddy" in lines
+    assert "{$PUBLIC_HOST} {" in lines  # a host name: Caddy gets its certificate and redirects
+    # Nothing turns off automatic HTTPS or its http:// to https:// redirect.
+    assert "auto_https" not in CADDYFILE + SITE
+    assert "http://" not in "\n".join(_caddy_lines(CADDYFILE + SITE))
+    site = _caddy_lines(SITE)
+    assert 'Strict-Transport-Security "max-age=31536000; includeSubDomains"' in site
+    assert "reverse_proxy {$API_UPSTREAM} {" in site
+    # X-Forwarded-* from clients are never passed on as they came.
+    code = "\n".join(site)
+    assert "trusted_proxies" not in code
+    assert "header_up" not in code
 
 
 # -- Dockerfile ------------------------------------------------------------------

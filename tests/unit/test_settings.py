@@ -33,8 +33,11 @@ def test_production_with_everything_explicit(tmp_path: Path) -> None:
         "STRONGROOM_S3_ACCESS_KEY": "ak",
         "STRONGROOM_S3_SECRET_KEY": "sk",
         "STRONGROOM_MASTER_KEY": KEY_HEX,
+        "STRONGROOM_PUBLIC_URL": "https://archive.example.com/",
     }
     settings = load_settings(env)
+    assert settings.public_url == "https://archive.example.com"
+    assert settings.https
     assert settings.database_url == "postgresql+asyncpg://sr@db:5432/strongroom"
     assert settings.s3 is not None
     assert (settings.s3.bucket, settings.s3.endpoint, settings.s3.secure) == (
@@ -47,16 +50,26 @@ def test_production_with_everything_explicit(tmp_path: Path) -> None:
     assert KEY_HEX not in repr(settings)
 
 
+PRODUCTION = {
+    "STRONGROOM_MODE": "production",
+    "STRONGROOM_DATABASE_URL": "postgresql://sr@db/strongroom",
+    "STRONGROOM_VAULT_URL": "file:///srv/vault",
+    "STRONGROOM_MASTER_KEY": KEY_HEX,
+    "STRONGROOM_PUBLIC_URL": "https://archive.example.com",
+}
+
+
 @pytest.mark.parametrize(
-    "missing", ["STRONGROOM_DATABASE_URL", "STRONGROOM_VAULT_URL", "STRONGROOM_MASTER_KEY"]
+    "missing",
+    [
+        "STRONGROOM_DATABASE_URL",
+        "STRONGROOM_VAULT_URL",
+        "STRONGROOM_MASTER_KEY",
+        "STRONGROOM_PUBLIC_URL",
+    ],
 )
-def test_production_refuses_implicit_secrets(missing: str) -> None:
-    env = {
-        "STRONGROOM_MODE": "production",
-        "STRONGROOM_DATABASE_URL": "postgresql://sr@db/strongroom",
-        "STRONGROOM_VAULT_URL": "file:///srv/vault",
-        "STRONGROOM_MASTER_KEY": KEY_HEX,
-    }
+def test_production_refuses_implicit_settings(missing: str) -> None:
+    env = dict(PRODUCTION)
     del env[missing]
     with pytest.raises(SettingsError) as caught:
         load_settings(env)
@@ -76,6 +89,12 @@ def test_production_refuses_implicit_secrets(missing: str) -> None:
         ("STRONGROOM_LOG_LEVEL", "loud", "one of"),
         ("STRONGROOM_S3_SECURE", "maybe", "true or false"),
         ("STRONGROOM_VAUL_URL", "x", "unknown setting"),
+        ("STRONGROOM_PUBLIC_URL", "archive.example.com", "http(s) URL"),
+        ("STRONGROOM_PUBLIC_URL", "https://archive.example.com/app", "scheme and host only"),
+        ("STRONGROOM_HTTP_HEADER_TIMEOUT", "0", "seconds from 0.1 to 3600"),
+        ("STRONGROOM_HTTP_BODY_TIMEOUT", "nan", "seconds from 0.1 to 3600"),
+        ("STRONGROOM_HTTP_BODY_TIMEOUT", "soon", "seconds from 0.1 to 3600"),
+        ("STRONGROOM_HTTP_MAX_CONNECTIONS", "0", "whole number"),
     ],
 )
 def test_bad_values_name_the_setting(name: str, value: str, problem: str) -> None:
@@ -93,6 +112,31 @@ def test_bad_values_name_the_setting(name: str, value: str, problem: str) -> Non
     assert message.startswith(f"{name}: ")
     assert problem in message
     assert "\n" not in message
+
+
+def test_production_is_reached_over_tls_only() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(PRODUCTION | {"STRONGROOM_PUBLIC_URL": "http://archive.example.com"})
+    assert str(caught.value) == (
+        "STRONGROOM_PUBLIC_URL: must be an https:// URL in production mode, "
+        "got 'http://archive.example.com'"
+    )
+
+
+def test_https_follows_the_public_url() -> None:
+    assert not load_settings({}).https
+    assert not load_settings({"STRONGROOM_PUBLIC_URL": "http://127.0.0.1:8000"}).https
+    assert load_settings({"STRONGROOM_PUBLIC_URL": "https://127.0.0.1:8443"}).https
+
+
+def test_transport_bounds_have_defaults_and_take_fractions() -> None:
+    defaults = load_settings({})
+    assert (defaults.http_header_timeout, defaults.http_body_timeout) == (10.0, 60.0)
+    assert defaults.http_max_connections == 1000
+    tuned = load_settings(
+        {"STRONGROOM_HTTP_HEADER_TIMEOUT": "0.5", "STRONGROOM_HTTP_MAX_CONNECTIONS": "64"}
+    )
+    assert (tuned.http_header_timeout, tuned.http_max_connections) == (0.5, 64)
 
 
 def test_s3_vault_needs_its_credentials() -> None:
