@@ -212,6 +212,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         "STRONGROOM_DATABASE_URL": f"sqlite:///{root}/production/strongroom.db",
         "STRONGROOM_VAULT_URL": f"file://{root}/production/vault",
         "STRONGROOM_MASTER_KEY": "ab" * 32,
+        "STRONGROOM_PUBLIC_URL": "https://archive.example.com",
     }
     with ExitStack() as stack:
         server = stack.enter_context(_server(root / "main"))
