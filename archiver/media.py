@@ -2,10 +2,11 @@
 
 A captured media message holds only a reference (a media id, sometimes a
 direct URL). ``MediaFetcher.fetch_due`` claims due ``MediaItem`` rows one at a
-time (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several workers share the
-queue), downloads the bytes with the account's access token, checks them
-against the advertised SHA-256 and seals them under the record's subject.
-Each item is its own transaction: one failure never undoes another.
+time in a short transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
+several workers share the queue), downloads the bytes with the account's access
+token with no transaction open, checks them against the advertised SHA-256, and
+seals them under the record's subject in a second transaction. One failure
+never undoes another; a claim whose worker died expires and is retried.
 
 Outcomes: ``fetched``; still ``pending`` with a later ``next_attempt_at``
 (network trouble, throttling, server errors, a hash mismatch in the first
@@ -15,6 +16,7 @@ Tokens, media URLs and plaintext are never logged or stored in errors.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -44,6 +46,10 @@ MEDIA_ID_LIFETIME = timedelta(days=7)
 FIRST_RETRY = timedelta(seconds=30)
 LONGEST_RETRY = timedelta(hours=1)
 LONGEST_RETRY_AFTER = timedelta(days=1)
+# A claimed item is due again after this long, so a worker that died mid-download
+# leaves it to be retried; a download is cut off well before that.
+CLAIM_LEASE = timedelta(minutes=15)
+DOWNLOAD_DEADLINE = timedelta(minutes=10)
 # A hash mismatch may be a truncated transfer; after this many tries it is the data.
 HASH_MISMATCH_TRIES = 3
 _ERROR_LIMIT = 500
@@ -56,6 +62,24 @@ class _MediaRef:
     url: str | None
     mime_type: str | None
     sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """A claimed item and what its download needs, read in the claiming transaction."""
+
+    item_id: int
+    attempt: int
+    ref: _MediaRef
+    token: str
+    expected_sha256: str | None
+    expired: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Downloaded:
+    data: bytes
+    mime_type: str | None
 
 
 class _Retry(Exception):
@@ -100,75 +124,118 @@ class MediaFetcher:
         self._max_attempts = max_attempts
 
     async def fetch_due(self, limit: int = 20) -> int:
-        """Process up to ``limit`` due items, each in its own transaction.
+        """Process up to ``limit`` due items, one at a time.
 
-        Returns how many items were processed (fetched, rescheduled or failed).
+        Each item is claimed in one short transaction, downloaded with no
+        transaction open and recorded in another, so that slow downloads never
+        hold a row lock or a database connection. Returns how many items were
+        processed (fetched, rescheduled or failed).
         """
         tokens: dict[str, str | None] | None = None
         processed = 0
         while processed < limit:
             async with self._sessions() as session, session.begin():
-                now = self._clock.now()
-                item = await session.scalar(
-                    select(MediaItem)
-                    .where(MediaItem.state == "pending", MediaItem.next_attempt_at <= now)
-                    .order_by(MediaItem.next_attempt_at, MediaItem.id)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                )
-                if item is None:
-                    break
                 if tokens is None:
                     tokens = {
                         s.account_id: s.access_token for s in await self._accounts.secrets(session)
                     }
-                await self._process(session, item, tokens, now)
+                claimed = await self._claim(session, tokens)
+            if claimed is None:
+                break
+            if isinstance(claimed, _Claim):
+                outcome = await self._download_claimed(claimed)
+                async with self._sessions() as session, session.begin():
+                    await self._settle(session, claimed, outcome)
             processed += 1
         return processed
 
-    async def _process(
-        self,
-        session: AsyncSession,
-        item: MediaItem,
-        tokens: dict[str, str | None],
-        now: datetime,
-    ) -> None:
+    async def _claim(
+        self, session: AsyncSession, tokens: dict[str, str | None]
+    ) -> _Claim | bool | None:
+        """Claim the next due item: ``None`` when there is none, ``True`` when it
+        was settled at once (nothing to download), else what to download.
+
+        The claim is a lease: the item stays pending, due again only after
+        ``CLAIM_LEASE``, so a worker that dies mid-download leaves it to be retried.
+        """
+        now = self._clock.now()
+        item = await session.scalar(
+            select(MediaItem)
+            .where(MediaItem.state == "pending", MediaItem.next_attempt_at <= now)
+            .order_by(MediaItem.next_attempt_at, MediaItem.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if item is None:
+            return None
         item.attempts += 1
-        record = await session.get(Record, item.record_id)
+        item.next_attempt_at = now + CLAIM_LEASE
         try:
+            record = await session.get(Record, item.record_id)
             if record is None:
                 raise _GiveUp("the record this media belongs to is missing")
-            await self._fetch(session, item, record, tokens, now)
-        except _GiveUp as exc:
-            self._fail(item, exc.reason)
-        except _Retry as exc:
-            if item.attempts >= self._max_attempts:
-                self._fail(item, f"gave up after {item.attempts} attempts; {exc.reason}")
-            else:
-                self._reschedule(item, exc, now)
+            sealed_record = await session.get(SealedObject, record.object_id)
+            if sealed_record is None:
+                raise _GiveUp("the record's sealed object is missing")
+            ref = await self._media_ref(session, item, sealed_record)
+            token = tokens.get(record.account_id)
+            if not token:
+                raise _GiveUp("account has no access token")
+        except (_GiveUp, _Retry) as exc:
+            self._conclude(item, exc, now)
+            return True
+        return _Claim(
+            item_id=item.id,
+            attempt=item.attempts,
+            ref=ref,
+            token=token,
+            expected_sha256=item.expected_sha256,
+            expired=now - record.received_at > MEDIA_ID_LIFETIME,
+        )
 
-    async def _fetch(
-        self,
-        session: AsyncSession,
-        item: MediaItem,
-        record: Record,
-        tokens: dict[str, str | None],
-        now: datetime,
-    ) -> None:
-        sealed_record = await session.get(SealedObject, record.object_id)
-        if sealed_record is None:
-            raise _GiveUp("the record's sealed object is missing")
-        ref = await self._media_ref(session, item, sealed_record)
-        token = tokens.get(record.account_id)
-        if not token:
-            raise _GiveUp("account has no access token")
-        data, info = await self._download(ref, token, record, now)
-        expected = item.expected_sha256 or ref.sha256 or (info.sha256 if info else None)
+    async def _download_claimed(self, claim: _Claim) -> _Downloaded | _GiveUp | _Retry:
+        """Download and check the claimed media; no database work happens here."""
+        try:
+            async with asyncio.timeout(DOWNLOAD_DEADLINE.total_seconds()):
+                data, info = await self._download(claim.ref, claim.token, claim.expired)
+        except TimeoutError:
+            return _Retry(f"the download took longer than {DOWNLOAD_DEADLINE}")
+        except (_GiveUp, _Retry) as exc:
+            return exc
+        expected = claim.expected_sha256 or claim.ref.sha256 or (info.sha256 if info else None)
         if expected is not None and not sha256_matches(expected, data):
             reason = "downloaded bytes do not match the SHA-256 Meta advertised"
-            if item.attempts >= HASH_MISMATCH_TRIES:
-                raise _GiveUp(f"{reason} (after {item.attempts} downloads)")
-            raise _Retry(reason)
+            if claim.attempt >= HASH_MISMATCH_TRIES:
+                return _GiveUp(f"{reason} (after {claim.attempt} downloads)")
+            return _Retry(reason)
+        mime_type = claim.ref.mime_type or (info.mime_type if info else None)
+        return _Downloaded(data, mime_type)
+
+    async def _settle(
+        self, session: AsyncSession, claim: _Claim, outcome: _Downloaded | _GiveUp | _Retry
+    ) -> None:
+        """Record the outcome of a claimed download, unless the claim was lost."""
+        now = self._clock.now()
+        item = await session.get(MediaItem, claim.item_id, with_for_update=True)
+        if item is None or item.state != "pending" or item.attempts != claim.attempt:
+            # The lease ran out and another worker took the item over; its result stands.
+            log.warning("media fetch claim lost", media_item=claim.item_id)
+            return
+        if isinstance(outcome, _Downloaded):
+            try:
+                await self._seal(session, item, outcome, now)
+                return
+            except _Retry as exc:
+                outcome = exc
+        self._conclude(item, outcome, now)
+
+    async def _seal(
+        self, session: AsyncSession, item: MediaItem, media: _Downloaded, now: datetime
+    ) -> None:
+        record = await session.get(Record, item.record_id)
+        sealed_record = await session.get(SealedObject, record.object_id) if record else None
+        if record is None or sealed_record is None:
+            raise _Retry("the record this media belongs to is no longer readable")
         retain_until = max(sealed_record.retain_until, now + self._retention)
         try:
             async with session.begin_nested():
@@ -176,17 +243,26 @@ class MediaFetcher:
                     session,
                     kind="media",
                     subject=record_subject(record),
-                    plaintext=data,
+                    plaintext=media.data,
                     retain_until=retain_until,
                 )
         except ArchiverError as exc:
             raise _Retry(f"could not seal the media in the vault ({type(exc).__name__})") from exc
         item.state = "fetched"
         item.object_id = sealed.id
-        item.size = len(data)
-        item.mime_type = ref.mime_type or (info.mime_type if info else None) or item.mime_type
+        item.size = len(media.data)
+        item.mime_type = media.mime_type or item.mime_type
         item.last_error = None
-        log.info("media fetched", media_item=item.id, record_id=record.id, size=len(data))
+        item.next_attempt_at = now
+        log.info("media fetched", media_item=item.id, record_id=record.id, size=len(media.data))
+
+    def _conclude(self, item: MediaItem, exc: _GiveUp | _Retry, now: datetime) -> None:
+        if isinstance(exc, _GiveUp):
+            self._fail(item, exc.reason)
+        elif item.attempts >= self._max_attempts:
+            self._fail(item, f"gave up after {item.attempts} attempts; {exc.reason}")
+        else:
+            self._reschedule(item, exc, now)
 
     async def _media_ref(
         self, session: AsyncSession, item: MediaItem, sealed_record: SealedObject
@@ -203,9 +279,8 @@ class MediaFetcher:
         return replace(ref, media_id=ref.media_id or item.media_id)
 
     async def _download(
-        self, ref: _MediaRef, token: str, record: Record, now: datetime
+        self, ref: _MediaRef, token: str, expired: bool
     ) -> tuple[bytes, MediaInfo | None]:
-        expired = now - record.received_at > MEDIA_ID_LIFETIME
         try:
             if ref.url is not None:
                 try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from api.fake_graph import FakeMedia, running_fake_graph
 from archiver.accounts import AccountService
@@ -25,7 +25,7 @@ from archiver.blind_index import BlindIndex
 from archiver.clock import FixedClock
 from archiver.graph import GraphClient, GraphPermanent
 from archiver.keyring import Keyring
-from archiver.media import FIRST_RETRY, MediaFetcher, sha256_matches
+from archiver.media import CLAIM_LEASE, FIRST_RETRY, MediaFetcher, sha256_matches
 from archiver.models import Contact, MediaItem, Record, SealedObject
 from archiver.subjects import record_subject
 from archiver.vault import Vault
@@ -551,6 +551,123 @@ async def test_concurrent_workers_claim_each_item_once(
 
     assert sum(counts) == len(names)
     assert all(media.download_requests[name] == 1 for name in names)
+
+
+class HeldGraph(GraphClient):
+    """A Graph client whose downloads wait until the test lets them go."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url, max_attempts=1)
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def download(self, url: str, access_token: str, max_bytes: int) -> bytes:
+        self.started.set()
+        await self.release.wait()
+        return await super().download(url, access_token, max_bytes)
+
+
+@pytest.fixture
+async def held_graph(graph_url: str) -> AsyncIterator[HeldGraph]:
+    client = HeldGraph(graph_url)
+    yield client
+    await client.aclose()
+
+
+async def test_a_download_in_progress_holds_no_database_connection(
+    database_url: str,
+    held_graph: HeldGraph,
+    vault: Vault,
+    accounts: AccountService,
+    clock: FixedClock,
+    archive: Archive,
+    media: FakeMedia,
+) -> None:
+    media.add("3001", jpeg(), "image/jpeg")
+    item_id = await archive.media_item(await archive.account(), image(media, "3001"))
+    # One connection in all: if the download held it, nothing else could run.
+    narrow = create_async_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=5)
+    try:
+        narrow_sessions = async_sessionmaker(narrow, expire_on_commit=False)
+        fetcher = MediaFetcher(
+            held_graph, vault, narrow_sessions, accounts, clock, retention=RETENTION
+        )
+        fetching = asyncio.create_task(fetcher.fetch_due())
+        await asyncio.wait_for(held_graph.started.wait(), 10)
+
+        assert narrow.pool.checkedout() == 0  # type: ignore[attr-defined]
+        async with narrow_sessions() as session, session.begin():
+            claimed = await session.get(MediaItem, item_id)
+            assert claimed is not None
+            assert (claimed.state, claimed.attempts) == ("pending", 1)
+            assert claimed.next_attempt_at == clock.now() + CLAIM_LEASE
+            session.add(Contact(id=f"ct_{uuid.uuid4().hex[:16]}", created_at=clock.now()))
+
+        held_graph.release.set()
+        assert await fetching == 1
+    finally:
+        await narrow.dispose()
+    assert (await archive.get(item_id)).state == "fetched"
+
+
+async def test_a_worker_that_dies_mid_download_leaves_the_claim_to_expire_and_be_retried(
+    held_graph: HeldGraph,
+    fetcher: MediaFetcher,
+    vault: Vault,
+    sessions: Sessions,
+    accounts: AccountService,
+    clock: FixedClock,
+    archive: Archive,
+    media: FakeMedia,
+) -> None:
+    data = jpeg()
+    media.add("3002", data, "image/jpeg")
+    item_id = await archive.media_item(await archive.account(), image(media, "3002"))
+    dying = MediaFetcher(held_graph, vault, sessions, accounts, clock, retention=RETENTION)
+    fetching = asyncio.create_task(dying.fetch_due())
+    await asyncio.wait_for(held_graph.started.wait(), 10)
+    fetching.cancel()  # the worker dies between its claim and its result
+    with pytest.raises(asyncio.CancelledError):
+        await fetching
+
+    assert await fetcher.fetch_due() == 0  # the claim still stands
+    clock.advance(CLAIM_LEASE)
+    assert await fetcher.fetch_due() == 1
+
+    item = await archive.get(item_id)
+    assert (item.state, item.attempts) == ("fetched", 2)
+    assert await archive.media_bytes(item) == data
+
+
+async def test_a_result_that_comes_after_its_claim_expired_is_dropped(
+    held_graph: HeldGraph,
+    fetcher: MediaFetcher,
+    vault: Vault,
+    sessions: Sessions,
+    accounts: AccountService,
+    clock: FixedClock,
+    archive: Archive,
+    media: FakeMedia,
+) -> None:
+    media.add("3003", jpeg(), "image/jpeg")
+    item_id = await archive.media_item(await archive.account(), image(media, "3003"))
+    slow = MediaFetcher(held_graph, vault, sessions, accounts, clock, retention=RETENTION)
+    fetching = asyncio.create_task(slow.fetch_due())
+    await asyncio.wait_for(held_graph.started.wait(), 10)
+    clock.advance(CLAIM_LEASE)
+    assert await fetcher.fetch_due() == 1  # another worker takes the expired claim over
+    taken_over = await archive.get(item_id)
+
+    held_graph.release.set()
+    assert await fetching == 1
+
+    item = await archive.get(item_id)
+    assert (item.state, item.attempts, item.object_id) == ("fetched", 2, taken_over.object_id)
+    async with sessions() as session:
+        media_objects = await session.scalar(
+            select(func.count()).select_from(SealedObject).where(SealedObject.kind == "media")
+        )
+    assert media_objects == 1
 
 
 async def test_the_fake_accepts_messages_sent_through_the_client(
