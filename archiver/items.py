@@ -3,7 +3,8 @@
 This is a pure function of the parsed JSON: no database, no keys. Every item
 carries the verbatim JSON Meta sent (with its ``metadata`` and ``contacts``
 context) for sealing, plus the metadata the database may hold. Nothing is
-dropped: a shape we do not know becomes an ``event`` kept whole.
+dropped: every element of an array no reader knows becomes an ``event`` named
+after its array, and a value with anything else is kept whole as well.
 """
 
 from __future__ import annotations
@@ -369,8 +370,9 @@ def extract(payload: Any, received_at: datetime) -> list[Item]:
             value = _dict(change.get("value"))
             phone_number_id = _str(_dict(value.get("metadata")).get("phone_number_id"))
             found = _items_of(field_name, value, received_at)
-            if not found:
-                found = [_event(field_name, value, value, field_name, received_at)]
+            found += _other_arrays(field_name, value, received_at)
+            if not found or _carries_more(value):
+                found.append(_event(field_name, value, value, field_name, received_at))
             for item in found:
                 item.phone_number_id = phone_number_id
             items.extend(found)
@@ -395,9 +397,7 @@ def _items_of(field_name: str, value: dict[str, Any], received_at: datetime) -> 
             )
         for status in _list(value.get("statuses")):
             items.append(_status_item(value, status, received_at))
-        if value.get("errors"):
-            items.append(_event(field_name, value, value.get("errors"), "errors", received_at))
-    elif field_name == "smb_message_echoes":
+    if field_name in ("messages", "smb_message_echoes"):
         for echo in _list(value.get("message_echoes")):
             items.append(
                 _message_item(
@@ -410,7 +410,7 @@ def _items_of(field_name: str, value: dict[str, Any], received_at: datetime) -> 
                     received_at=received_at,
                 )
             )
-    elif field_name == "history":
+    if field_name == "history":
         items = _history_items(value, business, received_at)
     elif field_name == "smb_app_state_sync":
         for sync in _list(value.get("state_sync")):
@@ -443,3 +443,75 @@ def _items_of(field_name: str, value: dict[str, Any], received_at: datetime) -> 
                 )
             )
     return items
+
+
+# The arrays ``_items_of`` reads for each field; ``contacts`` is the context
+# sealed with every item of a change.
+_READ_ARRAYS = {
+    "messages": {"messages", "statuses", "message_echoes"},
+    "smb_message_echoes": {"message_echoes"},
+    "history": {"history", "messages"},
+    "smb_app_state_sync": {"state_sync"},
+    "user_preferences": {"user_preferences"},
+}
+
+
+def _carries_more(value: dict[str, Any]) -> bool:
+    """True when ``value`` holds something that no item of its arrays carries (any
+    key but its arrays and the context sealed with each item): then the whole
+    value is kept as one record too."""
+    context = {"messaging_product", "metadata", "contacts"}
+    return any(name not in context and not isinstance(part, list) for name, part in value.items())
+
+
+def _other_arrays(field_name: str, value: dict[str, Any], received_at: datetime) -> list[Item]:
+    """Every item of every other array of a change's ``value``, one event each, its
+    type named after the array: what Meta adds (``calls``, ``errors``, next
+    year's arrays) is kept as records, not only in the journal."""
+    read = _READ_ARRAYS.get(field_name, set()) | {"contacts"}
+    business = _business_number(value)
+    items: list[Item] = []
+    for name, array in value.items():
+        if name in read or not isinstance(array, list):
+            continue
+        for element in array:
+            item = _event(
+                field_name,
+                value,
+                element,
+                name,
+                received_at,
+                _parties(_dict(element), business),
+                _dict(element).get("timestamp"),
+            )
+            item.dedupe_key = _element_key(field_name, name, element)
+            items.append(item)
+    return items
+
+
+def _element_key(field_name: str, array: str, element: Any) -> str:
+    """An element with an ``id`` is kept once per id and event: one call's
+    ``connect`` and ``terminate`` share its id. Without an id, once per content."""
+    fields = _dict(element)
+    element_id = _id(fields.get("id"))
+    prefix = f"e:{fit(field_name, 40)}:{fit(array, 40)}"
+    if element_id is None:
+        return f"{prefix}:{_digest(element)}"
+    event = _str(fields.get("event")) or _str(fields.get("status")) or ""
+    return _key(prefix, element_id, fit(event, 40))
+
+
+def _parties(element: dict[str, Any], business: str | None) -> list[Identity]:
+    """The customer an element of an unknown array names, by the keys Meta uses
+    throughout: the other party of ``from``/``to``, ``wa_id``, ``recipient_id``."""
+    sender = _str(element.get("from"))
+    if sender is not None and sender == business:
+        party = ("wa_id", element.get("to")), ("user_id", element.get("to_user_id"))
+    else:
+        party = ("wa_id", sender), ("user_id", element.get("from_user_id"))
+    return _identities(
+        *party,
+        ("wa_id", element.get("wa_id")),
+        ("wa_id", element.get("recipient_id")),
+        ("user_id", element.get("user_id")),
+    )

@@ -4,13 +4,19 @@ edits and revokes, identities, and no plaintext at rest."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from api.bootstrap import open_services
+from api.settings import load_settings
+from archiver.models import Record, SealedObject
 from tests.e2e.server import (
     APP_SECRET,
     FIXTURES,
@@ -45,6 +51,8 @@ def expected_items(payload: dict[str, Any]) -> list[Any]:
                 items += value["state_sync"]
             elif field == "user_preferences":
                 items += value["user_preferences"]
+            elif field == "calls":
+                items += value["calls"]
             else:
                 items.append(value)
     return items
@@ -330,3 +338,44 @@ def test_nothing_readable_at_rest(server: Server) -> None:
         data = path.read_bytes()
         for secret in secrets:
             assert secret.encode() not in data, (path.name, secret)
+
+
+def test_every_item_of_an_unknown_array_becomes_a_record_that_outlives_the_journal(
+    server: Server,
+) -> None:
+    payload = fixture("message_text")
+    value = payload["entry"][0]["changes"][0]["value"]
+    del value["messages"]
+    value["holograms"] = [
+        {"id": f"holo.{n}", "timestamp": "1763701000", "from": "16505551234", "n": n}
+        for n in range(3)
+    ]
+    _post(server, payload)
+    _post(server, payload)  # redelivered: nothing new
+
+    def holograms() -> list[dict[str, Any]] | None:
+        found = [r for r in server.all_records(server.account_id) if r["type"] == "holograms"]
+        return found if len(found) >= 3 else None
+
+    records = server.wait_for(holograms)
+    assert sorted(r["content"]["item"]["n"] for r in records) == [0, 1, 2]
+    assert {(r["kind"], r["contact_id"] is not None) for r in records} == {("event", True)}
+    # Each is sealed for the records' retention, not the journal's 30 days.
+    lifetimes = asyncio.run(_lifetimes(server, "holograms"))
+    assert len(lifetimes) == 3
+    assert all(lasts > timedelta(days=365) for lasts in lifetimes)
+
+
+async def _lifetimes(server: Server, item_type: str) -> list[timedelta]:
+    """How long the sealed objects of the records of ``item_type`` are kept."""
+    services = await open_services(load_settings(server.env))
+    try:
+        async with services.sessions() as session:
+            rows = await session.execute(
+                select(SealedObject.retain_until, Record.received_at)
+                .join(Record, Record.object_id == SealedObject.id)
+                .where(Record.item_type == item_type)
+            )
+            return [retain_until - received_at for retain_until, received_at in rows]
+    finally:
+        await services.close()

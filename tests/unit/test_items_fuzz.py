@@ -56,9 +56,9 @@ def message_inputs(payload: Any) -> list[Any]:
             field, value = _dict(change).get("field"), _dict(_dict(change).get("value"))
             if field == "messages":
                 found += _list(value.get("messages")) + _list(value.get("statuses"))
-            elif field == "smb_message_echoes":
+            if field in ("messages", "smb_message_echoes"):
                 found += _list(value.get("message_echoes"))
-            elif field == "history":
+            if field == "history":
                 for chunk in _list(value.get("history")):
                     if isinstance(chunk, dict) and not chunk.get("errors"):
                         for thread in _list(chunk.get("threads")):
@@ -97,3 +97,30 @@ def test_every_column_of_an_item_fits(payload: Any) -> None:
         for name in (*columns, "dedupe_key", "item_type"):
             value = getattr(item, name)
             assert value is None or "\x00" not in value, name
+
+
+READ_ARRAYS = {
+    "messages": {"messages", "statuses", "message_echoes"},
+    "smb_message_echoes": {"message_echoes"},
+    "history": {"history", "messages"},
+    "smb_app_state_sync": {"state_sync"},
+    "user_preferences": {"user_preferences"},
+}
+CONTEXT = {"messaging_product", "metadata", "contacts"}
+
+
+@settings(max_examples=500)
+@given(webhook_values)
+def test_nothing_of_a_change_is_left_only_in_the_journal(payload: Any) -> None:
+    """Every element of every array that no reader takes is sealed as its own item,
+    and a value holding anything else is also sealed whole."""
+    sealed = [item.sealed["item"] for item in extract(payload, RECEIVED)]
+    for entry in _list(_dict(payload).get("entry")):
+        for change in _list(_dict(entry).get("changes")):
+            field, value = _dict(change).get("field"), _dict(_dict(change).get("value"))
+            read = READ_ARRAYS.get(field, set()) if isinstance(field, str) else set()
+            for name, part in value.items():
+                if isinstance(part, list) and name not in read | {"contacts"}:
+                    assert all(any(kept is e for kept in sealed) for e in part), name
+            if any(n not in CONTEXT and not isinstance(p, list) for n, p in value.items()):
+                assert any(kept is value for kept in sealed)
