@@ -4,6 +4,10 @@ Reactions, edits and revokes are folded into the message they refer to (every
 version kept, the original first); statuses become the message's receipts;
 replies point at the message they quote. What is neither a message nor folds
 into one (history chunk summaries, account events) is listed as an event.
+
+Every such join stays inside one business account: a message id is Meta's,
+and another account (signed with its own app secret) may send the same one,
+so an item is matched by its account and message id together.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from archiver.capture import open_records
@@ -49,6 +53,7 @@ class Message:
     content: dict[str, Any] | None  # None once erased
     text: str
     reply_to: str | None
+    quoted: Message | None = None  # the message replied to, in the same account
     versions: list[Version] = field(default_factory=list)
     reactions: list[Reaction] = field(default_factory=list)
     receipts: dict[str, datetime] = field(default_factory=dict)
@@ -76,11 +81,13 @@ class Conversations:
         if accounts is not None:
             query = query.where(Record.account_id.in_(list(accounts)))
         records = list(await session.scalars(query.order_by(Record.occurred_at, Record.id)))
-        wamids = [r.wamid for r in records if r.wamid]
-        if wamids:
+        keys = {(r.account_id, r.wamid) for r in records if r.wamid}
+        if keys:
             # Statuses may carry the recipient only as a business-scoped id, so they
             # are found by message id rather than by contact.
-            statuses = select(Record).where(Record.kind == "status", Record.wamid.in_(wamids))
+            statuses = select(Record).where(
+                Record.kind == "status", tuple_(Record.account_id, Record.wamid).in_(keys)
+            )
             known = {r.id for r in records}
             records += [r for r in await session.scalars(statuses) if r.id not in known]
         media: dict[int, list[MediaItem]] = {}
@@ -88,7 +95,7 @@ class Conversations:
         for stored in await session.scalars(select(MediaItem).where(MediaItem.record_id.in_(ids))):
             media.setdefault(stored.record_id, []).append(stored)
 
-        messages: dict[str, Message] = {}
+        messages: dict[tuple[str, str], Message] = {}
         ordered: list[Message] = []
         folded: list[tuple[Record, dict[str, Any] | None]] = []
         events: list[Record] = []
@@ -110,11 +117,13 @@ class Conversations:
                 message.media = media.get(record.id, [])
                 ordered.append(message)
                 if record.wamid:
-                    messages.setdefault(record.wamid, message)
+                    messages.setdefault((record.account_id, record.wamid), message)
+        for message in ordered:
+            if message.reply_to:
+                message.quoted = messages.get((message.record.account_id, message.reply_to))
         for record, content in folded:
-            target = messages.get(
-                (record.related_wamid if record.kind != "status" else record.wamid) or ""
-            )
+            target_id = record.wamid if record.kind == "status" else record.related_wamid
+            target = messages.get((record.account_id, target_id or ""))
             if target is None:
                 continue
             item = content.get("item") if content else None
