@@ -7,7 +7,9 @@ into one (history chunk summaries, account events) is listed as an event.
 
 Every such join stays inside one business account: a message id is Meta's,
 and another account (signed with its own app secret) may send the same one,
-so an item is matched by its account and message id together.
+so an item is matched by its account and message id together. The rows hold
+only blind tokens of those ids (per account); the ids shown are read from the
+sealed items.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from archiver.capture import open_records
+from archiver.items import item_ids
 from archiver.models import MediaItem, Record
 from archiver.search import searchable_text
 from archiver.vault import Vault
@@ -52,7 +55,7 @@ class Message:
     record: Record
     content: dict[str, Any] | None  # None once erased
     text: str
-    reply_to: str | None
+    reply_to: str | None  # the wamid replied to
     quoted: Message | None = None  # the message replied to, in the same account
     versions: list[Version] = field(default_factory=list)
     reactions: list[Reaction] = field(default_factory=list)
@@ -81,12 +84,12 @@ class Conversations:
         if accounts is not None:
             query = query.where(Record.account_id.in_(list(accounts)))
         records = list(await session.scalars(query.order_by(Record.occurred_at, Record.id)))
-        keys = {(r.account_id, r.wamid) for r in records if r.wamid}
+        keys = {(r.account_id, r.wamid_token) for r in records if r.wamid_token}
         if keys:
             # Statuses may carry the recipient only as a business-scoped id, so they
             # are found by message id rather than by contact.
             statuses = select(Record).where(
-                Record.kind == "status", tuple_(Record.account_id, Record.wamid).in_(keys)
+                Record.kind == "status", tuple_(Record.account_id, Record.wamid_token).in_(keys)
             )
             known = {r.id for r in records}
             records += [r for r in await session.scalars(statuses) if r.id not in known]
@@ -95,7 +98,7 @@ class Conversations:
         for stored in await session.scalars(select(MediaItem).where(MediaItem.record_id.in_(ids))):
             media.setdefault(stored.record_id, []).append(stored)
 
-        messages: dict[tuple[str, str], Message] = {}
+        messages: dict[tuple[str, bytes], Message] = {}
         ordered: list[Message] = []
         folded: list[tuple[Record, dict[str, Any] | None]] = []
         events: list[Record] = []
@@ -112,18 +115,19 @@ class Conversations:
             else:
                 content = contents.get(record.id)  # absent when erased
                 text = searchable_text(content) if content else ""
-                message = Message(record, content, text, record.related_wamid)
+                message = Message(record, content, text, message_ids(record, content)[1])
                 message.versions.append(Version(record.id, record.occurred_at, text))
                 message.media = media.get(record.id, [])
                 ordered.append(message)
-                if record.wamid:
-                    messages.setdefault((record.account_id, record.wamid), message)
+                if record.wamid_token:
+                    messages.setdefault((record.account_id, record.wamid_token), message)
         for message in ordered:
-            if message.reply_to:
-                message.quoted = messages.get((message.record.account_id, message.reply_to))
+            if message.record.related_wamid_token:
+                quoted = (message.record.account_id, message.record.related_wamid_token)
+                message.quoted = messages.get(quoted)
         for record, content in folded:
-            target_id = record.wamid if record.kind == "status" else record.related_wamid
-            target = messages.get((record.account_id, target_id or ""))
+            token = record.wamid_token if record.kind == "status" else record.related_wamid_token
+            target = messages.get((record.account_id, token or b""))
             if target is None:
                 continue
             item = content.get("item") if content else None
@@ -139,3 +143,13 @@ class Conversations:
                     Reaction(record.id, record.occurred_at, str(emoji), record.direction)
                 )
         return Conversation(contact_id, ordered, events)
+
+
+def message_ids(record: Record, content: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """A record's wamid and the wamid it refers to, read from its sealed ``content``
+    (the row holds only their tokens): ``None`` where it has none, or once erased."""
+    wamid, related = item_ids(content.get("item")) if content else (None, None)
+    return (
+        wamid if record.wamid_token else None,
+        related if record.related_wamid_token else None,
+    )

@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -158,7 +158,7 @@ class MediaFetcher:
         sealed_record = await session.get(SealedObject, record.object_id)
         if sealed_record is None:
             raise _GiveUp("the record's sealed object is missing")
-        ref = await self._media_ref(session, item, sealed_record)
+        ref = await self._media_ref(session, sealed_record)
         token = tokens.get(record.account_id)
         if not token:
             raise _GiveUp("account has no access token")
@@ -188,9 +188,7 @@ class MediaFetcher:
         item.last_error = None
         log.info("media fetched", media_item=item.id, record_id=record.id, size=len(data))
 
-    async def _media_ref(
-        self, session: AsyncSession, item: MediaItem, sealed_record: SealedObject
-    ) -> _MediaRef:
+    async def _media_ref(self, session: AsyncSession, sealed_record: SealedObject) -> _MediaRef:
         try:
             plaintext = await self._vault.open(session, sealed_record)
         except KeyDestroyed:
@@ -199,8 +197,7 @@ class MediaFetcher:
             ) from None
         except ArchiverError as exc:
             raise _Retry(f"could not open the record ({type(exc).__name__})") from exc
-        ref = _parse_media_ref(plaintext)
-        return replace(ref, media_id=ref.media_id or item.media_id)
+        return _parse_media_ref(plaintext)
 
     async def _download(
         self, ref: _MediaRef, token: str, record: Record, now: datetime

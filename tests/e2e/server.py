@@ -23,6 +23,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.bootstrap import Services, open_services
+from api.fake_graph import meta_wamid
 from api.settings import load_settings
 from archiver.identity import ROLE_PERMISSIONS, Permission, Role
 
@@ -61,19 +62,10 @@ def fixture(name: str) -> dict[str, Any]:
     return value
 
 
-def meta_wamid(customer: str, serial: int, *, outbound: bool = False) -> str:
-    """A wamid in Meta's layout, which carries ``customer``'s number (as real ones do):
-    ``wamid.`` and the base64 of a small Thrift struct, number first."""
-    number = customer.encode("ascii")
-    tail = hashlib.sha256(f"{customer}:{serial}:{outbound}".encode()).hexdigest()[:20].upper()
-    raw = b"\x1c\x18%c%s\x15\x02\x00%c\x18%c%s\x00" % (
-        len(number),
-        number,
-        0x11 if outbound else 0x12,
-        len(tail),
-        tail.encode("ascii"),
-    )
-    return "wamid." + base64.b64encode(raw).decode("ascii")
+def fixed_wamid(customer: str, serial: int, *, outbound: bool = False) -> str:
+    """A fixed wamid in Meta's layout, carrying ``customer``'s number as real ones do."""
+    tail = hashlib.sha256(f"{customer}:{serial}:{outbound}".encode()).hexdigest()[:20]
+    return meta_wamid(customer, outbound=outbound, tail=tail)
 
 
 def wamid_number(wamid: str) -> str | None:

@@ -19,7 +19,7 @@ from tests.e2e.server import (
     Server,
     business_echo,
     customer_message,
-    meta_wamid,
+    fixed_wamid,
     on_account,
     sign,
     status_update,
@@ -39,10 +39,10 @@ B_OWN = "Same id, account B's own message"
 REWRITTEN = "Rewritten by account B"
 REPLY = "Reply sent in account B"
 
-W1 = meta_wamid(CUSTOMER, 1)
-W2 = meta_wamid(CUSTOMER, 2)
-W3 = meta_wamid(CUSTOMER, 3, outbound=True)
-EDIT, REACTION, REVOKE, REPLY_ID = (meta_wamid(CUSTOMER, n) for n in (4, 5, 6, 7))
+W1 = fixed_wamid(CUSTOMER, 1)
+W2 = fixed_wamid(CUSTOMER, 2)
+W3 = fixed_wamid(CUSTOMER, 3, outbound=True)
+EDIT, REACTION, REVOKE, REPLY_ID = (fixed_wamid(CUSTOMER, n) for n in (4, 5, 6, 7))
 
 
 def _b(payload: dict[str, Any]) -> dict[str, Any]:
