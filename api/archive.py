@@ -23,7 +23,7 @@ from litestar.exceptions import (
 )
 from litestar.params import Body, FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import audit_access
@@ -33,9 +33,10 @@ from api.openapi import errors
 from archiver.blind_index import normalize_phone
 from archiver.capture import open_records
 from archiver.chat_export import ChatExportError
+from archiver.conversations import message_ids
 from archiver.errors import AccountExists, AccountNotFound
 from archiver.identity import Permission, Principal
-from archiver.items import Identity
+from archiver.items import MAX_ID, Identity, fit
 from archiver.models import ContactIdentity, DeliveryState, MediaItem, Record
 
 MAX_IMPORT_BYTES = 512 * 1024 * 1024
@@ -78,7 +79,9 @@ class MediaOut(msgspec.Struct):
 
 
 class RecordOut(msgspec.Struct):
-    """A captured record with its decrypted content (``null`` once erased)."""
+    """A captured record with its decrypted content (``null`` once erased). The
+    wamids are read from that content (the database keeps only their tokens), so
+    they too are ``null`` once erased."""
 
     id: int
     account_id: str
@@ -154,9 +157,10 @@ async def _views(
         content = contents.get(record.id)
         erased = content is None  # every record has its sealed object; only shredding hides it
         delivery = None
-        if record.wamid and record.direction == "outbound":
-            state = await session.get(DeliveryState, (record.account_id, record.wamid))
+        if record.wamid_token and record.direction == "outbound":
+            state = await session.get(DeliveryState, (record.account_id, record.wamid_token))
             delivery = state.status if state else None
+        wamid, related_wamid = message_ids(record, content)
         out.append(
             RecordOut(
                 id=record.id,
@@ -166,8 +170,8 @@ async def _views(
                 source=record.source,
                 direction=record.direction,
                 type=record.item_type,
-                wamid=record.wamid,
-                related_wamid=record.related_wamid,
+                wamid=wamid,
+                related_wamid=related_wamid,
                 status=record.status,
                 delivery_status=delivery,
                 occurred_at=record.occurred_at,
@@ -305,9 +309,20 @@ class ArchiveController(Controller):
     async def find_messages(
         self, request: Caller, services: ServicesDep, wamid: FromQuery[str]
     ) -> list[RecordOut]:
-        """Records carrying a WhatsApp message id (the message, its edits and statuses)."""
-        query = select(Record).where(or_(Record.wamid == wamid, Record.related_wamid == wamid))
+        """Records carrying a WhatsApp message id (the message, its edits and statuses),
+        in each of the caller's accounts: looked up by the id's token in each."""
         async with services.sessions() as session:
+            allowed = request.user.accounts_for(Permission.ARCHIVE_READ)
+            if allowed is None:
+                allowed = {account.id for account in await services.accounts.all(session)}
+            meta_id = fit(wamid, MAX_ID)
+            tokens = [(a, services.meta_ids.token(a, meta_id)) for a in allowed]
+            query = select(Record).where(
+                or_(
+                    tuple_(Record.account_id, Record.wamid_token).in_(tokens),
+                    tuple_(Record.account_id, Record.related_wamid_token).in_(tokens),
+                )
+            )
             records = list(
                 await session.scalars(
                     _scope(query, request.user).order_by(Record.occurred_at, Record.id).limit(_PAGE)

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from api.settings import Settings, SettingsError, parse_root_key
 from archiver.accounts import AccountService
 from archiver.audit import AuditLog
-from archiver.blind_index import BlindIndex
+from archiver.blind_index import BlindIndex, MetaIdIndex
 from archiver.capture import Capture, Retention
 from archiver.clock import Clock, SystemClock
 from archiver.conversations import Conversations
@@ -29,6 +29,7 @@ from archiver.keyring import Keyring, new_root_key
 from archiver.media import MediaFetcher
 from archiver.s3store import S3Store
 from archiver.search import Search
+from archiver.subjects import META_ID_SUBJECT
 from archiver.vault import Vault
 from policy.lexicon import Lexicon
 
@@ -127,6 +128,12 @@ def load_root_keys(settings: Settings) -> list[bytes]:
     return keys
 
 
+def open_keyring(settings: Settings, clock: Clock | None = None) -> Keyring:
+    """The keyring of the root keys that ``settings`` name (what migrations need to
+    compute blind tokens)."""
+    return Keyring(load_root_keys(settings), clock or SystemClock())
+
+
 def open_store(settings: Settings, clock: Clock) -> ObjectStore:
     """The object store named by ``STRONGROOM_VAULT_URL``."""
     if settings.s3 is not None:
@@ -161,6 +168,7 @@ class Services:
     reader: Reader
     keyring: Keyring
     vault: Vault
+    meta_ids: MetaIdIndex
     accounts: AccountService
     capture: Capture
     importer: ChatImporter
@@ -203,12 +211,14 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     prepare_private_paths(settings)
     engine = create_engine(settings.database_url)
     sessions = session_factory(engine)
-    keyring = Keyring(load_root_keys(settings), clock)
+    keyring = open_keyring(settings, clock)
     vault = Vault(open_store(settings, clock), keyring, clock)
     async with sessions() as session, session.begin():
         # The index key is a subject key: it survives root rotation unchanged.
         _, index_key = await keyring.key_for(session, INDEX_SUBJECT)
+        _, meta_id_key = await keyring.key_for(session, META_ID_SUBJECT)
     index = BlindIndex(index_key)
+    meta_ids = MetaIdIndex(meta_id_key)
     accounts = AccountService(keyring, index, clock)
     records = timedelta(days=settings.record_retention_days)
     retention = Retention(journal=timedelta(days=settings.journal_retention_days), records=records)
@@ -217,7 +227,9 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     audit = AuditLog(
         sessions, vault, keyring, clock, anchor_seconds=settings.audit_anchor_seconds, writer=writer
     )
-    capture = Capture(vault, sessions, accounts, index, clock, retention, audit, writer=writer)
+    capture = Capture(
+        vault, sessions, accounts, index, meta_ids, clock, retention, audit, writer=writer
+    )
     # The embedded sandbox (the demo, tests) serves media from loopback.
     hosts = META_MEDIA_HOSTS + (LOOPBACK_HOSTS if settings.embedded else ())
     graph = GraphClient(settings.graph_base_url, download_hosts=hosts)
@@ -232,6 +244,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         reader=reader,
         keyring=keyring,
         vault=vault,
+        meta_ids=meta_ids,
         accounts=accounts,
         capture=capture,
         importer=ChatImporter(capture, vault, sessions, clock, records),

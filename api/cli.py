@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.bootstrap import (
     Services,
     load_root_keys,
+    open_keyring,
     open_services,
     pending_key_file,
     prepare_private_paths,
@@ -69,7 +70,17 @@ def _prepare(settings: Settings) -> None:
     except SettingsError as exc:
         _fail(str(exc))
     if settings.embedded:
-        upgrade(settings.database_url)
+        _upgrade(settings)
+
+
+def _upgrade(settings: Settings) -> None:
+    """Bring the schema up to date, with the root key for the migrations that
+    compute blind tokens."""
+    try:
+        keyring = open_keyring(settings)
+    except SettingsError as exc:
+        _fail(str(exc))
+    upgrade(settings.database_url, keyring=keyring)
 
 
 def _run(settings: Settings, work: Callable[[Services], Awaitable[T]]) -> T:
@@ -169,7 +180,7 @@ def worker(embedded: bool) -> None:
 def migrate() -> None:
     """Bring the database schema up to date."""
     settings = _settings()
-    upgrade(settings.database_url)
+    _upgrade(settings)
     click.echo("database is up to date")
 
 

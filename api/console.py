@@ -364,14 +364,12 @@ async def conversation_page(
     chat = await audited_conversation(
         services, request, contact_id, account_scope(request.user, None)
     )
-    quoted = {m.record.wamid: m for m in chat.messages if m.record.wamid}
     reactions = {m.record.id: _current_reactions(m) for m in chat.messages}
     return Template(
         "conversation.html",
         context=context(
             request,
             chat=chat,
-            quoted=quoted,
             reactions=reactions,
             sources=SOURCES,
             claimed_kind=claimed_kind,

@@ -18,7 +18,7 @@ from api.auth import needs
 from api.bootstrap import Services
 from api.deps import RowId, ServicesDep
 from api.search import account_scope
-from archiver.conversations import Conversation
+from archiver.conversations import Conversation, message_ids
 from archiver.identity import Permission, Principal
 from archiver.media_safety import delivery
 from archiver.models import MediaItem, Record, SealedObject
@@ -129,7 +129,7 @@ class ConversationController(Controller):
                 MessageOut(
                     id=m.record.id,
                     account_id=m.record.account_id,
-                    wamid=m.record.wamid,
+                    wamid=message_ids(m.record, m.content)[0],
                     direction=m.record.direction,
                     source=m.record.source,
                     type=m.record.item_type,

@@ -42,7 +42,7 @@ from sqlalchemy import func, select
 
 from api.bootstrap import Services
 from api.cli import CLI_ACTOR, _grant_from_cli
-from api.fake_graph import FakeMedia, running_fake_graph
+from api.fake_graph import FakeMedia, meta_wamid, running_fake_graph
 from api.worker import MEDIA_EVERY_SECONDS
 from archiver.identity import IdentityConflict, Role
 from archiver.items import Identity, extract
@@ -276,24 +276,6 @@ def _digits(n: int) -> str:
     return str(10 ** (n - 1) + secrets.randbelow(9 * 10 ** (n - 1)))
 
 
-def _wamid(wa_id: str, *, outbound: bool) -> str:
-    """A fresh wamid in the binary layout of Meta's examples (0x11 out, 0x12 in)."""
-    number = wa_id.encode("ascii")
-    tail = secrets.token_hex(9 if outbound else 10).upper().encode("ascii")
-    raw = (
-        b"\x1c\x18"
-        + bytes([len(number)])
-        + number
-        + b"\x15\x02\x00"
-        + (b"\x11" if outbound else b"\x12")
-        + b"\x18"
-        + bytes([len(tail)])
-        + tail
-        + b"\x00"
-    )
-    return "wamid." + base64.b64encode(raw).decode("ascii")
-
-
 def _ts(at: datetime) -> str:
     return str(int(at.timestamp()))
 
@@ -363,7 +345,7 @@ class _Script:
         self, who: _Person, at: datetime, kind: str, body: Any, *, reply_to: str | None = None
     ) -> str:
         """The customer sends a message (field ``messages``); returns its wamid."""
-        wamid = _wamid(who.wa_id, outbound=False)
+        wamid = meta_wamid(who.wa_id, outbound=False)
         message: dict[str, Any] = {}
         if reply_to is not None:
             message["context"] = {"from": self._account.business_number, "id": reply_to}
@@ -388,7 +370,7 @@ class _Script:
 
     def echo(self, who: _Person, at: datetime, kind: str, body: Any) -> str:
         """The business writes from the WhatsApp Business app (``smb_message_echoes``)."""
-        wamid = _wamid(who.wa_id, outbound=True)
+        wamid = meta_wamid(who.wa_id, outbound=True)
         self._post(
             at,
             "smb_message_echoes",
@@ -432,7 +414,7 @@ class _Script:
 
     def delivered(self, who: _Person, steps: list[tuple[str, datetime]], category: str) -> str:
         """A Cloud API message known only by its statuses (``sent`` → ``delivered`` → …)."""
-        wamid = _wamid(who.wa_id, outbound=True)
+        wamid = meta_wamid(who.wa_id, outbound=True)
         conversation = secrets.token_hex(16)
         for status, at in steps:
             item: dict[str, Any] = {
@@ -456,7 +438,7 @@ class _Script:
         return wamid
 
     def failed(self, who: _Person, at: datetime, code: int, title: str) -> str:
-        wamid = _wamid(who.wa_id, outbound=True)
+        wamid = meta_wamid(who.wa_id, outbound=True)
         error = {
             "code": code,
             "title": title,
@@ -533,7 +515,7 @@ class _Script:
                 if from_business:
                     item["to"] = who.wa_id
                 item |= {
-                    "id": _wamid(who.wa_id, outbound=from_business),
+                    "id": meta_wamid(who.wa_id, outbound=from_business),
                     "timestamp": _ts(when),
                     "type": "text",
                     "text": {"body": body},

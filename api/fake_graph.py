@@ -163,6 +163,25 @@ class FakeMedia:
             self.sent.append(message)
 
 
+def meta_wamid(wa_id: str, *, outbound: bool, tail: str | None = None) -> str:
+    """A wamid in the binary layout of Meta's (0x11 out, 0x12 in), which carries the
+    customer's number as real ones do; ``tail`` (hex) is random unless given."""
+    number = wa_id.encode("ascii")
+    end = (tail or secrets.token_hex(9 if outbound else 10)).upper().encode("ascii")
+    raw = (
+        b"\x1c\x18"
+        + bytes([len(number)])
+        + number
+        + b"\x15\x02\x00"
+        + (b"\x11" if outbound else b"\x12")
+        + b"\x18"
+        + bytes([len(end)])
+        + end
+        + b"\x00"
+    )
+    return "wamid." + base64.b64encode(raw).decode("ascii")
+
+
 def graph_error(
     status: int,
     message: str,
@@ -254,7 +273,7 @@ def create_fake_graph(media: FakeMedia) -> Litestar:
             {
                 "messaging_product": "whatsapp",
                 "contacts": [{"input": to, "wa_id": "".join(c for c in to if c.isdigit())}],
-                "messages": [{"id": "wamid." + secrets.token_urlsafe(24)}],
+                "messages": [{"id": meta_wamid(to.lstrip("+"), outbound=True)}],
             }
         )
 

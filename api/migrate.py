@@ -7,20 +7,28 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from archiver.keyring import Keyring
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def alembic_config(database_url: str) -> Config:
-    """An Alembic config for ``database_url`` that needs no alembic.ini."""
+def alembic_config(database_url: str, keyring: Keyring | None = None) -> Config:
+    """An Alembic config for ``database_url`` that needs no alembic.ini.
+
+    ``keyring`` opens the subject keys that a data migration needs (0006 computes
+    blind tokens of Meta's ids); without it, such a migration refuses to run on an
+    archive that holds data.
+    """
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["database_url"] = database_url
+    config.attributes["keyring"] = keyring
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Bring the schema up to ``revision``."""
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade(database_url: str, revision: str = "head", *, keyring: Keyring | None = None) -> None:
+    """Bring the schema up to ``revision``, with ``keyring`` for data migrations."""
+    command.upgrade(alembic_config(database_url, keyring), revision)
 
 
 def downgrade(database_url: str, revision: str) -> None:

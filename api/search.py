@@ -17,6 +17,7 @@ from api.auth import needs
 from api.bootstrap import Services
 from api.deps import ServicesDep
 from archiver.blind_index import normalize_phone
+from archiver.conversations import message_ids
 from archiver.identity import Permission, Principal
 from archiver.items import Identity
 from archiver.models import ContactIdentity
@@ -172,7 +173,7 @@ async def search(
                 h.record.source,
                 h.record.direction,
                 h.record.item_type,
-                h.record.wamid,
+                message_ids(h.record, h.content)[0],
                 h.record.occurred_at,
                 h.record.revoked,
                 h.snippet,

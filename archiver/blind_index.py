@@ -46,14 +46,20 @@ import hmac
 import re
 import unicodedata
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import phonenumbers
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 __all__ = [
     "INDEX_KEY_SIZE",
     "MAX_TOKEN_CHARS",
+    "META_ID_TOKEN_BYTES",
     "TOKEN_BYTES",
     "BlindIndex",
+    "MetaIdIndex",
     "normalize",
     "normalize_phone",
     "query_tokens",
@@ -67,6 +73,10 @@ INDEX_KEY_SIZE = 32
 # candidates per query token. Collisions are harmless anyway: candidates are
 # decrypted and re-checked.
 TOKEN_BYTES = 8
+
+# Meta's ids join records (and deduplicate them), so a collision would matter:
+# 128 bits keeps one negligible (about 1e-15 among 10^12 ids of one account).
+META_ID_TOKEN_BYTES = 16
 
 # Real words are far shorter (the longest German compounds are about 60
 # letters); longer runs are hashes, base64 or keyboard mashing. Cutting them
@@ -392,3 +402,48 @@ class BlindIndex:
     def identity_token(self, kind: str, value: str) -> bytes:
         """The full-length token of a non-phone identity (a business-scoped user id)."""
         return hmac.digest(self._key, b"i:" + kind.encode() + b":" + value.encode(), "sha256")
+
+
+class MetaIdIndex:
+    """Blind tokens of Meta's ids, keyed per business account.
+
+    A wamid embeds the customer's phone number (``wamid.`` and the base64 of a
+    small struct that starts with it), so the database holds only these tokens
+    of message ids and of the dedupe keys built from them; the ids themselves
+    stay in the sealed objects. Each account has its own key, derived from the
+    one index key: the same id in two accounts gives two tokens, so a lookup
+    that forgot its account could still not join them.
+    """
+
+    __slots__ = ("_accounts", "_key")
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or len(key) != INDEX_KEY_SIZE:
+            raise ValueError(f"the Meta id key must be {INDEX_KEY_SIZE} bytes")
+        self._key = key
+        # Per account and purpose: the HMAC's keyed pads, hashed once (see BlindIndex).
+        self._accounts: dict[tuple[str, bytes], tuple[_Hash, _Hash]] = {}
+
+    def token(self, account_id: str, meta_id: str) -> bytes:
+        """The stored token of one of Meta's ids (a wamid) in ``account_id``."""
+        return self._digest(account_id, b"id:", meta_id)
+
+    def dedupe_token(self, account_id: str, dedupe_key: str) -> bytes:
+        """The stored token of a record's dedupe key (which may hold a wamid)."""
+        return self._digest(account_id, b"dedupe:", dedupe_key)
+
+    def _digest(self, account_id: str, purpose: bytes, value: str) -> bytes:
+        pads = self._accounts.get((account_id, purpose))
+        if pads is None:
+            key = hmac.digest(self._key, b"account:" + account_id.encode(), "sha256")
+            padded = key.ljust(hashlib.sha256().block_size, b"\0")
+            pads = (
+                hashlib.sha256(bytes(b ^ 0x36 for b in padded) + purpose),
+                hashlib.sha256(bytes(b ^ 0x5C for b in padded)),
+            )
+            self._accounts[account_id, purpose] = pads
+        inner = pads[0].copy()
+        inner.update(value.encode("utf-8", "surrogatepass"))
+        outer = pads[1].copy()
+        outer.update(inner.digest())
+        return outer.digest()[:META_ID_TOKEN_BYTES]

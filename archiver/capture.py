@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from archiver.accounts import AccountSecrets, AccountService
 from archiver.audit import AuditEntry, AuditLog
-from archiver.blind_index import BlindIndex, time_key
+from archiver.blind_index import BlindIndex, MetaIdIndex, time_key
 from archiver.clock import Clock
 from archiver.db import Writer
 from archiver.errors import CaptureError
@@ -169,12 +169,14 @@ class Capture:
         sessions: async_sessionmaker[AsyncSession],
         accounts: AccountService,
         index: BlindIndex,
+        meta_ids: MetaIdIndex,
         clock: Clock,
         retention: Retention,
         audit: AuditLog | None = None,
         writer: Writer | None = None,
     ) -> None:
         self._audit = audit
+        self._meta_ids = meta_ids
         self._writer = writer or Writer(sessions)
         self._vault = vault
         self._sessions = sessions
@@ -515,23 +517,24 @@ class Capture:
                 for item in extract(payload, received):
                     account_id = accounts.get(item.phone_number_id or "", entry.account_id)
                     planned.setdefault((account_id, item.dedupe_key), (entry, account_id, item))
-            existing = await self._existing(session, planned)
+            existing = await self.recorded(session, planned)
         return [value for key, value in planned.items() if key not in existing]
 
-    async def _existing(
+    async def recorded(
         self, session: AsyncSession, keyed: Iterable[tuple[str, str]]
     ) -> set[tuple[str, str]]:
+        """Which ``(account id, dedupe key)`` pairs already have their record."""
         found: set[tuple[str, str]] = set()
-        by_account: dict[str, list[str]] = defaultdict(list)
+        by_account: dict[str, dict[bytes, str]] = defaultdict(dict)
         for account_id, key in keyed:
-            by_account[account_id].append(key)
+            by_account[account_id][self._meta_ids.dedupe_token(account_id, key)] = key
         for account_id, keys in by_account.items():
             rows = await session.scalars(
-                select(Record.dedupe_key).where(
-                    Record.account_id == account_id, Record.dedupe_key.in_(keys)
+                select(Record.dedupe_token).where(
+                    Record.account_id == account_id, Record.dedupe_token.in_(keys)
                 )
             )
-            found.update((account_id, key) for key in rows)
+            found.update((account_id, keys[token]) for token in rows)
         return found
 
     async def store_items(
@@ -566,8 +569,8 @@ class Capture:
             retain_until=self._clock.now() + self._retention.records,
         )
 
-    @staticmethod
     def _record(
+        self,
         account_id: str,
         contact: str | None,
         item: Item,
@@ -575,16 +578,19 @@ class Capture:
         journal_entry_id: int | None,
         received_at: datetime,
     ) -> Record:
+        ids = self._meta_ids
         return Record(
             account_id=account_id,
             contact_id=contact,
-            dedupe_key=item.dedupe_key,
+            dedupe_token=ids.dedupe_token(account_id, item.dedupe_key),
             kind=item.kind,
             source=item.source,
             direction=item.direction,
             item_type=item.item_type,
-            wamid=item.wamid,
-            related_wamid=item.related_wamid,
+            wamid_token=ids.token(account_id, item.wamid) if item.wamid else None,
+            related_wamid_token=(
+                ids.token(account_id, item.related_wamid) if item.related_wamid else None
+            ),
             status=item.status,
             occurred_at=item.occurred_at,
             received_at=received_at,
@@ -620,11 +626,9 @@ class Capture:
             session.connection().execute(insert(_SEARCH_TOKENS), tokens)
         for record, item in zip(records, items, strict=True):
             if item.media is not None:
-                media_id = item.media.get("id")
                 session.add(
                     MediaItem(
                         record_id=record.id,
-                        media_id=fit(media_id, 200) if isinstance(media_id, str) else None,
                         mime_type=fit(str(item.media.get("mime_type") or ""), 200) or None,
                         expected_sha256=fit(str(item.media.get("sha256") or ""), 100) or None,
                         state="pending",
@@ -636,44 +640,48 @@ class Capture:
         self._apply_effects(session, records, items)
 
     def _apply_effects(self, session: Session, records: list[Record], items: list[Item]) -> None:
-        revoking: dict[str, set[str]] = defaultdict(set)
+        revoking: dict[str, set[bytes]] = defaultdict(set)
         messages: dict[str, list[Record]] = defaultdict(list)
         for record, item in zip(records, items, strict=True):
-            if item.kind == "status" and item.wamid and item.status:
-                self._advance_status(session, record.account_id, item.wamid, item.status)
-            elif item.item_type == "revoke" and item.related_wamid:
-                revoking[record.account_id].add(item.related_wamid)
-            elif item.wamid:
+            if item.kind == "status" and record.wamid_token and item.status:
+                self._advance_status(session, record.account_id, record.wamid_token, item.status)
+            elif item.item_type == "revoke" and record.related_wamid_token:
+                revoking[record.account_id].add(record.related_wamid_token)
+            elif record.wamid_token:
                 messages[record.account_id].append(record)
-        for account_id, wamids in revoking.items():
+        for account_id, tokens in revoking.items():
             session.execute(
                 update(Record)
-                .where(Record.account_id == account_id, Record.wamid.in_(wamids))
+                .where(Record.account_id == account_id, Record.wamid_token.in_(tokens))
                 .values(revoked=True)
             )
         for account_id, batch in messages.items():
             # A revoke may have arrived before the message it revokes.
             revoked = set(
                 session.scalars(
-                    select(Record.related_wamid).where(
+                    select(Record.related_wamid_token).where(
                         Record.account_id == account_id,
                         Record.item_type == "revoke",
-                        Record.related_wamid.in_({r.wamid for r in batch}),
+                        Record.related_wamid_token.in_({r.wamid_token for r in batch}),
                     )
                 )
             )
             for record in batch:
-                if record.wamid in revoked:
+                if record.wamid_token in revoked:
                     record.revoked = True
         session.flush()
 
-    def _advance_status(self, session: Session, account_id: str, wamid: str, status: str) -> None:
+    def _advance_status(
+        self, session: Session, account_id: str, wamid_token: bytes, status: str
+    ) -> None:
         """Move a message's delivery state forward only; ``failed`` is terminal."""
-        state = session.get(DeliveryState, (account_id, wamid), with_for_update=True)
+        state = session.get(DeliveryState, (account_id, wamid_token), with_for_update=True)
         now = self._clock.now()
         if state is None:
             session.add(
-                DeliveryState(account_id=account_id, wamid=wamid, status=status, updated_at=now)
+                DeliveryState(
+                    account_id=account_id, wamid_token=wamid_token, status=status, updated_at=now
+                )
             )
             return
         if state.status == "failed":

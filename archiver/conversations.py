@@ -4,6 +4,12 @@ Reactions, edits and revokes are folded into the message they refer to (every
 version kept, the original first); statuses become the message's receipts;
 replies point at the message they quote. What is neither a message nor folds
 into one (history chunk summaries, account events) is listed as an event.
+
+Every such join stays inside one business account: a message id is Meta's,
+and another account (signed with its own app secret) may send the same one,
+so an item is matched by its account and message id together. The rows hold
+only blind tokens of those ids (per account); the ids shown are read from the
+sealed items.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from archiver.capture import open_records
+from archiver.items import item_ids
 from archiver.models import MediaItem, Record
 from archiver.search import searchable_text
 from archiver.vault import Vault
@@ -48,7 +55,8 @@ class Message:
     record: Record
     content: dict[str, Any] | None  # None once erased
     text: str
-    reply_to: str | None
+    reply_to: str | None  # the wamid replied to
+    quoted: Message | None = None  # the message replied to, in the same account
     versions: list[Version] = field(default_factory=list)
     reactions: list[Reaction] = field(default_factory=list)
     receipts: dict[str, datetime] = field(default_factory=dict)
@@ -76,11 +84,13 @@ class Conversations:
         if accounts is not None:
             query = query.where(Record.account_id.in_(list(accounts)))
         records = list(await session.scalars(query.order_by(Record.occurred_at, Record.id)))
-        wamids = [r.wamid for r in records if r.wamid]
-        if wamids:
+        keys = {(r.account_id, r.wamid_token) for r in records if r.wamid_token}
+        if keys:
             # Statuses may carry the recipient only as a business-scoped id, so they
             # are found by message id rather than by contact.
-            statuses = select(Record).where(Record.kind == "status", Record.wamid.in_(wamids))
+            statuses = select(Record).where(
+                Record.kind == "status", tuple_(Record.account_id, Record.wamid_token).in_(keys)
+            )
             known = {r.id for r in records}
             records += [r for r in await session.scalars(statuses) if r.id not in known]
         media: dict[int, list[MediaItem]] = {}
@@ -88,7 +98,7 @@ class Conversations:
         for stored in await session.scalars(select(MediaItem).where(MediaItem.record_id.in_(ids))):
             media.setdefault(stored.record_id, []).append(stored)
 
-        messages: dict[str, Message] = {}
+        messages: dict[tuple[str, bytes], Message] = {}
         ordered: list[Message] = []
         folded: list[tuple[Record, dict[str, Any] | None]] = []
         events: list[Record] = []
@@ -105,16 +115,19 @@ class Conversations:
             else:
                 content = contents.get(record.id)  # absent when erased
                 text = searchable_text(content) if content else ""
-                message = Message(record, content, text, record.related_wamid)
+                message = Message(record, content, text, message_ids(record, content)[1])
                 message.versions.append(Version(record.id, record.occurred_at, text))
                 message.media = media.get(record.id, [])
                 ordered.append(message)
-                if record.wamid:
-                    messages.setdefault(record.wamid, message)
+                if record.wamid_token:
+                    messages.setdefault((record.account_id, record.wamid_token), message)
+        for message in ordered:
+            if message.record.related_wamid_token:
+                quoted = (message.record.account_id, message.record.related_wamid_token)
+                message.quoted = messages.get(quoted)
         for record, content in folded:
-            target = messages.get(
-                (record.related_wamid if record.kind != "status" else record.wamid) or ""
-            )
+            token = record.wamid_token if record.kind == "status" else record.related_wamid_token
+            target = messages.get((record.account_id, token or b""))
             if target is None:
                 continue
             item = content.get("item") if content else None
@@ -130,3 +143,13 @@ class Conversations:
                     Reaction(record.id, record.occurred_at, str(emoji), record.direction)
                 )
         return Conversation(contact_id, ordered, events)
+
+
+def message_ids(record: Record, content: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """A record's wamid and the wamid it refers to, read from its sealed ``content``
+    (the row holds only their tokens): ``None`` where it has none, or once erased."""
+    wamid, related = item_ids(content.get("item")) if content else (None, None)
+    return (
+        wamid if record.wamid_token else None,
+        related if record.related_wamid_token else None,
+    )

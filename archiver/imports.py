@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver.capture import Capture
@@ -119,15 +118,12 @@ class ChatImporter:
                 session, [Identity("wa_id", contact_phone.lstrip("+"))]
             )
             assert contact is not None  # one identity always yields a contact
-            keys = [item.dedupe_key for item, _ in items]
-            existing = set(
-                await session.scalars(
-                    select(Record.dedupe_key).where(
-                        Record.account_id == account_id, Record.dedupe_key.in_(keys)
-                    )
-                )
+            existing = await self._capture.recorded(
+                session, [(account_id, item.dedupe_key) for item, _ in items]
             )
-            new = [(item, msg) for item, msg in items if item.dedupe_key not in existing]
+            new = [
+                (item, msg) for item, msg in items if (account_id, item.dedupe_key) not in existing
+            ]
             # The file itself is kept too, as evidence of what was imported.
             await self._vault.seal(
                 session,

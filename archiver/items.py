@@ -26,6 +26,7 @@ SOURCE_OUTBOX = "outbox"
 
 MEDIA_TYPES = frozenset({"image", "audio", "video", "document", "sticker"})
 _MAX_TYPE = 64
+MAX_ID = 200  # longer ids are cut, and marked with a digest of the whole (see ``fit``)
 _MAX_KEY = 300
 
 
@@ -106,7 +107,7 @@ def fit(value: str, width: int) -> str:
     )
 
 
-def _id(value: Any, width: int = 200) -> str | None:
+def _id(value: Any, width: int = MAX_ID) -> str | None:
     text = _str(value)
     return fit(text, width) if text else None
 
@@ -188,6 +189,13 @@ def _related(message: dict[str, Any]) -> str | None:
     if kind in ("edit", "revoke"):
         return _id(body.get("original_message_id"))
     return _id(_dict(message.get("context")).get("id"))
+
+
+def item_ids(item: Any) -> tuple[str | None, str | None]:
+    """A sealed item's own message id and the id it refers to (a reaction's, edit's
+    or revoke's target, or the message a reply quotes), read as capture reads them."""
+    item = _dict(item)
+    return _id(item.get("id")), _related(item)
 
 
 def _message_item(

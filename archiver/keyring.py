@@ -12,10 +12,11 @@ import hmac
 import os
 import secrets
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Table, func, insert, select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -72,6 +73,36 @@ class Keyring:
         if row is None:
             row = await self._create(session, subject)
         return row.key_id, self._unwrap(row)
+
+    def key_on(self, connection: Connection, subject: str) -> bytes:
+        """The key of ``subject``, created on first use, through a bare ``connection``.
+
+        For data migrations: it names only the columns that the table has had
+        since its first revision, so it works on the schema of any of them.
+        """
+        table = cast(Table, SubjectKey.__table__)
+        row = connection.execute(
+            select(table.c.key_id, table.c.root_key_id, table.c.wrapped_key).where(
+                table.c.subject == subject
+            )
+        ).one_or_none()
+        if row is not None:
+            return self._unwrap(
+                SubjectKey(
+                    key_id=row.key_id, root_key_id=row.root_key_id, wrapped_key=row.wrapped_key
+                )
+            )
+        new = self._new_row(subject)
+        connection.execute(
+            insert(table).values(
+                key_id=new.key_id,
+                subject=subject,
+                root_key_id=new.root_key_id,
+                wrapped_key=new.wrapped_key,
+                created_at=new.created_at,
+            )
+        )
+        return self._unwrap(new)
 
     async def keys_for(
         self, session: AsyncSession, subjects: Iterable[str]

@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -177,7 +177,7 @@ class MediaFetcher:
             sealed_record = await session.get(SealedObject, record.object_id)
             if sealed_record is None:
                 raise _GiveUp("the record's sealed object is missing")
-            ref = await self._media_ref(session, item, sealed_record)
+            ref = await self._media_ref(session, sealed_record)
             token = tokens.get(record.account_id)
             if not token:
                 raise _GiveUp("account has no access token")
@@ -264,9 +264,7 @@ class MediaFetcher:
         else:
             self._reschedule(item, exc, now)
 
-    async def _media_ref(
-        self, session: AsyncSession, item: MediaItem, sealed_record: SealedObject
-    ) -> _MediaRef:
+    async def _media_ref(self, session: AsyncSession, sealed_record: SealedObject) -> _MediaRef:
         try:
             plaintext = await self._vault.open(session, sealed_record)
         except KeyDestroyed:
@@ -275,8 +273,7 @@ class MediaFetcher:
             ) from None
         except ArchiverError as exc:
             raise _Retry(f"could not open the record ({type(exc).__name__})") from exc
-        ref = _parse_media_ref(plaintext)
-        return replace(ref, media_id=ref.media_id or item.media_id)
+        return _parse_media_ref(plaintext)
 
     async def _download(
         self, ref: _MediaRef, token: str, expired: bool

@@ -112,20 +112,25 @@ class ContactIdentity(Base):
 
 class Record(Base):
     """One captured item: a message, echo, history item, status, edit, revoke,
-    reaction or event. Its verbatim JSON is the sealed object ``object_id``."""
+    reaction or event. Its verbatim JSON is the sealed object ``object_id``.
+
+    Meta's ids carry the customer's number, so the row holds only their blind
+    tokens (``MetaIdIndex``, keyed per account): of the dedupe key, of the item's
+    own message id and of the one it refers to (reaction, edit, revoke, reply).
+    """
 
     __tablename__ = "records"
 
     id: Mapped[int] = mapped_column(BIGINT_PK, primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     contact_id: Mapped[str | None] = mapped_column(ForeignKey("contacts.id"))
-    dedupe_key: Mapped[str] = mapped_column(String(300))
+    dedupe_token: Mapped[bytes] = mapped_column(LargeBinary(16))
     kind: Mapped[str] = mapped_column(String(20))
     source: Mapped[str] = mapped_column(String(20))
     direction: Mapped[str] = mapped_column(String(10))
     item_type: Mapped[str] = mapped_column(String(64))
-    wamid: Mapped[str | None] = mapped_column(String(200), index=True)
-    related_wamid: Mapped[str | None] = mapped_column(String(200), index=True)
+    wamid_token: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
+    related_wamid_token: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
     status: Mapped[str | None] = mapped_column(String(20))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -138,7 +143,7 @@ class Record(Base):
     object_id: Mapped[int] = mapped_column(ForeignKey("sealed_objects.id"), insert_sentinel=True)
 
     __table_args__ = (
-        UniqueConstraint("account_id", "dedupe_key"),
+        UniqueConstraint("account_id", "dedupe_token"),
         Index("ix_records_contact_time", "contact_id", "occurred_at"),
         Index("ix_records_account_time", "account_id", "occurred_at"),
         Index("ix_records_time", "occurred_at", "id"),
@@ -146,12 +151,13 @@ class Record(Base):
 
 
 class DeliveryState(Base):
-    """The furthest delivery status seen for an outbound message."""
+    """The furthest delivery status seen for an outbound message (by the token of
+    its wamid)."""
 
     __tablename__ = "delivery_states"
 
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
-    wamid: Mapped[str] = mapped_column(String(200), primary_key=True)
+    wamid_token: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
     status: Mapped[str] = mapped_column(String(20))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -174,13 +180,13 @@ class SearchToken(Base):
 
 
 class MediaItem(Base):
-    """Media referenced by a record, fetched from the Graph API and sealed."""
+    """Media referenced by a record, fetched from the Graph API and sealed. Its
+    Meta media id is read from the record's sealed item, never kept here."""
 
     __tablename__ = "media_items"
 
     id: Mapped[int] = mapped_column(BIGINT_PK, primary_key=True, autoincrement=True)
     record_id: Mapped[int] = mapped_column(ForeignKey("records.id"), index=True)
-    media_id: Mapped[str | None] = mapped_column(String(200))
     mime_type: Mapped[str | None] = mapped_column(String(200))
     expected_sha256: Mapped[str | None] = mapped_column(String(100))
     state: Mapped[str] = mapped_column(String(20), default="pending")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from archiver.models import Record
 
+# The key of the Meta id tokens (see ``MetaIdIndex``): a subject key, so that it
+# survives root key rotation unchanged.
+META_ID_SUBJECT = "index:meta_ids"
+
 
 def contact_subject(contact_id: str) -> str:
     """The subject whose key seals everything about one contact."""

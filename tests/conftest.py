@@ -13,6 +13,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import sqlalchemy as sa
+from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.migrate import upgrade
@@ -41,6 +43,22 @@ def _pg_available() -> bool:
     except (OSError, asyncpg.PostgresError, TimeoutError):
         return False
     return True
+
+
+async def database_bytes(url: str) -> bytes:
+    """Every value in every table of the database at ``url``, as bytes (``bytea`` raw,
+    the rest as text), for scans of what it must not hold."""
+    engine = create_engine(url)
+    out: list[bytes] = []
+    try:
+        async with engine.connect() as conn:
+            for table in await conn.run_sync(lambda sync: inspect(sync).get_table_names()):
+                every = sa.select(sa.literal_column("*")).select_from(sa.table(table))
+                for row in await conn.execute(every):
+                    out += [v if isinstance(v, bytes) else str(v).encode() for v in row]
+    finally:
+        await engine.dispose()
+    return b"\n".join(out)
 
 
 def _pg_url(database: str) -> str:

@@ -815,7 +815,7 @@ def verify(
             "FROM journal_entries"
         ).fetchone()
         records, distinct = db.execute(
-            "SELECT count(*), count(DISTINCT wamid) FROM records WHERE kind = 'message'"
+            "SELECT count(*), count(DISTINCT wamid_token) FROM records WHERE kind = 'message'"
         ).fetchone()
         events, checkpoints = db.execute(
             "SELECT (SELECT count(*) FROM audit_events), (SELECT count(*) FROM audit_checkpoints)"

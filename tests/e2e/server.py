@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +23,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.bootstrap import Services, open_services
+from api.fake_graph import meta_wamid
 from api.settings import load_settings
 from archiver.identity import ROLE_PERMISSIONS, Permission, Role
 
@@ -31,6 +34,7 @@ VERIFY_TOKEN = "e2e-verify-token"
 PHONE_NUMBER_ID = "106540352242922"
 DISPLAY_NUMBER = "15550783881"
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "webhooks"
+_URLSAFE = str.maketrans("-_", "+/")
 
 
 def free_port() -> int:
@@ -56,6 +60,35 @@ def fixture_bytes(name: str) -> bytes:
 def fixture(name: str) -> dict[str, Any]:
     value: dict[str, Any] = json.loads(fixture_bytes(name))
     return value
+
+
+def fixed_wamid(customer: str, serial: int, *, outbound: bool = False) -> str:
+    """A fixed wamid in Meta's layout, carrying ``customer``'s number as real ones do."""
+    tail = hashlib.sha256(f"{customer}:{serial}:{outbound}".encode()).hexdigest()[:20]
+    return meta_wamid(customer, outbound=outbound, tail=tail)
+
+
+def wamid_number(wamid: str) -> str | None:
+    """The customer number a wamid carries: the first run of digits in its decoded
+    bytes (``None`` if it decodes to none)."""
+    text = wamid.removeprefix("wamid.").rstrip("=").translate(_URLSAFE)
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        return None
+    digits = re.search(rb"[0-9]{6,}", raw)
+    return digits.group().decode("ascii") if digits else None
+
+
+def on_account(payload: dict[str, Any], phone_number_id: str, display: str) -> dict[str, Any]:
+    """``payload`` as another business number sends it: every change's metadata names it."""
+    for entry in payload["entry"]:
+        for change in entry["changes"]:
+            change["value"]["metadata"] = {
+                "display_phone_number": display,
+                "phone_number_id": phone_number_id,
+            }
+    return payload
 
 
 def customer_message(

@@ -16,12 +16,15 @@ from pathlib import Path
 import click
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from api.bootstrap import open_services
 from api.cli import main
 from api.migrate import upgrade
 from api.settings import load_settings
 from archiver.models import SealedObject
+from tests.conftest import database_bytes
+from tests.integration.test_migrations import WAMID, seed_meta_ids
 
 STRONGROOM = str(Path(sys.executable).with_name("strongroom"))
 
@@ -187,10 +190,36 @@ def test_keys_rotate_rewraps_and_objects_stay_readable(env: dict[str, str], tmp_
     assert status.returncode == 0
     new_id = rotated.stdout.split("root key ")[1].split()[0]
     assert f"root key: {new_id}" in status.stdout
-    # Every live key (the contacts', the blind index's, the audit trail's signing,
-    # details and checkpoint keys) moved.
+    # Every live key (the contacts', the blind index's, the Meta id tokens', the audit
+    # trail's signing, details and checkpoint keys) moved.
     wrapped = [
         line for line in status.stdout.splitlines() if line.startswith("subject keys wrapped")
     ]
-    assert wrapped == [f"subject keys wrapped by {new_id}: {len(records) + 4}"]
-    assert f"re-wrapped {len(records) + 4} subject keys" in rotated.stdout
+    assert wrapped == [f"subject keys wrapped by {new_id}: {len(records) + 5}"]
+    assert f"re-wrapped {len(records) + 5} subject keys" in rotated.stdout
+
+
+def test_migrate_turns_meta_ids_into_tokens_with_the_archives_root_key(
+    env: dict[str, str],
+) -> None:
+    settings = load_settings(env)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    upgrade(settings.database_url, "0005")
+    asyncio.run(seed_meta_ids(settings.database_url))
+
+    migrated = run(env, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+
+    async def tokens() -> tuple[list[tuple[object, ...]], bytes]:
+        services = await open_services(settings)
+        try:
+            async with services.sessions() as session:
+                rows = await session.execute(sa.text("SELECT id, wamid_token FROM records"))
+                found = sorted(tuple(row) for row in rows)
+            return found, services.meta_ids.token("acc", WAMID)
+        finally:
+            await services.close()
+
+    rows, token = asyncio.run(tokens())
+    assert (1, token) in rows  # what the service computes, under the same subject key
+    assert WAMID.encode() not in asyncio.run(database_bytes(settings.database_url))

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from api.fake_graph import FakeMedia, running_fake_graph
 from archiver.accounts import AccountService
-from archiver.blind_index import BlindIndex
+from archiver.blind_index import BlindIndex, MetaIdIndex
 from archiver.clock import FixedClock
 from archiver.graph import GraphClient, GraphPermanent
 from archiver.keyring import Keyring
@@ -35,6 +35,7 @@ Sessions = async_sessionmaker[AsyncSession]
 TOKEN = "EAAG-test-token-0123456789abcdef"
 RETENTION = timedelta(days=30)
 RECORD_RETENTION = timedelta(days=400)
+META_IDS = MetaIdIndex(secrets.token_bytes(32))
 
 
 @pytest.fixture
@@ -123,12 +124,12 @@ class Archive:
             record = Record(
                 account_id=account_id,
                 contact_id=contact.id,
-                dedupe_key=f"m:{wamid}",
+                dedupe_token=META_IDS.dedupe_token(account_id, f"m:{wamid}"),
                 kind="message",
                 source="cloud_api",
                 direction="inbound",
                 item_type="image",
-                wamid=wamid,
+                wamid_token=META_IDS.token(account_id, wamid),
                 occurred_at=now,
                 received_at=received_at or now,
                 has_media=True,
@@ -145,7 +146,6 @@ class Archive:
             await session.flush()
             row = MediaItem(
                 record_id=record.id,
-                media_id=media.get("id"),
                 mime_type=media.get("mime_type"),
                 expected_sha256=media.get("sha256"),
                 state="pending",

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy import inspect
 
+import archiver.db
 from api.migrate import check, downgrade, upgrade
 from api.models import metadata
-from archiver.blind_index import time_key
-from archiver.db import create_engine
+from archiver.blind_index import MetaIdIndex, time_key
+from archiver.db import create_engine, session_factory, sqlite_file
+from archiver.keyring import Keyring
+from archiver.subjects import META_ID_SUBJECT
+from tests.conftest import database_bytes
 
 
 async def _tables(url: str) -> set[str]:
@@ -36,6 +42,14 @@ def test_migrations_round_trip_without_drift(database_url: str) -> None:
 
 
 _OLD_TOKENS = sa.table("search_tokens", sa.column("token"), sa.column("record_id"))
+# The records table as revisions 0002 to 0005 know it.
+_OLD_RECORDS = sa.table(
+    "records",
+    *(sa.column(c) for c in ("id", "account_id", "dedupe_key", "kind", "source", "direction")),
+    *(sa.column(c) for c in ("item_type", "wamid", "related_wamid", "has_media", "forwarded")),
+    *(sa.column(c) for c in ("revoked", "opens_window", "object_id")),
+    *(sa.column(c, archiver.db.UTCDateTime()) for c in ("occurred_at", "received_at")),
+)
 
 
 async def _seed_record_with_token(url: str, occurred_at: datetime) -> None:
@@ -72,7 +86,7 @@ async def _seed_record_with_token(url: str, occurred_at: datetime) -> None:
                 },
             )
             await conn.execute(
-                metadata.tables["records"].insert(),
+                _OLD_RECORDS.insert(),
                 {
                     "id": 7,
                     "account_id": "acc",
@@ -104,12 +118,14 @@ async def _rows(url: str, query: str) -> list[tuple[object, ...]]:
         await engine.dispose()
 
 
-def test_search_tokens_keep_their_record_and_gain_its_time(database_url: str) -> None:
+def test_search_tokens_keep_their_record_and_gain_its_time(
+    database_url: str, keyring: Keyring
+) -> None:
     occurred_at = datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
     downgrade(database_url, "0003")
     asyncio.run(_seed_record_with_token(database_url, occurred_at))
 
-    upgrade(database_url)
+    upgrade(database_url, keyring=keyring)
     assert asyncio.run(_rows(database_url, "SELECT token, at, record_id FROM search_tokens")) == [
         (b"12345678", time_key(occurred_at), 7)
     ]
@@ -119,3 +135,166 @@ def test_search_tokens_keep_their_record_and_gain_its_time(database_url: str) ->
     assert asyncio.run(_rows(database_url, "SELECT token, record_id FROM search_tokens")) == [
         (b"12345678", 7)
     ]
+
+
+CUSTOMER = "447700900222"
+WAMID = "wamid.HBgMNDQ3NzAwOTAwMjIyFQIAERgSM0E4MUM5RjA1NEE3QTNDRDlBAA=="
+REPLY = "wamid.HBgMNDQ3NzAwOTAwMjIyFQIAEhgUM0FCOEQ2QTJEODlFNzUxQzRGMjcA"
+
+
+async def seed_meta_ids(url: str) -> None:
+    """A message, its status, a reply and its delivery state and media, written as
+    revision 0005 knows them: with Meta's ids (which carry the number) in the rows."""
+    engine = create_engine(url)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    record = {
+        "account_id": "acc",
+        "source": "cloud_api",
+        "occurred_at": now,
+        "received_at": now,
+        "has_media": False,
+        "forwarded": False,
+        "revoked": False,
+        "opens_window": False,
+        "object_id": 1,
+        "related_wamid": None,
+    }
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.table(
+                    "accounts",
+                    *(sa.column(c) for c in ("id", "phone_number_id", "display_phone_token")),
+                    *(sa.column(c) for c in ("display_phone_sealed", "app_secret_sealed")),
+                    sa.column("verify_token_sha256"),
+                    sa.column("created_at", archiver.db.UTCDateTime()),
+                ).insert(),
+                {
+                    "id": "acc",
+                    "phone_number_id": "1",
+                    "display_phone_token": b"t",
+                    "display_phone_sealed": b"s",
+                    "app_secret_sealed": b"s",
+                    "verify_token_sha256": "0" * 64,
+                    "created_at": now,
+                },
+            )
+            await conn.execute(
+                metadata.tables["sealed_objects"].insert(),
+                {
+                    "id": 1,
+                    "object_key": "records/x",
+                    "version_id": "v",
+                    "kind": "record",
+                    "key_id": "k",
+                    "sha256": "0" * 64,
+                    "size": 1,
+                    "retain_until": now,
+                    "legal_hold": False,
+                    "sealed_at": now,
+                },
+            )
+            await conn.execute(
+                _OLD_RECORDS.insert(),
+                [
+                    record
+                    | {"id": 1, "dedupe_key": f"m:{WAMID}:text", "wamid": WAMID}
+                    | {"kind": "echo", "direction": "outbound", "item_type": "text"},
+                    record
+                    | {"id": 2, "dedupe_key": f"s:{WAMID}:read", "wamid": WAMID}
+                    | {"kind": "status", "direction": "outbound", "item_type": "read"},
+                    record
+                    | {"id": 3, "dedupe_key": f"m:{REPLY}:text", "wamid": REPLY}
+                    | {"related_wamid": WAMID, "kind": "message", "direction": "inbound"}
+                    | {"item_type": "text"},
+                ]
+                # Enough rows that the rebuilt table leaves pages free in the file.
+                + [
+                    record
+                    | {"id": n, "dedupe_key": f"s:{WAMID}:{n}", "wamid": WAMID}
+                    | {"kind": "status", "direction": "outbound", "item_type": "sent"}
+                    for n in range(10, 400)
+                ],
+            )
+            await conn.execute(
+                sa.table(
+                    "delivery_states",
+                    *(sa.column(c) for c in ("account_id", "wamid", "status")),
+                    sa.column("updated_at", archiver.db.UTCDateTime()),
+                ).insert(),
+                {"account_id": "acc", "wamid": WAMID, "status": "read", "updated_at": now},
+            )
+            await conn.execute(
+                sa.table(
+                    "media_items",
+                    *(sa.column(c) for c in ("record_id", "media_id", "state", "attempts")),
+                    sa.column("next_attempt_at", archiver.db.UTCDateTime()),
+                ).insert(),
+                {
+                    "record_id": 3,
+                    "media_id": "1037543291543636",
+                    "state": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                },
+            )
+    finally:
+        await engine.dispose()
+
+
+async def _meta_id_index(url: str, keyring: Keyring) -> MetaIdIndex:
+    """The token index the running service would use (the same subject key)."""
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as session:
+            _, key = await keyring.key_for(session, META_ID_SUBJECT)
+    finally:
+        await engine.dispose()
+    return MetaIdIndex(key)
+
+
+def _tokens(url: str) -> list[tuple[object, ...]]:
+    return asyncio.run(
+        _rows(url, "SELECT id, dedupe_token, wamid_token, related_wamid_token FROM records")
+    )
+
+
+def test_meta_ids_become_blind_tokens_and_survive_a_round_trip(
+    database_url: str, keyring: Keyring
+) -> None:
+    downgrade(database_url, "0005")
+    asyncio.run(seed_meta_ids(database_url))
+    # Without the root key nothing can be tokenised, and nothing is changed.
+    with pytest.raises(RuntimeError, match="needs the root key"):
+        upgrade(database_url)
+    assert asyncio.run(_rows(database_url, "SELECT version_num FROM alembic_version")) == [
+        ("0005",)
+    ]
+    assert asyncio.run(_rows(database_url, "SELECT wamid FROM delivery_states")) == [(WAMID,)]
+
+    upgrade(database_url, keyring=keyring)
+    check(database_url)
+    ids = asyncio.run(_meta_id_index(database_url, keyring))
+    token = ids.token
+    assert sorted(_tokens(database_url))[:3] == [
+        (1, ids.dedupe_token("acc", f"m:{WAMID}:text"), token("acc", WAMID), None),
+        (2, ids.dedupe_token("acc", f"s:{WAMID}:read"), token("acc", WAMID), None),
+        (3, ids.dedupe_token("acc", f"m:{REPLY}:text"), token("acc", REPLY), token("acc", WAMID)),
+    ]
+    assert asyncio.run(_rows(database_url, "SELECT wamid_token, status FROM delivery_states")) == [
+        (token("acc", WAMID), "read")
+    ]
+    stored = asyncio.run(database_bytes(database_url))
+    database = sqlite_file(database_url)
+    if database is not None:  # and not in the file's free pages either
+        stored += b"".join(p.read_bytes() for p in Path(database).parent.glob("*.db*"))
+    for secret in (WAMID, REPLY, WAMID[6:30], CUSTOMER, "1037543291543636"):
+        assert secret.encode() not in stored, secret
+
+    # Down and up again: the tokens are kept (as hex), never the ids.
+    before = _tokens(database_url)
+    downgrade(database_url, "0005")
+    kept = asyncio.run(_rows(database_url, "SELECT wamid FROM delivery_states"))
+    assert kept == [("tok:" + token("acc", WAMID).hex(),)]
+    upgrade(database_url, keyring=keyring)
+    assert _tokens(database_url) == before

@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from archiver.blind_index import (
     INDEX_KEY_SIZE,
     MAX_TOKEN_CHARS,
+    META_ID_TOKEN_BYTES,
     TOKEN_BYTES,
     BlindIndex,
+    MetaIdIndex,
     normalize,
     normalize_phone,
     query_tokens,
@@ -452,3 +454,31 @@ def test_identity_token_has_its_own_domain() -> None:
     assert token == hmac.digest(KEY, b"i:bsuid:US.13491208655302741918", "sha256")
     assert token != index.identity_token("bsuid", "US.13491208655302741919")
     assert index.identity_token("wa_id", "+16505551234") != index.contact_token("+16505551234")
+
+
+WAMID = "wamid.HBgMNDQ3NzAwOTAwMjIyFQIAERgSM0E4MUM5RjA1NEE3QTNDRDlBAA=="
+
+
+@given(st.text(min_size=1, max_size=20), st.text(max_size=300))
+def test_meta_id_token_is_the_accounts_truncated_hmac(account: str, meta_id: str) -> None:
+    """Under the account's own key (an HMAC of its id), in its own domain per purpose."""
+    ids = MetaIdIndex(KEY)
+    account_key = hmac.digest(KEY, b"account:" + account.encode(), "sha256")
+    value = meta_id.encode("utf-8", "surrogatepass")
+    expected = hmac.digest(account_key, b"id:" + value, "sha256")[:META_ID_TOKEN_BYTES]
+    assert ids.token(account, meta_id) == expected
+    dedupe = hmac.digest(account_key, b"dedupe:" + value, "sha256")[:META_ID_TOKEN_BYTES]
+    assert ids.dedupe_token(account, meta_id) == dedupe
+
+
+def test_meta_id_tokens_differ_across_accounts_and_keys_and_hide_the_id() -> None:
+    ids = MetaIdIndex(KEY)
+    token = ids.token("acc_a", WAMID)
+    assert token == ids.token("acc_a", WAMID)
+    assert token != ids.token("acc_b", WAMID)
+    assert token != MetaIdIndex(secrets.token_bytes(32)).token("acc_a", WAMID)
+    assert token != ids.dedupe_token("acc_a", WAMID)
+    assert len(token) == META_ID_TOKEN_BYTES
+    assert b"447700900222" not in token
+    with pytest.raises(ValueError, match="32 bytes"):
+        MetaIdIndex(b"short")
