@@ -12,9 +12,11 @@ from pathlib import Path
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from api.migrate import upgrade
 from api.settings import Settings, SettingsError, parse_root_key
 from archiver.accounts import AccountService
 from archiver.audit import AuditLog
+from archiver.binding import BINDING_SUBJECT, RecordBinding
 from archiver.blind_index import BlindIndex
 from archiver.capture import Capture, Retention
 from archiver.clock import Clock, SystemClock
@@ -27,6 +29,7 @@ from archiver.imports import ChatImporter
 from archiver.interfaces import ObjectStore
 from archiver.keyring import Keyring, new_root_key
 from archiver.media import MediaFetcher
+from archiver.records import IntegrityAlarm, RecordReader
 from archiver.s3store import S3Store
 from archiver.search import Search
 from archiver.vault import Vault
@@ -127,6 +130,12 @@ def load_root_keys(settings: Settings) -> list[bytes]:
     return keys
 
 
+def migrate_database(settings: Settings) -> None:
+    """Bring the schema up to date; a migration that rewrites records under a key
+    (binding them) gets the keyring."""
+    upgrade(settings.database_url, keyring=Keyring(load_root_keys(settings), SystemClock()))
+
+
 def open_store(settings: Settings, clock: Clock) -> ObjectStore:
     """The object store named by ``STRONGROOM_VAULT_URL``."""
     if settings.s3 is not None:
@@ -170,6 +179,7 @@ class Services:
     approvals: ApprovalService
     grants: GrantService
     audit: AuditLog
+    records: RecordReader
     search: Search
     conversations: Conversations
     lexicon: Lexicon
@@ -206,9 +216,11 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     keyring = Keyring(load_root_keys(settings), clock)
     vault = Vault(open_store(settings, clock), keyring, clock)
     async with sessions() as session, session.begin():
-        # The index key is a subject key: it survives root rotation unchanged.
+        # Subject keys: they survive root rotation unchanged.
         _, index_key = await keyring.key_for(session, INDEX_SUBJECT)
+        _, binding_key = await keyring.key_for(session, BINDING_SUBJECT)
     index = BlindIndex(index_key)
+    binding = RecordBinding(binding_key)
     accounts = AccountService(keyring, index, clock)
     records = timedelta(days=settings.record_retention_days)
     retention = Retention(journal=timedelta(days=settings.journal_retention_days), records=records)
@@ -217,7 +229,10 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     audit = AuditLog(
         sessions, vault, keyring, clock, anchor_seconds=settings.audit_anchor_seconds, writer=writer
     )
-    capture = Capture(vault, sessions, accounts, index, clock, retention, audit, writer=writer)
+    capture = Capture(
+        vault, sessions, accounts, index, clock, retention, audit, writer=writer, binding=binding
+    )
+    records_reader = RecordReader(vault, binding, IntegrityAlarm(audit))
     # The embedded sandbox (the demo, tests) serves media from loopback.
     hosts = META_MEDIA_HOSTS + (LOOPBACK_HOSTS if settings.embedded else ())
     graph = GraphClient(settings.graph_base_url, download_hosts=hosts)
@@ -241,7 +256,8 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         approvals=approvals,
         grants=GrantService(identity, approvals),
         audit=audit,
-        search=Search(vault, index, reader),
-        conversations=Conversations(vault),
+        records=records_reader,
+        search=Search(records_reader, index, reader),
+        conversations=Conversations(records_reader),
         lexicon=Lexicon(clock),
     )

@@ -7,20 +7,24 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from archiver.keyring import Keyring
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def alembic_config(database_url: str) -> Config:
-    """An Alembic config for ``database_url`` that needs no alembic.ini."""
+def alembic_config(database_url: str, keyring: Keyring | None = None) -> Config:
+    """An Alembic config for ``database_url`` that needs no alembic.ini; migrations
+    that rewrite data under a key (0007 binds records) take it from ``keyring``."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["database_url"] = database_url
+    config.attributes["keyring"] = keyring
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Bring the schema up to ``revision``."""
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade(database_url: str, revision: str = "head", *, keyring: Keyring | None = None) -> None:
+    """Bring the schema up to ``revision``; existing records need ``keyring``."""
+    command.upgrade(alembic_config(database_url, keyring), revision)
 
 
 def downgrade(database_url: str, revision: str) -> None:

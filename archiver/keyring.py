@@ -68,9 +68,23 @@ class Keyring:
 
     async def key_for(self, session: AsyncSession, subject: str) -> tuple[str, bytes]:
         """Return ``(key_id, key)`` for ``subject``, creating the key on first use."""
-        row = await self._row_for_subject(session, subject)
+        return await session.run_sync(self.subject_key, subject)
+
+    def subject_key(self, session: Session, subject: str) -> tuple[str, bytes]:
+        """:meth:`key_for` in a synchronous session (a migration's, for one)."""
+        query = select(SubjectKey).where(SubjectKey.subject == subject)
+        row = session.scalars(query).one_or_none()
         if row is None:
-            row = await self._create(session, subject)
+            row = self._new_row(subject)
+            try:
+                with session.begin_nested():
+                    session.add(row)
+            except DBIntegrityError:
+                # Another writer created the subject's key first; use theirs.
+                existing = session.scalars(query).one_or_none()
+                if existing is None:
+                    raise
+                row = existing
         return row.key_id, self._unwrap(row)
 
     async def keys_for(
@@ -186,19 +200,6 @@ class Keyring:
             wrapped_key=_wrap(AESGCM(self._roots[self._current]), key_id, raw),
             created_at=self._clock.now(),
         )
-
-    async def _create(self, session: AsyncSession, subject: str) -> SubjectKey:
-        row = self._new_row(subject)
-        try:
-            async with session.begin_nested():
-                session.add(row)
-        except DBIntegrityError:
-            # Another writer created the subject's key first; use theirs.
-            existing = await self._row_for_subject(session, subject)
-            if existing is None:
-                raise
-            return existing
-        return row
 
     def _unwrap(self, row: SubjectKey) -> bytes:
         if row.wrapped_key is None:
