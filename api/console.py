@@ -364,7 +364,8 @@ async def conversation_page(
     chat = await audited_conversation(
         services, request, contact_id, account_scope(request.user, None)
     )
-    quoted = {m.record.wamid: m for m in chat.messages if m.record.wamid}
+    # A message that failed its integrity check has nothing to quote.
+    quoted = {m.record.wamid: m for m in chat.messages if m.record.wamid and not m.failure}
     reactions = {m.record.id: _current_reactions(m) for m in chat.messages}
     return Template(
         "conversation.html",
