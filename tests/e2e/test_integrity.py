@@ -11,8 +11,10 @@ logged (without content) and counted in the metrics, and /readyz stays green.
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -267,4 +269,47 @@ def test_a_damaged_object_is_marked_and_everything_else_shown(
     }
     assert all(e["level"] == "error" for e in logged)
     assert "ledger" not in server.log_path.read_text()
+    assert server.client.get("/readyz").status_code == 200
+
+
+def test_a_damaged_media_file_is_refused_and_its_conversation_still_shown(
+    server: Server, auditor: dict[str, str]
+) -> None:
+    photo = b"\x89PNG\r\n\x1a\n integrity image"
+    chat = (
+        "12/03/2024, 10:00 - +44 7700 900503: IMG-20240312-WA0009.jpg (file attached)\n"
+        "12/03/2024, 10:01 - +44 7700 900503: a caption in words\n"
+    )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("WhatsApp Chat with Ines.txt", chat)
+        archive.writestr("IMG-20240312-WA0009.jpg", photo)
+    imported = server.client.post(
+        "/api/v1/imports/chat-export",
+        files={"file": ("chat.zip", buffer.getvalue())},
+        data={"account_id": server.account_id, "contact": "+447700900503"},
+        headers=server.officer,
+    )
+    assert imported.status_code == 201, imported.text
+    contact = imported.json()["contact_id"]
+    (message,) = server.get(f"/api/v1/conversations/{contact}").json()["messages"][:1]
+    media_id = message["media"][0]["id"]
+    assert server.get(f"/api/v1/media/{media_id}").content == photo
+
+    query = "SELECT o.object_key FROM media_items m JOIN sealed_objects o ON o.id = m.object_id"
+    ((key,),) = server.sql(f"{query} WHERE m.id = {media_id:d}")  # an int
+    file = server.data_dir / "vault" / "objects" / str(key)
+    file.chmod(0o600)
+    sealed = file.read_bytes()
+    file.write_bytes(sealed[:-1] + bytes([sealed[-1] ^ 1]))
+
+    refused = server.get(f"/api/v1/media/{media_id}")
+    assert refused.status_code == 409, refused.text
+    assert refused.json() == {
+        "error": f"media {media_id} failed its integrity check: authentication failed"
+    }
+    chat_view = server.get(f"/api/v1/conversations/{contact}")
+    assert chat_view.status_code == 200
+    assert [m["integrity"]["status"] for m in chat_view.json()["messages"]] == ["ok", "ok"]
+    assert (f"media:{media_id}", "authentication failed") in _audited(server, auditor)
     assert server.client.get("/readyz").status_code == 200
