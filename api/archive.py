@@ -77,7 +77,7 @@ class MediaOut(msgspec.Struct):
     error: str | None
 
 
-class IntegrityOut(msgspec.Struct):
+class IntegrityOut(msgspec.Struct, frozen=True):
     """Whether the record passed its integrity check: its metadata still bound to
     its sealed object, and that object read back whole and authentic. A record
     that failed has no content; when its binding failed, its metadata cannot be

@@ -273,7 +273,7 @@ def test_a_damaged_object_is_marked_and_everything_else_shown(
 
 
 def test_a_damaged_media_file_is_refused_and_its_conversation_still_shown(
-    server: Server, auditor: dict[str, str]
+    server: Server, auditor: dict[str, str], clients: Any
 ) -> None:
     photo = b"\x89PNG\r\n\x1a\n integrity image"
     chat = (
@@ -311,5 +311,12 @@ def test_a_damaged_media_file_is_refused_and_its_conversation_still_shown(
     chat_view = server.get(f"/api/v1/conversations/{contact}")
     assert chat_view.status_code == 200
     assert [m["integrity"]["status"] for m in chat_view.json()["messages"]] == ["ok", "ok"]
+    console: httpx.Client = clients()
+    server.create_user("integrity-viewer", "compliance_officer")
+    sign_in(console, "integrity-viewer")
+    viewer = console.get(f"/media/{media_id}/view")
+    assert viewer.status_code == 200, viewer.text
+    assert "failed its integrity check (authentication failed)" in viewer.text
+    assert f'src="/api/v1/media/{media_id}"' not in viewer.text
     assert (f"media:{media_id}", "authentication failed") in _audited(server, auditor)
     assert server.client.get("/readyz").status_code == 200
