@@ -1,7 +1,7 @@
 """Tampering with the archive under a real server, on SQLite and PostgreSQL.
 
 Issue 14.5: a record moved to another account, or whose direction or time was
-changed in the database, fails its binding: it is refused on read (no content,
+changed in the database, or whose binding was removed, fails its binding: it is refused on read (no content,
 and nothing of it reaches the other account's user) and `vault verify` reports
 it. Issue 14.8: a flipped byte in one object's vault file and another object
 deleted break no view: conversation, search, message views and console pages
@@ -107,6 +107,7 @@ def test_changed_metadata_is_refused_on_read_and_reported_by_verify(
         "wamid.B2": "direction changed",
         "wamid.B3": "time changed",
         "wamid.B4": "left alone",
+        "wamid.B5": "binding removed",
     }
     ids = _chat(server, customer, texts)
     contact = _contact(server, customer)
@@ -128,6 +129,7 @@ def test_changed_metadata_is_refused_on_read_and_reported_by_verify(
         f"UPDATE records SET account_id = '{other}' WHERE id = {ids['wamid.B1']:d}",  # noqa: S608
         f"UPDATE records SET direction = 'outbound' WHERE id = {ids['wamid.B2']:d}",  # noqa: S608
         f"UPDATE records SET occurred_at = {earlier} WHERE id = {ids['wamid.B3']:d}",  # noqa: S608
+        f"UPDATE records SET binding = NULL WHERE id = {ids['wamid.B5']:d}",  # noqa: S608
     )
 
     # The other account's officer now finds the moved record, refused: nothing of it.
@@ -167,6 +169,7 @@ def test_changed_metadata_is_refused_on_read_and_reported_by_verify(
         ids["wamid.B2"]: (_integrity("binding mismatch"), True),
         ids["wamid.B3"]: (_integrity("binding mismatch"), True),
         ids["wamid.B4"]: (_integrity(None), False),
+        ids["wamid.B5"]: (_integrity("binding mismatch"), True),
     }
     direct = server.get(f"/api/v1/messages/{ids['wamid.B2']}").json()
     assert direct["integrity"] == _integrity("binding mismatch")
@@ -174,7 +177,7 @@ def test_changed_metadata_is_refused_on_read_and_reported_by_verify(
 
     verify = server.cli("vault", "verify")
     assert verify.returncode == 1, verify.stdout + verify.stderr
-    for wamid in ("wamid.B1", "wamid.B2", "wamid.B3"):
+    for wamid in ("wamid.B1", "wamid.B2", "wamid.B3", "wamid.B5"):
         assert f"BINDING record {ids[wamid]}: binding mismatch" in verify.stdout
     assert f"BINDING record {ids['wamid.B4']}:" not in verify.stdout
 
