@@ -1,12 +1,13 @@
 """Tampering with the archive under a real server, on SQLite and PostgreSQL.
 
 Issue 14.5: a record moved to another account, or whose direction or time was
-changed in the database, or whose binding was removed, fails its binding: it is refused on read (no content,
-and nothing of it reaches the other account's user) and `vault verify` reports
-it. Issue 14.8: a flipped byte in one object's vault file and another object
-deleted break no view: conversation, search, message views and console pages
-answer 200 with everything else and mark those records; each failure is audited,
-logged (without content) and counted in the metrics, and /readyz stays green.
+changed in the database, or whose binding was removed, fails its binding: it is
+refused on read (no content, and nothing of it reaches the other account's
+user) and `vault verify` reports it. Issue 14.8: a flipped byte in one object's
+vault file and another object deleted break no view: conversation, search,
+message views and console pages answer 200 with everything else and mark those
+records; each failure is audited, logged (without content) and counted in the
+metrics, and /readyz stays green.
 """
 
 from __future__ import annotations
