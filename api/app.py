@@ -32,6 +32,7 @@ from api.conversations import ConversationController
 from api.deps import ServicesDep
 from api.lexicon import LexiconController
 from api.logging import RequestIdMiddleware
+from api.metrics import metrics
 from api.openapi import Error, Problem, document_errors, openapi_config
 from api.search import search
 from api.settings import Settings
@@ -163,6 +164,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             ConversationController,
             LexiconController,
             search,
+            metrics,
             *CONSOLE_ROUTES,
             static,
         ],

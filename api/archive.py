@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -31,13 +31,13 @@ from api.auth import needs
 from api.deps import RowId, ServicesDep
 from api.openapi import errors
 from archiver.blind_index import normalize_phone
-from archiver.capture import open_records
 from archiver.chat_export import ChatExportError
 from archiver.conversations import message_ids
 from archiver.errors import AccountExists, AccountNotFound
 from archiver.identity import Permission, Principal
 from archiver.items import MAX_ID, Identity, fit
 from archiver.models import ContactIdentity, DeliveryState, MediaItem, Record
+from archiver.records import Reason, ids_trusted
 
 MAX_IMPORT_BYTES = 512 * 1024 * 1024
 _PAGE = 100
@@ -78,10 +78,28 @@ class MediaOut(msgspec.Struct):
     error: str | None
 
 
+class IntegrityOut(msgspec.Struct, frozen=True):
+    """Whether the record passed its integrity check: its metadata still bound to
+    its sealed object, and that object read back whole and authentic. A record
+    that failed has no content; when its binding failed, its metadata cannot be
+    trusted either, and its ids (contact, message ids) are left out."""
+
+    status: Literal["ok", "failed"]
+    reason: Reason | None = None
+
+
+INTEGRITY_OK = IntegrityOut("ok")
+
+
+def integrity(failure: Reason | None) -> IntegrityOut:
+    """The integrity field of a record that failed with ``failure`` (``None``: passed)."""
+    return INTEGRITY_OK if failure is None else IntegrityOut("failed", failure)
+
+
 class RecordOut(msgspec.Struct):
-    """A captured record with its decrypted content (``null`` once erased). The
-    wamids are read from that content (the database keeps only their tokens), so
-    they too are ``null`` once erased."""
+    """A captured record with its decrypted content (``null`` once erased, or when
+    it failed its integrity check). The wamids are read from that content (the
+    database keeps only their tokens), so they too are ``null`` then."""
 
     id: int
     account_id: str
@@ -101,6 +119,7 @@ class RecordOut(msgspec.Struct):
     erased: bool
     media: list[MediaOut]
     content: dict[str, Any] | None
+    integrity: IntegrityOut
 
 
 class RecordPage(msgspec.Struct):
@@ -151,13 +170,14 @@ async def _views(
         media[item.record_id].append(
             MediaOut(item.state, item.mime_type, item.size, item.last_error)
         )
-    contents = await open_records(services.vault, session, records)
+    opened = await services.records.read(session, records)
     out = []
     for record in records:
-        content = contents.get(record.id)
-        erased = content is None  # every record has its sealed object; only shredding hides it
+        content = opened.contents.get(record.id)
+        failure = opened.failures.get(record.id)
+        trusted = ids_trusted(failure)
         delivery = None
-        if record.wamid_token and record.direction == "outbound":
+        if failure is None and record.wamid_token and record.direction == "outbound":
             state = await session.get(DeliveryState, (record.account_id, record.wamid_token))
             delivery = state.status if state else None
         wamid, related_wamid = message_ids(record, content)
@@ -165,7 +185,7 @@ async def _views(
             RecordOut(
                 id=record.id,
                 account_id=record.account_id,
-                contact_id=record.contact_id,
+                contact_id=record.contact_id if trusted else None,
                 kind=record.kind,
                 source=record.source,
                 direction=record.direction,
@@ -178,9 +198,11 @@ async def _views(
                 received_at=record.received_at,
                 forwarded=record.forwarded,
                 revoked=record.revoked,
-                erased=erased,
-                media=media[record.id],
+                # Every record has its sealed object; only shredding hides it.
+                erased=content is None and failure is None,
+                media=media[record.id] if failure is None else [],
                 content=content,
+                integrity=integrity(failure),
             )
         )
     return out

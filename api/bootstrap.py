@@ -12,9 +12,11 @@ from pathlib import Path
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from api.migrate import upgrade
 from api.settings import Settings, SettingsError, parse_root_key
 from archiver.accounts import AccountService
 from archiver.audit import AuditLog
+from archiver.binding import BINDING_SUBJECT, RecordBinding
 from archiver.blind_index import BlindIndex, MetaIdIndex
 from archiver.capture import Capture, Retention
 from archiver.clock import Clock, SystemClock
@@ -27,6 +29,7 @@ from archiver.imports import ChatImporter
 from archiver.interfaces import ObjectStore
 from archiver.keyring import Keyring, new_root_key
 from archiver.media import MediaFetcher
+from archiver.records import IntegrityAlarm, RecordReader
 from archiver.s3store import S3Store
 from archiver.search import Search
 from archiver.subjects import META_ID_SUBJECT
@@ -134,6 +137,12 @@ def open_keyring(settings: Settings, clock: Clock | None = None) -> Keyring:
     return Keyring(load_root_keys(settings), clock or SystemClock())
 
 
+def migrate_database(settings: Settings) -> None:
+    """Bring the schema up to date, with the keyring for the migrations that rewrite
+    records under a key (tokenising Meta's ids, binding records)."""
+    upgrade(settings.database_url, keyring=open_keyring(settings))
+
+
 def open_store(settings: Settings, clock: Clock) -> ObjectStore:
     """The object store named by ``STRONGROOM_VAULT_URL``."""
     if settings.s3 is not None:
@@ -178,6 +187,7 @@ class Services:
     approvals: ApprovalService
     grants: GrantService
     audit: AuditLog
+    records: RecordReader
     search: Search
     conversations: Conversations
     lexicon: Lexicon
@@ -214,11 +224,13 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     keyring = open_keyring(settings, clock)
     vault = Vault(open_store(settings, clock), keyring, clock)
     async with sessions() as session, session.begin():
-        # The index key is a subject key: it survives root rotation unchanged.
+        # Subject keys: they survive root rotation unchanged.
         _, index_key = await keyring.key_for(session, INDEX_SUBJECT)
         _, meta_id_key = await keyring.key_for(session, META_ID_SUBJECT)
+        _, binding_key = await keyring.key_for(session, BINDING_SUBJECT)
     index = BlindIndex(index_key)
     meta_ids = MetaIdIndex(meta_id_key)
+    binding = RecordBinding(binding_key)
     accounts = AccountService(keyring, index, clock)
     records = timedelta(days=settings.record_retention_days)
     retention = Retention(journal=timedelta(days=settings.journal_retention_days), records=records)
@@ -228,8 +240,18 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         sessions, vault, keyring, clock, anchor_seconds=settings.audit_anchor_seconds, writer=writer
     )
     capture = Capture(
-        vault, sessions, accounts, index, meta_ids, clock, retention, audit, writer=writer
+        vault,
+        sessions,
+        accounts,
+        index,
+        meta_ids,
+        clock,
+        retention,
+        audit,
+        writer=writer,
+        binding=binding,
     )
+    records_reader = RecordReader(vault, binding, IntegrityAlarm(audit))
     # The embedded sandbox (the demo, tests) serves media from loopback.
     hosts = META_MEDIA_HOSTS + (LOOPBACK_HOSTS if settings.embedded else ())
     graph = GraphClient(settings.graph_base_url, download_hosts=hosts)
@@ -254,7 +276,8 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         approvals=approvals,
         grants=GrantService(identity, approvals),
         audit=audit,
-        search=Search(vault, index, reader),
-        conversations=Conversations(vault),
+        records=records_reader,
+        search=Search(records_reader, index, reader),
+        conversations=Conversations(records_reader),
         lexicon=Lexicon(clock),
     )

@@ -18,14 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.bootstrap import (
     Services,
     load_root_keys,
-    open_keyring,
+    migrate_database,
     open_services,
     pending_key_file,
     prepare_private_paths,
     write_key_file,
 )
 from api.logging import configure_logging
-from api.migrate import upgrade
 from api.settings import Settings, SettingsError, load_settings
 from archiver.audit import AuditEntry, AuditUnavailable, format_time
 from archiver.blind_index import normalize_phone
@@ -70,17 +69,14 @@ def _prepare(settings: Settings) -> None:
     except SettingsError as exc:
         _fail(str(exc))
     if settings.embedded:
-        _upgrade(settings)
+        _migrate(settings)
 
 
-def _upgrade(settings: Settings) -> None:
-    """Bring the schema up to date, with the root key for the migrations that
-    compute blind tokens."""
+def _migrate(settings: Settings) -> None:
     try:
-        keyring = open_keyring(settings)
+        migrate_database(settings)
     except SettingsError as exc:
         _fail(str(exc))
-    upgrade(settings.database_url, keyring=keyring)
 
 
 def _run(settings: Settings, work: Callable[[Services], Awaitable[T]]) -> T:
@@ -179,8 +175,7 @@ def worker(embedded: bool) -> None:
 @main.command()
 def migrate() -> None:
     """Bring the database schema up to date."""
-    settings = _settings()
-    _upgrade(settings)
+    _migrate(_settings())
     click.echo("database is up to date")
 
 
@@ -279,21 +274,26 @@ def vault() -> None:
 
 @vault.command("verify")
 def vault_verify() -> None:
-    """Re-read and re-hash every sealed object; exit 1 on any drift."""
+    """Re-read and re-hash every sealed object, and check every record's binding to
+    its object; exit 1 on any drift or binding failure."""
     settings = _settings()
 
     async def work(services: Services) -> bool:
         async with services.sessions() as session:
             report = await services.vault.verify(session)
+            bindings = await services.records.verify(session)
         for drift in report.drift:
             click.echo(f"DRIFT {drift.problem} {drift.object_key}: {drift.detail}")
         for key in report.unrecorded:
             click.echo(f"WARNING unrecorded object {key} (no database record)")
+        for record_id, reason in bindings.failures:
+            click.echo(f"BINDING record {record_id}: {reason}")
         click.echo(
             f"checked {report.checked} objects: {len(report.drift)} drift, "
-            f"{len(report.unrecorded)} unrecorded"
+            f"{len(report.unrecorded)} unrecorded; "
+            f"{bindings.checked} records: {len(bindings.failures)} binding failures"
         )
-        return report.clean
+        return report.clean and not bindings.failures
 
     if not _run(settings, work):
         sys.exit(1)

@@ -29,7 +29,7 @@ from api.conversations import audited_conversation, visible_media
 from api.deps import ServicesDep
 from api.search import account_scope, audited_search, contact_scope, lexicon_terms
 from archiver.conversations import Message
-from archiver.errors import AccountNotFound, ArchiverError
+from archiver.errors import AccountNotFound, ArchiverError, IntegrityFailed
 from archiver.identity import (
     AccountLocked,
     IdentityConflict,
@@ -40,7 +40,7 @@ from archiver.identity import (
     Role,
 )
 from archiver.media_safety import claimed_kind, delivery
-from archiver.models import Grant, SealedObject, User, WebSession
+from archiver.models import Grant, User, WebSession
 from archiver.search import Filters, SearchError
 
 LOGIN_CSRF_COOKIE = "strongroom_login_csrf"
@@ -388,17 +388,21 @@ async def media_page(request: Page, media_id: FromPath[int], services: ServicesD
     """One media file: shown only when GET /api/v1/media/{id} would serve it inline,
     else a download link. Its bytes are opened here only to decide that; they are
     served, and audited, by that route."""
+    failure = None
     async with services.sessions() as session:
         item, record = await visible_media(session, request.user, media_id)
-        sealed = await session.get(SealedObject, item.object_id) if item.object_id else None
         try:
-            data = await services.vault.open(session, sealed) if sealed else b""
+            data = await services.records.open_media(session, item, record)
+        except IntegrityFailed as exc:
+            data, failure = b"", exc.reason
         except ArchiverError:
-            data = b""  # erased or damaged: the page still shows what is known of it
+            data = b""  # erased, or not fetched: the page still shows what is known of it
     kind = delivery(data, item.mime_type).kind
     return Template(
         "media.html",
-        context=context(request, item=item, record=record, kind=kind, sources=SOURCES),
+        context=context(
+            request, item=item, record=record, kind=kind, failure=failure, sources=SOURCES
+        ),
     )
 
 

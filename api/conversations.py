@@ -7,21 +7,25 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import ClientException, NotFoundException
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery
 from litestar.status_codes import HTTP_200_OK
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.archive import IntegrityOut, integrity
 from api.audit import audit_access
 from api.auth import needs
 from api.bootstrap import Services
 from api.deps import RowId, ServicesDep
+from api.openapi import Error
 from api.search import account_scope
-from archiver.conversations import Conversation, message_ids
+from archiver.conversations import Conversation, Message, message_ids
+from archiver.errors import IntegrityFailed, KeyDestroyed, ObjectNotFound
 from archiver.identity import Permission, Principal
 from archiver.media_safety import delivery
-from archiver.models import MediaItem, Record, SealedObject
+from archiver.models import MediaItem, Record
+from archiver.records import ids_trusted
 
 Caller = Request[Principal, Any, Any]
 # A media file opened as a document of its own runs no script, loads nothing and
@@ -69,13 +73,18 @@ class MessageOut(msgspec.Struct):
     receipts: dict[str, datetime]
     media: list[MediaOut]
     content: dict[str, Any] | None
+    integrity: IntegrityOut
 
 
 class EventOut(msgspec.Struct):
+    """A record shown on its own: an account event, a history summary, or a
+    reaction, edit, revoke or receipt that failed its integrity check."""
+
     id: int
     type: str
     source: str
     occurred_at: datetime
+    integrity: IntegrityOut
 
 
 class ConversationOut(msgspec.Struct):
@@ -125,53 +134,34 @@ class ConversationController(Controller):
         )
         return ConversationOut(
             contact_id,
+            [_message_out(m) for m in chat.messages],
             [
-                MessageOut(
-                    id=m.record.id,
-                    account_id=m.record.account_id,
-                    wamid=message_ids(m.record, m.content)[0],
-                    direction=m.record.direction,
-                    source=m.record.source,
-                    type=m.record.item_type,
-                    occurred_at=m.record.occurred_at,
-                    text=m.versions[-1].text,
-                    reply_to=m.reply_to,
-                    revoked=m.record.revoked,
-                    erased=m.content is None,
-                    versions=[VersionOut(v.record_id, v.occurred_at, v.text) for v in m.versions],
-                    reactions=[
-                        ReactionOut(r.record_id, r.occurred_at, r.emoji, r.direction)
-                        for r in m.reactions
-                    ],
-                    receipts=m.receipts,
-                    media=[
-                        MediaOut(
-                            i.id,
-                            i.state,
-                            i.mime_type,
-                            i.size,
-                            i.last_error,
-                            f"/api/v1/media/{i.id}" if i.state == "fetched" else None,
-                        )
-                        for i in m.media
-                    ],
-                    content=m.content,
+                EventOut(
+                    e.record.id,
+                    e.record.item_type,
+                    e.record.source,
+                    e.record.occurred_at,
+                    integrity(e.failure),
                 )
-                for m in chat.messages
+                for e in chat.events
             ],
-            [EventOut(e.id, e.item_type, e.source, e.occurred_at) for e in chat.events],
         )
 
     @get(
         "/media/{media_id:int}",
         opt=needs(Permission.ARCHIVE_READ),
         responses={
+            409: ResponseSpec(
+                Error,
+                description="The file, or the record it belongs to, failed its integrity check.",
+                generate_examples=False,
+            ),
             HTTP_200_OK: ResponseSpec(
                 bytes,
                 media_type="*/*",
                 description="The file, in its own media type.",
                 generate_examples=False,
-            )
+            ),
         },
     )
     async def media(
@@ -179,11 +169,11 @@ class ConversationController(Controller):
     ) -> Response[bytes]:
         """The media file, decrypted on demand; each access is audited first. Only a
         raster image, audio or video that its bytes prove is shown inline; anything
-        else is a download that no browser renders."""
+        else is a download that no browser renders. 409 when the file, or the record
+        it belongs to, fails its integrity check."""
         async with services.sessions() as session:
             item, record = await visible_media(session, request.user, media_id)
-            sealed = await session.get(SealedObject, item.object_id) if item.object_id else None
-            if sealed is None:
+            if item.object_id is None:
                 raise NotFoundException("no such media")
             await audit_access(
                 services,
@@ -193,7 +183,12 @@ class ConversationController(Controller):
                 target=f"media:{media_id} record:{record.id}",
                 scope=record.account_id,
             )
-            data = await services.vault.open(session, sealed)
+            try:
+                data = await services.records.open_media(session, item, record)
+            except (KeyDestroyed, ObjectNotFound):
+                raise NotFoundException("no such media") from None
+            except IntegrityFailed as exc:
+                raise ClientException(str(exc), status_code=409) from None
         served = delivery(data, item.mime_type)
         disposition = "inline" if served.inline else "attachment"
         return Response(
@@ -221,3 +216,40 @@ async def visible_media(
     ):
         raise NotFoundException("no such media")
     return item, record
+
+
+def _message_out(m: Message) -> MessageOut:
+    """A message as the API shows it; one that failed its integrity check has no
+    content, and no ids when its binding failed."""
+    trusted = ids_trusted(m.failure)
+    return MessageOut(
+        id=m.record.id,
+        account_id=m.record.account_id,
+        wamid=message_ids(m.record, m.content)[0] if trusted else None,
+        direction=m.record.direction,
+        source=m.record.source,
+        type=m.record.item_type,
+        occurred_at=m.record.occurred_at,
+        text=m.versions[-1].text if m.versions else "",
+        reply_to=m.reply_to,
+        revoked=m.record.revoked,
+        erased=m.content is None and m.failure is None,
+        versions=[VersionOut(v.record_id, v.occurred_at, v.text) for v in m.versions],
+        reactions=[
+            ReactionOut(r.record_id, r.occurred_at, r.emoji, r.direction) for r in m.reactions
+        ],
+        receipts=m.receipts,
+        media=[
+            MediaOut(
+                i.id,
+                i.state,
+                i.mime_type,
+                i.size,
+                i.last_error,
+                f"/api/v1/media/{i.id}" if i.state == "fetched" else None,
+            )
+            for i in m.media
+        ],
+        content=m.content,
+        integrity=integrity(m.failure),
+    )

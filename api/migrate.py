@@ -13,12 +13,10 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def alembic_config(database_url: str, keyring: Keyring | None = None) -> Config:
-    """An Alembic config for ``database_url`` that needs no alembic.ini.
-
-    ``keyring`` opens the subject keys that a data migration needs (0006 computes
-    blind tokens of Meta's ids); without it, such a migration refuses to run on an
-    archive that holds data.
-    """
+    """An Alembic config for ``database_url`` that needs no alembic.ini; migrations
+    that rewrite data under a key (0006 tokenises Meta's ids, 0007 binds records)
+    take it from ``keyring``, and refuse to run without it on an archive that
+    holds data."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["database_url"] = database_url
@@ -27,7 +25,7 @@ def alembic_config(database_url: str, keyring: Keyring | None = None) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head", *, keyring: Keyring | None = None) -> None:
-    """Bring the schema up to ``revision``, with ``keyring`` for data migrations."""
+    """Bring the schema up to ``revision``; existing records need ``keyring``."""
     command.upgrade(alembic_config(database_url, keyring), revision)
 
 

@@ -11,7 +11,7 @@ from litestar.exceptions import ValidationException
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
-from api.archive import decode_cursor, encode_cursor
+from api.archive import IntegrityOut, decode_cursor, encode_cursor, integrity
 from api.audit import audit_access
 from api.auth import needs
 from api.bootstrap import Services
@@ -21,6 +21,7 @@ from archiver.conversations import message_ids
 from archiver.identity import Permission, Principal
 from archiver.items import Identity
 from archiver.models import ContactIdentity
+from archiver.records import ids_trusted
 from archiver.search import Filters, Hit, SearchError
 
 Direction = Literal["inbound", "outbound", "none", "unknown"]
@@ -54,7 +55,8 @@ class MediaState(msgspec.Struct):
 
 class SearchResult(msgspec.Struct):
     """A matching record with a decrypted snippet; the whole record is at
-    ``GET /api/v1/messages/{id}``."""
+    ``GET /api/v1/messages/{id}``. A candidate that failed its integrity check is
+    listed too, marked, with an empty snippet (and no ids when its binding failed)."""
 
     id: int
     account_id: str
@@ -68,6 +70,7 @@ class SearchResult(msgspec.Struct):
     revoked: bool
     snippet: str
     media: list[MediaState]
+    integrity: IntegrityOut
 
 
 class SearchOut(msgspec.Struct):
@@ -163,23 +166,24 @@ async def search(
         )
     except SearchError as exc:
         raise ValidationException(str(exc)) from None
-    return SearchOut(
-        [
-            SearchResult(
-                h.record.id,
-                h.record.account_id,
-                h.record.contact_id,
-                h.record.kind,
-                h.record.source,
-                h.record.direction,
-                h.record.item_type,
-                message_ids(h.record, h.content)[0],
-                h.record.occurred_at,
-                h.record.revoked,
-                h.snippet,
-                [MediaState(m.state, m.mime_type, m.size) for m in h.media],
-            )
-            for h in hits
-        ],
-        encode_cursor(cursor) if cursor else None,
+    return SearchOut([_result(h) for h in hits], encode_cursor(cursor) if cursor else None)
+
+
+def _result(hit: Hit) -> SearchResult:
+    trusted = ids_trusted(hit.failure)
+    record = hit.record
+    return SearchResult(
+        record.id,
+        record.account_id,
+        record.contact_id if trusted else None,
+        record.kind,
+        record.source,
+        record.direction,
+        record.item_type,
+        message_ids(record, hit.content)[0] if trusted else None,
+        record.occurred_at,
+        record.revoked,
+        hit.snippet,
+        [MediaState(m.state, m.mime_type, m.size) for m in hit.media],
+        integrity(hit.failure),
     )

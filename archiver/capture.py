@@ -22,10 +22,10 @@ import hmac
 import re
 import secrets
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 import msgspec
 import structlog
@@ -35,12 +35,12 @@ from sqlalchemy.orm import Session
 
 from archiver.accounts import AccountSecrets, AccountService
 from archiver.audit import AuditEntry, AuditLog
+from archiver.binding import RecordBinding
 from archiver.blind_index import BlindIndex, MetaIdIndex, time_key
 from archiver.clock import Clock
 from archiver.db import Writer
 from archiver.errors import CaptureError
 from archiver.items import Identity, Item, extract, fit
-from archiver.keyring import Keyring
 from archiver.models import (
     Contact,
     ContactIdentity,
@@ -174,9 +174,12 @@ class Capture:
         retention: Retention,
         audit: AuditLog | None = None,
         writer: Writer | None = None,
+        *,
+        binding: RecordBinding,
     ) -> None:
         self._audit = audit
         self._meta_ids = meta_ids
+        self._binding = binding
         self._writer = writer or Writer(sessions)
         self._vault = vault
         self._sessions = sessions
@@ -483,8 +486,8 @@ class Capture:
             ]
             object_ids = _insert_sealed(session, [obj for _, _, _, obj, _, _ in rows])
             records = [
-                self._record(account_id, contact, item, object_id, entry.id, entry.received_at)
-                for (account_id, contact, item, _, entry, _), object_id in zip(
+                self._record(account_id, contact, item, obj, object_id, entry.id, entry.received_at)
+                for (account_id, contact, item, obj, entry, _), object_id in zip(
                     rows, object_ids, strict=True
                 )
             ]
@@ -553,7 +556,7 @@ class Capture:
         ]
         objects = await self._vault.seal_many(session, requests)
         records = [
-            self._record(account_id, contact, item, obj.id, journal_entry_id, received_at)
+            self._record(account_id, contact, item, obj, obj.id, journal_entry_id, received_at)
             for obj, (account_id, contact, item) in zip(objects, triples, strict=True)
         ]
         sealed = [item for _, _, item in triples]
@@ -574,12 +577,13 @@ class Capture:
         account_id: str,
         contact: str | None,
         item: Item,
+        obj: SealedObject,
         object_id: int,
         journal_entry_id: int | None,
         received_at: datetime,
     ) -> Record:
         ids = self._meta_ids
-        return Record(
+        record = Record(
             account_id=account_id,
             contact_id=contact,
             dedupe_token=ids.dedupe_token(account_id, item.dedupe_key),
@@ -594,13 +598,15 @@ class Capture:
             status=item.status,
             occurred_at=item.occurred_at,
             received_at=received_at,
-            has_media=item.media is not None,
+            has_media=item.media is not None or item.attached,
             forwarded=item.forwarded,
             revoked=False,
             opens_window=item.opens_window,
             journal_entry_id=journal_entry_id,
             object_id=object_id,
         )
+        record.binding = self._binding.compute(record, obj)
+        return record
 
     def _add_records(
         self,
@@ -762,54 +768,3 @@ class Capture:
                 )
                 waiter.cancel()
                 stopper.cancel()
-
-
-def decode_sealed_item(plaintext: bytes) -> dict[str, Any]:
-    """The sealed JSON of a record: ``field``, ``metadata``, ``contacts`` and ``item``."""
-    value = msgspec.json.decode(plaintext)
-    if not isinstance(value, dict):
-        raise CaptureError("sealed record is not a JSON object")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class SealedContent:
-    """What opening records needs from the database: their sealed objects (an
-    erased record has none) and the subject keys of those (``None`` if destroyed)."""
-
-    objects: dict[int, SealedObject]
-    keys: dict[str, bytes | None]
-
-
-def load_sealed(session: Session, keyring: Keyring, records: Sequence[Record]) -> SealedContent:
-    """The sealed objects of ``records`` and their keys, read in ``session``."""
-    objects = {
-        obj.id: obj
-        for obj in session.scalars(
-            select(SealedObject).where(SealedObject.id.in_({r.object_id for r in records}))
-        )
-    }
-    return SealedContent(objects, keyring.read_keys(session, {o.key_id for o in objects.values()}))
-
-
-def open_loaded(
-    vault: Vault, records: Sequence[Record], sealed: SealedContent
-) -> dict[int, dict[str, Any]]:
-    """The content of each record, by record id; erased records are left out. It
-    blocks on the store."""
-    readable = [r for r in records if r.object_id in sealed.objects]
-    opened = vault.read_many([sealed.objects[r.object_id] for r in readable], sealed.keys)
-    return {
-        record.id: decode_sealed_item(plaintext)
-        for record, plaintext in zip(readable, opened, strict=True)
-        if plaintext is not None
-    }
-
-
-async def open_records(
-    vault: Vault, session: AsyncSession, records: Iterable[Record]
-) -> dict[int, dict[str, Any]]:
-    """The sealed content of each record, by record id; erased records are left out."""
-    records = list(records)
-    sealed = await session.run_sync(load_sealed, vault.keyring, records)
-    return await asyncio.to_thread(open_loaded, vault, records, sealed)

@@ -3,7 +3,10 @@
 Reactions, edits and revokes are folded into the message they refer to (every
 version kept, the original first); statuses become the message's receipts;
 replies point at the message they quote. What is neither a message nor folds
-into one (history chunk summaries, account events) is listed as an event.
+into one (history chunk summaries, account events) is listed as an event, and
+so is a reaction, edit, revoke or status that fails its integrity check: what
+it would fold into cannot be trusted. A message that fails is kept in its place,
+marked, with no content.
 
 Every such join stays inside one business account: a message id is Meta's,
 and another account (signed with its own app secret) may send the same one,
@@ -22,11 +25,10 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from archiver.capture import open_records
 from archiver.items import item_ids
 from archiver.models import MediaItem, Record
+from archiver.records import Reason, RecordReader
 from archiver.search import searchable_text
-from archiver.vault import Vault
 
 _FOLDED = frozenset({"reaction", "edit", "revoke"})
 
@@ -53,10 +55,11 @@ class Message:
     """A message as a reader sees it, with everything that happened to it."""
 
     record: Record
-    content: dict[str, Any] | None  # None once erased
+    content: dict[str, Any] | None  # None once erased, or when it failed
     text: str
     reply_to: str | None  # the wamid replied to
     quoted: Message | None = None  # the message replied to, in the same account
+    failure: Reason | None = None  # why it failed its integrity check
     versions: list[Version] = field(default_factory=list)
     reactions: list[Reaction] = field(default_factory=list)
     receipts: dict[str, datetime] = field(default_factory=dict)
@@ -64,17 +67,26 @@ class Message:
 
 
 @dataclass(slots=True)
+class Event:
+    """A record shown on its own: an account event, a history summary, or a
+    record that failed its integrity check and so folds into nothing."""
+
+    record: Record
+    failure: Reason | None = None
+
+
+@dataclass(slots=True)
 class Conversation:
     contact_id: str
     messages: list[Message]
-    events: list[Record]
+    events: list[Event]
 
 
 class Conversations:
     """Reads a contact's records back as a conversation."""
 
-    def __init__(self, vault: Vault) -> None:
-        self._vault = vault
+    def __init__(self, records: RecordReader) -> None:
+        self._records = records
 
     async def reconstruct(
         self, session: AsyncSession, contact_id: str, accounts: Iterable[str] | None
@@ -101,17 +113,22 @@ class Conversations:
         messages: dict[tuple[str, bytes], Message] = {}
         ordered: list[Message] = []
         folded: list[tuple[Record, dict[str, Any] | None]] = []
-        events: list[Record] = []
-        contents = await open_records(
-            self._vault, session, [r for r in records if r.kind not in ("status", "event")]
+        events: list[Event] = []
+        opened = await self._records.read(
+            session, records, lambda r: r.kind not in ("status", "event")
         )
+        contents, failures = opened.contents, opened.failures
         for record in records:
-            if record.kind == "status":
+            failure = failures.get(record.id)
+            folds = record.kind == "status" or record.item_type in _FOLDED
+            if record.kind == "event" or (folds and failure is not None):
+                events.append(Event(record, failure))
+            elif record.kind == "status":
                 folded.append((record, None))
-            elif record.kind == "event":
-                events.append(record)
             elif record.item_type in _FOLDED:
                 folded.append((record, contents.get(record.id)))
+            elif failure is not None:
+                ordered.append(Message(record, None, "", None, failure=failure))
             else:
                 content = contents.get(record.id)  # absent when erased
                 text = searchable_text(content) if content else ""

@@ -15,7 +15,8 @@
     └── CaptureError
         ├── AccountExists         that phone number id is already registered
         ├── AccountNotFound       no such account
-        └── RecordNotFound        no such captured record
+        ├── RecordNotFound        no such captured record
+        └── IntegrityFailed       a record or its media failed its integrity check
 """
 
 from __future__ import annotations
@@ -75,3 +76,12 @@ class AccountNotFound(CaptureError):
 
 class RecordNotFound(CaptureError):
     """No such captured record."""
+
+
+class IntegrityFailed(CaptureError):
+    """A record or its media failed its integrity check; ``reason`` says how
+    (``archiver.records`` lists the reasons)."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what} failed its integrity check: {reason}")
+        self.reason = reason

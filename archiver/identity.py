@@ -59,6 +59,7 @@ class Permission(StrEnum):
     AUDIT_READ = "audit.read"
     AUDIT_EXPORT = "audit.export"
     LEXICON_MANAGE = "lexicon.manage"
+    METRICS_READ = "metrics.read"
 
 
 # The permission matrix: which role may do what. Mirrored in the README.
@@ -69,6 +70,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.GRANTS_APPROVE,
             Permission.ACCOUNTS_MANAGE,
             Permission.ACCOUNTS_READ,
+            Permission.METRICS_READ,
         }
     ),
     Role.RECORDS_MANAGER: frozenset({Permission.ACCOUNTS_READ, Permission.ARCHIVE_IMPORT}),
@@ -93,6 +95,7 @@ GLOBAL_PERMISSIONS = frozenset(
         Permission.AUDIT_READ,
         Permission.AUDIT_EXPORT,
         Permission.LEXICON_MANAGE,
+        Permission.METRICS_READ,
     }
 )
 

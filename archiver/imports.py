@@ -110,6 +110,7 @@ class ChatImporter:
                     },
                 },
                 text=message.text,
+                attached=message.attachment is not None,
             )
             items.append((item, message))
 
@@ -154,7 +155,6 @@ class ChatImporter:
         name: str,
         files: dict[str, bytes],
     ) -> int:
-        record.has_media = True
         data = files.get(name)
         now = self._clock.now()
         if data is None:

@@ -57,6 +57,7 @@ class Item:
     identities: list[Identity] = dataclasses.field(default_factory=list)
     text: str = ""
     media: dict[str, Any] | None = None
+    attached: bool = False  # a file came with the item itself (a chat export's)
     forwarded: bool = False
     opens_window: bool = False
 

@@ -141,6 +141,9 @@ class Record(Base):
     journal_entry_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"))
     # Each record has its own sealed object: the insert sentinel (see SealedObject).
     object_id: Mapped[int] = mapped_column(ForeignKey("sealed_objects.id"), insert_sentinel=True)
+    # A keyed MAC of the metadata and the sealed object (archiver.binding); a
+    # record without one fails its integrity check.
+    binding: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (
         UniqueConstraint("account_id", "dedupe_token"),

@@ -5,7 +5,9 @@ A query is words and "quoted phrases", ANDed, with ``OR`` between groups:
 candidate records must hold every token of some group. Candidates are then
 decrypted and checked: every word must be a word (or CJK run) of the text,
 every phrase must appear in it, so truncated-HMAC collisions and phrases whose
-words merely occur apart never reach the caller.
+words merely occur apart never reach the caller. A candidate that fails its
+integrity check cannot be checked: it is returned as a hit with no content,
+marked with the reason, so that the damage shows.
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ from sqlalchemy import Select, and_, exists, func, or_, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
 from archiver.blind_index import BlindIndex, normalize, query_tokens, time_key, tokenize
-from archiver.capture import SealedContent, load_sealed, open_loaded
 from archiver.db import Reader
 from archiver.errors import ArchiverError
 from archiver.items import message_text
 from archiver.models import MediaItem, Record, SealedObject, SearchToken
-from archiver.vault import Vault
+from archiver.records import Loaded, Opened, Reason, RecordReader
 
 _QUERY = re.compile(r'"([^"]*)"|(\S+)')
 _SNIPPET = 60
@@ -70,12 +71,14 @@ class Filters:
 
 @dataclass(slots=True)
 class Hit:
-    """One verified result."""
+    """One verified result, or a candidate that failed its integrity check
+    (``failure`` says why; it has no content and an empty snippet)."""
 
     record: Record
-    content: dict[str, Any]
+    content: dict[str, Any] | None
     snippet: str
     media: list[MediaItem] = field(default_factory=list)
+    failure: Reason | None = None
 
 
 def parse_query(text: str) -> list[Group]:
@@ -173,8 +176,8 @@ def _snippet(group: Group, text: str) -> str:
 class Search:
     """Runs blind-index searches and checks candidates on their decrypted text."""
 
-    def __init__(self, vault: Vault, index: BlindIndex, reader: Reader) -> None:
-        self._vault = vault
+    def __init__(self, records: RecordReader, index: BlindIndex, reader: Reader) -> None:
+        self._records = records
         self._index = index
         self._reader = reader
 
@@ -203,16 +206,15 @@ class Search:
         wanted = limit
         examined = 0
         while True:
-            batch, contents = await self._open_candidates(plan, filters, cursor, wanted)
+            batch, opened = await self._open_candidates(plan, filters, cursor, wanted)
             for record in batch:
                 cursor = (record.occurred_at, record.id)
                 examined += 1
-                content = contents.get(record.id)  # absent when erased
-                if content is None:
-                    continue
-                snippet = plan.snippet_of(searchable_text(content))
-                if snippet is not None:
-                    hits.append(Hit(record, content, snippet))
+                content = opened.contents.get(record.id)  # absent when erased or failed
+                failure = opened.failures.get(record.id)
+                snippet = None if content is None else plan.snippet_of(searchable_text(content))
+                if failure is not None or snippet is not None:
+                    hits.append(Hit(record, content, snippet or "", failure=failure))
                     if len(hits) == limit:
                         await self._attach_media(hits)
                         return hits, cursor  # a later page may still be empty
@@ -232,19 +234,21 @@ class Search:
         filters: Filters,
         after: tuple[datetime, int] | None,
         count: int,
-    ) -> tuple[list[Record], dict[int, dict[str, Any]]]:
-        """The next ``count`` candidates and their decrypted content: every query
+    ) -> tuple[list[Record], Opened]:
+        """The next ``count`` candidates and what opening them found: every query
         in one read, then the store in one thread hop."""
 
-        def read(session: Session) -> tuple[list[Record], SealedContent]:
+        def read(session: Session) -> tuple[list[Record], Loaded]:
             records = self._candidates(session, plan, filters, after, count)
-            return records, load_sealed(session, self._vault.keyring, records)
+            return records, self._records.load(session, records)
 
-        records, sealed = await self._reader.run(read)
-        return records, await asyncio.to_thread(open_loaded, self._vault, records, sealed)
+        records, loaded = await self._reader.run(read)
+        opened = await asyncio.to_thread(self._records.open, loaded)
+        await self._records.report(opened)
+        return records, opened
 
     async def _attach_media(self, hits: list[Hit]) -> None:
-        by_record = {hit.record.id: hit for hit in hits if hit.record.has_media}
+        by_record = {h.record.id: h for h in hits if h.record.has_media and not h.failure}
         if not by_record:
             return
         media = select(MediaItem).where(MediaItem.record_id.in_(by_record)).order_by(MediaItem.id)

@@ -192,14 +192,17 @@ class Vault:
         opened: list[bytes | None] = []
         for record in records:
             key = keys[record.key_id]
-            if key is None:
-                opened.append(None)
-                continue
-            sealed = self.store.get(record.object_key, record.version_id)
-            if hashlib.sha256(sealed).hexdigest() != record.sha256:
-                raise IntegrityError(f"{record.object_key} does not match its recorded SHA-256")
-            opened.append(envelope.open_(key, record.object_key, sealed))
+            opened.append(None if key is None else self.read(record, key))
         return opened
+
+    def read(self, record: SealedObject, key: bytes) -> bytes:
+        """Read and decrypt one object with its subject key; it blocks on the store.
+        Raises ``ObjectNotFound``, or ``IntegrityError`` when the bytes differ from
+        the recorded SHA-256 or fail authentication."""
+        sealed = self.store.get(record.object_key, record.version_id)
+        if hashlib.sha256(sealed).hexdigest() != record.sha256:
+            raise IntegrityError(f"{record.object_key} does not match its recorded SHA-256")
+        return envelope.open_(key, record.object_key, sealed)
 
     async def extend_retention(
         self, session: AsyncSession, record: SealedObject, retain_until: datetime

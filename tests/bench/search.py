@@ -49,7 +49,7 @@ from unittest import mock
 
 from alembic.script import ScriptDirectory
 
-from api.bootstrap import Services, open_keyring, open_services
+from api.bootstrap import Services, migrate_database, open_services
 from api.migrate import alembic_config, upgrade
 from api.settings import Settings, load_settings
 from archiver.blind_index import normalize
@@ -459,9 +459,8 @@ async def upgrade_cached(data_dir: Path, marker: dict[str, Any], head: str) -> N
     print(f"  upgrading its schema from {marker['schema']} to {head} (the migrations)")
     (data_dir / BUILDING).touch()
     started = time.perf_counter()
-    settings = settings_for(data_dir)
-    keyring = open_keyring(settings)
-    await asyncio.to_thread(upgrade, settings.database_url, head, keyring=keyring)
+    # As `strongroom migrate` runs them: with the keyring, which binding records needs.
+    await asyncio.to_thread(migrate_database, settings_for(data_dir))
     print(f"  upgraded in {time.perf_counter() - started:,.1f} s")
     marker["schema"] = head
     write_marker(data_dir, marker)

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,6 +28,7 @@ from api.bootstrap import Services, open_services
 from api.fake_graph import meta_wamid
 from api.settings import load_settings
 from archiver.identity import ROLE_PERMISSIONS, Permission, Role
+from tests.conftest import PG_ADMIN_DSN
 
 STRONGROOM = str(Path(sys.executable).with_name("strongroom"))
 PASSWORD = "e2e-password-long-enough"
@@ -191,6 +194,32 @@ class Server:
             check=False,
         )
 
+    @property
+    def on_sqlite(self) -> bool:
+        return "STRONGROOM_DATABASE_URL" not in self.env
+
+    def sql(self, *statements: str) -> list[tuple[object, ...]]:
+        """Run ``statements`` as a database administrator; the last one's rows."""
+        if self.on_sqlite:
+            with sqlite3.connect(self.data_dir / "strongroom.db") as db:
+                rows: list[tuple[object, ...]] = []
+                for statement in statements:
+                    rows = db.execute(statement).fetchall()
+                return rows
+        database = self.env["STRONGROOM_DATABASE_URL"].rsplit("/", 1)[1]
+
+        async def run() -> list[tuple[object, ...]]:
+            conn = await asyncpg.connect(PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + database)
+            try:
+                result: list[tuple[object, ...]] = []
+                for statement in statements:
+                    result = [tuple(r) for r in await conn.fetch(statement)]
+                return result
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
     def token(self, username: str, *scopes: str) -> dict[str, str]:
         args = [arg for scope in scopes for arg in ("--scope", scope)]
         result = self.cli("tokens", "create", username, *args, "--days", "1")
@@ -241,6 +270,32 @@ class Server:
                 )
         finally:
             await services.close()
+
+    def officer_of(self, username: str, account_id: str) -> dict[str, str]:
+        """A compliance officer of ``account_id`` alone, with an API token."""
+
+        async def make() -> str:
+            services = await open_services(load_settings(self.env))
+            try:
+                async with services.sessions() as session, session.begin():
+                    user = await services.identity.create_user(
+                        session, username, PASSWORD, created_by="e2e"
+                    )
+                    await services.identity.apply_grant(
+                        session, user, Role.COMPLIANCE_OFFICER, account_id, granted_by="e2e"
+                    )
+                    token = await services.identity.create_token(
+                        session,
+                        user,
+                        name="e2e",
+                        scopes=ROLE_PERMISSIONS[Role.COMPLIANCE_OFFICER],
+                        lifetime=timedelta(hours=1),
+                    )
+                return token.secret
+            finally:
+                await services.close()
+
+        return {"Authorization": f"Bearer {asyncio.run(make())}"}
 
     @staticmethod
     async def _user_token(

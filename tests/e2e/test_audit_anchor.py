@@ -5,15 +5,11 @@ audit verify` fails, and the server numbers nothing from the cut."""
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from tests.conftest import PG_ADMIN_DSN
 from tests.e2e.conftest import running_server
 from tests.e2e.server import Server, fixture_bytes
 
@@ -29,33 +25,9 @@ def server(database_name: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield srv
 
 
-def _sql(server: Server, *statements: str) -> list[tuple[object, ...]]:
-    """Run ``statements`` as a database administrator; the last one's rows."""
-    url = server.env.get("STRONGROOM_DATABASE_URL")
-    if url is None:
-        with sqlite3.connect(server.data_dir / "strongroom.db") as db:
-            rows: list[tuple[object, ...]] = []
-            for statement in statements:
-                rows = db.execute(statement).fetchall()
-            return rows
-
-    async def run() -> list[tuple[object, ...]]:
-        conn = await asyncpg.connect(PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1])
-        try:
-            result: list[tuple[object, ...]] = []
-            for statement in statements:
-                result = [tuple(r) for r in await conn.fetch(statement)]
-            return result
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
 def _heads(server: Server) -> tuple[int, int]:
     """The newest event's seq and the newest checkpoint's."""
-    ((events, checkpoints),) = _sql(
-        server,
+    ((events, checkpoints),) = server.sql(
         "SELECT (SELECT coalesce(max(seq), 0) FROM audit_events),"
         " (SELECT coalesce(max(seq), 0) FROM audit_checkpoints)",
     )
@@ -71,14 +43,13 @@ def _remove_after(server: Server, cut: int) -> None:
         f"DELETE FROM audit_events WHERE seq > {cut:d}",  # noqa: S608  # an int, formatted as one
         "DELETE FROM audit_checkpoints",
     )
-    if server.env.get("STRONGROOM_DATABASE_URL") is None:
-        ((trigger,),) = _sql(
-            server, "SELECT sql FROM sqlite_master WHERE name = 'audit_events_no_delete'"
+    if server.on_sqlite:
+        ((trigger,),) = server.sql(
+            "SELECT sql FROM sqlite_master WHERE name = 'audit_events_no_delete'"
         )
-        _sql(server, "DROP TRIGGER audit_events_no_delete", *delete, str(trigger))
+        server.sql("DROP TRIGGER audit_events_no_delete", *delete, str(trigger))
     else:
-        _sql(
-            server,
+        server.sql(
             "ALTER TABLE audit_events DISABLE TRIGGER USER",
             *delete,
             "ALTER TABLE audit_events ENABLE TRIGGER USER",

@@ -73,6 +73,8 @@ def test_zip_with_media_is_imported_with_its_attachment(server: Server) -> None:
     assert response.status_code == 201, response.text
     assert response.json()["media"] == 1
     records = _imported(server, response.json()["contact_id"])
+    # Bound as imported, attachment included: every record passes its check.
+    assert {r["integrity"]["status"] for r in records} == {"ok"}
     attached = [r for r in records if r["content"]["item"]["attachment"] == PHOTO]
     assert len(attached) == 1
     assert attached[0]["media"] == [

@@ -190,13 +190,13 @@ def test_keys_rotate_rewraps_and_objects_stay_readable(env: dict[str, str], tmp_
     assert status.returncode == 0
     new_id = rotated.stdout.split("root key ")[1].split()[0]
     assert f"root key: {new_id}" in status.stdout
-    # Every live key (the contacts', the blind index's, the Meta id tokens', the audit
-    # trail's signing, details and checkpoint keys) moved.
+    # Every live key (the contacts', the blind index's, the Meta id tokens', the record
+    # binding's, the audit trail's signing, details and checkpoint keys) moved.
     wrapped = [
         line for line in status.stdout.splitlines() if line.startswith("subject keys wrapped")
     ]
-    assert wrapped == [f"subject keys wrapped by {new_id}: {len(records) + 5}"]
-    assert f"re-wrapped {len(records) + 5} subject keys" in rotated.stdout
+    assert wrapped == [f"subject keys wrapped by {new_id}: {len(records) + 6}"]
+    assert f"re-wrapped {len(records) + 6} subject keys" in rotated.stdout
 
 
 def test_migrate_turns_meta_ids_into_tokens_with_the_archives_root_key(

@@ -13,10 +13,15 @@ from sqlalchemy import inspect
 import archiver.db
 from api.migrate import check, downgrade, upgrade
 from api.models import metadata
+from archiver.binding import BINDING_SUBJECT, RecordBinding
 from archiver.blind_index import MetaIdIndex, time_key
+from archiver.clock import SystemClock
 from archiver.db import create_engine, session_factory, sqlite_file
+from archiver.filestore import FileStore
 from archiver.keyring import Keyring
+from archiver.records import BindingReport, IntegrityAlarm, RecordReader
 from archiver.subjects import META_ID_SUBJECT
+from archiver.vault import Vault
 from tests.conftest import database_bytes
 
 
@@ -52,8 +57,9 @@ _OLD_RECORDS = sa.table(
 )
 
 
-async def _seed_record_with_token(url: str, occurred_at: datetime) -> None:
-    """One record and one search token, written as revision 0003 knows them."""
+async def _seed_record(url: str, occurred_at: datetime, *, token: bool = False) -> None:
+    """One record (and one search token, as revision 0003 knows them), without a
+    binding, as revisions before 0007 know records."""
     engine = create_engine(url)
     now = datetime(2026, 1, 1, tzinfo=UTC)
     try:
@@ -104,7 +110,8 @@ async def _seed_record_with_token(url: str, occurred_at: datetime) -> None:
                     "object_id": 1,
                 },
             )
-            await conn.execute(_OLD_TOKENS.insert(), {"token": b"12345678", "record_id": 7})
+            if token:
+                await conn.execute(_OLD_TOKENS.insert(), {"token": b"12345678", "record_id": 7})
     finally:
         await engine.dispose()
 
@@ -112,8 +119,9 @@ async def _seed_record_with_token(url: str, occurred_at: datetime) -> None:
 async def _rows(url: str, query: str) -> list[tuple[object, ...]]:
     engine = create_engine(url)
     try:
-        async with engine.connect() as conn:
-            return [tuple(row) for row in await conn.execute(sa.text(query))]
+        async with engine.begin() as conn:
+            result = await conn.execute(sa.text(query))
+            return [tuple(row) for row in result] if result.returns_rows else []
     finally:
         await engine.dispose()
 
@@ -123,7 +131,7 @@ def test_search_tokens_keep_their_record_and_gain_its_time(
 ) -> None:
     occurred_at = datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
     downgrade(database_url, "0003")
-    asyncio.run(_seed_record_with_token(database_url, occurred_at))
+    asyncio.run(_seed_record(database_url, occurred_at, token=True))
 
     upgrade(database_url, keyring=keyring)
     assert asyncio.run(_rows(database_url, "SELECT token, at, record_id FROM search_tokens")) == [
@@ -254,9 +262,8 @@ async def _meta_id_index(url: str, keyring: Keyring) -> MetaIdIndex:
 
 
 def _tokens(url: str) -> list[tuple[object, ...]]:
-    return asyncio.run(
-        _rows(url, "SELECT id, dedupe_token, wamid_token, related_wamid_token FROM records")
-    )
+    query = "SELECT id, dedupe_token, wamid_token, related_wamid_token FROM records ORDER BY id"
+    return asyncio.run(_rows(url, query))
 
 
 def test_meta_ids_become_blind_tokens_and_survive_a_round_trip(
@@ -298,3 +305,38 @@ def test_meta_ids_become_blind_tokens_and_survive_a_round_trip(
     assert kept == [("tok:" + token("acc", WAMID).hex(),)]
     upgrade(database_url, keyring=keyring)
     assert _tokens(database_url) == before
+
+
+async def _verify_bindings(url: str, keyring: Keyring, vault_dir: Path) -> BindingReport:
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    try:
+        async with sessions() as session:
+            _, key = await keyring.key_for(session, BINDING_SUBJECT)
+            vault = Vault(FileStore(vault_dir, SystemClock()), keyring, SystemClock())
+            reader = RecordReader(vault, RecordBinding(key), IntegrityAlarm(None))
+            return await reader.verify(session)
+    finally:
+        await engine.dispose()
+
+
+def test_existing_records_are_bound_by_the_migration_under_the_root_key(
+    database_url: str, keyring: Keyring, tmp_path: Path
+) -> None:
+    downgrade(database_url, "0005")
+    asyncio.run(_seed_record(database_url, datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)))
+
+    with pytest.raises(RuntimeError, match="needs the root key"):
+        upgrade(database_url)
+    assert asyncio.run(_rows(database_url, "SELECT version_num FROM alembic_version")) == [
+        ("0005",)
+    ]
+
+    upgrade(database_url, keyring=keyring)
+    check(database_url)
+    bound = asyncio.run(_verify_bindings(database_url, keyring, tmp_path / "vault"))
+    assert (bound.checked, bound.failures) == (1, [])
+
+    asyncio.run(_rows(database_url, "UPDATE records SET direction = 'outbound' WHERE id = 7"))
+    moved = asyncio.run(_verify_bindings(database_url, keyring, tmp_path / "vault"))
+    assert moved.failures == [(7, "binding mismatch")]
