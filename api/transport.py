@@ -16,8 +16,8 @@ the guard is written here, in uvicorn's HTTP protocol (``GuardedHttpToolsProtoco
   and audits it, like any refusal; the connection is then closed;
 - a connection whose response went out before its request body arrived (such
   as one refused with 413 on its declared length) takes no further request:
-  the answer ends with the connection's end, and the body is dropped as it
-  comes, within its deadline.
+  the answer says ``Connection: close`` and ends with the connection's end,
+  and the body is dropped as it comes, within its deadline.
 
 A deadline is armed only when a read leaves a request unfinished: a request
 that arrives whole in one read, as almost every one does, costs no timer (an
@@ -35,6 +35,7 @@ from litestar.enums import ScopeType
 from litestar.exceptions import ClientException
 from litestar.status_codes import HTTP_408_REQUEST_TIMEOUT
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
+from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = structlog.get_logger("strongroom.transport")
@@ -61,6 +62,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _deadline: asyncio.TimerHandle | None = None
     _headers_pending = False
     _body_pending = False
+    _answered_early = False  # answered before the request's body had arrived
     _finishing = False  # answered, and reading only what is left of the body
 
     # uvicorn narrows the BaseTransport of asyncio.Protocol the same way.
@@ -90,6 +92,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._headers_pending = False
         self._body_pending = True
         super().on_headers_complete()
+        cycle = self.cycle
+        send = cycle.send
+
+        async def send_announcing_the_end(message: ASGISendEvent) -> None:
+            if message["type"] == "http.response.start" and cycle.more_body:
+                # Answered before its body arrived: this connection takes no
+                # further request (see on_response_complete), and says so, or
+                # a keep-alive client sends its next request into the close.
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"connection" for name, _ in headers):
+                    headers.append((b"connection", b"close"))
+                await send({**message, "headers": headers})
+                # uvicorn would now close the moment the answer is out, with
+                # the body unread, which resets the connection.
+                cycle.keep_alive = True
+                self._answered_early = True
+                return
+            await send(message)
+
+        cycle.send = send_announcing_the_end  # type: ignore[method-assign]
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -99,15 +121,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def on_response_complete(self) -> None:
-        cycle = self.cycle
-        if cycle.response_complete and cycle.more_body and not self.transport.is_closing():
-            # Answered before its body arrived (a 413 on its declared length, a
-            # refusal that needs no body): the answer ends the connection. The
-            # rest of the body is read and dropped, until it ends or its
-            # deadline passes: closing with it unread would reset the
-            # connection, and the client could lose the answer.
-            self.transport.write_eof()
-            self._finishing = True
+        if self._answered_early and not self.transport.is_closing():
+            if self.cycle.more_body:
+                # The rest of the body is read and dropped, until it ends or its
+                # deadline passes: closing with it unread would reset the
+                # connection, and the client could lose the answer.
+                self.transport.write_eof()
+                self._finishing = True
+            else:
+                self.transport.close()
         super().on_response_complete()
 
     def _arm(self, timeout: float, late: Callable[[], None]) -> None:

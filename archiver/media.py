@@ -25,10 +25,10 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver.accounts import AccountService
@@ -216,11 +216,24 @@ class MediaFetcher:
     ) -> None:
         """Record the outcome of a claimed download, unless the claim was lost."""
         now = self._clock.now()
-        item = await session.get(MediaItem, claim.item_id, with_for_update=True)
-        if item is None or item.state != "pending" or item.attempts != claim.attempt:
+        # A write first: SQLite then takes its write lock here, waiting for it,
+        # where a read first would make the later writes fail at once whenever
+        # another writer committed in between ("database is locked").
+        still_ours = await session.execute(
+            update(MediaItem)
+            .where(
+                MediaItem.id == claim.item_id,
+                MediaItem.state == "pending",
+                MediaItem.attempts == claim.attempt,
+            )
+            .values(last_error=None)
+        )
+        if cast("CursorResult[Any]", still_ours).rowcount == 0:
             # The lease ran out and another worker took the item over; its result stands.
             log.warning("media fetch claim lost", media_item=claim.item_id)
             return
+        item = await session.get(MediaItem, claim.item_id, populate_existing=True)
+        assert item is not None  # updated just now, in this transaction
         if isinstance(outcome, _Downloaded):
             try:
                 await self._seal(session, item, outcome, now)

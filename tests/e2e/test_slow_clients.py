@@ -136,6 +136,32 @@ async def test_a_declared_length_over_the_limit_is_refused_unread(
     assert open_after_answer < TIMEOUT / 2, open_after_answer
 
 
+async def test_an_answer_before_the_body_says_the_connection_ends_and_ends_it_cleanly(
+    server: Server,
+) -> None:
+    body = b'{"phone_number_id": "1"}'
+    head = (
+        b"POST /api/v1/accounts HTTP/1.1\r\nHost: strongroom\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(head)  # no token: refused before the body is read
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:80]
+        # A keep-alive client must not send its next request on this connection.
+        assert b"\r\nconnection: close\r\n" in answer.lower(), answer
+        writer.write(body)
+        await writer.drain()
+        rest = b""
+        while chunk := await asyncio.wait_for(reader.read(65536), 10):  # no reset
+            rest += chunk
+    finally:
+        writer.close()
+    assert rest.endswith(b"}"), rest  # the whole answer, then the connection's end
+
+
 async def test_connections_past_the_bound_are_answered_503(server: Server) -> None:
     started: asyncio.Queue[None] = asyncio.Queue()
     idle = [
