@@ -33,6 +33,7 @@ from archiver.clock import Clock
 from archiver.errors import ArchiverError
 from archiver.keyring import Keyring
 from archiver.models import ApiToken, Approval, Grant, User, WebSession
+from archiver.passwords import password_problem
 
 
 class Role(StrEnum):
@@ -96,7 +97,6 @@ GLOBAL_PERMISSIONS = frozenset(
     }
 )
 
-MIN_PASSWORD = 12
 MAX_FAILED_LOGINS = 5
 FIRST_LOCKOUT = timedelta(minutes=1)
 LONGEST_LOCKOUT = timedelta(hours=24)
@@ -245,7 +245,7 @@ class IdentityService:
         username = username.strip().lower()
         if not _USERNAME.fullmatch(username):
             raise ValueError("username: 3-64 of a-z 0-9 . _ @ + -")
-        self._check_password(password)
+        self._check_password(password, username)
         user = User(
             id="usr_" + secrets.token_hex(8),
             username=username,
@@ -262,11 +262,10 @@ class IdentityService:
             raise IdentityConflict(f"user {username} already exists") from None
         return user
 
-    def _check_password(self, password: str) -> None:
-        if len(password) < MIN_PASSWORD:
-            raise ValueError(f"passwords need at least {MIN_PASSWORD} characters")
-        if len(password) > 1024:
-            raise ValueError("password too long")
+    def _check_password(self, password: str, username: str) -> None:
+        problem = password_problem(password, username)
+        if problem is not None:
+            raise ValueError(problem)
 
     async def user_by_name(self, session: AsyncSession, username: str) -> User | None:
         """The user with ``username``, if any."""
@@ -280,7 +279,7 @@ class IdentityService:
 
     async def set_password(self, session: AsyncSession, user: User, password: str) -> None:
         """Replace the user's password and clear any lockout."""
-        self._check_password(password)
+        self._check_password(password, user.username)
         user.password_hash = self._hasher.hash(password)
         user.failed_logins = 0
         user.locked_until = None

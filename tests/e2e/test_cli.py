@@ -194,3 +194,19 @@ def test_keys_rotate_rewraps_and_objects_stay_readable(env: dict[str, str], tmp_
     ]
     assert wrapped == [f"subject keys wrapped by {new_id}: {len(records) + 4}"]
     assert f"re-wrapped {len(records) + 4} subject keys" in rotated.stdout
+
+
+def test_users_create_refuses_a_weak_password_with_the_reason(env: dict[str, str]) -> None:
+    weak = run(
+        env | {"CLI_PASSWORD": "password1234"},
+        "users",
+        "create",
+        "cli-weak",
+        "--password-env",
+        "CLI_PASSWORD",
+    )
+    assert weak.returncode == 1
+    assert weak.stderr.strip().splitlines()[-1] == (
+        "strongroom: this password is too easy to guess: this is a very common password"
+    )
+    assert "cli-weak" not in run(env, "users", "list").stdout
