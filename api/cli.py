@@ -30,7 +30,7 @@ from archiver.audit import AuditEntry, AuditUnavailable, format_time
 from archiver.blind_index import normalize_phone
 from archiver.chat_export import ChatExportError
 from archiver.errors import AccountExists, AccountNotFound, ArchiverError
-from archiver.identity import PRIVILEGED_ROLES, IdentityError, Permission, Role
+from archiver.identity import SENSITIVE_ROLES, IdentityError, Permission, Role
 from archiver.imports import ImportResult
 from archiver.keyring import new_root_key, root_key_id
 from archiver.models import User
@@ -41,7 +41,7 @@ from policy.models import LexiconTerm
 T = TypeVar("T")
 log = structlog.get_logger("strongroom.cli")
 # The CLI acts with the operator's full local authority (it holds the root key),
-# so it is named "cli" in the audit trail and in approvals; a privileged grant it
+# so it is named "cli" in the audit trail and in approvals; a sensitive grant it
 # asks for still needs an admin's decision once the first admin exists.
 CLI_ACTOR = "cli"
 
@@ -452,10 +452,10 @@ async def _user(services: Services, session: AsyncSession, username: str) -> Use
 async def _grant_from_cli(
     services: Services, session: AsyncSession, user: User, role: Role, account: str | None
 ) -> str:
-    """Apply a grant, or (privileged, once an admin exists) ask an admin to approve it."""
+    """Apply a grant, or (sensitive, once an admin exists) ask an admin to approve it."""
     if account is not None:
         await services.accounts.get(session, account)
-    if role in PRIVILEGED_ROLES and await services.identity.admin_exists(session):
+    if role in SENSITIVE_ROLES and await services.identity.admin_exists(session):
         approval = await services.approvals.request(
             session,
             kind="grant",
@@ -518,7 +518,7 @@ def users_create(
 @click.argument("role", type=ROLE_CHOICE)
 @click.option("--account", help="Limit the role to one business account id.")
 def users_grant(username: str, role: str, account: str | None) -> None:
-    """Grant a role (privileged roles need an admin's approval once one exists)."""
+    """Grant a role (sensitive roles need an admin's approval once one exists)."""
     settings = _settings()
 
     async def work(services: Services) -> str:

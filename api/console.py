@@ -439,7 +439,8 @@ async def audit_page(request: Page, services: ServicesDep) -> Template:
 _NOTICES = {
     "created": "User created. Grant them a role next.",
     "granted": "Role granted.",
-    "requested": "This role is privileged: an approval was opened for a second administrator.",
+    "requested": "This role carries a sensitive permission: an approval was opened for a "
+    "second administrator.",
     "approved": "Request approved and applied.",
     "rejected": "Request rejected.",
 }
@@ -513,7 +514,7 @@ async def create_user(request: Page, services: ServicesDep) -> Response[Any]:
 
 @post("/admin/users/{user_id:str}/grants", **_page(Permission.USERS_MANAGE))
 async def grant_role(request: Page, user_id: FromPath[str], services: ServicesDep) -> Response[Any]:
-    """Grant a role at once, or open an approval when it is privileged."""
+    """Grant a role at once, or open an approval when it carries a sensitive permission."""
     form = await _form(request, "role", "account_id")
     try:
         role = Role(form["role"])

@@ -24,7 +24,7 @@ from typing import Any
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -49,17 +49,38 @@ class Role(StrEnum):
 
 
 class Permission(StrEnum):
-    """Everything an authenticated request can be allowed to do."""
+    """Everything an authenticated request can be allowed to do.
 
-    USERS_MANAGE = "users.manage"
-    GRANTS_APPROVE = "grants.approve"
-    ACCOUNTS_MANAGE = "accounts.manage"
-    ACCOUNTS_READ = "accounts.read"
-    ARCHIVE_READ = "archive.read"
-    ARCHIVE_IMPORT = "archive.import"
-    AUDIT_READ = "audit.read"
-    AUDIT_EXPORT = "audit.export"
-    LEXICON_MANAGE = "lexicon.manage"
+    Each permission declares whether it is *sensitive*: whether it reads message
+    content or the audit trail, or changes records, users, grants, accounts or the
+    policy applied to records. A role that carries a sensitive permission needs TOTP,
+    and granting it needs a second person's approval (``SENSITIVE_ROLES``). The class
+    does not build if a permission leaves this out.
+    """
+
+    _value_: str
+    sensitive: bool
+
+    # Only the members below are made here; looking one up by its value is not.
+    def __new__(cls, value: str, sensitive: bool | None = None) -> Permission:
+        if sensitive is None:
+            raise TypeError(f"permission {value!r} must declare whether it is sensitive")
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.sensitive = sensitive
+        return member
+
+    USERS_MANAGE = "users.manage", True
+    GRANTS_APPROVE = "grants.approve", True
+    # Registers numbers and their webhook secrets: decides what becomes a record.
+    ACCOUNTS_MANAGE = "accounts.manage", True
+    ACCOUNTS_READ = "accounts.read", False  # which numbers are captured, no content
+    ARCHIVE_READ = "archive.read", True
+    ARCHIVE_IMPORT = "archive.import", True
+    AUDIT_READ = "audit.read", True
+    AUDIT_EXPORT = "audit.export", True
+    # Decides which records are flagged and which outgoing messages are held or blocked.
+    LEXICON_MANAGE = "lexicon.manage", True
 
 
 # The permission matrix: which role may do what. Mirrored in the README.
@@ -82,9 +103,10 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.REGULATOR: frozenset(),
 }
 
-# Roles that need TOTP, and whose grant needs a second person's approval.
-PRIVILEGED_ROLES = frozenset(
-    {Role.ADMIN, Role.RECORDS_MANAGER, Role.COMPLIANCE_OFFICER, Role.AUDITOR}
+# Roles that need TOTP, and whose grant needs a second person's approval: derived
+# from their permissions, so that no role carrying a sensitive one can be left out.
+SENSITIVE_ROLES = frozenset(
+    role for role, permissions in ROLE_PERMISSIONS.items() if any(p.sensitive for p in permissions)
 )
 # Permissions that only make sense across all accounts.
 GLOBAL_PERMISSIONS = frozenset(
@@ -385,9 +407,9 @@ class IdentityService:
         )
 
     async def needs_mfa(self, session: AsyncSession, user: User) -> bool:
-        """True if any of the user's roles requires TOTP."""
+        """True if any of the user's roles carries a sensitive permission."""
         return any(
-            Role(g.role) in PRIVILEGED_ROLES for g in await self.active_grants(session, user.id)
+            Role(g.role) in SENSITIVE_ROLES for g in await self.active_grants(session, user.id)
         )
 
     async def principal(
@@ -414,10 +436,16 @@ class IdentityService:
         granted_by: str | None,
         approval_id: int | None = None,
     ) -> Grant:
-        """Give ``role`` to ``user`` now (callers enforce maker-checker)."""
-        for grant in await self.active_grants(session, user.id):
+        """Give ``role`` to ``user`` now (callers enforce maker-checker).
+
+        The first sensitive role a user gets ends their sessions: they were opened
+        without TOTP, which signing in again asks for."""
+        held = await self.active_grants(session, user.id)
+        for grant in held:
             if grant.role == role.value and grant.account_id == account_id:
                 raise IdentityConflict("that grant already exists")
+        if role in SENSITIVE_ROLES and not any(Role(g.role) in SENSITIVE_ROLES for g in held):
+            await self._end_sessions(session, user.id, pending_only=False)
         grant = Grant(
             user_id=user.id,
             role=role.value,
@@ -570,6 +598,17 @@ class IdentityService:
             row.revoked_at = self._clock.now()
             await session.flush()
 
+    async def _end_sessions(
+        self, session: AsyncSession, user_id: str, *, pending_only: bool
+    ) -> None:
+        """End the user's live sessions (only the half-signed-in ones if ``pending_only``)."""
+        query = update(WebSession).where(
+            WebSession.user_id == user_id, WebSession.revoked_at.is_(None)
+        )
+        if pending_only:
+            query = query.where(WebSession.mfa_verified.is_(False))
+        await session.execute(query.values(revoked_at=self._clock.now()))
+
 
 class ApprovalService:
     """Maker-checker: a request is decided by a different user with the permission."""
@@ -642,7 +681,7 @@ class ApprovalService:
 
 
 class GrantService:
-    """Grants roles, through a second person's approval for privileged ones."""
+    """Grants roles, through a second person's approval for sensitive ones."""
 
     def __init__(self, identity: IdentityService, approvals: ApprovalService) -> None:
         self._identity = identity
@@ -656,10 +695,11 @@ class GrantService:
         role: Role,
         account_id: str | None,
     ) -> Grant | Approval:
-        """Grant at once, or open an approval when ``role`` is privileged."""
+        """Grant at once, or open an approval when ``role`` carries a sensitive permission
+        (whoever it is for, the requester included)."""
         if not requester.allows(Permission.USERS_MANAGE):
             raise NotPermitted("granting roles needs users.manage")
-        if role in PRIVILEGED_ROLES:
+        if role in SENSITIVE_ROLES:
             return await self._approvals.request(
                 session,
                 kind="grant",
@@ -680,10 +720,13 @@ class GrantService:
         approve: bool,
         reason: str | None = None,
     ) -> Grant | None:
-        """Decide a pending grant; apply it when approved."""
+        """Decide a pending grant; apply it when approved. Neither its maker nor the
+        user it is for can decide it."""
         pending = await session.get(Approval, approval_id)
         if pending is not None and pending.kind != "grant":
             raise IdentityConflict(f"approval {approval_id} is not a grant")
+        if pending is not None and ApprovalService.payload(pending)["user_id"] == decider.user_id:
+            raise NotPermitted("a grant must be decided by someone other than its grantee")
         approval = await self._approvals.decide(
             session, approval_id, decider, approve=approve, reason=reason
         )

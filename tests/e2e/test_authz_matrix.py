@@ -62,10 +62,24 @@ def test_every_route_declares_a_permission() -> None:
     assert {permission for _, _, permission in ROUTES} <= known
 
 
+def test_permissions_that_guard_changes_are_sensitive() -> None:
+    """A route that changes state needs a sensitive permission (TOTP and a second
+    person's approval for whoever is granted it): a permission added later for a
+    new such route must be declared sensitive, or this fails."""
+    changing = {
+        Permission(permission)
+        for method, _, permission in ROUTES
+        if method not in ("GET", "HEAD") and permission not in (PUBLIC, AUTHENTICATED, None)
+    }
+    assert changing
+    assert [p.value for p in changing if not p.sensitive] == []
+
+
 @pytest.fixture(scope="module")
 def tokens(server: Server) -> dict[str, dict[str, str]]:
-    """An API token for a user holding each role on all accounts (scoped to everything,
-    so that only the role limits it)."""
+    """Credentials of a user holding each role on all accounts: an API token scoped to
+    all of the role's permissions, so that only the role limits it; for a role with
+    no permission (a token needs one), a console session."""
 
     async def make() -> dict[str, dict[str, str]]:
         services = await open_services(load_settings(server.env))

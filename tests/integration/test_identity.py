@@ -13,6 +13,8 @@ from archiver.clock import FixedClock
 from archiver.identity import (
     FIRST_LOCKOUT,
     MAX_FAILED_LOGINS,
+    ROLE_PERMISSIONS,
+    SENSITIVE_ROLES,
     AccountLocked,
     ApprovalService,
     GrantService,
@@ -24,7 +26,7 @@ from archiver.identity import (
     Role,
 )
 from archiver.keyring import Keyring
-from archiver.models import ApiToken, Approval, User
+from archiver.models import ApiToken, Approval, Grant, User
 
 Sessions = async_sessionmaker[AsyncSession]
 PASSWORD = "correct horse battery staple"
@@ -223,6 +225,11 @@ async def test_maker_checker_refuses_self_approval(
         with pytest.raises(NotPermitted, match="someone other than its maker"):
             await grants.decide(session, request.id, admin_maker, approve=True)
     async with sessions() as session, session.begin():
+        # Nor can the user it is for, whatever roles they hold.
+        grantee = _principal(target.id, (Role.ADMIN, None))
+        with pytest.raises(NotPermitted, match="someone other than its grantee"):
+            await grants.decide(session, request.id, grantee, approve=True)
+    async with sessions() as session, session.begin():
         with pytest.raises(NotPermitted, match=r"grants\.approve"):
             await grants.decide(
                 session, request.id, _principal(outsider.id, (Role.SUPERVISOR, None)), approve=True
@@ -247,3 +254,62 @@ async def test_maker_checker_refuses_self_approval(
     async with sessions() as session:
         roles = sorted(g.role for g in await identity.active_grants(session, target.id))
         assert roles == ["agent", "compliance_officer"]
+
+
+def test_permissions_that_read_content_or_change_records_are_sensitive() -> None:
+    named = {
+        Permission.ARCHIVE_READ,
+        Permission.ARCHIVE_IMPORT,
+        Permission.USERS_MANAGE,
+        Permission.GRANTS_APPROVE,
+        *(p for p in Permission if p.value.startswith("audit.")),
+    }
+    assert all(p.sensitive for p in named)
+    assert all(isinstance(p.sensitive, bool) for p in Permission)  # each declares it
+    assert Role.SUPERVISOR in SENSITIVE_ROLES  # it reads content, as an officer does
+
+
+async def test_every_role_with_a_sensitive_permission_needs_approval_and_totp(
+    identity: IdentityService, sessions: Sessions, clock: FixedClock
+) -> None:
+    """Derived from the permission table, role by role and permission by permission:
+    a role added later cannot slip past the rule."""
+    grants = GrantService(identity, ApprovalService(clock))
+    maker, checker = [await _user(identity, sessions, n) for n in ("maker", "checker")]
+    admin_maker = _principal(maker.id, (Role.ADMIN, None))
+    admin_checker = _principal(checker.id, (Role.ADMIN, None))
+    for role in Role:
+        sensitive = [p for p in Permission if p in ROLE_PERMISSIONS[role] and p.sensitive]
+        target = await _user(identity, sessions, f"holder-{role.value}")
+        async with sessions() as session, session.begin():
+            target = await session.merge(target)
+            result = await grants.request(session, admin_maker, target, role, None)
+        if sensitive:
+            assert isinstance(result, Approval), (role, sensitive)
+            async with sessions() as session:
+                assert await identity.active_grants(session, target.id) == [], role
+                assert not await identity.needs_mfa(session, target)
+            async with sessions() as session, session.begin():
+                await grants.decide(session, result.id, admin_checker, approve=True)
+        else:
+            assert isinstance(result, Grant), role
+        async with sessions() as session:
+            assert [g.role for g in await identity.active_grants(session, target.id)] == [role]
+            assert await identity.needs_mfa(session, target) == bool(sensitive), role
+
+
+async def test_a_first_sensitive_role_ends_sessions_opened_without_totp(
+    identity: IdentityService, sessions: Sessions
+) -> None:
+    user = await _user(identity, sessions, "bob")
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        cookie, _ = await identity.start_session(session, user, mfa_verified=True)
+        await identity.apply_grant(session, user, Role.AGENT, None, granted_by=None)
+    async with sessions() as session:
+        assert await identity.find_session(session, cookie) is not None  # nothing sensitive
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        await identity.apply_grant(session, user, Role.SUPERVISOR, None, granted_by=None)
+    async with sessions() as session:
+        assert await identity.find_session(session, cookie) is None  # signing in asks for TOTP
