@@ -597,7 +597,7 @@ def tokens() -> None:
     multiple=True,
     required=True,
     type=click.Choice([p.value for p in Permission]),
-    help="A permission the token may use (repeat); it also needs the user's role.",
+    help="A permission the token may use (repeat); the user must hold it.",
 )
 @click.option("--days", default=30, show_default=True, type=int, help="Lifetime in days.")
 @click.option("--name", default="cli", show_default=True, help="A label for the token.")
@@ -619,7 +619,7 @@ def tokens_create(username: str, scopes: tuple[str, ...], days: int, name: str) 
 
     try:
         click.echo(_run(settings, work))
-    except ValueError as exc:
+    except (ValueError, IdentityError) as exc:
         _fail(str(exc), 1)
 
 

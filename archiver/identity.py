@@ -490,11 +490,21 @@ class IdentityService:
         scopes: frozenset[Permission],
         lifetime: timedelta,
     ) -> NewToken:
-        """Issue an API token; its secret is returned once and stored only hashed."""
+        """Issue an API token; its secret is returned once and stored only hashed.
+
+        Its scopes can only be permissions its user holds: raise ``NotPermitted``
+        naming those they lack, or ``ValueError``."""
         if not timedelta(minutes=5) <= lifetime <= timedelta(days=366):
             raise ValueError("token lifetime must be between 5 minutes and 366 days")
         if not scopes:
             raise ValueError("a token needs at least one scope")
+        holder = await self.principal(session, user, via="session")
+        missing = sorted(p.value for p in scopes if not holder.allows(p))
+        if missing:
+            raise NotPermitted(
+                f"{user.username} lacks {', '.join(missing)}: "
+                "a token cannot hold a permission its user lacks"
+            )
         prefix = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         now = self._clock.now()

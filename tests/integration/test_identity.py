@@ -138,6 +138,19 @@ async def test_tokens_expire_revoke_and_are_scoped(
             lifetime=timedelta(hours=1),
         )
         stored = (await session.scalars(select(ApiToken))).one()
+    # A token holds only permissions its user holds; the refusal names the missing one.
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        with pytest.raises(NotPermitted, match=r"alice lacks audit\.read, users\.manage"):
+            await identity.create_token(
+                session,
+                user,
+                name="too much",
+                scopes=frozenset(
+                    {Permission.ARCHIVE_READ, Permission.USERS_MANAGE, Permission.AUDIT_READ}
+                ),
+                lifetime=timedelta(hours=1),
+            )
     assert new.secret.startswith(f"sr_{new.prefix}_")
     assert new.secret.split("_", 2)[2] not in stored.secret_hash
     assert stored.secret_hash.startswith("$argon2id$")
