@@ -148,6 +148,10 @@ def serve(host: str, port: int) -> None:
         ws="none",
         # Past this many open connections, requests are answered 503.
         limit_concurrency=settings.http_max_connections,
+        # uvicorn would believe X-Forwarded-* from any local address (its default
+        # forwarded_allow_ips is 127.0.0.1): the app believes only the proxies in
+        # STRONGROOM_TRUSTED_PROXIES.
+        proxy_headers=False,
     )
 
 
