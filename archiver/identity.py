@@ -24,7 +24,7 @@ from typing import Any
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -309,7 +309,11 @@ class IdentityService:
 
     async def check_password(self, session: AsyncSession, username: str, password: str) -> User:
         """Verify a password with back-off and lockout; raise ``InvalidCredentials``
-        or ``AccountLocked``. The caller commits (failures are counted)."""
+        or ``AccountLocked``. The caller commits (failures are counted).
+
+        Wrong passwords and wrong TOTP codes count together, and only a complete
+        sign-in (``complete_sign_in``) clears them: the right password alone does
+        not, or knowing it would reset the count of guessed codes."""
         user = await self.user_by_name(session, username)
         now = self._clock.now()
         if user is None or user.disabled or user.password_hash is None:
@@ -321,19 +325,45 @@ class IdentityService:
         try:
             self._hasher.verify(user.password_hash, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
-            user.failed_logins += 1
-            if user.failed_logins >= MAX_FAILED_LOGINS:
-                # Each further failure doubles the lockout, up to a day.
-                doubling = min(user.failed_logins - MAX_FAILED_LOGINS, 12)
-                user.locked_until = now + min(FIRST_LOCKOUT * 2**doubling, LONGEST_LOCKOUT)
+            self._lock_after(user, await self._count_attempt(session, user, now), now)
             await session.flush()
             raise InvalidCredentials("invalid username or password") from None
         if self._hasher.check_needs_rehash(user.password_hash):
             user.password_hash = self._hasher.hash(password)
-        user.failed_logins = 0
-        user.locked_until = None
         await session.flush()
         return user
+
+    async def _count_attempt(self, session: AsyncSession, user: User, now: datetime) -> int:
+        """Count a failed attempt in the database itself, so that concurrent ones are
+        all counted; raise ``AccountLocked`` if the user is (or meanwhile became) locked."""
+        count: int | None = await session.scalar(
+            update(User)
+            .where(
+                User.id == user.id,
+                or_(User.locked_until.is_(None), User.locked_until <= now),
+            )
+            .values(failed_logins=User.failed_logins + 1)
+            .returning(User.failed_logins)
+        )
+        await session.refresh(user, ["failed_logins", "locked_until"])
+        if count is None:
+            raise AccountLocked(user.locked_until or now)
+        return count
+
+    @staticmethod
+    def _lock_after(user: User, failures: int, now: datetime) -> datetime | None:
+        """Lock the user out after too many failures; each further one doubles the
+        lockout, up to a day. Returns the end of the lockout, if there is one."""
+        if failures < MAX_FAILED_LOGINS:
+            return None
+        doubling = min(failures - MAX_FAILED_LOGINS, 12)
+        user.locked_until = now + min(FIRST_LOCKOUT * 2**doubling, LONGEST_LOCKOUT)
+        return user.locked_until
+
+    @staticmethod
+    def _clear_failures(user: User) -> None:
+        user.failed_logins = 0
+        user.locked_until = None
 
     # -- TOTP ------------------------------------------------------------------
 
@@ -369,12 +399,22 @@ class IdentityService:
     async def verify_totp(self, session: AsyncSession, user: User, code: str) -> None:
         """Check a TOTP code (one step of clock drift allowed; no code used twice).
 
-        The first good code completes enrolment. Raise ``InvalidCredentials``.
+        The first good code completes enrolment. Wrong codes count with wrong
+        passwords towards the lockout; the one that locks the user out also ends
+        their half-signed-in sessions, and while it lasts even the right code is
+        refused. Raise ``InvalidCredentials`` or ``AccountLocked``; the caller
+        commits (failures are counted).
         """
         if user.totp_secret_sealed is None:
             raise MfaRequired("no authenticator is enrolled")
-        totp = pyotp.TOTP(await self._totp_secret(session, user))
         now = self._clock.now()
+        # Counted before it is checked: concurrent guesses cannot pass the lockout.
+        try:
+            failures = await self._count_attempt(session, user, now)
+        except AccountLocked:
+            await self._end_sessions(session, user.id, pending_only=True)
+            raise
+        totp = pyotp.TOTP(await self._totp_secret(session, user))
         code = code.strip().replace(" ", "")
         step = int(now.timestamp()) // totp.interval
         for candidate in (step - 1, step, step + 1):
@@ -385,8 +425,14 @@ class IdentityService:
                 user.totp_last_step = candidate
                 if user.mfa_enrolled_at is None:
                     user.mfa_enrolled_at = now
+                self._clear_failures(user)
                 await session.flush()
                 return
+        until = self._lock_after(user, failures, now)
+        await session.flush()
+        if until is not None:
+            await self._end_sessions(session, user.id, pending_only=True)
+            raise AccountLocked(until)
         raise InvalidCredentials("invalid code")
 
     async def reset_mfa(self, session: AsyncSession, user: User) -> None:
@@ -600,6 +646,31 @@ class IdentityService:
         if user is None or user.disabled:
             return None
         return row, user
+
+    async def complete_sign_in(
+        self, session: AsyncSession, pending: WebSession, code: str | None
+    ) -> tuple[str, WebSession]:
+        """Finish a half-signed-in session: check the TOTP code if the user's roles
+        need one, then replace the session with a new one. The new cookie is
+        returned; the old one stops working (a new id at each step up).
+
+        Raise ``InvalidCredentials``, ``AccountLocked`` or ``MfaRequired``; the
+        caller commits (failures are counted)."""
+        row = await session.get(WebSession, pending.id_sha256, with_for_update=True)
+        now = self._clock.now()
+        if row is None or row.revoked_at is not None or row.expires_at <= now or row.mfa_verified:
+            raise InvalidCredentials("this sign-in has ended")
+        user = await session.get(User, row.user_id)
+        if user is None or user.disabled:
+            raise InvalidCredentials("this sign-in has ended")
+        if await self.needs_mfa(session, user):
+            if code is None:
+                raise MfaRequired("a code from the authenticator is required")
+            await self.verify_totp(session, user, code)
+        else:
+            self._clear_failures(user)
+        row.revoked_at = now
+        return await self.start_session(session, user, mfa_verified=True)
 
     async def end_session(self, session: AsyncSession, cookie: str) -> None:
         """Sign out: the cookie stops working at once."""

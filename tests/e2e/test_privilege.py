@@ -1,5 +1,6 @@
 """Stepping up in privilege, over real HTTP: a sensitive grant waits for a second
-person, and a named proxy's X-Forwarded-For is the client's address.
+person, each sign-in step issues a new session id, wrong TOTP codes lock the user
+out, and a named proxy's X-Forwarded-For is the client's address.
 
 The server here trusts loopback as its proxy (``STRONGROOM_TRUSTED_PROXIES``), so
 each test's clients come "through" it from addresses of their own, each with its
@@ -10,12 +11,16 @@ forwarded header.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pyotp
 import pytest
 
+from api.auth import SESSION_COOKIE
+from archiver.identity import MAX_FAILED_LOGINS
 from tests.e2e.conftest import running_server
 from tests.e2e.server import Server
 from tests.e2e.test_auth import _form_token, _password_step
@@ -64,8 +69,22 @@ def _enrol(browser: httpx.Client, username: str) -> pyotp.TOTP:
     return totp
 
 
+def _next_code(totp: pyotp.TOTP) -> str:
+    """A code that is valid now (one step of drift is allowed) and not used yet."""
+    return totp.at(time.time() + totp.interval)
+
+
+def _wrong(totp: pyotp.TOTP) -> str:
+    valid = {totp.at(time.time() + s) for s in (-30, 0, 30, 60)}
+    return next(code for code in ("000000", "111111", "222222") if code not in valid)
+
+
 def _records(server: Server) -> str:
     return f"/api/v1/accounts/{server.account_id}/records"
+
+
+def _with_cookie(server: Server, cookie: str) -> dict[str, Any]:
+    return {"headers": {"Cookie": f"{SESSION_COOKIE}={cookie}"}}
 
 
 def test_an_admin_cannot_give_themselves_archive_reading(server: Server, client: Client) -> None:
@@ -89,6 +108,78 @@ def test_an_admin_cannot_give_themselves_archive_reading(server: Server, client:
     second = server.token("e2e-admin-two", "grants.approve")
     assert server.client.post(decision, json={"approve": True}, headers=second).status_code == 200
     assert admin.get(_records(server)).status_code == 200
+
+
+def test_each_step_up_issues_a_new_session_id(server: Server, client: Client) -> None:
+    server.create_user("e2e-stepper", "supervisor")
+    browser = client("198.51.100.2")
+    totp = _enrol(browser, "e2e-stepper")
+    before = browser.cookies[SESSION_COOKIE]
+    assert browser.get(_records(server)).status_code == 200
+
+    # The password step replaces the session it came with...
+    assert _password_step(browser, "e2e-stepper").headers["location"] == "/login/mfa"
+    half = browser.cookies[SESSION_COOKIE]
+    assert half != before
+    assert server.client.get(_records(server), **_with_cookie(server, before)).status_code == 401
+    # ...and the second factor replaces the half-signed-in one.
+    page = browser.get("/login/mfa")
+    done = browser.post(
+        "/login/mfa", data={"code": _next_code(totp), "csrf_token": _form_token(page.text)}
+    )
+    assert done.headers.get("location") == "/", done.text
+    after = browser.cookies[SESSION_COOKIE]
+    assert after not in (before, half)
+    assert browser.get(_records(server)).status_code == 200
+    stale = client("198.51.100.2", Cookie=f"{SESSION_COOKIE}={half}")
+    assert stale.get("/login/mfa").headers["location"] == "/login"
+    assert stale.get(_records(server)).status_code == 401
+
+
+def test_a_sign_in_without_second_factor_also_renews_the_session(
+    server: Server, client: Client
+) -> None:
+    server.create_user("e2e-plain", "agent")
+    browser = client("198.51.100.3")
+    assert _password_step(browser, "e2e-plain").headers["location"] == "/login/mfa"
+    half = browser.cookies[SESSION_COOKIE]
+    assert browser.get("/login/mfa").headers["location"] == "/"
+    assert browser.cookies[SESSION_COOKIE] != half
+    assert browser.get("/").status_code == 200
+    stale = client("198.51.100.3", Cookie=f"{SESSION_COOKIE}={half}")
+    assert stale.get("/login/mfa").headers["location"] == "/login"
+
+
+def test_wrong_codes_lock_the_user_out_and_end_the_half_signed_in_sessions(
+    server: Server, client: Client
+) -> None:
+    server.create_user("e2e-guessed", "supervisor")
+    enrolled = client("198.51.100.4")
+    totp = _enrol(enrolled, "e2e-guessed")
+    guesser, bystander = client("198.51.100.5"), client("198.51.100.6")
+    forms = []
+    for each in (guesser, bystander):
+        assert _password_step(each, "e2e-guessed").headers["location"] == "/login/mfa"
+        forms.append(_form_token(each.get("/login/mfa").text))
+
+    wrong = _wrong(totp)
+    answers = [
+        guesser.post("/login/mfa", data={"code": wrong, "csrf_token": forms[0]})
+        for _ in range(MAX_FAILED_LOGINS)
+    ]
+    assert [a.status_code for a in answers] == [401] * (MAX_FAILED_LOGINS - 1) + [429]
+    assert "Too many failed attempts" in answers[-1].text
+    # Every half-signed-in session has ended: the right code signs none of them in.
+    assert guesser.get("/login/mfa").headers["location"] == "/login"
+    right = bystander.post("/login/mfa", data={"code": _next_code(totp), "csrf_token": forms[1]})
+    assert right.headers.get("location") == "/login"
+    assert bystander.get(_records(server)).status_code == 401
+    # Nor does the password open a new one until the lockout ends.
+    locked = _password_step(client("198.51.100.7"), "e2e-guessed")
+    assert locked.status_code == 429
+    assert "Too many failed attempts" in locked.text
+    # A session that was signed in before goes on.
+    assert enrolled.get(_records(server)).status_code == 200
 
 
 def test_a_named_proxy_forwards_the_client_address(server: Server, client: Client) -> None:
