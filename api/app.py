@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import structlog
@@ -22,6 +22,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVI
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp
 from sqlalchemy import text
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api.archive import ArchiveController
 from api.audit import AuditController, AuditTrailMiddleware
@@ -191,8 +192,17 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
 def create_asgi_app(settings: Settings, clock: Clock | None = None) -> ASGIApp:
     """The application as served: request ids, access logs, security headers and the
     audit trail wrap every response, including the router's own 404 and 405 answers;
-    a body the server found late is answered 408."""
+    a body the server found late is answered 408.
+
+    The client's address (which the sign-in rate limit, the audit trail and the logs
+    use) and scheme come from X-Forwarded-For and X-Forwarded-Proto only when the
+    connection comes from one of ``STRONGROOM_TRUSTED_PROXIES``; by default from
+    the connection itself, whatever the request claims."""
     litestar = create_app(settings, clock)
     audited = AuditTrailMiddleware(litestar, lambda: getattr(litestar.state, "services", None))
     secured = RequestIdMiddleware(SecurityHeadersMiddleware(audited, hsts=settings.https))
-    return BodyDeadlineMiddleware(secured)
+    served: ASGIApp = BodyDeadlineMiddleware(secured)
+    if settings.trusted_proxies:
+        proxied = ProxyHeadersMiddleware(cast("Any", served), list(settings.trusted_proxies))
+        served = cast("ASGIApp", proxied)
+    return served

@@ -30,7 +30,7 @@ from archiver.audit import AuditEntry, AuditUnavailable, format_time
 from archiver.blind_index import normalize_phone
 from archiver.chat_export import ChatExportError
 from archiver.errors import AccountExists, AccountNotFound, ArchiverError
-from archiver.identity import PRIVILEGED_ROLES, IdentityError, Permission, Role
+from archiver.identity import SENSITIVE_ROLES, IdentityError, Permission, Role
 from archiver.imports import ImportResult
 from archiver.keyring import new_root_key, root_key_id
 from archiver.models import User
@@ -41,7 +41,7 @@ from policy.models import LexiconTerm
 T = TypeVar("T")
 log = structlog.get_logger("strongroom.cli")
 # The CLI acts with the operator's full local authority (it holds the root key),
-# so it is named "cli" in the audit trail and in approvals; a privileged grant it
+# so it is named "cli" in the audit trail and in approvals; a sensitive grant it
 # asks for still needs an admin's decision once the first admin exists.
 CLI_ACTOR = "cli"
 
@@ -155,6 +155,10 @@ def serve(host: str, port: int) -> None:
         ws="none",
         # Past this many open connections, requests are answered 503.
         limit_concurrency=settings.http_max_connections,
+        # uvicorn would believe X-Forwarded-* from any local address (its default
+        # forwarded_allow_ips is 127.0.0.1): the app believes only the proxies in
+        # STRONGROOM_TRUSTED_PROXIES.
+        proxy_headers=False,
     )
 
 
@@ -463,10 +467,10 @@ async def _user(services: Services, session: AsyncSession, username: str) -> Use
 async def _grant_from_cli(
     services: Services, session: AsyncSession, user: User, role: Role, account: str | None
 ) -> str:
-    """Apply a grant, or (privileged, once an admin exists) ask an admin to approve it."""
+    """Apply a grant, or (sensitive, once an admin exists) ask an admin to approve it."""
     if account is not None:
         await services.accounts.get(session, account)
-    if role in PRIVILEGED_ROLES and await services.identity.admin_exists(session):
+    if role in SENSITIVE_ROLES and await services.identity.admin_exists(session):
         approval = await services.approvals.request(
             session,
             kind="grant",
@@ -529,7 +533,7 @@ def users_create(
 @click.argument("role", type=ROLE_CHOICE)
 @click.option("--account", help="Limit the role to one business account id.")
 def users_grant(username: str, role: str, account: str | None) -> None:
-    """Grant a role (privileged roles need an admin's approval once one exists)."""
+    """Grant a role (sensitive roles need an admin's approval once one exists)."""
     settings = _settings()
 
     async def work(services: Services) -> str:
@@ -608,7 +612,7 @@ def tokens() -> None:
     multiple=True,
     required=True,
     type=click.Choice([p.value for p in Permission]),
-    help="A permission the token may use (repeat); it also needs the user's role.",
+    help="A permission the token may use (repeat); the user must hold it.",
 )
 @click.option("--days", default=30, show_default=True, type=int, help="Lifetime in days.")
 @click.option("--name", default="cli", show_default=True, help="A label for the token.")
@@ -630,7 +634,7 @@ def tokens_create(username: str, scopes: tuple[str, ...], days: int, name: str) 
 
     try:
         click.echo(_run(settings, work))
-    except ValueError as exc:
+    except (ValueError, IdentityError) as exc:
         _fail(str(exc), 1)
 
 

@@ -1,7 +1,8 @@
-"""The web console's sign-in: password, then TOTP (mandatory for privileged roles).
+"""The web console's sign-in: password, then TOTP (mandatory for sensitive roles).
 
 Server-rendered with Jinja2. The session cookie is HttpOnly, SameSite=Strict and
-Secure when the public URL is https://; only its SHA-256 is stored. Every form carries a
+Secure when the public URL is https://; only its SHA-256 is stored, and each step of the
+sign-in (password, then second factor) replaces it with a new one. Every form carries a
 CSRF token: the sign-in form a double-submit cookie (there is no session yet),
 every later form the session's own token.
 """
@@ -21,6 +22,7 @@ from litestar.params import FromPath
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
 from litestar.types import ExceptionHandlersMap
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.archive import decode_cursor, encode_cursor
 from api.audit import audit_access
@@ -38,6 +40,7 @@ from archiver.identity import (
     Permission,
     Principal,
     Role,
+    TotpEnrolment,
 )
 from archiver.media_safety import claimed_kind, delivery
 from archiver.models import Grant, User, WebSession
@@ -130,84 +133,92 @@ async def login(request: Caller, services: ServicesDep) -> Response[Any]:
         except IdentityError as exc:
             refusal = exc  # caught inside the transaction, so the failure count commits
     if isinstance(refusal, AccountLocked):
-        message = f"Too many failed attempts. Try again after {refusal.until:%H:%M} UTC."
-        return _login_form(services, message, 429)
+        return _locked(services, refusal)
     if refusal is not None:
         return _login_form(services, "Invalid username or password.", 401)
     async with services.sessions() as session, session.begin():
+        previous = request.cookies.get(SESSION_COOKIE)
+        if previous:
+            await services.identity.end_session(session, previous)
         cookie, _ = await services.identity.start_session(session, user, mfa_verified=False)
-    response = _see("/login/mfa")
+    return _signed_in(services, "/login/mfa", cookie)
+
+
+def _signed_in(services: ServicesDep, path: str, cookie: str) -> Response[Any]:
+    response = _see(path)
     response.cookies.append(_cookie(services, SESSION_COOKIE, cookie, max_age=8 * 3600))
     return response
 
 
-async def _pending(request: Caller, services: ServicesDep) -> tuple[WebSession, User] | None:
-    row = request.scope.get("auth")
-    if not isinstance(row, WebSession):
+def _locked(services: ServicesDep, locked: AccountLocked) -> Template:
+    message = f"Too many failed attempts. Try again after {locked.until:%H:%M} UTC."
+    return _login_form(services, message, 429)
+
+
+async def _enrolment(
+    services: ServicesDep, session: AsyncSession, user: User
+) -> TotpEnrolment | None:
+    """What the second-factor page shows: the enrolment, until it is confirmed."""
+    if user.mfa_enrolled_at is not None:
         return None
-    async with services.sessions() as session:
-        user = await session.get(User, row.user_id)
-    return (row, user) if user is not None else None
+    return await services.identity.totp_enrolment(session, user)
 
 
 @get("/login/mfa", opt={"permission": PUBLIC}, include_in_schema=False)
 async def mfa_page(request: Caller, services: ServicesDep) -> Response[Any]:
     """The second factor: enrolment on first use, then a code."""
-    pending = await _pending(request, services)
-    if pending is None:
+    row = request.scope.get("auth")
+    if not isinstance(row, WebSession):
         return _see("/login")
-    row, user = pending
     if row.mfa_verified:
         return _see("/")
     async with services.sessions() as session, session.begin():
-        user = await session.merge(user)
+        user = await session.get(User, row.user_id)
+        if user is None:
+            return _see("/login")
         if not await services.identity.needs_mfa(session, user):
-            await _verified(services, row)
-            return _see("/")
-        enrolment = None
-        if user.mfa_enrolled_at is None:
-            enrolment = await services.identity.totp_enrolment(session, user)
+            try:
+                cookie, _ = await services.identity.complete_sign_in(session, row, None)
+            except IdentityError:
+                return _see("/login")  # ended meanwhile, or a role that needs TOTP arrived
+            return _signed_in(services, "/", cookie)
+        enrolment = await _enrolment(services, session, user)
     return Template("mfa.html", context=context(request, enrolment=enrolment, principal=None))
 
 
 @post("/login/mfa", opt={"permission": PUBLIC}, include_in_schema=False)
 async def mfa(request: Caller, services: ServicesDep) -> Response[Any]:
     """Check the TOTP code and complete the sign-in."""
-    pending = await _pending(request, services)
-    if pending is None:
+    row = request.scope.get("auth")
+    if not isinstance(row, WebSession):
         return _see("/login")
-    row, user = pending
     await check_csrf(request)
     code = (await request.form()).get("code")
-    try:
-        async with services.sessions() as session, session.begin():
-            user = await session.merge(user)
-            await services.identity.verify_totp(
-                session, user, code if isinstance(code, str) else ""
+    refusal: IdentityError | None = None
+    async with services.sessions() as session, session.begin():
+        try:
+            cookie, _ = await services.identity.complete_sign_in(
+                session, row, code if isinstance(code, str) else ""
             )
-    except IdentityError:
+        except IdentityError as exc:
+            refusal = exc  # caught inside the transaction, so the failure count commits
+    if isinstance(refusal, AccountLocked):
+        page = _locked(services, refusal)
+        # The half-signed-in session has ended; the browser forgets its cookie too.
+        page.cookies.append(_cookie(services, SESSION_COOKIE, "", max_age=0))
+        return page
+    if refusal is not None:
         async with services.sessions() as session, session.begin():
-            user = await session.merge(user)
-            enrolment = None
-            if user.mfa_enrolled_at is None:
-                enrolment = await services.identity.totp_enrolment(session, user)
-        page = Template(
+            user = await session.get(User, row.user_id)
+            enrolment = await _enrolment(services, session, user) if user else None
+        return Template(
             "mfa.html",
             context=context(
                 request, enrolment=enrolment, principal=None, error="That code did not match."
             ),
             status_code=401,
         )
-        return page
-    await _verified(services, row)
-    return _see("/")
-
-
-async def _verified(services: ServicesDep, row: WebSession) -> None:
-    async with services.sessions() as session, session.begin():
-        live = await session.get(WebSession, row.id_sha256)
-        if live is not None:
-            live.mfa_verified = True
+    return _signed_in(services, "/", cookie)
 
 
 @post("/logout", opt={"permission": PUBLIC}, include_in_schema=False)
@@ -441,7 +452,8 @@ async def audit_page(request: Page, services: ServicesDep) -> Template:
 _NOTICES = {
     "created": "User created. Grant them a role next.",
     "granted": "Role granted.",
-    "requested": "This role is privileged: an approval was opened for a second administrator.",
+    "requested": "This role carries a sensitive permission: an approval was opened for a "
+    "second administrator.",
     "approved": "Request approved and applied.",
     "rejected": "Request rejected.",
 }
@@ -515,7 +527,7 @@ async def create_user(request: Page, services: ServicesDep) -> Response[Any]:
 
 @post("/admin/users/{user_id:str}/grants", **_page(Permission.USERS_MANAGE))
 async def grant_role(request: Page, user_id: FromPath[str], services: ServicesDep) -> Response[Any]:
-    """Grant a role at once, or open an approval when it is privileged."""
+    """Grant a role at once, or open an approval when it carries a sensitive permission."""
     form = await _form(request, "role", "account_id")
     try:
         role = Role(form["role"])

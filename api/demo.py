@@ -1088,7 +1088,8 @@ async def run_demo(
     out(f"  password  {officer.password}  (shown only this once)")
     after = "" if officer.granted else " after the approval"
     out(f"  the first sign-in{after} enrols an authenticator app (TOTP): have one at hand")
-    out("or read the archive over HTTP with an API token of that user:")
+    once = "" if officer.granted else ", once the grant is approved,"
+    out(f"or{once} read the archive over HTTP with an API token of that user:")
     out(f"  TOKEN=$(strongroom tokens create {officer.username} --scope archive.read)")
     auth = '-H "Authorization: Bearer $TOKEN"'
     out(f'  curl -s {auth} "{base}/api/v1/accounts/{account_id}/records?limit=100"')

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ SETTINGS_HELP: dict[str, str] = {
     "STRONGROOM_HTTP_HEADER_TIMEOUT": "seconds to send a request's headers (default 10)",
     "STRONGROOM_HTTP_BODY_TIMEOUT": "seconds to send a request's body (default 60)",
     "STRONGROOM_HTTP_MAX_CONNECTIONS": "open connections per process before 503 (default 1000)",
+    "STRONGROOM_TRUSTED_PROXIES": "addresses or CIDR networks of the reverse proxies whose "
+    "X-Forwarded-For and -Proto are believed, comma-separated (default none)",
 }
 SETTING_NAMES: tuple[str, ...] = tuple(SETTINGS_HELP)
 
@@ -97,6 +100,7 @@ class Settings:
     http_header_timeout: float
     http_body_timeout: float
     http_max_connections: int
+    trusted_proxies: tuple[str, ...]
 
     @property
     def embedded(self) -> bool:
@@ -203,6 +207,22 @@ def _public_url(env: Mapping[str, str], production: bool) -> str | None:
     if parts.path or parts.query or parts.fragment:
         raise SettingsError(name, f"expected scheme and host only, got {raw!r}")
     return url
+
+
+def _trusted_proxies(env: Mapping[str, str]) -> tuple[str, ...]:
+    name = "STRONGROOM_TRUSTED_PROXIES"
+    proxies = []
+    for item in env.get(name, "").split(","):
+        if not item.strip():
+            continue
+        try:
+            network = ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise SettingsError(
+                name, f"expected IP addresses or CIDR networks, got {item.strip()!r}"
+            ) from None
+        proxies.append(str(network))
+    return tuple(proxies)
 
 
 def _http_url(env: Mapping[str, str], name: str, default: str) -> str:
@@ -323,6 +343,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         http_header_timeout=_seconds(env, "STRONGROOM_HTTP_HEADER_TIMEOUT", 10.0),
         http_body_timeout=_seconds(env, "STRONGROOM_HTTP_BODY_TIMEOUT", 60.0),
         http_max_connections=_count(env, "STRONGROOM_HTTP_MAX_CONNECTIONS", 1000),
+        trusted_proxies=_trusted_proxies(env),
         mode="production" if production else "embedded",
         data_dir=data_dir,
         database_url=database_url,

@@ -336,8 +336,6 @@ class TokensController(Controller):
             scopes = frozenset(Permission(s) for s in data.scopes)
         except ValueError:
             raise ValidationException("unknown scope") from None
-        if not all(caller.allows(s) for s in scopes):
-            raise PermissionDeniedException("a token cannot hold a permission you lack")
         try:
             async with services.sessions() as session, session.begin():
                 user = await session.get(User, caller.user_id)
@@ -349,6 +347,8 @@ class TokensController(Controller):
                 assert token is not None
         except ValueError as exc:
             raise ValidationException(str(exc)) from None
+        except NotPermitted as exc:
+            raise PermissionDeniedException(str(exc)) from None
         return _token(token, new.secret)
 
     @post("/{token_id:str}/revoke", status_code=HTTP_200_OK, opt={"permission": AUTHENTICATED})

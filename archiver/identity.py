@@ -24,7 +24,7 @@ from typing import Any
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +33,7 @@ from archiver.clock import Clock
 from archiver.errors import ArchiverError
 from archiver.keyring import Keyring
 from archiver.models import ApiToken, Approval, Grant, User, WebSession
+from archiver.passwords import password_problem
 
 
 class Role(StrEnum):
@@ -48,18 +49,39 @@ class Role(StrEnum):
 
 
 class Permission(StrEnum):
-    """Everything an authenticated request can be allowed to do."""
+    """Everything an authenticated request can be allowed to do.
 
-    USERS_MANAGE = "users.manage"
-    GRANTS_APPROVE = "grants.approve"
-    ACCOUNTS_MANAGE = "accounts.manage"
-    ACCOUNTS_READ = "accounts.read"
-    ARCHIVE_READ = "archive.read"
-    ARCHIVE_IMPORT = "archive.import"
-    AUDIT_READ = "audit.read"
-    AUDIT_EXPORT = "audit.export"
-    LEXICON_MANAGE = "lexicon.manage"
-    METRICS_READ = "metrics.read"
+    Each permission declares whether it is *sensitive*: whether it reads message
+    content or the audit trail, or changes records, users, grants, accounts or the
+    policy applied to records. A role that carries a sensitive permission needs TOTP,
+    and granting it needs a second person's approval (``SENSITIVE_ROLES``). The class
+    does not build if a permission leaves this out.
+    """
+
+    _value_: str
+    sensitive: bool
+
+    # Only the members below are made here; looking one up by its value is not.
+    def __new__(cls, value: str, sensitive: bool | None = None) -> Permission:
+        if sensitive is None:
+            raise TypeError(f"permission {value!r} must declare whether it is sensitive")
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.sensitive = sensitive
+        return member
+
+    USERS_MANAGE = "users.manage", True
+    GRANTS_APPROVE = "grants.approve", True
+    # Registers numbers and their webhook secrets: decides what becomes a record.
+    ACCOUNTS_MANAGE = "accounts.manage", True
+    ACCOUNTS_READ = "accounts.read", False  # which numbers are captured, no content
+    ARCHIVE_READ = "archive.read", True
+    ARCHIVE_IMPORT = "archive.import", True
+    AUDIT_READ = "audit.read", True
+    AUDIT_EXPORT = "audit.export", True
+    # Decides which records are flagged and which outgoing messages are held or blocked.
+    LEXICON_MANAGE = "lexicon.manage", True
+    METRICS_READ = "metrics.read", False  # counters of the service's health, no content
 
 
 # The permission matrix: which role may do what. Mirrored in the README.
@@ -83,9 +105,10 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.REGULATOR: frozenset(),
 }
 
-# Roles that need TOTP, and whose grant needs a second person's approval.
-PRIVILEGED_ROLES = frozenset(
-    {Role.ADMIN, Role.RECORDS_MANAGER, Role.COMPLIANCE_OFFICER, Role.AUDITOR}
+# Roles that need TOTP, and whose grant needs a second person's approval: derived
+# from their permissions, so that no role carrying a sensitive one can be left out.
+SENSITIVE_ROLES = frozenset(
+    role for role, permissions in ROLE_PERMISSIONS.items() if any(p.sensitive for p in permissions)
 )
 # Permissions that only make sense across all accounts.
 GLOBAL_PERMISSIONS = frozenset(
@@ -99,7 +122,6 @@ GLOBAL_PERMISSIONS = frozenset(
     }
 )
 
-MIN_PASSWORD = 12
 MAX_FAILED_LOGINS = 5
 FIRST_LOCKOUT = timedelta(minutes=1)
 LONGEST_LOCKOUT = timedelta(hours=24)
@@ -248,7 +270,7 @@ class IdentityService:
         username = username.strip().lower()
         if not _USERNAME.fullmatch(username):
             raise ValueError("username: 3-64 of a-z 0-9 . _ @ + -")
-        self._check_password(password)
+        self._check_password(password, username)
         user = User(
             id="usr_" + secrets.token_hex(8),
             username=username,
@@ -265,11 +287,10 @@ class IdentityService:
             raise IdentityConflict(f"user {username} already exists") from None
         return user
 
-    def _check_password(self, password: str) -> None:
-        if len(password) < MIN_PASSWORD:
-            raise ValueError(f"passwords need at least {MIN_PASSWORD} characters")
-        if len(password) > 1024:
-            raise ValueError("password too long")
+    def _check_password(self, password: str, username: str) -> None:
+        problem = password_problem(password, username)
+        if problem is not None:
+            raise ValueError(problem)
 
     async def user_by_name(self, session: AsyncSession, username: str) -> User | None:
         """The user with ``username``, if any."""
@@ -283,7 +304,7 @@ class IdentityService:
 
     async def set_password(self, session: AsyncSession, user: User, password: str) -> None:
         """Replace the user's password and clear any lockout."""
-        self._check_password(password)
+        self._check_password(password, user.username)
         user.password_hash = self._hasher.hash(password)
         user.failed_logins = 0
         user.locked_until = None
@@ -291,7 +312,11 @@ class IdentityService:
 
     async def check_password(self, session: AsyncSession, username: str, password: str) -> User:
         """Verify a password with back-off and lockout; raise ``InvalidCredentials``
-        or ``AccountLocked``. The caller commits (failures are counted)."""
+        or ``AccountLocked``. The caller commits (failures are counted).
+
+        Wrong passwords and wrong TOTP codes count together, and only a complete
+        sign-in (``complete_sign_in``) clears them: the right password alone does
+        not, or knowing it would reset the count of guessed codes."""
         user = await self.user_by_name(session, username)
         now = self._clock.now()
         if user is None or user.disabled or user.password_hash is None:
@@ -303,19 +328,45 @@ class IdentityService:
         try:
             self._hasher.verify(user.password_hash, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
-            user.failed_logins += 1
-            if user.failed_logins >= MAX_FAILED_LOGINS:
-                # Each further failure doubles the lockout, up to a day.
-                doubling = min(user.failed_logins - MAX_FAILED_LOGINS, 12)
-                user.locked_until = now + min(FIRST_LOCKOUT * 2**doubling, LONGEST_LOCKOUT)
+            self._lock_after(user, await self._count_attempt(session, user, now), now)
             await session.flush()
             raise InvalidCredentials("invalid username or password") from None
         if self._hasher.check_needs_rehash(user.password_hash):
             user.password_hash = self._hasher.hash(password)
-        user.failed_logins = 0
-        user.locked_until = None
         await session.flush()
         return user
+
+    async def _count_attempt(self, session: AsyncSession, user: User, now: datetime) -> int:
+        """Count a failed attempt in the database itself, so that concurrent ones are
+        all counted; raise ``AccountLocked`` if the user is (or meanwhile became) locked."""
+        count: int | None = await session.scalar(
+            update(User)
+            .where(
+                User.id == user.id,
+                or_(User.locked_until.is_(None), User.locked_until <= now),
+            )
+            .values(failed_logins=User.failed_logins + 1)
+            .returning(User.failed_logins)
+        )
+        await session.refresh(user, ["failed_logins", "locked_until"])
+        if count is None:
+            raise AccountLocked(user.locked_until or now)
+        return count
+
+    @staticmethod
+    def _lock_after(user: User, failures: int, now: datetime) -> datetime | None:
+        """Lock the user out after too many failures; each further one doubles the
+        lockout, up to a day. Returns the end of the lockout, if there is one."""
+        if failures < MAX_FAILED_LOGINS:
+            return None
+        doubling = min(failures - MAX_FAILED_LOGINS, 12)
+        user.locked_until = now + min(FIRST_LOCKOUT * 2**doubling, LONGEST_LOCKOUT)
+        return user.locked_until
+
+    @staticmethod
+    def _clear_failures(user: User) -> None:
+        user.failed_logins = 0
+        user.locked_until = None
 
     # -- TOTP ------------------------------------------------------------------
 
@@ -351,12 +402,22 @@ class IdentityService:
     async def verify_totp(self, session: AsyncSession, user: User, code: str) -> None:
         """Check a TOTP code (one step of clock drift allowed; no code used twice).
 
-        The first good code completes enrolment. Raise ``InvalidCredentials``.
+        The first good code completes enrolment. Wrong codes count with wrong
+        passwords towards the lockout; the one that locks the user out also ends
+        their half-signed-in sessions, and while it lasts even the right code is
+        refused. Raise ``InvalidCredentials`` or ``AccountLocked``; the caller
+        commits (failures are counted).
         """
         if user.totp_secret_sealed is None:
             raise MfaRequired("no authenticator is enrolled")
-        totp = pyotp.TOTP(await self._totp_secret(session, user))
         now = self._clock.now()
+        # Counted before it is checked: concurrent guesses cannot pass the lockout.
+        try:
+            failures = await self._count_attempt(session, user, now)
+        except AccountLocked:
+            await self._end_sessions(session, user.id, pending_only=True)
+            raise
+        totp = pyotp.TOTP(await self._totp_secret(session, user))
         code = code.strip().replace(" ", "")
         step = int(now.timestamp()) // totp.interval
         for candidate in (step - 1, step, step + 1):
@@ -367,8 +428,14 @@ class IdentityService:
                 user.totp_last_step = candidate
                 if user.mfa_enrolled_at is None:
                     user.mfa_enrolled_at = now
+                self._clear_failures(user)
                 await session.flush()
                 return
+        until = self._lock_after(user, failures, now)
+        await session.flush()
+        if until is not None:
+            await self._end_sessions(session, user.id, pending_only=True)
+            raise AccountLocked(until)
         raise InvalidCredentials("invalid code")
 
     async def reset_mfa(self, session: AsyncSession, user: User) -> None:
@@ -389,9 +456,9 @@ class IdentityService:
         )
 
     async def needs_mfa(self, session: AsyncSession, user: User) -> bool:
-        """True if any of the user's roles requires TOTP."""
+        """True if any of the user's roles carries a sensitive permission."""
         return any(
-            Role(g.role) in PRIVILEGED_ROLES for g in await self.active_grants(session, user.id)
+            Role(g.role) in SENSITIVE_ROLES for g in await self.active_grants(session, user.id)
         )
 
     async def principal(
@@ -418,10 +485,16 @@ class IdentityService:
         granted_by: str | None,
         approval_id: int | None = None,
     ) -> Grant:
-        """Give ``role`` to ``user`` now (callers enforce maker-checker)."""
-        for grant in await self.active_grants(session, user.id):
+        """Give ``role`` to ``user`` now (callers enforce maker-checker).
+
+        The first sensitive role a user gets ends their sessions: they were opened
+        without TOTP, which signing in again asks for."""
+        held = await self.active_grants(session, user.id)
+        for grant in held:
             if grant.role == role.value and grant.account_id == account_id:
                 raise IdentityConflict("that grant already exists")
+        if role in SENSITIVE_ROLES and not any(Role(g.role) in SENSITIVE_ROLES for g in held):
+            await self._end_sessions(session, user.id, pending_only=False)
         grant = Grant(
             user_id=user.id,
             role=role.value,
@@ -466,11 +539,21 @@ class IdentityService:
         scopes: frozenset[Permission],
         lifetime: timedelta,
     ) -> NewToken:
-        """Issue an API token; its secret is returned once and stored only hashed."""
+        """Issue an API token; its secret is returned once and stored only hashed.
+
+        Its scopes can only be permissions its user holds: raise ``NotPermitted``
+        naming those they lack, or ``ValueError``."""
         if not timedelta(minutes=5) <= lifetime <= timedelta(days=366):
             raise ValueError("token lifetime must be between 5 minutes and 366 days")
         if not scopes:
             raise ValueError("a token needs at least one scope")
+        holder = await self.principal(session, user, via="session")
+        missing = sorted(p.value for p in scopes if not holder.allows(p))
+        if missing:
+            raise NotPermitted(
+                f"{user.username} lacks {', '.join(missing)}: "
+                "a token cannot hold a permission its user lacks"
+            )
         prefix = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         now = self._clock.now()
@@ -567,12 +650,48 @@ class IdentityService:
             return None
         return row, user
 
+    async def complete_sign_in(
+        self, session: AsyncSession, pending: WebSession, code: str | None
+    ) -> tuple[str, WebSession]:
+        """Finish a half-signed-in session: check the TOTP code if the user's roles
+        need one, then replace the session with a new one. The new cookie is
+        returned; the old one stops working (a new id at each step up).
+
+        Raise ``InvalidCredentials``, ``AccountLocked`` or ``MfaRequired``; the
+        caller commits (failures are counted)."""
+        row = await session.get(WebSession, pending.id_sha256, with_for_update=True)
+        now = self._clock.now()
+        if row is None or row.revoked_at is not None or row.expires_at <= now or row.mfa_verified:
+            raise InvalidCredentials("this sign-in has ended")
+        user = await session.get(User, row.user_id)
+        if user is None or user.disabled:
+            raise InvalidCredentials("this sign-in has ended")
+        if await self.needs_mfa(session, user):
+            if code is None:
+                raise MfaRequired("a code from the authenticator is required")
+            await self.verify_totp(session, user, code)
+        else:
+            self._clear_failures(user)
+        row.revoked_at = now
+        return await self.start_session(session, user, mfa_verified=True)
+
     async def end_session(self, session: AsyncSession, cookie: str) -> None:
         """Sign out: the cookie stops working at once."""
         row = await session.get(WebSession, _sha256(cookie))
         if row is not None:
             row.revoked_at = self._clock.now()
             await session.flush()
+
+    async def _end_sessions(
+        self, session: AsyncSession, user_id: str, *, pending_only: bool
+    ) -> None:
+        """End the user's live sessions (only the half-signed-in ones if ``pending_only``)."""
+        query = update(WebSession).where(
+            WebSession.user_id == user_id, WebSession.revoked_at.is_(None)
+        )
+        if pending_only:
+            query = query.where(WebSession.mfa_verified.is_(False))
+        await session.execute(query.values(revoked_at=self._clock.now()))
 
 
 class ApprovalService:
@@ -646,7 +765,7 @@ class ApprovalService:
 
 
 class GrantService:
-    """Grants roles, through a second person's approval for privileged ones."""
+    """Grants roles, through a second person's approval for sensitive ones."""
 
     def __init__(self, identity: IdentityService, approvals: ApprovalService) -> None:
         self._identity = identity
@@ -660,10 +779,11 @@ class GrantService:
         role: Role,
         account_id: str | None,
     ) -> Grant | Approval:
-        """Grant at once, or open an approval when ``role`` is privileged."""
+        """Grant at once, or open an approval when ``role`` carries a sensitive permission
+        (whoever it is for, the requester included)."""
         if not requester.allows(Permission.USERS_MANAGE):
             raise NotPermitted("granting roles needs users.manage")
-        if role in PRIVILEGED_ROLES:
+        if role in SENSITIVE_ROLES:
             return await self._approvals.request(
                 session,
                 kind="grant",
@@ -684,10 +804,13 @@ class GrantService:
         approve: bool,
         reason: str | None = None,
     ) -> Grant | None:
-        """Decide a pending grant; apply it when approved."""
+        """Decide a pending grant; apply it when approved. Neither its maker nor the
+        user it is for can decide it."""
         pending = await session.get(Approval, approval_id)
         if pending is not None and pending.kind != "grant":
             raise IdentityConflict(f"approval {approval_id} is not a grant")
+        if pending is not None and ApprovalService.payload(pending)["user_id"] == decider.user_id:
+            raise NotPermitted("a grant must be decided by someone other than its grantee")
         approval = await self._approvals.decide(
             session, approval_id, decider, approve=approve, reason=reason
         )

@@ -140,3 +140,22 @@ def test_security_headers_and_no_internals(server: Server) -> None:
     assert server.client.get("/no/such/route").status_code == 404
     for path in ("/debug", "/heapdump", "/actuator/heapdump", "/metrics", "/admin"):
         assert server.client.get(path).status_code == 404, path
+
+
+def test_weak_passwords_are_refused_with_the_reason(server: Server) -> None:
+    for username, password, reason in (
+        (
+            "weak-common",
+            "password1234",
+            "this password is too easy to guess: this is a very common",
+        ),
+        ("weak-spaces", " " * 16, "a password cannot be only whitespace"),
+        ("weak-name", "i am weak-name, hello", "a password cannot contain the username"),
+    ):
+        response = server.client.post(
+            "/api/v1/users", json={"username": username, "password": password}, headers=server.admin
+        )
+        assert response.status_code == 400, response.text
+        assert reason in response.json()["error"]
+    users = server.client.get("/api/v1/users", headers=server.admin).json()
+    assert not [u for u in users if u["username"].startswith("weak-")]

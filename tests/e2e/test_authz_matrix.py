@@ -18,11 +18,12 @@ import pytest
 from litestar.routes import ASGIRoute, HTTPRoute
 
 from api.app import create_app
-from api.auth import AUTHENTICATED, PUBLIC, permission_of
+from api.auth import AUTHENTICATED, PUBLIC, SESSION_COOKIE, permission_of
 from api.bootstrap import open_services
 from api.settings import load_settings
 from archiver.identity import ROLE_PERMISSIONS, Permission, Role
 from tests.e2e.server import PASSWORD, Server
+from tests.e2e.test_auth import _password_step
 
 ANONYMOUS = "anonymous"
 PRINCIPALS = [ANONYMOUS, *(role.value for role in Role)]
@@ -62,10 +63,24 @@ def test_every_route_declares_a_permission() -> None:
     assert {permission for _, _, permission in ROUTES} <= known
 
 
+def test_permissions_that_guard_changes_are_sensitive() -> None:
+    """A route that changes state needs a sensitive permission (TOTP and a second
+    person's approval for whoever is granted it): a permission added later for a
+    new such route must be declared sensitive, or this fails."""
+    changing = {
+        Permission(permission)
+        for method, _, permission in ROUTES
+        if method not in ("GET", "HEAD") and permission not in (PUBLIC, AUTHENTICATED, None)
+    }
+    assert changing
+    assert [p.value for p in changing if not p.sensitive] == []
+
+
 @pytest.fixture(scope="module")
 def tokens(server: Server) -> dict[str, dict[str, str]]:
-    """An API token for a user holding each role on all accounts (scoped to everything,
-    so that only the role limits it)."""
+    """Credentials of a user holding each role on all accounts: an API token scoped to
+    all of the role's permissions, so that only the role limits it; for a role with
+    no permission (a token needs one), a console session."""
 
     async def make() -> dict[str, dict[str, str]]:
         services = await open_services(load_settings(server.env))
@@ -79,11 +94,13 @@ def tokens(server: Server) -> dict[str, dict[str, str]]:
                     await services.identity.apply_grant(
                         session, user, role, None, granted_by="matrix"
                     )
+                    if not ROLE_PERMISSIONS[role]:
+                        continue
                     token = await services.identity.create_token(
                         session,
                         user,
                         name="matrix",
-                        scopes=frozenset(Permission),
+                        scopes=ROLE_PERMISSIONS[role],
                         lifetime=timedelta(hours=1),
                     )
                     made[role.value] = {"Authorization": f"Bearer {token.secret}"}
@@ -91,7 +108,15 @@ def tokens(server: Server) -> dict[str, dict[str, str]]:
             await services.close()
         return made
 
-    return asyncio.run(make())
+    made = asyncio.run(make())
+    for role in Role:
+        if role.value not in made:  # needs no second factor: the password signs it in
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                assert _password_step(client, f"matrix-{role.value}").status_code == 303
+                assert client.get("/login/mfa").headers["location"] == "/"
+                cookie = client.cookies[SESSION_COOKIE]
+            made[role.value] = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
+    return made
 
 
 def _guard_refused(response: httpx.Response) -> bool:

@@ -223,3 +223,50 @@ def test_migrate_turns_meta_ids_into_tokens_with_the_archives_root_key(
     rows, token = asyncio.run(tokens())
     assert (1, token) in rows  # what the service computes, under the same subject key
     assert WAMID.encode() not in asyncio.run(database_bytes(settings.database_url))
+
+
+def test_tokens_carry_only_permissions_the_user_holds(env: dict[str, str]) -> None:
+    password = {"CLI_PASSWORD": "correct horse battery staple"}
+    for username, role in (("cli-agent", "agent"), ("cli-officer", "compliance_officer")):
+        made = run(
+            env | password,
+            "users",
+            "create",
+            username,
+            "--role",
+            role,
+            "--password-env",
+            "CLI_PASSWORD",
+        )
+        assert made.returncode == 0, made.stderr
+    refused = run(env, "tokens", "create", "cli-agent", "--scope", "archive.read")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "strongroom: cli-agent lacks archive.read: a token cannot hold a permission its user lacks"
+    )
+    beyond = run(
+        env, "tokens", "create", "cli-officer", "--scope", "archive.read", "--scope", "audit.read"
+    )
+    assert beyond.returncode == 1
+    assert "cli-officer lacks audit.read:" in beyond.stderr
+    for username in ("cli-agent", "cli-officer"):
+        assert "sr_" not in run(env, "tokens", "list", username).stdout  # nothing was issued
+    issued = run(env, "tokens", "create", "cli-officer", "--scope", "archive.read")
+    assert issued.returncode == 0, issued.stderr
+    assert issued.stdout.startswith("sr_")
+
+
+def test_users_create_refuses_a_weak_password_with_the_reason(env: dict[str, str]) -> None:
+    weak = run(
+        env | {"CLI_PASSWORD": "password1234"},
+        "users",
+        "create",
+        "cli-weak",
+        "--password-env",
+        "CLI_PASSWORD",
+    )
+    assert weak.returncode == 1
+    assert weak.stderr.strip().splitlines()[-1] == (
+        "strongroom: this password is too easy to guess: this is a very common password"
+    )
+    assert "cli-weak" not in run(env, "users", "list").stdout

@@ -11,7 +11,7 @@ import struct
 import subprocess
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -71,8 +71,9 @@ def _line(text: str, pattern: str) -> re.Match[str]:
     return found
 
 
-def _run_demo(server: Server) -> Run:
-    """Run the CLI as a newcomer would, then create a token with the printed command."""
+def _run_demo(server: Server, *, approve: Callable[[str], None] | None = None) -> Run:
+    """Run the CLI as a newcomer would, then create a token with the printed command
+    (with ``approve``, after it has been given the run's output)."""
     result = server.cli("demo", "--url", server.url)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr == ""
@@ -85,6 +86,8 @@ def _run_demo(server: Server) -> Run:
     command = _line(out, r"^  TOKEN=\$\((strongroom tokens create [^)]+)\)$")
     args = shlex.split(command[1])
     assert args[1:] == ["tokens", "create", username[1], "--scope", "archive.read"]
+    if approve is not None:
+        approve(out)
     token = server.cli(*args[1:])
     assert token.returncode == 0, token.stderr
     return Run(
@@ -150,7 +153,7 @@ class Approved:
 
     server: Server
     run: Run
-    refused_before: int
+    refused_before: str  # the printed token command, run before the approval
     other_account: str
     other_wamid: str
 
@@ -162,16 +165,26 @@ def _run_with_an_admin(server: Server) -> Approved:
     assert server.post_webhook(fixture_bytes("message_text")).status_code == 200
     wamid = fixture("message_text")["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
     server.records_of(wamid)
-    run = _run_demo(server)
-    requested = run.line(
-        rf"^approval (\d+) requested: an admin must approve compliance_officer for {run.username}$"
-    )
-    before = server.client.get(f"/api/v1/accounts/{run.account_id}/records", headers=run.headers)
-    decided = server.client.post(
-        f"/api/v1/approvals/{requested[1]}/decision", json={"approve": True}, headers=server.admin
-    )
-    assert decided.status_code == 200, decided.text
-    return Approved(server, run, before.status_code, other, wamid)
+    refusals = []
+
+    def approve(out: str) -> None:
+        username = _line(out, r"^  username  (demo-officer-[0-9a-f]{4})$")[1]
+        refused = server.cli("tokens", "create", username, "--scope", "archive.read")
+        assert refused.returncode == 1, refused.stdout
+        refusals.append(refused.stderr.splitlines()[-1].removeprefix("strongroom: "))
+        requested = _line(
+            out,
+            rf"^approval (\d+) requested: an admin must approve compliance_officer for {username}$",
+        )
+        decided = server.client.post(
+            f"/api/v1/approvals/{requested[1]}/decision",
+            json={"approve": True},
+            headers=server.admin,
+        )
+        assert decided.status_code == 200, decided.text
+
+    run = _run_demo(server, approve=approve)
+    return Approved(server, run, refusals[0], other, wamid)
 
 
 @contextmanager
@@ -448,9 +461,12 @@ def test_with_an_admin_the_grant_waits_for_approval(scene: Scene) -> None:
     run = approved.run
     run.line(rf"^  until an admin approves it, {run.username} can sign in but reads nothing$")
     run.line(r"^  the first sign-in after the approval enrols an authenticator app \(TOTP\)")
+    run.line(r"^or, once the grant is approved, read the archive over HTTP with an API token")
     run.line(rf"^  TOKEN=\$\(strongroom tokens create {run.username} --scope archive.read\)$")
     assert "granted" not in run.stdout
-    assert approved.refused_before == 403
+    assert approved.refused_before == (
+        f"{run.username} lacks archive.read: a token cannot hold a permission its user lacks"
+    )
     records = _records(approved.server, run.headers, run.account_id)
     assert len(records) == _expected().expected_records
     assert {r["account_id"] for r in records} == {run.account_id}

@@ -4,11 +4,14 @@ every change is in the audit trail."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.server import Server
+from tests.e2e.test_auth import _password_step
 
 LEXICON = "/api/v1/lexicon"
 
@@ -143,17 +146,33 @@ def test_bad_input_is_refused_and_changes_nothing(
 
 
 @pytest.mark.parametrize(
-    ("name", "role", "scoped"),
+    ("name", "role", "scoped", "scopes"),
     [
-        ("lex-agent", "agent", False),
-        ("lex-admin", "admin", False),
-        ("lex-officer-one", "compliance_officer", True),  # on one account only
+        ("lex-agent", "agent", False, ()),  # no permission at all: signs in instead
+        ("lex-admin", "admin", False, ("accounts.read",)),
+        # On one account only: lexicon.manage counts only on all accounts.
+        ("lex-officer-one", "compliance_officer", True, ("archive.read",)),
     ],
 )
-def test_other_roles_are_refused(server: Server, name: str, role: str, scoped: bool) -> None:
+def test_other_roles_are_refused(
+    server: Server,
+    clients: Callable[..., httpx.Client],
+    name: str,
+    role: str,
+    scoped: bool,
+    scopes: tuple[str, ...],
+) -> None:
     server.create_user(name, role, account=server.account_id if scoped else None)
-    # The token may use the permission; the role still does not give it.
-    headers = server.token(name, "lexicon.manage")
+    # No token can carry the permission, since the user lacks it.
+    refused = server.cli("tokens", "create", name, "--scope", "lexicon.manage")
+    assert refused.returncode == 1
+    assert f"{name} lacks lexicon.manage" in refused.stderr
+    if scopes:
+        client, headers = server.client, server.token(name, *scopes)
+    else:
+        client, headers = clients(), {}
+        assert _password_step(client, name).headers["location"] == "/login/mfa"
+        assert client.get("/login/mfa").headers["location"] == "/"  # no second factor needed
     term = _add(server, f"refused-{role}")
     before = _terms(server, removed=True)
     for method, path, body in (
@@ -161,7 +180,7 @@ def test_other_roles_are_refused(server: Server, name: str, role: str, scoped: b
         ("POST", LEXICON, {"term": "sneaky"}),
         ("DELETE", f"{LEXICON}/{term['id']}", None),
     ):
-        response = server.client.request(method, path, json=body, headers=headers)
+        response = client.request(method, path, json=body, headers=headers)
         assert response.status_code == 403, (method, response.text)
         assert response.json()["error"] == "this needs lexicon.manage"
     assert _terms(server, removed=True) == before

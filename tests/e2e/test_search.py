@@ -14,7 +14,7 @@ import pytest
 
 from api.bootstrap import open_services
 from api.settings import load_settings
-from archiver.identity import ROLE_PERMISSIONS, Role
+from archiver.identity import ROLE_PERMISSIONS, Permission, Role
 from archiver.models import Record, SealedObject
 from tests.e2e.server import PASSWORD, Server, fixture
 
@@ -217,9 +217,14 @@ def outsiders(archive: Server) -> dict[str, dict[str, str]]:
         try:
             made = {}
             async with services.sessions() as session, session.begin():
-                for name, role, account in (
-                    ("elsewhere", Role.COMPLIANCE_OFFICER, other_account),
-                    ("searchaudit", Role.AUDITOR, None),
+                for name, role, account, scopes in (
+                    (
+                        "elsewhere",
+                        Role.COMPLIANCE_OFFICER,
+                        other_account,
+                        [Permission.ARCHIVE_READ],
+                    ),
+                    ("searchaudit", Role.AUDITOR, None, list(ROLE_PERMISSIONS[Role.AUDITOR])),
                 ):
                     user = await services.identity.create_user(
                         session, name, PASSWORD, created_by="e2e"
@@ -231,7 +236,7 @@ def outsiders(archive: Server) -> dict[str, dict[str, str]]:
                         session,
                         user,
                         name="e2e",
-                        scopes=ROLE_PERMISSIONS[role],
+                        scopes=frozenset(scopes),
                         lifetime=timedelta(hours=1),
                     )
                     made[name] = {"Authorization": f"Bearer {token.secret}"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pyotp
@@ -13,9 +14,12 @@ from archiver.clock import FixedClock
 from archiver.identity import (
     FIRST_LOCKOUT,
     MAX_FAILED_LOGINS,
+    ROLE_PERMISSIONS,
+    SENSITIVE_ROLES,
     AccountLocked,
     ApprovalService,
     GrantService,
+    IdentityError,
     IdentityService,
     InvalidCredentials,
     NotPermitted,
@@ -24,7 +28,7 @@ from archiver.identity import (
     Role,
 )
 from archiver.keyring import Keyring
-from archiver.models import ApiToken, Approval, User
+from archiver.models import ApiToken, Approval, Grant, User, WebSession
 
 Sessions = async_sessionmaker[AsyncSession]
 PASSWORD = "correct horse battery staple"
@@ -83,7 +87,12 @@ async def test_lockout_backs_off_and_expires(
 
     clock.advance(3 * FIRST_LOCKOUT)
     async with sessions() as session, session.begin():
-        await identity.check_password(session, "alice", PASSWORD)
+        user = await identity.check_password(session, "alice", PASSWORD)
+        # The right password alone clears nothing: a second factor may follow.
+        assert user.failed_logins == MAX_FAILED_LOGINS + 1
+        _, pending = await identity.start_session(session, user, mfa_verified=False)
+        await identity.complete_sign_in(session, pending, None)  # alice needs no TOTP
+    async with sessions() as session:
         user = (await session.scalars(select(User))).one()
         assert (user.failed_logins, user.locked_until) == (0, None)
 
@@ -136,6 +145,19 @@ async def test_tokens_expire_revoke_and_are_scoped(
             lifetime=timedelta(hours=1),
         )
         stored = (await session.scalars(select(ApiToken))).one()
+    # A token holds only permissions its user holds; the refusal names the missing one.
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        with pytest.raises(NotPermitted, match=r"alice lacks audit\.read, users\.manage"):
+            await identity.create_token(
+                session,
+                user,
+                name="too much",
+                scopes=frozenset(
+                    {Permission.ARCHIVE_READ, Permission.USERS_MANAGE, Permission.AUDIT_READ}
+                ),
+                lifetime=timedelta(hours=1),
+            )
     assert new.secret.startswith(f"sr_{new.prefix}_")
     assert new.secret.split("_", 2)[2] not in stored.secret_hash
     assert stored.secret_hash.startswith("$argon2id$")
@@ -223,6 +245,11 @@ async def test_maker_checker_refuses_self_approval(
         with pytest.raises(NotPermitted, match="someone other than its maker"):
             await grants.decide(session, request.id, admin_maker, approve=True)
     async with sessions() as session, session.begin():
+        # Nor can the user it is for, whatever roles they hold.
+        grantee = _principal(target.id, (Role.ADMIN, None))
+        with pytest.raises(NotPermitted, match="someone other than its grantee"):
+            await grants.decide(session, request.id, grantee, approve=True)
+    async with sessions() as session, session.begin():
         with pytest.raises(NotPermitted, match=r"grants\.approve"):
             await grants.decide(
                 session, request.id, _principal(outsider.id, (Role.SUPERVISOR, None)), approve=True
@@ -247,3 +274,153 @@ async def test_maker_checker_refuses_self_approval(
     async with sessions() as session:
         roles = sorted(g.role for g in await identity.active_grants(session, target.id))
         assert roles == ["agent", "compliance_officer"]
+
+
+def test_permissions_that_read_content_or_change_records_are_sensitive() -> None:
+    named = {
+        Permission.ARCHIVE_READ,
+        Permission.ARCHIVE_IMPORT,
+        Permission.USERS_MANAGE,
+        Permission.GRANTS_APPROVE,
+        *(p for p in Permission if p.value.startswith("audit.")),
+    }
+    assert all(p.sensitive for p in named)
+    assert all(isinstance(p.sensitive, bool) for p in Permission)  # each declares it
+    assert Role.SUPERVISOR in SENSITIVE_ROLES  # it reads content, as an officer does
+
+
+async def test_every_role_with_a_sensitive_permission_needs_approval_and_totp(
+    identity: IdentityService, sessions: Sessions, clock: FixedClock
+) -> None:
+    """Derived from the permission table, role by role and permission by permission:
+    a role added later cannot slip past the rule."""
+    grants = GrantService(identity, ApprovalService(clock))
+    maker, checker = [await _user(identity, sessions, n) for n in ("maker", "checker")]
+    admin_maker = _principal(maker.id, (Role.ADMIN, None))
+    admin_checker = _principal(checker.id, (Role.ADMIN, None))
+    for role in Role:
+        sensitive = [p for p in Permission if p in ROLE_PERMISSIONS[role] and p.sensitive]
+        target = await _user(identity, sessions, f"holder-{role.value}")
+        async with sessions() as session, session.begin():
+            target = await session.merge(target)
+            result = await grants.request(session, admin_maker, target, role, None)
+        if sensitive:
+            assert isinstance(result, Approval), (role, sensitive)
+            async with sessions() as session:
+                assert await identity.active_grants(session, target.id) == [], role
+                assert not await identity.needs_mfa(session, target)
+            async with sessions() as session, session.begin():
+                await grants.decide(session, result.id, admin_checker, approve=True)
+        else:
+            assert isinstance(result, Grant), role
+        async with sessions() as session:
+            assert [g.role for g in await identity.active_grants(session, target.id)] == [role]
+            assert await identity.needs_mfa(session, target) == bool(sensitive), role
+
+
+async def test_a_first_sensitive_role_ends_sessions_opened_without_totp(
+    identity: IdentityService, sessions: Sessions
+) -> None:
+    user = await _user(identity, sessions, "bob")
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        cookie, _ = await identity.start_session(session, user, mfa_verified=True)
+        await identity.apply_grant(session, user, Role.AGENT, None, granted_by=None)
+    async with sessions() as session:
+        assert await identity.find_session(session, cookie) is not None  # nothing sensitive
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        await identity.apply_grant(session, user, Role.SUPERVISOR, None, granted_by=None)
+    async with sessions() as session:
+        assert await identity.find_session(session, cookie) is None  # signing in asks for TOTP
+
+
+async def _enrolled(
+    identity: IdentityService, sessions: Sessions, clock: FixedClock, name: str
+) -> tuple[User, pyotp.TOTP]:
+    """A supervisor whose authenticator is enrolled (its first code used)."""
+    user = await _user(identity, sessions, name)
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        await identity.apply_grant(session, user, Role.SUPERVISOR, None, granted_by=None)
+        totp = pyotp.TOTP((await identity.begin_totp(session, user)).secret)
+        await identity.verify_totp(session, user, totp.at(clock.now()))
+    clock.advance(timedelta(seconds=30))
+    return user, totp
+
+
+def _wrong(totp: pyotp.TOTP, clock: FixedClock) -> str:
+    valid = {totp.at(clock.now() + timedelta(seconds=s)) for s in (-30, 0, 30)}
+    return next(code for code in ("000000", "111111", "222222", "333333") if code not in valid)
+
+
+async def _half_signed_in(
+    identity: IdentityService, sessions: Sessions, user: User
+) -> tuple[str, WebSession]:
+    async with sessions() as session, session.begin():
+        current = await session.get(User, user.id)  # not merge(): it would undo the count
+        assert current is not None
+        return await identity.start_session(session, current, mfa_verified=False)
+
+
+async def test_wrong_codes_lock_the_user_out_and_end_half_signed_in_sessions(
+    identity: IdentityService, sessions: Sessions, clock: FixedClock
+) -> None:
+    user, totp = await _enrolled(identity, sessions, clock, "carol")
+    async with sessions() as session, session.begin():
+        signed_in, _ = await identity.start_session(session, user, mfa_verified=True)
+    first_cookie, first = await _half_signed_in(identity, sessions, user)
+    other_cookie, _ = await _half_signed_in(identity, sessions, user)
+    for _ in range(MAX_FAILED_LOGINS - 1):
+        async with sessions() as session, session.begin():
+            with pytest.raises(InvalidCredentials):
+                await identity.complete_sign_in(session, first, _wrong(totp, clock))
+        # The right password in between does not wipe out the wrong codes.
+        async with sessions() as session, session.begin():
+            await identity.check_password(session, "carol", PASSWORD)
+    async with sessions() as session, session.begin():
+        with pytest.raises(AccountLocked) as locked:
+            await identity.complete_sign_in(session, first, _wrong(totp, clock))
+    assert locked.value.until == clock.now() + FIRST_LOCKOUT
+    async with sessions() as session:
+        # Every half-signed-in session has ended; a signed-in one goes on.
+        assert await identity.find_session(session, first_cookie) is None
+        assert await identity.find_session(session, other_cookie) is None
+        assert await identity.find_session(session, signed_in) is not None
+        with pytest.raises(AccountLocked):
+            await identity.check_password(session, "carol", PASSWORD)
+
+    # Until the lockout ends, the right code is refused too.
+    _, late = await _half_signed_in(identity, sessions, user)
+    async with sessions() as session, session.begin():
+        with pytest.raises(AccountLocked):
+            await identity.complete_sign_in(session, late, totp.at(clock.now()))
+    clock.advance(FIRST_LOCKOUT)
+    _, fresh = await _half_signed_in(identity, sessions, user)
+    async with sessions() as session, session.begin():
+        await identity.complete_sign_in(session, fresh, totp.at(clock.now()))
+    async with sessions() as session:
+        stored = await session.get(User, user.id)
+        assert stored is not None
+        assert (stored.failed_logins, stored.locked_until) == (0, None)
+
+
+async def test_concurrent_wrong_codes_are_all_counted(
+    identity: IdentityService, sessions: Sessions, clock: FixedClock
+) -> None:
+    user, totp = await _enrolled(identity, sessions, clock, "dave")
+    wrong = _wrong(totp, clock)
+
+    async def guess() -> type[IdentityError] | None:
+        async with sessions() as session, session.begin():
+            guesser = await session.get(User, user.id)
+            assert guesser is not None
+            try:
+                await identity.verify_totp(session, guesser, wrong)
+            except IdentityError as exc:  # inside the transaction: the count commits
+                return type(exc)
+        return None
+
+    outcomes = await asyncio.gather(*(guess() for _ in range(12)))
+    assert outcomes.count(InvalidCredentials) == MAX_FAILED_LOGINS - 1
+    assert outcomes.count(AccountLocked) == 12 - (MAX_FAILED_LOGINS - 1)

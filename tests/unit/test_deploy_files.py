@@ -7,6 +7,7 @@ What needs an engine (that the image builds, that MinIO starts with TLS, that
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import re
 import shlex
 import tomllib
@@ -184,6 +185,7 @@ def test_settings_accept_the_compose_environment(tmp_path: Path) -> None:
     assert loaded.s3.endpoint == "minio:9000"
     assert loaded.s3.secure is True
     assert loaded.s3.ca_bundle == ca
+    assert loaded.trusted_proxies == (f"{_proxy_address()}/32",)
 
 
 def test_commands() -> None:
@@ -276,6 +278,21 @@ def test_the_proxy_runs_the_repository_caddyfile() -> None:
     assert proxy["environment"]["API_UPSTREAM"] == "api:8000"
     assert proxy["cap_drop"] == ["ALL"]
     assert proxy["cap_add"] == ["NET_BIND_SERVICE"]
+
+
+def _proxy_address() -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(_services()["proxy"]["networks"]["default"]["ipv4_address"])
+
+
+def test_the_api_believes_forwarded_headers_from_the_proxy_alone() -> None:
+    (pool,) = _compose()["networks"]["default"]["ipam"]["config"]
+    assert _proxy_address() in ipaddress.ip_network(pool["subnet"])
+    # The API is on the same (default) network, and trusts exactly the proxy's address.
+    assert "networks" not in _services()["api"]
+    env = _services()["api"]["environment"]
+    assert env["STRONGROOM_TRUSTED_PROXIES"] == str(_proxy_address())
+    fixed = [name for name, s in _services().items() if "networks" in s]
+    assert fixed == ["proxy"]
 
 
 def test_the_proxy_and_the_api_agree_on_the_public_host() -> None:

@@ -95,6 +95,8 @@ def test_production_refuses_implicit_settings(missing: str) -> None:
         ("STRONGROOM_HTTP_BODY_TIMEOUT", "nan", "seconds from 0.1 to 3600"),
         ("STRONGROOM_HTTP_BODY_TIMEOUT", "soon", "seconds from 0.1 to 3600"),
         ("STRONGROOM_HTTP_MAX_CONNECTIONS", "0", "whole number"),
+        ("STRONGROOM_TRUSTED_PROXIES", "10.0.0.1,proxy", "got 'proxy'"),
+        ("STRONGROOM_TRUSTED_PROXIES", "*", "IP addresses or CIDR networks"),
     ],
 )
 def test_bad_values_name_the_setting(name: str, value: str, problem: str) -> None:
@@ -137,6 +139,12 @@ def test_transport_bounds_have_defaults_and_take_fractions() -> None:
         {"STRONGROOM_HTTP_HEADER_TIMEOUT": "0.5", "STRONGROOM_HTTP_MAX_CONNECTIONS": "64"}
     )
     assert (tuned.http_header_timeout, tuned.http_max_connections) == (0.5, 64)
+
+
+def test_no_proxy_is_trusted_unless_named() -> None:
+    assert load_settings({}).trusted_proxies == ()
+    named = load_settings({"STRONGROOM_TRUSTED_PROXIES": " 10.213.47.10, 192.168.0.0/24 ,::1"})
+    assert named.trusted_proxies == ("10.213.47.10/32", "192.168.0.0/24", "::1/128")
 
 
 def test_s3_vault_needs_its_credentials() -> None:
