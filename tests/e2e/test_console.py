@@ -247,7 +247,7 @@ def test_media_viewer_shows_an_imported_image(server: Server, console: Console) 
     import zipfile
 
     photo = b"\x89PNG\r\n\x1a\n console image"
-    chat = "12/03/2024, 10:00 - +44 7700 900125: IMG-20240312-WA0002.jpg (file attached)\n"
+    chat = "13/03/2024, 10:00 - +44 7700 900125: IMG-20240312-WA0002.jpg (file attached)\n"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("WhatsApp Chat with Aiko.txt", chat)
