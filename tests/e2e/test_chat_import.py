@@ -183,6 +183,11 @@ REFUSED = {
         [(1, "not a WhatsApp message header", "meeting notes")],
     ),
     "an empty file": ("\n\n", {}, [(None, "is empty", None)]),
+    "nothing readable, even in part": (
+        "32/13/2024, 10:00 - Ana: x\n",
+        {"partial": "true"},
+        [(1, "impossible date", "32/13/2024, 10:00 - Ana: x")],
+    ),
     "a damaged zip": (_broken_zip(), {}, [(None, "not a readable zip archive", None)]),
 }
 

@@ -643,6 +643,29 @@ SAMPLES = {
             ("2019-01-13T12:03", "Jane Doe", "text", "I changed my number too", None),
         ],
     ),
+    "older iOS: number changes in English and German": Sample(
+        "gesiscss/WhatsR inst/Languages.csv (englishios, germanios)",
+        "[13.01.23, 09:00:00] Chor: +44 7700 900123 changed to +44 7700 900124\n"
+        "[13.01.23, 09:01:00] Chor: Lea hat eine neue Telefonnummer. Tippe, um eine Nachricht "
+        "zu schreiben oder die neue Nummer hinzuzufügen.\n",
+        [
+            (
+                "2023-01-13T09:00",
+                None,
+                "system",
+                "+44 7700 900123 changed to +44 7700 900124",
+                None,
+            ),
+            (
+                "2023-01-13T09:01",
+                None,
+                "system",
+                "Lea hat eine neue Telefonnummer. Tippe, um eine Nachricht zu schreiben oder die "
+                "neue Nummer hinzuzufügen.",
+                None,
+            ),
+        ],
+    ),
     "German: leaves, number changes, deletions": Sample(
         "gesiscss/WhatsR inst/Languages.csv (germanandroid, germanios)",
         "13.01.23, 09:00 - Jonas hat die Gruppe verlassen.\n"
@@ -756,6 +779,16 @@ def test_real_format_sample_reads_as_expected(name: str) -> None:
     assert all("read as the 24-hour time" in w.reason for w in parsed.warnings)
     assert parsed.errors == []
     assert all((m.sender is None) == (m.kind == "system") for m in parsed.messages)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in FIXTURE_KINDS if n.startswith("android")))
+def test_each_fixture_encryption_notice_is_a_system_line_on_older_ios(name: str) -> None:
+    """Android prints the notice without a sender; older iOS under the chat's name
+    and without U+200E, which only the notice's own wording tells apart."""
+    notice = fixture(name).messages[0]
+    assert notice.kind == "system"
+    on_ios = parse_text(f"[2024/03/01 10:00:00] Chat name: {notice.text}\n").messages[0]
+    assert (on_ios.kind, on_ios.sender, on_ios.text) == ("system", None, notice.text)
 
 
 @pytest.mark.parametrize(
