@@ -225,14 +225,13 @@ SYSTEM_NOTICES = tuple(
         r"nachrichten und anrufe sind ende-zu-ende-verschlüsselt\b.*",
         r"los mensajes y las llamadas están cifrados de extremo a extremo\b.*",
         r"les messages et les appels sont chiffrés de bout en bout\b.*",
-        r"as mensagens e as chamadas são protegidas com a criptografia de ponta a ponta\b.*",
-        r"i messaggi e le chiamate sono crittografati end-to-end\b.*",
-        r"berichten en oproepen zijn end-to-end versleuteld\b.*",
+        r"as mensagens e as (?:ligações|chamadas) são protegidas com a criptografia de "
+        r"ponta a ponta\b.*",
         r"сообщения и звонки защищены сквозным шифрованием\b.*",
+        r"メッセージと通話はエンドツーエンドで暗号化されています.*",
         r"消息和通话已进行端到端加密.*",
         # Joins through an invite link, number and security-code changes.
         r".+ joined using this group['\u2019]s invite link",
-        r".+ ist über den einladungslink dieser gruppe beigetreten",
         r".+ se unió usando el enlace de invitación de este grupo",
         r".+ changed their phone number to a new number\b.*",
         r".+ hat eine neue telefonnummer\b.*",
