@@ -396,17 +396,18 @@ class ArchiveController(Controller):
         or ``date_order`` (for dates) is given."""
         if not request.user.allows(Permission.ARCHIVE_IMPORT, data.account_id):
             raise NotFoundException("no such account")
-        content = await data.file.read()
         async with services.sessions() as session:
             try:
                 await services.accounts.get(session, data.account_id)
             except AccountNotFound:
                 raise NotFoundException("no such account") from None
         try:
+            # Litestar spools the upload, as it arrives, to an unnamed temporary
+            # file (mode 0600) that it closes, and so deletes, after the response.
             result = await services.importer.import_export(
                 account_id=data.account_id,
                 contact_phone=normalize_phone(data.contact),
-                data=content,
+                file=data.file.file,
                 filename=data.file.filename or "chat.txt",
                 timezone=data.timezone,
                 business_sender=data.business_sender,

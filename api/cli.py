@@ -416,21 +416,21 @@ def import_chat_export(
 ) -> None:
     """Import a WhatsApp "Export chat" .txt or .zip (Android or iOS)."""
     settings = _settings()
-    data = file.read_bytes()
 
     async def work(services: Services) -> ImportResult:
         async with services.sessions() as session:
             await services.accounts.get(session, account_id)
-        return await services.importer.import_export(
-            account_id=account_id,
-            contact_phone=normalize_phone(contact),
-            data=data,
-            filename=file.name,
-            timezone=timezone,
-            business_sender=business_sender,
-            partial=partial,
-            date_order=date_order,
-        )
+        with file.open("rb") as source:
+            return await services.importer.import_export(
+                account_id=account_id,
+                contact_phone=normalize_phone(contact),
+                file=source,
+                filename=file.name,
+                timezone=timezone,
+                business_sender=business_sender,
+                partial=partial,
+                date_order=date_order,
+            )
 
     try:
         result = _run(settings, work)

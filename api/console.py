@@ -641,7 +641,7 @@ async def import_upload(request: Page, services: ServicesDep) -> Template:
         result = await services.importer.import_export(
             account_id=values["account_id"],
             contact_phone=phone,
-            data=await upload.read(),
+            file=upload.file,
             filename=upload.filename,
             timezone=values["timezone"] or "UTC",
             business_sender=values["business_sender"] or None,

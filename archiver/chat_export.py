@@ -1,10 +1,12 @@
-"""Parse WhatsApp "Export chat" files into messages, with no I/O of its own.
+"""Parse WhatsApp "Export chat" files into messages, reading only the file given.
 
 A user exports a chat from the phone as a ``.txt`` file, or as a ``.zip``
 holding that text (``_chat.txt`` from iOS, ``WhatsApp Chat with X.txt`` from
 Android, with the name localised) next to the media files.
 :func:`parse_chat_export` turns those bytes into :class:`ExportedMessage`
 objects and keeps each message's exact source lines (``raw``) for sealing.
+Of a zip it keeps only the chat in memory: :class:`ExportMedia` reads each
+media file from the zip when asked for it.
 
 Written by hand because no library parses these exports well enough for an
 archive: the Python ones (whatstk, which is GPL-3.0; chat-miner;
@@ -93,11 +95,11 @@ import lzma
 import re
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import PurePosixPath
-from typing import Literal, get_args
+from typing import IO, Literal, get_args
 
 from archiver.errors import ArchiverError
 
@@ -360,14 +362,15 @@ class ExportedMessage:
 class ParsedExport:
     """What :func:`parse_chat_export` read from one export.
 
-    ``media`` holds the zip's other files by base name (empty for a ``.txt``);
+    ``media`` holds the zip's other files by base name (empty for a ``.txt``),
+    read from the file given to :func:`parse_chat_export` when looked up;
     ``errors`` the unreadable lines (only with ``partial=True``); ``warnings``
     lines read with a doubt; ``date_order`` how day-month dates were read and
     ``date_order_reason`` why.
     """
 
     messages: list[ExportedMessage]
-    media: dict[str, bytes]
+    media: ExportMedia
     errors: list[ParseProblem]
     date_order: DateOrder
     date_order_reason: str
@@ -402,14 +405,51 @@ def quote(line: str) -> str:
     return line.translate(_CLEAN)[:PROBLEM_TEXT_CHARS]
 
 
+class ExportMedia(Mapping[str, bytes]):
+    """The files of a zip beside its chat, by base name. Each is read from the zip
+    when looked up, so only one is in memory at a time; the zip's file must stay
+    open meanwhile. Every member's checksum was verified when the zip was parsed."""
+
+    def __init__(
+        self, archive: zipfile.ZipFile | None = None, members: Sequence[zipfile.ZipInfo] = ()
+    ) -> None:
+        self._archive = archive
+        self._members = {PurePosixPath(m.filename).name: m for m in members}
+
+    def size(self, name: str) -> int:
+        """The uncompressed size of the file ``name``, without reading it."""
+        return self._members[name].file_size
+
+    def __getitem__(self, name: str) -> bytes:
+        member = self._members[name]
+        assert self._archive is not None  # only a zip has members
+        try:
+            return self._archive.read(member)
+        except _ZIP_READ_ERRORS as exc:
+            raise ChatExportError(f"zip member {name!r} cannot be read: {exc}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._members
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._members)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+
 def parse_chat_export(
-    data: bytes,
+    data: bytes | IO[bytes],
     filename: str,
     *,
     partial: bool = False,
     date_order: DateOrder | None = None,
 ) -> ParsedExport:
-    """Parse the bytes of an exported ``.txt`` or ``.zip`` (told apart by content).
+    """Parse an exported ``.txt`` or ``.zip`` (told apart by content), given as its
+    bytes or as a seekable binary file (read from its start).
+
+    Of a zip, every member is read once to check its size and checksum, but only
+    the chat is kept; ``media`` reads the others from ``data`` when asked for.
 
     Lines that cannot be read raise :class:`ChatExportError` listing them,
     unless ``partial`` is true: then the readable messages come back with the
@@ -420,12 +460,15 @@ def parse_chat_export(
     """
     if date_order is not None and date_order not in DATE_ORDERS:
         raise ValueError(f"date_order must be one of {', '.join(DATE_ORDERS)}, not {date_order!r}")
-    if data[:4] in _ZIP_MAGICS:
-        chat_name, chat_bytes, media = _read_zip(data, filename)
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    source.seek(0)
+    if source.read(4) in _ZIP_MAGICS:
+        chat_name, chat_bytes, media = _read_zip(source, filename)
     elif filename.lower().endswith(".zip"):
         raise ChatExportError(f"{filename} is named .zip but is not a zip archive")
     else:
-        chat_name, chat_bytes, media = filename, data, {}
+        source.seek(0)
+        chat_name, chat_bytes, media = filename, source.read(), ExportMedia()
 
     lines, breaks = _split_lines(_decode(chat_bytes, chat_name))
     views = [line.translate(_VIEW) for line in lines]
@@ -743,19 +786,29 @@ _ZIP_READ_ERRORS = (
 )
 
 
-def _read_zip(data: bytes, filename: str) -> tuple[str, bytes, dict[str, bytes]]:
-    """Return the chat's member name and bytes, and every other file by name."""
+_CHECK_CHUNK = 2**20
+
+
+def _read_zip(source: IO[bytes], filename: str) -> tuple[str, bytes, ExportMedia]:
+    """Return the chat's member name and bytes, and every other file by name.
+
+    Every member is read through once, a chunk at a time, so that a damaged one
+    refuses the whole file before anything is imported. ZipExtFile stops at the
+    declared size and checks the CRC, so the size checks also bound these reads.
+    """
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            members = _checked_members(archive, filename)
-            chat = _chat_member(members, filename)
-            # ZipExtFile stops at the declared size and checks the CRC, so the
-            # size checks above also bound what these reads return.
-            files = {PurePosixPath(m.filename).name: archive.read(m) for m in members}
+        archive = zipfile.ZipFile(source)
+        members = _checked_members(archive, filename)
+        chat = _chat_member(members, filename)
+        for member in members:
+            with archive.open(member) as stream:
+                while stream.read(_CHECK_CHUNK):
+                    pass
+        chat_bytes = archive.read(chat)
     except _ZIP_READ_ERRORS as exc:
         raise ChatExportError(f"{filename} is not a readable zip archive: {exc}") from None
-    chat_name = PurePosixPath(chat.filename).name
-    return f"{filename}:{chat.filename}", files.pop(chat_name), files
+    media = ExportMedia(archive, [m for m in members if m is not chat])
+    return f"{filename}:{chat.filename}", chat_bytes, media
 
 
 def _checked_members(archive: zipfile.ZipFile, filename: str) -> list[zipfile.ZipInfo]:

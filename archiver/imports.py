@@ -12,17 +12,31 @@ Before this rule an import matched lines across a whole account, so a line
 that two customers' exports share (the same greeting in the same minute, a
 broadcast) was dropped from the second. :meth:`ChatImporter.missing_lines`
 finds the imports that lost lines that way, from the sealed files themselves.
+
+Memory and transactions: the export is read from a file, the zip's members one
+at a time, and messages are sealed in batches (:data:`BATCH_MESSAGES`,
+:data:`BATCH_MEDIA_BYTES`), each in its own transaction. The original file is
+sealed first, in parts of :data:`ORIGINAL_PART_BYTES` listed by a manifest, once
+per account, contact and content. An import that stops halfway keeps the
+batches it committed, and ``import check`` lists its file; importing the file
+again for the same contact adds the rest, each message and media file once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
+import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import IO
 from zoneinfo import ZoneInfo
 
+import msgspec
+import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -32,18 +46,40 @@ from archiver.chat_export import (
     DateOrder,
     DateOrderAmbiguous,
     ExportedMessage,
+    ExportMedia,
     ParsedExport,
     ParseProblem,
     parse_chat_export,
 )
 from archiver.clock import Clock
-from archiver.errors import KeyDestroyed
+from archiver.errors import IntegrityError, KeyDestroyed
 from archiver.items import SOURCE_IMPORT, Identity, Item
 from archiver.models import MediaItem, Record, SealedObject, SubjectKey
 from archiver.subjects import contact_subject
-from archiver.vault import Vault
+from archiver.vault import SealRequest, Vault
+
+log = structlog.get_logger("strongroom.imports")
+
+BATCH_MESSAGES = 250
+"""At most this many messages are sealed in one transaction."""
+
+BATCH_MEDIA_BYTES = 16 * 2**20
+"""At most this many bytes of media are sealed in one transaction (a larger file
+goes alone)."""
+
+ORIGINAL_PART_BYTES = 4 * 2**20
+"""The original file is sealed in parts of this size."""
+
+# The kinds of the sealed objects of an original file: its manifest (which file,
+# for which account, its SHA-256 and its parts in order) and its parts.
+MANIFEST_KIND = "import_manifest"
+PART_KIND = "import_part"
+# Sealed objects of this kind hold a whole file, as imports sealed them before
+# they were streamed; they are still read.
+_WHOLE_FILE_KIND = "import"
 
 _KEYS_PER_QUERY = 500
+_READ_CHUNK = 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +129,17 @@ def _keys(contact_id: str, messages: Iterable[ExportedMessage]) -> list[str]:
     return keys
 
 
+class _Manifest(msgspec.Struct, frozen=True):
+    """What the sealed original of an import is: the file, and its parts in order."""
+
+    account_id: str
+    file: str
+    size: int
+    sha256: str
+    parts: list[str]
+    """The parts' object keys."""
+
+
 def _direction(message: ExportedMessage, business_sender: str | None) -> str:
     if message.sender is None:
         return "none"
@@ -123,22 +170,28 @@ class ChatImporter:
         *,
         account_id: str,
         contact_phone: str,
-        data: bytes,
+        file: IO[bytes],
         filename: str,
         timezone: str = "UTC",
         business_sender: str | None = None,
         partial: bool = False,
         date_order: DateOrder | None = None,
     ) -> ImportResult:
-        """Import one export file; raise ``ChatExportError`` (nothing imported) on
-        unparseable lines unless ``partial``, and on dates whose order of day and
-        month the file cannot tell unless ``date_order`` gives it."""
+        """Import one export, a seekable binary file the caller keeps open; raise
+        ``ChatExportError`` (nothing imported) on unparseable lines unless
+        ``partial``, and on dates whose order of day and month the file cannot
+        tell unless ``date_order`` gives it.
+
+        The file is sealed first, then the new messages in batches, each batch
+        committed on its own: an import stopped halfway is completed, exactly, by
+        importing the same file again for the same contact."""
         try:
             zone = ZoneInfo(timezone)
         except (KeyError, ValueError):
             raise ValueError(f"unknown time zone {timezone!r}") from None
-        parsed = parse_chat_export(data, filename, partial=partial, date_order=date_order)
-        now = self._clock.now()
+        parsed = await asyncio.to_thread(
+            parse_chat_export, file, filename, partial=partial, date_order=date_order
+        )
         metadata = {
             "file": filename,
             "platform": parsed.platform,
@@ -153,43 +206,140 @@ class ChatImporter:
             assert contact is not None  # one identity always yields a contact
             keys = _keys(contact, parsed.messages)
             existing = await _present(session, account_id, keys)
-            new = [
-                (_item(message, key, metadata, zone, business_sender), message)
-                for message, key in zip(parsed.messages, keys, strict=True)
-                if key not in existing
-            ]
-            media = 0
-            if new:
-                # The file itself is kept too, as evidence of what was imported.
-                await self._vault.seal(
-                    session,
-                    kind="import",
-                    subject=contact_subject(contact),
-                    plaintext=data,
-                    retain_until=now + self._retention,
+        new = [
+            (message, key)
+            for message, key in zip(parsed.messages, keys, strict=True)
+            if key not in existing
+        ]
+        imported = media = 0
+        if new:
+            await self._seal_original(account_id, contact, file, filename)
+            now = self._clock.now()
+            for number, batch in enumerate(_batches(new, parsed.media), 1):
+                async with self._sessions() as session, session.begin():
+                    records, attached = await self._store_batch(
+                        session,
+                        account_id,
+                        contact,
+                        [(_item(m, key, metadata, zone, business_sender), m) for m, key in batch],
+                        parsed.media,
+                        now,
+                    )
+                imported += records
+                media += attached
+                log.info(
+                    "chat import batch committed",
+                    contact_id=contact,
+                    batch=number,
+                    messages=records,
+                    media=attached,
                 )
-                records = await self._capture.store_items(
-                    session,
-                    [(account_id, contact, item) for item, _ in new],
-                    journal_entry_id=None,
-                    received_at=now,
-                )
-                for record, (_, message) in zip(records, new, strict=True):
-                    if message.attachment is not None:
-                        media += await self._attach(
-                            session, record, contact, message.attachment, parsed.media
-                        )
         return ImportResult(
             contact,
             len(parsed.messages),
-            len(new),
-            len(parsed.messages) - len(new),
+            imported,
+            len(parsed.messages) - imported,
             media,
             parsed.errors,
             parsed.warnings,
             parsed.date_order,
             parsed.date_order_reason,
         )
+
+    async def _store_batch(
+        self,
+        session: AsyncSession,
+        account_id: str,
+        contact: str,
+        new: list[tuple[Item, ExportedMessage]],
+        files: ExportMedia,
+        now: datetime,
+    ) -> tuple[int, int]:
+        """Seal one batch's messages and their media; return how many of each. Those
+        another import committed meanwhile are left out."""
+        present = await _present(session, account_id, [item.dedupe_key for item, _ in new])
+        new = [(item, message) for item, message in new if item.dedupe_key not in present]
+        records = await self._capture.store_items(
+            session,
+            [(account_id, contact, item) for item, _ in new],
+            journal_entry_id=None,
+            received_at=now,
+        )
+        media = 0
+        for record, (_, message) in zip(records, new, strict=True):
+            if message.attachment is not None:
+                media += await self._attach(session, record, contact, message.attachment, files)
+        return len(records), media
+
+    async def _seal_original(
+        self, account_id: str, contact: str, file: IO[bytes], filename: str
+    ) -> None:
+        """Seal the imported file itself, as evidence of what was imported, unless
+        this account and contact already hold it. Its parts are written with no
+        transaction open and recorded with their manifest in one short one; a crash
+        before that leaves only objects no record names, and the next import of the
+        file seals it again."""
+        digest, size = await asyncio.to_thread(_digest, file)
+        subject = contact_subject(contact)
+        async with self._sessions() as session, session.begin():
+            held = await self._manifests(session, contact)
+            if any(m.account_id == account_id and m.sha256 == digest for m in held):
+                return
+            keys = {subject: await self._vault.keyring.key_for(session, subject)}
+        retain_until = self._clock.now() + self._retention
+        parts = []
+        for offset in range(0, size, ORIGINAL_PART_BYTES):
+            chunk = await asyncio.to_thread(_read_at, file, offset, ORIGINAL_PART_BYTES)
+            request = SealRequest(PART_KIND, subject, chunk, retain_until)
+            parts += await self._vault.write_objects(keys, [request])
+        manifest = _Manifest(account_id, filename, size, digest, [p.object_key for p in parts])
+        async with self._sessions() as session, session.begin():
+            session.add_all(parts)
+            await self._vault.seal(
+                session,
+                kind=MANIFEST_KIND,
+                subject=subject,
+                plaintext=msgspec.json.encode(manifest),
+                retain_until=retain_until,
+            )
+
+    async def _manifests(self, session: AsyncSession, contact: str) -> list[_Manifest]:
+        """The manifests of the files imported for ``contact`` (none once erased)."""
+        sealed = list(
+            await session.scalars(
+                select(SealedObject)
+                .join(SubjectKey, SubjectKey.key_id == SealedObject.key_id)
+                .where(
+                    SubjectKey.subject == contact_subject(contact),
+                    SealedObject.kind == MANIFEST_KIND,
+                )
+            )
+        )
+        opened = await self._vault.open_many(session, sealed)
+        return [msgspec.json.decode(m, type=_Manifest) for m in opened if m is not None]
+
+    async def _original(self, session: AsyncSession, sealed: SealedObject) -> tuple[str, IO[bytes]]:
+        """The SHA-256 and the content of the file an import sealed (a manifest's
+        parts joined in a temporary file, a part at a time)."""
+        opened = await self._vault.open(session, sealed)
+        if sealed.kind == _WHOLE_FILE_KIND:
+            return hashlib.sha256(opened).hexdigest(), io.BytesIO(opened)
+        manifest = msgspec.json.decode(opened, type=_Manifest)
+        rows = await session.scalars(
+            select(SealedObject).where(SealedObject.object_key.in_(manifest.parts))
+        )
+        parts = {part.object_key: part for part in rows}
+        copy = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+        try:
+            for key in manifest.parts:
+                if key not in parts:
+                    raise IntegrityError(f"part {key} of an imported file has no record")
+                data = await self._vault.open(session, parts[key])
+                await asyncio.to_thread(copy.write, data)
+        except BaseException:
+            copy.close()
+            raise
+        return manifest.sha256, copy
 
     async def missing_lines(self) -> list[MissingLines]:
         """Every earlier import (a sealed file) whose conversation lacks messages of
@@ -201,13 +351,14 @@ class ChatImporter:
             rows = await session.execute(
                 select(SealedObject, SubjectKey.subject)
                 .join(SubjectKey, SubjectKey.key_id == SealedObject.key_id)
-                .where(SealedObject.kind == "import")
+                .where(SealedObject.kind.in_((_WHOLE_FILE_KIND, MANIFEST_KIND)))
                 .order_by(SealedObject.id)
             )
             for sealed, subject in rows.all():
                 try:
-                    data = await self._vault.open(session, sealed)
-                    messages = _readable(data).messages
+                    digest, original = await self._original(session, sealed)
+                    with original:
+                        messages = (await asyncio.to_thread(_readable, original)).messages
                 except (KeyDestroyed, ChatExportError):
                     continue
                 contact = subject.removeprefix(contact_subject(""))
@@ -224,7 +375,7 @@ class ChatImporter:
                         MissingLines(
                             sealed.id,
                             sealed.sealed_at,
-                            hashlib.sha256(data).hexdigest(),
+                            digest,
                             contact,
                             sorted(set(held.values())) or await _holder(session, missing[0]),
                             len(keys),
@@ -239,10 +390,10 @@ class ChatImporter:
         record: Record,
         contact: str,
         name: str,
-        files: dict[str, bytes],
+        files: ExportMedia,
     ) -> int:
         record.has_media = True
-        data = files.get(name)
+        data = await asyncio.to_thread(files.get, name)
         now = self._clock.now()
         if data is None:
             session.add(
@@ -325,7 +476,42 @@ async def _present(session: AsyncSession, account_id: str, keys: list[str]) -> s
     return present
 
 
-def _readable(data: bytes) -> ParsedExport:
+def _batches(
+    new: list[tuple[ExportedMessage, str]], media: ExportMedia
+) -> Iterator[list[tuple[ExportedMessage, str]]]:
+    """``new`` in batches of at most :data:`BATCH_MESSAGES` messages and
+    :data:`BATCH_MEDIA_BYTES` of their media."""
+    batch: list[tuple[ExportedMessage, str]] = []
+    size = 0
+    for message, key in new:
+        name = message.attachment
+        weight = media.size(name) if name is not None and name in media else 0
+        if batch and (len(batch) == BATCH_MESSAGES or size + weight > BATCH_MEDIA_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append((message, key))
+        size += weight
+    if batch:
+        yield batch
+
+
+def _digest(file: IO[bytes]) -> tuple[str, int]:
+    """The SHA-256 and size of the whole file."""
+    file.seek(0)
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := file.read(_READ_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _read_at(file: IO[bytes], offset: int, size: int) -> bytes:
+    file.seek(offset)
+    return file.read(size)
+
+
+def _readable(data: IO[bytes]) -> ParsedExport:
     """An earlier import's file, read as leniently as an import could have read it:
     its unreadable lines skipped, and an undecidable date order taken as day first
     (the keys depend on the lines, not on how their dates read)."""

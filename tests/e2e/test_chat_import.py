@@ -7,6 +7,7 @@ import hashlib
 import io
 import subprocess
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,12 @@ import httpx
 import pytest
 from sqlalchemy import delete, select
 
+from api.bootstrap import open_services
 from api.settings import load_settings
 from archiver.db import create_engine
 from archiver.imports import dedupe_key
 from archiver.models import MediaItem, Record, SearchToken
+from archiver.subjects import contact_subject
 from tests.e2e.server import STRONGROOM, Server
 
 EXPORTS = Path(__file__).parents[1] / "fixtures" / "chat_exports"
@@ -364,6 +367,52 @@ def test_import_check_lists_imports_that_lost_lines_until_imported_again(
     _cli_import(server, third, "+447700900603")
     assert _cli(server, "import", "check").returncode == 0
     assert _raws(server, contacts["second.txt"]) == SECOND.splitlines()
+
+
+def _seal_whole(server: Server, contact_id: str, data: bytes) -> None:
+    """Seal ``data`` as imports sealed their file before they were streamed: whole,
+    one object of kind ``import``."""
+
+    async def run() -> None:
+        services = await open_services(load_settings(server.env))
+        try:
+            async with services.sessions() as session, session.begin():
+                await services.vault.seal(
+                    session,
+                    kind="import",
+                    subject=contact_subject(contact_id),
+                    plaintext=data,
+                    retain_until=services.clock.now() + timedelta(days=1),
+                )
+        finally:
+            await services.close()
+
+    asyncio.run(run())
+
+
+def test_import_check_reads_files_that_earlier_imports_sealed_whole(
+    server: Server, tmp_path: Path
+) -> None:
+    first = tmp_path / "first.txt"
+    first.write_text(FIRST)
+    done = _cli_import(server, first, "+447700900611")
+    assert done.returncode == 0, done.stderr
+    contact = done.stdout.split()[-1]
+    older = (
+        "14/01/2024, 10:00 - +44 7700 900611: Is the Thursday slot still free?\n"
+        "14/01/2024, 10:02 - Hartley Plumbing: It is, see you then.\n"
+    )
+    _seal_whole(server, contact, older.encode())
+    hit = _cli(server, "import", "check")
+    assert hit.returncode == 1
+    sha = hashlib.sha256(older.encode()).hexdigest()
+    (line,) = hit.stdout.splitlines()
+    assert f"file sha256 {sha}: 2 of 2 messages missing from contact {contact}" in line
+
+    again = tmp_path / "older.txt"
+    again.write_text(older)
+    assert _cli_import(server, again, "+447700900611").returncode == 0
+    assert _cli(server, "import", "check").returncode == 0
 
 
 def test_cli_import_and_accounts(server: Server, tmp_path: Path) -> None:

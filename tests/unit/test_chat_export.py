@@ -969,6 +969,26 @@ def test_damaged_zip_is_refused() -> None:
         parse_chat_export(data[: len(data) // 2], "export.zip")
 
 
+def test_a_damaged_media_file_refuses_the_zip_before_any_is_read_for_import(
+    tmp_path: Path,
+) -> None:
+    """Media files are read from the zip one at a time during the import; a damaged
+    one (checksum) refuses the whole export at parsing, before anything is imported."""
+    photo = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8
+    data = bytearray(make_zip({"_chat.txt": b"[13/01/2024, 10:00:00] Ana: hi\n", "a.jpg": photo}))
+    path = tmp_path / "export.zip"
+    path.write_bytes(data)
+    with path.open("rb") as file:
+        parsed = parse_chat_export(file, "export.zip")
+        assert parsed.media.size("a.jpg") == len(photo)
+        assert parsed.media["a.jpg"] == photo
+    zipped = zipfile.ZipFile(io.BytesIO(data)).getinfo("a.jpg")
+    data[zipped.header_offset + 30 + len("a.jpg") + 10] ^= 0xFF  # inside its data
+    path.write_bytes(data)
+    with path.open("rb") as file, pytest.raises(ChatExportError, match=r"a\.jpg"):
+        parse_chat_export(file, "export.zip")
+
+
 def test_file_named_zip_that_is_not_a_zip_is_refused() -> None:
     with pytest.raises(ChatExportError, match="not a zip archive"):
         parse_chat_export(b"13/01/2024, 10:00 - Ana: hi\n", "export.zip")
