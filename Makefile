@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat constraints.txt pyproject.toml | cksum |
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench-vault bench-webhooks bench-search
+.PHONY: serve test bench-vault bench-webhooks bench-search bench-chat-import
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,6 @@ bench-webhooks: $(STAMP)
 
 bench-search: $(STAMP)
 	$(BIN)/python -m tests.bench.search
+
+bench-chat-import: $(STAMP)
+	$(BIN)/python -m tests.bench.chat_import
