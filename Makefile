@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat constraints.txt pyproject.toml | cksum |
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench-vault bench-webhooks bench-search bench-binding
+.PHONY: serve test bench-vault bench-webhooks bench-search bench-binding bench-chat-import
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,6 @@ bench-search: $(STAMP)
 
 bench-binding: $(STAMP)
 	$(BIN)/python -m tests.bench.binding
+
+bench-chat-import: $(STAMP)
+	$(BIN)/python -m tests.bench.chat_import

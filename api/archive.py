@@ -8,6 +8,7 @@ did not exist.
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -29,9 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.audit import audit_access
 from api.auth import needs
 from api.deps import RowId, ServicesDep
-from api.openapi import errors
+from api.openapi import Problem, errors
 from archiver.blind_index import normalize_phone
-from archiver.chat_export import ChatExportError
+from archiver.chat_export import ChatExportError, DateOrder, ParseProblem
 from archiver.conversations import message_ids
 from archiver.errors import AccountExists, AccountNotFound
 from archiver.identity import Permission, Principal
@@ -133,7 +134,12 @@ class ContactOut(msgspec.Struct):
 
 @dataclass
 class ChatExportUpload:
-    """A WhatsApp "Export chat" file (.txt or .zip) and where it belongs."""
+    """A WhatsApp "Export chat" file (.txt or .zip) and where it belongs.
+
+    ``date_order`` says how dates whose day and month are both 12 or less are read
+    (day first, month first, year first); without it a file whose own dates cannot
+    tell is refused. ``partial`` imports the readable lines and lists the others.
+    """
 
     file: UploadFile
     account_id: str
@@ -141,14 +147,27 @@ class ChatExportUpload:
     timezone: str = "UTC"
     business_sender: str | None = None
     partial: bool = False
+    date_order: DateOrder | None = None
 
 
 class ImportOut(msgspec.Struct):
+    """What an import did: ``messages`` read, ``imported`` new, ``duplicates``
+    already in the conversation; ``problems`` the skipped lines (``partial``),
+    ``warnings`` the lines read with a doubt, and how and why dates were read."""
+
     contact_id: str
+    messages: int
     imported: int
     duplicates: int
     media: int
-    problems: list[dict[str, Any]]
+    problems: list[Problem]
+    warnings: list[Problem]
+    date_order: DateOrder
+    date_order_reason: str
+
+
+def _problems(problems: Iterable[ParseProblem]) -> list[Problem]:
+    return [Problem(reason=p.reason, line=p.line_number, text=p.text or None) for p in problems]
 
 
 async def _views(
@@ -408,39 +427,46 @@ class ArchiveController(Controller):
         services: ServicesDep,
         data: Annotated[ChatExportUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> ImportOut:
-        """Import a WhatsApp "Export chat" file; unparseable lines fail the whole file
-        unless ``partial`` is set."""
+        """Import a WhatsApp "Export chat" file into the contact's conversation; a line
+        that cannot be read, or dates whose day and month order the file cannot tell,
+        fail the whole file (422, every problem listed) unless ``partial`` (for lines)
+        or ``date_order`` (for dates) is given."""
         if not request.user.allows(Permission.ARCHIVE_IMPORT, data.account_id):
             raise NotFoundException("no such account")
-        content = await data.file.read()
         async with services.sessions() as session:
             try:
                 await services.accounts.get(session, data.account_id)
             except AccountNotFound:
                 raise NotFoundException("no such account") from None
         try:
+            # Litestar spools the upload, as it arrives, to an unnamed temporary
+            # file (mode 0600) that it closes, and so deletes, after the response.
             result = await services.importer.import_export(
                 account_id=data.account_id,
                 contact_phone=normalize_phone(data.contact),
-                data=content,
+                file=data.file.file,
                 filename=data.file.filename or "chat.txt",
                 timezone=data.timezone,
                 business_sender=data.business_sender,
                 partial=data.partial,
+                date_order=data.date_order,
             )
         except ChatExportError as exc:
-            problems = [{"line": p.line_number, "reason": p.reason} for p in exc.problems]
             raise ClientException(
-                "the export has lines that cannot be read; nothing was imported",
+                "the export cannot be read as it is; nothing was imported",
                 status_code=422,
-                extra={"problems": problems},
+                extra={"problems": [msgspec.to_builtins(p) for p in _problems(exc.problems)]},
             ) from None
         except ValueError as exc:
             raise ValidationException(str(exc)) from None
         return ImportOut(
             result.contact_id,
+            result.messages,
             result.imported,
             result.duplicates,
             result.media,
-            [{"line": p.line_number, "reason": p.reason} for p in result.problems],
+            _problems(result.problems),
+            _problems(result.warnings),
+            result.date_order,
+            result.date_order_reason,
         )

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -28,10 +28,16 @@ from api.logging import configure_logging
 from api.settings import Settings, SettingsError, load_settings
 from archiver.audit import AuditEntry, AuditUnavailable, format_time
 from archiver.blind_index import normalize_phone
-from archiver.chat_export import ChatExportError
+from archiver.chat_export import (
+    DATE_ORDERS,
+    ChatExportError,
+    DateOrder,
+    DateOrderAmbiguous,
+    ParseProblem,
+)
 from archiver.errors import AccountExists, AccountNotFound, ArchiverError
 from archiver.identity import SENSITIVE_ROLES, IdentityError, Permission, Role
-from archiver.imports import ImportResult
+from archiver.imports import ImportResult, MissingLines
 from archiver.keyring import new_root_key, root_key_id
 from archiver.models import User
 from policy.errors import LexiconError
@@ -409,6 +415,11 @@ def import_() -> None:
 @click.option("--timezone", default="UTC", show_default=True, help="The phone's time zone.")
 @click.option("--business-sender", help="The sender name used by the business in the file.")
 @click.option("--partial", is_flag=True, help="Import the readable lines even if some are not.")
+@click.option(
+    "--date-order",
+    type=click.Choice(DATE_ORDERS),
+    help="Day, month or year first, for a file whose own dates cannot tell.",
+)
 def import_chat_export(
     file: Path,
     account_id: str,
@@ -416,38 +427,80 @@ def import_chat_export(
     timezone: str,
     business_sender: str | None,
     partial: bool,
+    date_order: DateOrder | None,
 ) -> None:
     """Import a WhatsApp "Export chat" .txt or .zip (Android or iOS)."""
     settings = _settings()
-    data = file.read_bytes()
 
     async def work(services: Services) -> ImportResult:
         async with services.sessions() as session:
             await services.accounts.get(session, account_id)
-        return await services.importer.import_export(
-            account_id=account_id,
-            contact_phone=normalize_phone(contact),
-            data=data,
-            filename=file.name,
-            timezone=timezone,
-            business_sender=business_sender,
-            partial=partial,
-        )
+        with file.open("rb") as source:
+            return await services.importer.import_export(
+                account_id=account_id,
+                contact_phone=normalize_phone(contact),
+                file=source,
+                filename=file.name,
+                timezone=timezone,
+                business_sender=business_sender,
+                partial=partial,
+                date_order=date_order,
+            )
 
     try:
         result = _run(settings, work)
+    except DateOrderAmbiguous as exc:
+        _echo_problems(file, exc.problems)
+        _fail("nothing was imported (give --date-order dmy, mdy or ymd)", 1)
     except ChatExportError as exc:
-        for problem in exc.problems:
-            click.echo(f"{file.name}:{problem.line_number}: {problem.reason}", err=True)
+        _echo_problems(file, exc.problems)
         _fail("nothing was imported (use --partial to import the readable lines)", 1)
     except (AccountNotFound, ValueError) as exc:
         _fail(str(exc), 1)
-    for problem in result.problems:
-        click.echo(f"{file.name}:{problem.line_number}: skipped: {problem.reason}", err=True)
+    _echo_problems(file, result.problems, "skipped: ")
+    _echo_problems(file, result.warnings, "warning: ")
+    click.echo(f"dates read as {result.date_order_reason}")
     click.echo(
-        f"imported {result.imported} messages ({result.duplicates} already present, "
-        f"{result.media} media files) for contact {result.contact_id}"
+        f"imported {result.imported} of {result.messages} messages "
+        f"({result.duplicates} already present, {result.media} media files) "
+        f"for contact {result.contact_id}"
     )
+
+
+def _echo_problems(file: Path, problems: Iterable[ParseProblem], kind: str = "") -> None:
+    """One line on stderr per problem: file, line, reason and the line's start."""
+    for problem in problems:
+        where = f"{file.name}:{problem.line_number}" if problem.line_number else file.name
+        quoted = f": {problem.text!r}" if problem.text else ""
+        click.echo(f"{where}: {kind}{problem.reason}{quoted}", err=True)
+
+
+@import_.command("check")
+def import_check() -> None:
+    """List earlier imports whose conversation lacks some of their file's lines.
+
+    Imports before per-conversation deduplication skipped a line that another
+    conversation of the same account already held. Import each file listed
+    again, for the same contact: that adds exactly the missing messages. Exits
+    1 when any is listed.
+    """
+    settings = _settings()
+
+    async def work(services: Services) -> list[MissingLines]:
+        return await services.importer.missing_lines()
+
+    gaps = _run(settings, work)
+    for gap in gaps:
+        accounts = ", ".join(gap.accounts) or "unknown"
+        click.echo(
+            f"import {gap.object_id} of {gap.imported_at:%Y-%m-%d %H:%M} UTC, file sha256 "
+            f"{gap.file_sha256}: {gap.missing} of {gap.messages} messages missing from contact "
+            f"{gap.contact_id} (account {accounts}); import the file again for this contact"
+        )
+    if gaps:
+        click.echo(f"{len(gaps)} imports lack lines; re-import them as listed", err=True)
+        sys.exit(1)
+    click.echo("every imported file's messages are in its conversation")
 
 
 def _password(password_file: Path | None, password_env: str | None) -> str:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from litestar import Request, Response, get, post
-from litestar.datastructures import Cookie
+from litestar.datastructures import Cookie, UploadFile
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
@@ -24,12 +25,14 @@ from litestar.status_codes import HTTP_303_SEE_OTHER
 from litestar.types import ExceptionHandlersMap
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.archive import decode_cursor, encode_cursor
+from api.archive import MAX_IMPORT_BYTES, decode_cursor, encode_cursor
 from api.audit import audit_access
 from api.auth import PUBLIC, SESSION_COOKIE, check_csrf, needs
 from api.conversations import audited_conversation, visible_media
 from api.deps import ServicesDep
 from api.search import account_scope, audited_search, contact_scope, lexicon_terms
+from archiver.blind_index import normalize_phone
+from archiver.chat_export import DATE_ORDERS, ChatExportError, DateOrder, ParseProblem
 from archiver.conversations import Message
 from archiver.errors import AccountNotFound, ArchiverError, IntegrityFailed
 from archiver.identity import (
@@ -42,6 +45,7 @@ from archiver.identity import (
     Role,
     TotpEnrolment,
 )
+from archiver.imports import ImportResult
 from archiver.media_safety import claimed_kind, delivery
 from archiver.models import Grant, User, WebSession
 from archiver.search import Filters, SearchError
@@ -81,6 +85,7 @@ def _see(path: str) -> Redirect:
 # The main navigation: a link shows only to those who hold its permission.
 NAV = [
     ("/search", "Search", Permission.ARCHIVE_READ),
+    ("/import", "Import", Permission.ARCHIVE_IMPORT),
     ("/audit", "Audit log", Permission.AUDIT_READ),
     ("/admin/users", "Users", Permission.USERS_MANAGE),
 ]
@@ -585,6 +590,89 @@ async def decide_approval(
     return _see("/admin/users?done=" + ("approved" if approve else "rejected"))
 
 
+async def _import_page(
+    request: Page,
+    services: ServicesDep,
+    *,
+    values: dict[str, str] | None = None,
+    result: ImportResult | None = None,
+    error: str | None = None,
+    problems: Sequence[ParseProblem] = (),
+    status: int = 200,
+) -> Template:
+    async with services.sessions() as session:
+        accounts = [
+            a
+            for a in await services.accounts.all(session)
+            if request.user.allows(Permission.ARCHIVE_IMPORT, a.id)
+        ]
+    return Template(
+        "import.html",
+        context=context(
+            request,
+            accounts=accounts,
+            date_orders=DATE_ORDERS,
+            values=values or {"timezone": "UTC"},
+            result=result,
+            error=error,
+            problems=problems,
+        ),
+        status_code=status,
+    )
+
+
+@get("/import", **_page(Permission.ARCHIVE_IMPORT))
+async def import_page(request: Page, services: ServicesDep) -> Template:
+    """The form to import a WhatsApp "Export chat" file into a customer's conversation."""
+    return await _import_page(request, services)
+
+
+@post("/import", request_max_body_size=MAX_IMPORT_BYTES, **_page(Permission.ARCHIVE_IMPORT))
+async def import_upload(request: Page, services: ServicesDep) -> Template:
+    """Import the uploaded export; a refusal lists every problem and imports nothing."""
+    form = await request.form()
+    names = ("account_id", "contact", "timezone", "business_sender", "date_order", "partial")
+    values = {n: v.strip() if isinstance(v := form.get(n), str) else "" for n in names}
+    upload = form.get("file")
+
+    async def refuse(
+        error: str, status: int = 400, problems: Sequence[ParseProblem] = ()
+    ) -> Template:
+        return await _import_page(
+            request, services, values=values, error=error, problems=problems, status=status
+        )
+
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        return await refuse("Choose the exported .txt or .zip file.")
+    if values["date_order"] not in ("", *DATE_ORDERS):
+        return await refuse("Choose how dates are read.")
+    if not request.user.allows(Permission.ARCHIVE_IMPORT, values["account_id"]):
+        return await refuse("Choose an account.")
+    try:
+        phone = normalize_phone(values["contact"])
+        async with services.sessions() as session:
+            await services.accounts.get(session, values["account_id"])
+        result = await services.importer.import_export(
+            account_id=values["account_id"],
+            contact_phone=phone,
+            file=upload.file,
+            filename=upload.filename,
+            timezone=values["timezone"] or "UTC",
+            business_sender=values["business_sender"] or None,
+            partial=bool(values["partial"]),
+            date_order=cast("DateOrder", values["date_order"]) if values["date_order"] else None,
+        )
+    except AccountNotFound:
+        return await refuse("Choose an account.")
+    except ChatExportError as exc:
+        return await refuse(
+            "Nothing was imported: the file cannot be read as it is.", 422, exc.problems
+        )
+    except ValueError as exc:
+        return await refuse(str(exc))
+    return await _import_page(request, services, values=values, result=result)
+
+
 CONSOLE_ROUTES = [
     login_page,
     login,
@@ -598,6 +686,8 @@ CONSOLE_ROUTES = [
     audit_page,
     users_page,
     create_user,
+    import_page,
+    import_upload,
     grant_role,
     decide_approval,
 ]

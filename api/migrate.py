@@ -14,7 +14,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 def alembic_config(database_url: str, keyring: Keyring | None = None) -> Config:
     """An Alembic config for ``database_url`` that needs no alembic.ini; migrations
-    that rewrite data under a key (0006 tokenises Meta's ids, 0007 binds records)
+    that rewrite data under a key (0007 tokenises Meta's ids, 0008 binds records)
     take it from ``keyring``, and refuse to run without it on an archive that
     holds data."""
     config = Config()

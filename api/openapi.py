@@ -25,12 +25,14 @@ from api.auth import AUTHENTICATED, PUBLIC, SAFE_METHODS, SESSION_COOKIE, permis
 
 class Problem(msgspec.Struct, omit_defaults=True):
     """One thing wrong with a request: a field (and where it was sent), or a line of
-    an imported file."""
+    an imported file (its number and first 80 characters; neither for a problem of
+    the whole file)."""
 
     reason: str
     field: str | None = None
     source: str | None = None
     line: int | None = None
+    text: str | None = None
 
 
 class Error(msgspec.Struct, omit_defaults=True):

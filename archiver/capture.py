@@ -523,6 +523,10 @@ class Capture:
             existing = await self.recorded(session, planned)
         return [value for key, value in planned.items() if key not in existing]
 
+    def dedupe_token(self, account_id: str, dedupe_key: str) -> bytes:
+        """The token that ``account_id``'s records hold for ``dedupe_key``."""
+        return self._meta_ids.dedupe_token(account_id, dedupe_key)
+
     async def recorded(
         self, session: AsyncSession, keyed: Iterable[tuple[str, str]]
     ) -> set[tuple[str, str]]:
@@ -530,7 +534,7 @@ class Capture:
         found: set[tuple[str, str]] = set()
         by_account: dict[str, dict[bytes, str]] = defaultdict(dict)
         for account_id, key in keyed:
-            by_account[account_id][self._meta_ids.dedupe_token(account_id, key)] = key
+            by_account[account_id][self.dedupe_token(account_id, key)] = key
         for account_id, keys in by_account.items():
             rows = await session.scalars(
                 select(Record.dedupe_token).where(

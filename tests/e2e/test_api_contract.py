@@ -126,7 +126,7 @@ def _seed(server: Server) -> dict[str, str]:
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        chat = "12/03/2024, 10:00 - +44 7700 900322: IMG-20240312-WA0001.jpg (file attached)\n"
+        chat = "13/03/2024, 10:00 - +44 7700 900322: IMG-20240312-WA0001.jpg (file attached)\n"
         archive.writestr("WhatsApp Chat with Sam.txt", chat)
         archive.writestr("IMG-20240312-WA0001.jpg", b"\x89PNG\r\n\x1a\n contract test image")
     imported = server.client.post(

@@ -247,7 +247,7 @@ def test_media_viewer_shows_an_imported_image(server: Server, console: Console) 
     import zipfile
 
     photo = b"\x89PNG\r\n\x1a\n console image"
-    chat = "12/03/2024, 10:00 - +44 7700 900125: IMG-20240312-WA0002.jpg (file attached)\n"
+    chat = "13/03/2024, 10:00 - +44 7700 900125: IMG-20240312-WA0002.jpg (file attached)\n"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("WhatsApp Chat with Aiko.txt", chat)
@@ -352,3 +352,45 @@ def test_user_administration_with_maker_checker(server: Server, console: Console
     after = checker.get("/admin/users").text
     assert f"compliance_officer · {server.account_id}" in after
     assert f'action="{decision}"' not in after
+
+
+def test_the_import_form_takes_a_date_order_and_lists_every_problem(
+    server: Server, console: Console
+) -> None:
+    # Sign-in is rate limited per address: the module's reader also imports.
+    client = console("console-reader", "compliance_officer")
+    granted = server.cli("users", "grant", "console-reader", "records_manager")
+    assert granted.returncode == 0, granted.stderr
+    if granted.stdout.startswith("approval "):
+        decided = server.client.post(
+            f"/api/v1/approvals/{granted.stdout.split()[1]}/decision",
+            json={"approve": True},
+            headers=server.admin,
+        )
+        assert decided.status_code == 200, decided.text
+    form = client.get("/import")
+    assert form.status_code == 200
+    assert 'name="date_order"' in form.text
+    assert f'<option value="{server.account_id}"' in form.text
+    fields = {
+        "csrf_token": form_token(form.text),
+        "account_id": server.account_id,
+        "contact": "+447700900701",
+        "timezone": "Europe/London",
+    }
+    # Every day is 12 or less: refused, naming the line, until the order is given.
+    export = ("chat.txt", b"03/04/2024, 10:00 - Ana: a\n05/04/2024, 10:00 - Ana: b\n")
+    refused = client.post("/import", data=fields, files={"file": export})
+    assert refused.status_code == 422, refused.text
+    assert "Nothing was imported" in refused.text
+    assert "<td>1</td><td><code>03/04/2024, 10:00 - Ana: a</code></td>" in refused.text
+    assert "day and month order cannot be told" in refused.text
+    assert server.get("/api/v1/contacts", phone="+447700900701").status_code == 404
+
+    done = client.post("/import", data=fields | {"date_order": "mdy"}, files={"file": export})
+    assert done.status_code == 200, done.text
+    assert "Imported 2 of 2 messages" in done.text
+    assert "Dates read as mdy, as given by the importer." in done.text
+    assert "csrf_token" in done.text
+    no_token = client.post("/import", data=fields | {"csrf_token": "x"}, files={"file": export})
+    assert no_token.status_code == 403

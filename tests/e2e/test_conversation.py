@@ -92,7 +92,7 @@ def test_a_conversation_reads_as_it_happened(server: Server) -> None:
 
 def test_media_streams_decrypted_to_permitted_readers_only(server: Server) -> None:
     photo = b"\x89PNG\r\n\x1a\n conversation test image"
-    chat = "12/03/2024, 10:00 - +44 7700 900124: IMG-20240312-WA0001.jpg (file attached)\n"
+    chat = "13/03/2024, 10:00 - +44 7700 900124: IMG-20240312-WA0001.jpg (file attached)\n"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("WhatsApp Chat with Sam.txt", chat)

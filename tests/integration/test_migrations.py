@@ -52,7 +52,7 @@ _OLD_RECORDS = sa.table(
     "records",
     *(sa.column(c) for c in ("id", "account_id", "dedupe_key", "kind", "source", "direction")),
     *(sa.column(c) for c in ("item_type", "wamid", "related_wamid", "has_media", "forwarded")),
-    *(sa.column(c) for c in ("revoked", "opens_window", "object_id")),
+    *(sa.column(c) for c in ("contact_id", "revoked", "opens_window", "object_id")),
     *(sa.column(c, archiver.db.UTCDateTime()) for c in ("occurred_at", "received_at")),
 )
 
@@ -340,3 +340,111 @@ def test_existing_records_are_bound_by_the_migration_under_the_root_key(
     asyncio.run(_rows(database_url, "UPDATE records SET direction = 'outbound' WHERE id = 7"))
     moved = asyncio.run(_verify_bindings(database_url, keyring, tmp_path / "vault"))
     assert moved.failures == [(7, "binding mismatch")]
+
+
+_DIGEST = "ab" * 20
+
+
+async def _seed_imports(url: str) -> None:
+    """As revision 0005 left them: two conversations' imported lines, one webhook
+    record, and a record of each kind with the same old import key in two accounts."""
+    engine = create_engine(url)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    tables = metadata.tables
+    try:
+        async with engine.begin() as conn:
+            for account in ("acc_a", "acc_b"):
+                await conn.execute(
+                    tables["accounts"].insert(),
+                    {
+                        "id": account,
+                        "phone_number_id": account,
+                        "display_phone_token": b"t",
+                        "display_phone_sealed": b"s",
+                        "app_secret_sealed": b"s",
+                        "verify_token_sha256": "0" * 64,
+                        "created_at": now,
+                    },
+                )
+            for contact in ("ct_one", "ct_two"):
+                await conn.execute(tables["contacts"].insert(), {"id": contact, "created_at": now})
+            rows = [
+                (1, "acc_a", "ct_one", f"x:{_DIGEST}:1", "chat_import"),
+                (2, "acc_a", "ct_two", f"x:{_DIGEST}:2", "chat_import"),
+                (3, "acc_b", "ct_two", f"x:{_DIGEST}:1", "chat_import"),
+                (4, "acc_a", "ct_one", "m:wamid.1:text", "cloud_api"),
+            ]
+            for n, account, contact, key, source in rows:
+                await conn.execute(
+                    tables["sealed_objects"].insert(),
+                    {
+                        "id": n,
+                        "object_key": f"records/{n}",
+                        "version_id": "v",
+                        "kind": "record",
+                        "key_id": "k",
+                        "sha256": "0" * 64,
+                        "size": 1,
+                        "retain_until": now,
+                        "legal_hold": False,
+                        "sealed_at": now,
+                    },
+                )
+                await conn.execute(
+                    _OLD_RECORDS.insert(),
+                    {
+                        "id": n,
+                        "account_id": account,
+                        "contact_id": contact,
+                        "dedupe_key": key,
+                        "kind": "message",
+                        "source": source,
+                        "direction": "inbound",
+                        "item_type": "text",
+                        "occurred_at": now,
+                        "received_at": now,
+                        "has_media": False,
+                        "forwarded": False,
+                        "revoked": False,
+                        "opens_window": False,
+                        "object_id": n,
+                    },
+                )
+    finally:
+        await engine.dispose()
+
+
+def test_imported_keys_gain_their_contact_and_lose_it_again(database_url: str) -> None:
+    downgrade(database_url, "0005")
+    asyncio.run(_seed_imports(database_url))
+    keys = "SELECT dedupe_key FROM records ORDER BY id"
+
+    upgrade(database_url, "0006")
+    assert asyncio.run(_rows(database_url, keys)) == [
+        (f"x:{_DIGEST}:1:ct_one",),
+        (f"x:{_DIGEST}:2:ct_two",),
+        (f"x:{_DIGEST}:1:ct_two",),
+        ("m:wamid.1:text",),
+    ]
+
+    downgrade(database_url, "0005")
+    assert asyncio.run(_rows(database_url, keys)) == [
+        (f"x:{_DIGEST}:1",),
+        (f"x:{_DIGEST}:2",),
+        (f"x:{_DIGEST}:1",),
+        ("m:wamid.1:text",),
+    ]
+
+
+def test_the_downgrade_refuses_once_two_conversations_share_lines(database_url: str) -> None:
+    downgrade(database_url, "0005")
+    asyncio.run(_seed_imports(database_url))
+    upgrade(database_url, "0006")
+    # Contact two's copy of contact one's line, as an import now keeps it.
+    asyncio.run(_rows(database_url, "UPDATE records SET account_id = 'acc_a' WHERE id = 3"))
+    keys = "SELECT dedupe_key FROM records ORDER BY id"
+    before = asyncio.run(_rows(database_url, keys))
+
+    with pytest.raises(sa.exc.IntegrityError):
+        downgrade(database_url, "0005")
+    assert asyncio.run(_rows(database_url, keys)) == before

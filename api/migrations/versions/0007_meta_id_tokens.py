@@ -13,7 +13,7 @@ records or delivery states, before it changes anything.
 
 The ids cannot be written back (the database must not hold them), so going down
 keeps each token, as ``tok:<hex>``, in the old columns, and coming up again turns
-those back into the same tokens. Revision 0005's code then sees opaque ids: the
+those back into the same tokens. Revision 0006's code then sees opaque ids: the
 archive stays readable, but a redelivery of an item captured before the downgrade
 is no longer recognised as a duplicate, and new statuses, edits and revokes do
 not join the messages captured before it.
@@ -21,8 +21,8 @@ not join the messages captured before it.
 On PostgreSQL the update rewrites every row of ``records``: see the README for
 the VACUUM that gives the space back.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-22
 """
 
@@ -39,8 +39,8 @@ from archiver.blind_index import MetaIdIndex
 from archiver.keyring import Keyring
 from archiver.subjects import META_ID_SUBJECT
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels = None
 depends_on = None
 
@@ -202,7 +202,7 @@ def upgrade() -> None:
     ).scalar()
     if holds_ids and index is None:
         raise RuntimeError(
-            "revision 0006 turns Meta's ids into blind tokens, which needs the root key: "
+            "revision 0007 turns Meta's ids into blind tokens, which needs the root key: "
             "run it with `strongroom migrate` (nothing was changed)"
         )
     token = _tokenizer(index)

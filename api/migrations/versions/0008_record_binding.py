@@ -7,8 +7,8 @@ records are bound here, which needs the root key: ``strongroom migrate`` passes
 the keyring in (``keyring`` in the Alembic config's attributes). What the rows
 say when this runs is what gets bound, so run it on a database you trust.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-11-22
 """
 
@@ -23,8 +23,8 @@ import archiver.db
 from archiver.binding import BINDING_SUBJECT, OBJECT_COLUMNS, RECORD_COLUMNS, RecordBinding
 from archiver.keyring import Keyring
 
-revision: str = "0007"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels = None
 depends_on = None
 
@@ -62,7 +62,7 @@ def _binding() -> RecordBinding | None:
     keyring = context.config.attributes.get("keyring")
     if not isinstance(keyring, Keyring):
         raise RuntimeError(
-            "revision 0007 binds the existing records and needs the root key: "
+            "revision 0008 binds the existing records and needs the root key: "
             "run it with `strongroom migrate`"
         )
     return RecordBinding(keyring.key_on(bind, BINDING_SUBJECT))
