@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.bootstrap import Services, open_services
 from api.fake_graph import meta_wamid
 from api.settings import load_settings
-from archiver.identity import ROLE_PERMISSIONS, Permission, Role
+from archiver.identity import GLOBAL_PERMISSIONS, ROLE_PERMISSIONS, Permission, Role
 from tests.conftest import PG_ADMIN_DSN
 
 STRONGROOM = str(Path(sys.executable).with_name("strongroom"))
@@ -288,7 +288,9 @@ class Server:
                         session,
                         user,
                         name="e2e",
-                        scopes=ROLE_PERMISSIONS[Role.COMPLIANCE_OFFICER],
+                        # What an officer of one account holds: not the permissions
+                        # that count only on all accounts.
+                        scopes=ROLE_PERMISSIONS[Role.COMPLIANCE_OFFICER] - GLOBAL_PERMISSIONS,
                         lifetime=timedelta(hours=1),
                     )
                 return token.secret

@@ -281,8 +281,8 @@ def test_a_damaged_media_file_is_refused_and_its_conversation_still_shown(
 ) -> None:
     photo = b"\x89PNG\r\n\x1a\n integrity image"
     chat = (
-        "12/03/2024, 10:00 - +44 7700 900503: IMG-20240312-WA0009.jpg (file attached)\n"
-        "12/03/2024, 10:01 - +44 7700 900503: a caption in words\n"
+        "13/03/2024, 10:00 - +44 7700 900503: IMG-20240312-WA0009.jpg (file attached)\n"
+        "13/03/2024, 10:01 - +44 7700 900503: a caption in words\n"
     )
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
