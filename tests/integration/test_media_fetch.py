@@ -574,6 +574,18 @@ async def held_graph(graph_url: str) -> AsyncIterator[HeldGraph]:
     await client.aclose()
 
 
+@pytest.fixture
+def held_fetcher(
+    held_graph: HeldGraph,
+    vault: Vault,
+    sessions: Sessions,
+    accounts: AccountService,
+    clock: FixedClock,
+) -> MediaFetcher:
+    """A second worker, whose downloads wait for ``held_graph.release``."""
+    return MediaFetcher(held_graph, vault, sessions, accounts, clock, retention=RETENTION)
+
+
 async def test_a_download_in_progress_holds_no_database_connection(
     database_url: str,
     held_graph: HeldGraph,
@@ -612,10 +624,8 @@ async def test_a_download_in_progress_holds_no_database_connection(
 
 async def test_a_worker_that_dies_mid_download_leaves_the_claim_to_expire_and_be_retried(
     held_graph: HeldGraph,
+    held_fetcher: MediaFetcher,
     fetcher: MediaFetcher,
-    vault: Vault,
-    sessions: Sessions,
-    accounts: AccountService,
     clock: FixedClock,
     archive: Archive,
     media: FakeMedia,
@@ -623,8 +633,7 @@ async def test_a_worker_that_dies_mid_download_leaves_the_claim_to_expire_and_be
     data = jpeg()
     media.add("3002", data, "image/jpeg")
     item_id = await archive.media_item(await archive.account(), image(media, "3002"))
-    dying = MediaFetcher(held_graph, vault, sessions, accounts, clock, retention=RETENTION)
-    fetching = asyncio.create_task(dying.fetch_due())
+    fetching = asyncio.create_task(held_fetcher.fetch_due())
     await asyncio.wait_for(held_graph.started.wait(), 10)
     fetching.cancel()  # the worker dies between its claim and its result
     with pytest.raises(asyncio.CancelledError):
@@ -641,18 +650,15 @@ async def test_a_worker_that_dies_mid_download_leaves_the_claim_to_expire_and_be
 
 async def test_a_result_that_comes_after_its_claim_expired_is_dropped(
     held_graph: HeldGraph,
+    held_fetcher: MediaFetcher,
     fetcher: MediaFetcher,
-    vault: Vault,
-    sessions: Sessions,
-    accounts: AccountService,
     clock: FixedClock,
     archive: Archive,
     media: FakeMedia,
 ) -> None:
     media.add("3003", jpeg(), "image/jpeg")
     item_id = await archive.media_item(await archive.account(), image(media, "3003"))
-    slow = MediaFetcher(held_graph, vault, sessions, accounts, clock, retention=RETENTION)
-    fetching = asyncio.create_task(slow.fetch_due())
+    fetching = asyncio.create_task(held_fetcher.fetch_due())
     await asyncio.wait_for(held_graph.started.wait(), 10)
     clock.advance(CLAIM_LEASE)
     assert await fetcher.fetch_due() == 1  # another worker takes the expired claim over
@@ -663,7 +669,7 @@ async def test_a_result_that_comes_after_its_claim_expired_is_dropped(
 
     item = await archive.get(item_id)
     assert (item.state, item.attempts, item.object_id) == ("fetched", 2, taken_over.object_id)
-    async with sessions() as session:
+    async with archive.sessions() as session:
         media_objects = await session.scalar(
             select(func.count()).select_from(SealedObject).where(SealedObject.kind == "media")
         )

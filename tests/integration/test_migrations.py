@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import inspect
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 import archiver.db
 from api.migrate import check, downgrade, upgrade
@@ -48,6 +49,13 @@ def test_migrations_round_trip_without_drift(database_url: str) -> None:
 
 _OLD_TOKENS = sa.table("search_tokens", sa.column("token"), sa.column("record_id"))
 # The records table as revisions 0002 to 0005 know it.
+_OLD_ACCOUNTS = sa.table(
+    "accounts",
+    *(sa.column(c) for c in ("id", "phone_number_id", "display_phone_token")),
+    *(sa.column(c) for c in ("display_phone_sealed", "app_secret_sealed")),
+    sa.column("verify_token_sha256"),
+    sa.column("created_at", archiver.db.UTCDateTime()),
+)
 _OLD_RECORDS = sa.table(
     "records",
     *(sa.column(c) for c in ("id", "account_id", "dedupe_key", "kind", "source", "direction")),
@@ -57,6 +65,41 @@ _OLD_RECORDS = sa.table(
 )
 
 
+async def _insert_account(conn: AsyncConnection, account_id: str, now: datetime) -> None:
+    """An account row, naming only the columns every revision has had."""
+    await conn.execute(
+        _OLD_ACCOUNTS.insert(),
+        {
+            "id": account_id,
+            "phone_number_id": account_id,
+            "display_phone_token": b"t",
+            "display_phone_sealed": b"s",
+            "app_secret_sealed": b"s",
+            "verify_token_sha256": "0" * 64,
+            "created_at": now,
+        },
+    )
+
+
+async def _insert_object(conn: AsyncConnection, object_id: int, now: datetime) -> None:
+    """A sealed object row of a record (its content is never read here)."""
+    await conn.execute(
+        metadata.tables["sealed_objects"].insert(),
+        {
+            "id": object_id,
+            "object_key": f"records/{object_id}",
+            "version_id": "v",
+            "kind": "record",
+            "key_id": "k",
+            "sha256": "0" * 64,
+            "size": 1,
+            "retain_until": now,
+            "legal_hold": False,
+            "sealed_at": now,
+        },
+    )
+
+
 async def _seed_record(url: str, occurred_at: datetime, *, token: bool = False) -> None:
     """One record (and one search token, as revision 0003 knows them), without a
     binding, as revisions before 0007 know records."""
@@ -64,33 +107,8 @@ async def _seed_record(url: str, occurred_at: datetime, *, token: bool = False) 
     now = datetime(2026, 1, 1, tzinfo=UTC)
     try:
         async with engine.begin() as conn:
-            await conn.execute(
-                metadata.tables["accounts"].insert(),
-                {
-                    "id": "acc",
-                    "phone_number_id": "1",
-                    "display_phone_token": b"t",
-                    "display_phone_sealed": b"s",
-                    "app_secret_sealed": b"s",
-                    "verify_token_sha256": "0" * 64,
-                    "created_at": now,
-                },
-            )
-            await conn.execute(
-                metadata.tables["sealed_objects"].insert(),
-                {
-                    "id": 1,
-                    "object_key": "records/x",
-                    "version_id": "v",
-                    "kind": "record",
-                    "key_id": "k",
-                    "sha256": "0" * 64,
-                    "size": 1,
-                    "retain_until": now,
-                    "legal_hold": False,
-                    "sealed_at": now,
-                },
-            )
+            await _insert_account(conn, "acc", now)
+            await _insert_object(conn, 1, now)
             await conn.execute(
                 _OLD_RECORDS.insert(),
                 {
@@ -169,39 +187,8 @@ async def seed_meta_ids(url: str) -> None:
     }
     try:
         async with engine.begin() as conn:
-            await conn.execute(
-                sa.table(
-                    "accounts",
-                    *(sa.column(c) for c in ("id", "phone_number_id", "display_phone_token")),
-                    *(sa.column(c) for c in ("display_phone_sealed", "app_secret_sealed")),
-                    sa.column("verify_token_sha256"),
-                    sa.column("created_at", archiver.db.UTCDateTime()),
-                ).insert(),
-                {
-                    "id": "acc",
-                    "phone_number_id": "1",
-                    "display_phone_token": b"t",
-                    "display_phone_sealed": b"s",
-                    "app_secret_sealed": b"s",
-                    "verify_token_sha256": "0" * 64,
-                    "created_at": now,
-                },
-            )
-            await conn.execute(
-                metadata.tables["sealed_objects"].insert(),
-                {
-                    "id": 1,
-                    "object_key": "records/x",
-                    "version_id": "v",
-                    "kind": "record",
-                    "key_id": "k",
-                    "sha256": "0" * 64,
-                    "size": 1,
-                    "retain_until": now,
-                    "legal_hold": False,
-                    "sealed_at": now,
-                },
-            )
+            await _insert_account(conn, "acc", now)
+            await _insert_object(conn, 1, now)
             await conn.execute(
                 _OLD_RECORDS.insert(),
                 [
@@ -354,18 +341,7 @@ async def _seed_imports(url: str) -> None:
     try:
         async with engine.begin() as conn:
             for account in ("acc_a", "acc_b"):
-                await conn.execute(
-                    tables["accounts"].insert(),
-                    {
-                        "id": account,
-                        "phone_number_id": account,
-                        "display_phone_token": b"t",
-                        "display_phone_sealed": b"s",
-                        "app_secret_sealed": b"s",
-                        "verify_token_sha256": "0" * 64,
-                        "created_at": now,
-                    },
-                )
+                await _insert_account(conn, account, now)
             for contact in ("ct_one", "ct_two"):
                 await conn.execute(tables["contacts"].insert(), {"id": contact, "created_at": now})
             rows = [
@@ -375,21 +351,7 @@ async def _seed_imports(url: str) -> None:
                 (4, "acc_a", "ct_one", "m:wamid.1:text", "cloud_api"),
             ]
             for n, account, contact, key, source in rows:
-                await conn.execute(
-                    tables["sealed_objects"].insert(),
-                    {
-                        "id": n,
-                        "object_key": f"records/{n}",
-                        "version_id": "v",
-                        "kind": "record",
-                        "key_id": "k",
-                        "sha256": "0" * 64,
-                        "size": 1,
-                        "retain_until": now,
-                        "legal_hold": False,
-                        "sealed_at": now,
-                    },
-                )
+                await _insert_object(conn, n, now)
                 await conn.execute(
                     _OLD_RECORDS.insert(),
                     {
