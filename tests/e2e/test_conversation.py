@@ -185,7 +185,8 @@ def test_the_customer_is_named_only_to_who_may_read_their_account(server: Server
     assert RECEIVER_NAME not in refused.text
     # The same customer writes to the other account under another profile name: its
     # officer sees that conversation named as that account's records name it.
-    hello = customer_message(RECEIVER, "wamid.R20", BASE + 120, text={"body": "Hi other shop"})
+    # Earlier than the first account's messages, so a name taken from those would win.
+    hello = customer_message(RECEIVER, "wamid.R20", BASE + 50, text={"body": "Hi other shop"})
     hello["entry"][0]["changes"][0]["value"]["contacts"][0]["profile"]["name"] = "P. R."
     body = json.dumps(on_account(hello, OTHER_NUMBER_ID, OTHER_DISPLAY)).encode()
     assert server.post_webhook(body, sign(body, OTHER_SECRET)).status_code == 200
