@@ -202,14 +202,16 @@ def _customer(messages: list[Message]) -> Customer | None:
     """The customer's latest profile name and number in their messages' sealed items."""
     name = wa_id = None
     for message in messages:
-        item = message.content.get("item") if message.content else None
+        content = message.content or {}
+        item = content.get("item")
         if not isinstance(item, dict):
             continue
-        number = item.get("to" if message.record.direction == "outbound" else "from")
+        inbound = message.record.direction == "inbound"
+        number = item.get("from" if inbound else "to")
         number = number if isinstance(number, str) and number.isdigit() else None
         wa_id = number or wa_id
-        if message.record.direction == "inbound" and message.content:
-            name = profile_name(message.content, number) or name
+        if inbound:
+            name = profile_name(content, number) or name
     return Customer(name, wa_id) if name or wa_id else None
 
 
