@@ -202,6 +202,34 @@ def test_the_customer_is_named_only_to_who_may_read_their_account(server: Server
     assert theirs["unmatched_statuses"] == []
 
 
+def test_a_status_to_a_business_scoped_id_finds_its_customer(server: Server) -> None:
+    # The customer is known only by a business-scoped user id: no number at all.
+    hello = fixture("message_text_bsuid_username")
+    wamid = hello["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    failed = fixture("status_delivered_bsuid")
+    item = failed["entry"][0]["changes"][0]["value"]["statuses"][0]
+    item.update(
+        {
+            "id": "wamid.BSUID-NOT-ARCHIVED",
+            "status": "failed",
+            "errors": [{"code": OPTED_OUT, "title": "Marketing messages stopped"}],
+        }
+    )
+    for payload in (hello, failed):
+        assert server.post_webhook(json.dumps(payload).encode()).status_code == 200
+    contact = server.records_of(wamid)[0]["contact_id"]
+
+    def shown() -> dict[str, Any] | None:
+        chat = server.get(f"/api/v1/conversations/{contact}").json()
+        return chat if chat["unmatched_statuses"] else None
+
+    chat = server.wait_for(shown)
+    assert chat["customer"] == {"name": "Sheena Nelson", "wa_id": None}
+    (status,) = chat["unmatched_statuses"]
+    assert (status["wamid"], status["status"]) == ("wamid.BSUID-NOT-ARCHIVED", "failed")
+    assert status["error"] == {"code": OPTED_OUT, "title": "Marketing messages stopped"}
+
+
 def test_media_streams_decrypted_to_permitted_readers_only(server: Server) -> None:
     photo = b"\x89PNG\r\n\x1a\n conversation test image"
     chat = "13/03/2024, 10:00 - +44 7700 900124: IMG-20240312-WA0001.jpg (file attached)\n"
