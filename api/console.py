@@ -33,7 +33,7 @@ from api.deps import ServicesDep
 from api.search import account_scope, audited_search, contact_scope, lexicon_terms
 from archiver.blind_index import normalize_phone
 from archiver.chat_export import DATE_ORDERS, ChatExportError, DateOrder, ParseProblem
-from archiver.conversations import Message
+from archiver.conversations import Message, Status, sender
 from archiver.errors import AccountNotFound, ArchiverError, IntegrityFailed
 from archiver.identity import (
     AccountLocked,
@@ -63,6 +63,7 @@ SOURCES = {
     "outbox": "Outbox",
 }
 DIRECTIONS = ("inbound", "outbound", "none", "unknown")
+DELIVERIES = ("sent", "delivered", "read", "failed")
 OUTCOMES = ("ok", "allowed", "denied", "failed")
 
 
@@ -317,8 +318,16 @@ def _choice(value: str, allowed: Any, name: str) -> str | None:
 
 SEARCH_FILTERS = (
     *("contact", "direction", "source", "type"),
-    *("since", "until", "has_media", "on_hold", "flagged"),
+    *("since", "until", "has_media", "on_hold", "flagged", "delivery", "error_code"),
 )
+
+
+def _error_code(value: str) -> int | None:
+    if not value:
+        return None
+    if not value.isdigit() or int(value) >= 2**31:
+        raise ValidationException(f"{value!r} is not an error code (a number such as 131050)")
+    return int(value)
 
 
 # The same scoping and filters as POST /api/v1/search (api/search.py).
@@ -339,6 +348,8 @@ async def _search_filters(request: Page, services: ServicesDep, form: dict[str, 
         on_hold=None if hold is None else hold == "yes",
         flagged=flagged,
         lexicon=await lexicon_terms(services, flagged),
+        delivery=_choice(form["delivery"], DELIVERIES, "delivery state"),
+        error_code=_error_code(form["error_code"]),
     )
 
 
@@ -346,7 +357,16 @@ async def _search_filters(request: Page, services: ServicesDep, form: dict[str, 
 async def search_page(request: Page, services: ServicesDep) -> Template:
     """Search the archive: words, "phrases", OR, and filters; results in time order."""
     form = _params(request, "q", *SEARCH_FILTERS, "cursor")
-    page = context(request, form=form, sources=SOURCES, directions=DIRECTIONS, hits=None, more=None)
+    page = context(
+        request,
+        form=form,
+        sources=SOURCES,
+        directions=DIRECTIONS,
+        deliveries=DELIVERIES,
+        sender=sender,
+        hits=None,
+        more=None,
+    )
     if not any(form[name] for name in ("q", *SEARCH_FILTERS)):
         return Template("search.html", context=page)
     try:
@@ -381,11 +401,16 @@ async def conversation_page(
         services, request, contact_id, account_scope(request.user, None)
     )
     reactions = {m.record.id: _current_reactions(m) for m in chat.messages}
+    # Statuses for messages not in the archive are shown among the messages, at their time.
+    timeline: list[Message | Status] = sorted(
+        [*chat.messages, *chat.statuses], key=lambda e: (e.record.occurred_at, e.record.id)
+    )
     return Template(
         "conversation.html",
         context=context(
             request,
             chat=chat,
+            timeline=timeline,
             reactions=reactions,
             sources=SOURCES,
             claimed_kind=claimed_kind,

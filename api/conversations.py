@@ -20,9 +20,10 @@ from api.bootstrap import Services
 from api.deps import RowId, ServicesDep
 from api.openapi import Error
 from api.search import account_scope
-from archiver.conversations import Conversation, Message, message_ids
+from archiver.conversations import Conversation, Message, Status, message_ids
 from archiver.errors import IntegrityFailed, KeyDestroyed, ObjectNotFound
 from archiver.identity import Permission, Principal
+from archiver.items import DeliveryError
 from archiver.media_safety import delivery
 from archiver.models import MediaItem, Record
 from archiver.records import ids_trusted
@@ -56,6 +57,13 @@ class MediaOut(msgspec.Struct):
     url: str | None
 
 
+class DeliveryErrorOut(msgspec.Struct):
+    """Why Meta could not deliver: its error code (131050, …) and title."""
+
+    code: int | None
+    title: str
+
+
 class MessageOut(msgspec.Struct):
     id: int
     account_id: str
@@ -71,6 +79,8 @@ class MessageOut(msgspec.Struct):
     versions: list[VersionOut]
     reactions: list[ReactionOut]
     receipts: dict[str, datetime]
+    delivery: str | None  # sent, delivered, read or failed (business messages)
+    delivery_error: DeliveryErrorOut | None
     media: list[MediaOut]
     content: dict[str, Any] | None
     integrity: IntegrityOut
@@ -87,10 +97,30 @@ class EventOut(msgspec.Struct):
     integrity: IntegrityOut
 
 
+class StatusOut(msgspec.Struct):
+    """A status for a message not in this archive, at its time."""
+
+    id: int
+    account_id: str
+    wamid: str | None  # read from the sealed item of a failed status
+    status: str | None
+    occurred_at: datetime
+    error: DeliveryErrorOut | None
+
+
+class CustomerOut(msgspec.Struct):
+    """Who the conversation is with: their WhatsApp profile name and number."""
+
+    name: str | None
+    wa_id: str | None
+
+
 class ConversationOut(msgspec.Struct):
     contact_id: str
+    customer: CustomerOut | None
     messages: list[MessageOut]
     events: list[EventOut]
+    unmatched_statuses: list[StatusOut]
 
 
 async def audited_conversation(
@@ -100,15 +130,16 @@ async def audited_conversation(
     before it is shown; 404 when the caller can see none of it."""
     async with services.sessions() as session:
         chat = await services.conversations.reconstruct(session, contact_id, accounts)
-    if not chat.messages and not chat.events:
+    if not chat.messages and not chat.events and not chat.statuses:
         raise NotFoundException("no such conversation")
+    shown = [m.record for m in chat.messages] + [s.record for s in chat.statuses]
     await audit_access(
         services,
         request,
         action="archive.read.conversation",
         permission=Permission.ARCHIVE_READ,
-        target=f"contact:{contact_id} records:" + ",".join(str(m.record.id) for m in chat.messages),
-        scope=",".join(sorted({m.record.account_id for m in chat.messages})),
+        target=f"contact:{contact_id} records:" + ",".join(str(r.id) for r in shown),
+        scope=",".join(sorted({r.account_id for r in shown})),
     )
     return chat
 
@@ -128,12 +159,16 @@ class ConversationController(Controller):
         account_id: FromQuery[str | None] = None,
     ) -> ConversationOut:
         """Messages in order with reply threading, reactions, every version of an
-        edited message, revoked messages kept and marked, receipts and sources."""
+        edited message, revoked messages kept and marked, receipts with each
+        business message's delivery state (and Meta's error when it failed), and
+        sources; statuses for messages not in this archive; the customer's name."""
         chat = await audited_conversation(
             services, request, contact_id, account_scope(request.user, account_id)
         )
+        customer = chat.customer
         return ConversationOut(
             contact_id,
+            CustomerOut(customer.name, customer.wa_id) if customer else None,
             [_message_out(m) for m in chat.messages],
             [
                 EventOut(
@@ -145,6 +180,7 @@ class ConversationController(Controller):
                 )
                 for e in chat.events
             ],
+            [_status_out(s) for s in chat.statuses],
         )
 
     @get(
@@ -239,6 +275,8 @@ def _message_out(m: Message) -> MessageOut:
             ReactionOut(r.record_id, r.occurred_at, r.emoji, r.direction) for r in m.reactions
         ],
         receipts=m.receipts,
+        delivery=m.delivery,
+        delivery_error=_error_out(m.error),
         media=[
             MediaOut(
                 i.id,
@@ -253,3 +291,12 @@ def _message_out(m: Message) -> MessageOut:
         content=m.content,
         integrity=integrity(m.failure),
     )
+
+
+def _error_out(error: DeliveryError | None) -> DeliveryErrorOut | None:
+    return DeliveryErrorOut(error.code, error.title) if error else None
+
+
+def _status_out(s: Status) -> StatusOut:
+    r = s.record
+    return StatusOut(r.id, r.account_id, s.wamid, r.status, r.occurred_at, _error_out(s.error))

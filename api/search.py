@@ -17,7 +17,7 @@ from api.auth import needs
 from api.bootstrap import Services
 from api.deps import ServicesDep
 from archiver.blind_index import normalize_phone
-from archiver.conversations import message_ids
+from archiver.conversations import message_ids, sender
 from archiver.identity import Permission, Principal
 from archiver.items import Identity
 from archiver.models import ContactIdentity
@@ -26,11 +26,15 @@ from archiver.search import Filters, Hit, SearchError
 
 Direction = Literal["inbound", "outbound", "none", "unknown"]
 Source = Literal["cloud_api", "business_app", "history_sync", "chat_import", "outbox"]
+Delivery = Literal["sent", "delivered", "read", "failed"]
+ErrorCode = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 
 
 class SearchIn(msgspec.Struct, forbid_unknown_fields=True):
     """Words are ANDed, ``OR`` separates groups, "quoted phrases" match exactly; an
-    empty query lists the messages that pass the filters."""
+    empty query lists the messages that pass the filters. ``delivery`` and
+    ``error_code`` (Meta's, e.g. 131050) find business messages by their delivery,
+    and statuses for messages not in the archive (``kind`` ``status``)."""
 
     query: str = ""
     contact: str | None = None
@@ -43,6 +47,8 @@ class SearchIn(msgspec.Struct, forbid_unknown_fields=True):
     has_media: bool | None = None
     flagged: bool | None = None
     on_hold: bool | None = None
+    delivery: Delivery | None = None
+    error_code: ErrorCode | None = None
     cursor: str | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
 
@@ -68,6 +74,7 @@ class SearchResult(msgspec.Struct):
     wamid: str | None
     occurred_at: datetime
     revoked: bool
+    sender: str | None  # "business", or the customer's profile name
     snippet: str
     media: list[MediaState]
     integrity: IntegrityOut
@@ -153,6 +160,8 @@ async def search(
         on_hold=data.on_hold,
         flagged=data.flagged,
         lexicon=await lexicon_terms(services, data.flagged),
+        delivery=data.delivery,
+        error_code=data.error_code,
     )
     try:
         hits, cursor = await audited_search(
@@ -183,6 +192,7 @@ def _result(hit: Hit) -> SearchResult:
         message_ids(record, hit.content)[0] if trusted else None,
         record.occurred_at,
         record.revoked,
+        sender(record, hit.content),
         hit.snippet,
         [MediaState(m.state, m.mime_type, m.size) for m in hit.media],
         integrity(hit.failure),

@@ -12,8 +12,9 @@ root-key rotation unchanged). ``values`` are, in this order, the record's
 object's :data:`OBJECT_COLUMNS`. Left out, as they legitimately change or say
 nothing about the record: ``id`` (chosen by the database at insert; the object
 key, unique to one record, keeps a binding from being moved to another row),
-``revoked`` (set when a revoke arrives; the revoke record is bound itself) and
-``journal_entry_id`` (provenance, and the journal is kept only for weeks).
+``revoked`` (set when a revoke arrives; the revoke record is bound itself),
+``journal_entry_id`` (provenance, and the journal is kept only for weeks) and
+``error_code`` (a search aid copied from the sealed status, which is what is shown).
 """
 
 from __future__ import annotations

@@ -600,6 +600,7 @@ class Capture:
                 ids.token(account_id, item.related_wamid) if item.related_wamid else None
             ),
             status=item.status,
+            error_code=item.error_code,
             occurred_at=item.occurred_at,
             received_at=received_at,
             has_media=item.media is not None or item.attached,

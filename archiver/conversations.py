@@ -5,8 +5,10 @@ version kept, the original first); statuses become the message's receipts;
 replies point at the message they quote. What is neither a message nor folds
 into one (history chunk summaries, account events) is listed as an event, and
 so is a reaction, edit, revoke or status that fails its integrity check: what
-it would fold into cannot be trusted. A message that fails is kept in its place,
-marked, with no content.
+it would fold into cannot be trusted. A status whose message is not in the
+archive is kept at its time as a status of its own, with its state and error.
+A failed status's error (Meta's code and title) is read from its sealed item.
+A message that fails is kept in its place, marked, with no content.
 
 Every such join stays inside one business account: a message id is Meta's,
 and another account (signed with its own app secret) may send the same one,
@@ -25,12 +27,13 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from archiver.items import item_ids
+from archiver.items import DeliveryError, delivery_error, item_ids, profile_name
 from archiver.models import MediaItem, Record
 from archiver.records import Reason, RecordReader
 from archiver.search import searchable_text
 
 _FOLDED = frozenset({"reaction", "edit", "revoke"})
+_DELIVERY_RANK = {"sent": 1, "delivered": 2, "read": 3}
 
 
 @dataclass(slots=True)
@@ -63,7 +66,34 @@ class Message:
     versions: list[Version] = field(default_factory=list)
     reactions: list[Reaction] = field(default_factory=list)
     receipts: dict[str, datetime] = field(default_factory=dict)
+    error: DeliveryError | None = None  # Meta's reason, when delivery failed
     media: list[MediaItem] = field(default_factory=list)
+
+    @property
+    def delivery(self) -> str | None:
+        """The delivery state its receipts reached: ``failed`` is final, else the
+        furthest of sent, delivered and read."""
+        if "failed" in self.receipts:
+            return "failed"
+        reached = [s for s in self.receipts if s in _DELIVERY_RANK]
+        return max(reached, key=_DELIVERY_RANK.__getitem__) if reached else None
+
+
+@dataclass(slots=True)
+class Status:
+    """A status for a message that is not in this archive, shown at its time."""
+
+    record: Record
+    wamid: str | None  # read from the sealed item (failed statuses only are opened)
+    error: DeliveryError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """Who the conversation is with, as their own messages' sealed items say."""
+
+    name: str | None  # their WhatsApp profile name
+    wa_id: str | None  # their number
 
 
 @dataclass(slots=True)
@@ -80,6 +110,8 @@ class Conversation:
     contact_id: str
     messages: list[Message]
     events: list[Event]
+    statuses: list[Status] = field(default_factory=list)
+    customer: Customer | None = None
 
 
 class Conversations:
@@ -100,11 +132,11 @@ class Conversations:
         if keys:
             # Statuses may carry the recipient only as a business-scoped id, so they
             # are found by message id rather than by contact.
-            statuses = select(Record).where(
+            by_message = select(Record).where(
                 Record.kind == "status", tuple_(Record.account_id, Record.wamid_token).in_(keys)
             )
             known = {r.id for r in records}
-            records += [r for r in await session.scalars(statuses) if r.id not in known]
+            records += [r for r in await session.scalars(by_message) if r.id not in known]
         media: dict[int, list[MediaItem]] = {}
         ids = [r.id for r in records]
         for stored in await session.scalars(select(MediaItem).where(MediaItem.record_id.in_(ids))):
@@ -115,7 +147,7 @@ class Conversations:
         folded: list[tuple[Record, dict[str, Any] | None]] = []
         events: list[Event] = []
         opened = await self._records.read(
-            session, records, lambda r: r.kind not in ("status", "event")
+            session, records, lambda r: r.kind not in ("status", "event") or r.status == "failed"
         )
         contents, failures = opened.contents, opened.failures
         for record in records:
@@ -123,9 +155,7 @@ class Conversations:
             folds = record.kind == "status" or record.item_type in _FOLDED
             if record.kind == "event" or (folds and failure is not None):
                 events.append(Event(record, failure))
-            elif record.kind == "status":
-                folded.append((record, None))
-            elif record.item_type in _FOLDED:
+            elif folds:
                 folded.append((record, contents.get(record.id)))
             elif failure is not None:
                 ordered.append(Message(record, None, "", None, failure=failure))
@@ -142,14 +172,20 @@ class Conversations:
             if message.record.related_wamid_token:
                 quoted = (message.record.account_id, message.record.related_wamid_token)
                 message.quoted = messages.get(quoted)
+        statuses: list[Status] = []
+        present = {(r.account_id, r.wamid_token) for r in records if r.kind != "status"}
         for record, content in folded:
             token = record.wamid_token if record.kind == "status" else record.related_wamid_token
             target = messages.get((record.account_id, token or b""))
-            if target is None:
-                continue
             item = content.get("item") if content else None
+            if target is None:
+                if record.kind == "status" and (record.account_id, token) not in present:
+                    wamid = item_ids(item)[0] if record.wamid_token else None
+                    statuses.append(Status(record, wamid, delivery_error(item)))
+                continue
             if record.kind == "status" and record.status:
                 target.receipts.setdefault(record.status, record.occurred_at)
+                target.error = target.error or delivery_error(item)
             elif record.item_type == "edit" and isinstance(item, dict):
                 target.versions.append(
                     Version(record.id, record.occurred_at, searchable_text(content or {}))
@@ -159,7 +195,24 @@ class Conversations:
                 target.reactions.append(
                     Reaction(record.id, record.occurred_at, str(emoji), record.direction)
                 )
-        return Conversation(contact_id, ordered, events)
+        return Conversation(contact_id, ordered, events, statuses, _customer(ordered))
+
+
+def _customer(messages: list[Message]) -> Customer | None:
+    """The customer's latest profile name and number in their messages' sealed items."""
+    name = wa_id = None
+    for message in messages:
+        content = message.content or {}
+        item = content.get("item")
+        if not isinstance(item, dict):
+            continue
+        inbound = message.record.direction == "inbound"
+        number = item.get("from" if inbound else "to")
+        number = number if isinstance(number, str) and number.isdigit() else None
+        wa_id = number or wa_id
+        if inbound:
+            name = profile_name(content, number) or name
+    return Customer(name, wa_id) if name or wa_id else None
 
 
 def message_ids(record: Record, content: dict[str, Any] | None) -> tuple[str | None, str | None]:
@@ -170,3 +223,18 @@ def message_ids(record: Record, content: dict[str, Any] | None) -> tuple[str | N
         wamid if record.wamid_token else None,
         related if record.related_wamid_token else None,
     )
+
+
+def sender(record: Record, content: dict[str, Any] | None) -> str | None:
+    """Who wrote a record: ``business`` for the business's own messages, else the
+    customer's profile name (a chat export's sender name) from its sealed ``content``."""
+    if record.direction == "outbound":
+        return "business"
+    item = content.get("item") if content else None
+    if not content or not isinstance(item, dict) or record.kind == "status":
+        return None
+    if content.get("field") == "chat_export":
+        name = item.get("sender")
+        return name if isinstance(name, str) and name else None
+    wa_id = item.get("from")
+    return profile_name(content, wa_id if isinstance(wa_id, str) else None)

@@ -54,6 +54,7 @@ class Item:
     wamid: str | None = None
     related_wamid: str | None = None
     status: str | None = None
+    error_code: int | None = None  # a failed status's Meta error code, for search
     identities: list[Identity] = dataclasses.field(default_factory=list)
     text: str = ""
     media: dict[str, Any] | None = None
@@ -264,6 +265,36 @@ def _message_item(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryError:
+    """Why Meta could not deliver a message: its error code and title."""
+
+    code: int | None
+    title: str
+
+
+def delivery_error(item: Any) -> DeliveryError | None:
+    """The first of a status item's ``errors`` (``None`` when it has none)."""
+    errors = _list(_dict(item).get("errors"))
+    if not errors:
+        return None
+    error = _dict(errors[0])
+    code = error.get("code")
+    title = _str(error.get("title")) or _str(error.get("message")) or ""
+    valid = isinstance(code, int) and not isinstance(code, bool) and 0 <= code < 2**31
+    return DeliveryError(code if valid else None, title)
+
+
+def profile_name(sealed: dict[str, Any], wa_id: str | None) -> str | None:
+    """The WhatsApp profile name a sealed record's ``contacts`` give the customer
+    ``wa_id`` (the only contact, when ``wa_id`` is not known)."""
+    contacts = _list(sealed.get("contacts"))
+    contact = _contact_for(contacts, wa_id, None) if wa_id else {}
+    if not contact and len(contacts) == 1:
+        contact = _dict(contacts[0])
+    return _str(_dict(contact.get("profile")).get("name"))
+
+
 def _status_item(value: dict[str, Any], raw: Any, received_at: datetime) -> Item:
     status = _dict(raw)
     wamid = _id(status.get("id"))
@@ -285,6 +316,7 @@ def _status_item(value: dict[str, Any], raw: Any, received_at: datetime) -> Item
         },
         wamid=wamid,
         status=fit(state, 20),
+        error_code=error.code if (error := delivery_error(status)) else None,
         identities=_identities(
             ("wa_id", status.get("recipient_id")),
             ("user_id", status.get("recipient_user_id")),

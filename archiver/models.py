@@ -132,6 +132,8 @@ class Record(Base):
     wamid_token: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
     related_wamid_token: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
     status: Mapped[str | None] = mapped_column(String(20))
+    # A failed status's Meta error code (a number, never personal), for search.
+    error_code: Mapped[int | None] = mapped_column(Integer, index=True)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     has_media: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -8,6 +8,10 @@ every phrase must appear in it, so truncated-HMAC collisions and phrases whose
 words merely occur apart never reach the caller. A candidate that fails its
 integrity check cannot be checked: it is returned as a hit with no content,
 marked with the reason, so that the damage shows.
+
+The delivery filters (state, Meta's error code) find business messages by their
+delivery state and failed statuses, and the statuses for messages that are not
+in the archive, each joined within its own account.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from archiver.blind_index import BlindIndex, normalize, query_tokens, time_key, 
 from archiver.db import Reader
 from archiver.errors import ArchiverError
 from archiver.items import message_text
-from archiver.models import MediaItem, Record, SealedObject, SearchToken
+from archiver.models import DeliveryState, MediaItem, Record, SealedObject, SearchToken
 from archiver.records import Loaded, Opened, Reason, RecordReader
 
 _QUERY = re.compile(r'"([^"]*)"|(\S+)')
@@ -67,6 +71,13 @@ class Filters:
     on_hold: bool | None = None  # the record's sealed object is under legal hold
     flagged: bool | None = None  # the text holds a term of ``lexicon``
     lexicon: tuple[str, ...] = ()  # the active lexicon terms, when ``flagged`` is set
+    delivery: str | None = None  # sent, delivered, read or failed
+    error_code: int | None = None  # Meta's error code of a failed delivery
+
+    @property
+    def on_delivery(self) -> bool:
+        """Whether a delivery filter is set (statuses may then be results)."""
+        return self.delivery is not None or self.error_code is not None
 
 
 @dataclass(slots=True)
@@ -192,7 +203,8 @@ class Search:
         """One page of verified hits in time order, and the cursor for the next.
 
         An empty ``query`` lists the messages that pass ``filters`` (receipts
-        excepted), for example a contact's messages over a date range.
+        excepted, unless a delivery filter asks for statuses of messages not in
+        the archive), for example a contact's messages over a date range.
         """
         plan = _Plan(
             parse_query(query) if query.strip() else [],
@@ -265,7 +277,9 @@ class Search:
     ) -> list[Record]:
         """The next ``count`` records, in time order, holding every token of some group."""
         if not plan.drivers:
-            query = select(Record).where(Record.kind != "status", *_conditions(filters))
+            query = select(Record).where(*_conditions(filters))
+            if not filters.on_delivery:
+                query = query.where(Record.kind != "status")
             if after is not None:
                 query = query.where(tuple_(Record.occurred_at, Record.id) > after)
             return list(session.scalars(query.order_by(Record.occurred_at, Record.id).limit(count)))
@@ -372,4 +386,38 @@ def _conditions(filters: Filters) -> list[Any]:
             SealedObject.id == Record.object_id, SealedObject.legal_hold.is_(True)
         )
         conditions.append(held if filters.on_hold else ~held)
+    if filters.on_delivery:
+        conditions.append(_delivered(filters))
     return conditions
+
+
+def _delivered(filters: Filters) -> Any:
+    """A message whose delivery is as ``filters`` ask, or such a status for a
+    message that is not in the archive; every join within the record's account."""
+    status = aliased(Record)
+    of_message = exists().where(
+        status.account_id == Record.account_id,
+        status.wamid_token == Record.wamid_token,
+        status.kind == "status",
+        status.error_code == filters.error_code,
+    )
+    state = exists().where(
+        DeliveryState.account_id == Record.account_id,
+        DeliveryState.wamid_token == Record.wamid_token,
+        DeliveryState.status == filters.delivery,
+    )
+    message = aliased(Record)
+    unarchived = ~exists().where(
+        message.account_id == Record.account_id,
+        message.wamid_token == Record.wamid_token,
+        message.kind != "status",
+    )
+    messages: list[Any] = [Record.kind != "status"]
+    statuses: list[Any] = [Record.kind == "status", unarchived]
+    if filters.delivery is not None:
+        messages.append(state)
+        statuses += [state, Record.status == filters.delivery]
+    if filters.error_code is not None:
+        messages.append(of_message)
+        statuses.append(Record.error_code == filters.error_code)
+    return or_(and_(*messages), and_(*statuses))

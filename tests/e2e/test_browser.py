@@ -1,5 +1,6 @@
 """The console in a real browser: a Japanese conversation, searched and read, then
-the same pages as a user scoped to another account.
+the same pages as a user scoped to another account; a conversation's customer,
+delivery states and failed receipts.
 
 Runs Debian's chromium through Playwright; skipped when it is missing, unless
 ``STRONGROOM_TEST_REQUIRE_BROWSER=1`` makes that a failure. Screenshots of each
@@ -22,6 +23,7 @@ from playwright.sync_api import Error as PlaywrightError
 from api.fake_graph import FakeMedia, running_fake_graph
 from tests.e2e.server import PASSWORD, Server
 from tests.e2e.test_console import DELETED, EDITED, ORIGINAL, japanese_conversation
+from tests.e2e.test_conversation import OPTED_OUT, RECEIVER, RECEIVER_NAME, receipts_conversation
 from tests.e2e.test_media_safety import (
     HOSTILE,
     JS,
@@ -158,6 +160,47 @@ def test_search_and_read_a_japanese_conversation(site: Server, browser: Browser)
     expect(page.locator("main")).not_to_contain_text(ORIGINAL)
     _shot(page, "outsider-4-conversation-refused")
     outsider.close()
+
+
+def test_the_conversation_names_the_customer_and_shows_deliveries(
+    site: Server, browser: Browser
+) -> None:
+    contact = receipts_conversation(site)
+    site.create_user("browser-receipts", "compliance_officer", account=site.account_id)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    _sign_in(page, site.url, "browser-receipts", "receipts")
+    page.goto(f"{site.url}/conversations/{contact}")
+    heading = page.get_by_role("heading", level=1)
+    expect(heading).to_contain_text(f"Conversation with {RECEIVER_NAME}")
+    expect(heading).to_contain_text(f"+{RECEIVER}")
+
+    read = page.locator(".msg.out", has_text="Your order has shipped.").locator(".delivery")
+    expect(read).to_have_attribute("aria-label", "Delivery: read")
+    expect(read.locator(".receipt")).to_have_text(
+        [re.compile(rf"^{state} 2025-11-21 07:28$") for state in ("sent", "delivered", "read")]
+    )
+    refused = page.locator(".msg.out", has_text="Spring sale").locator(".delivery")
+    expect(refused).to_have_attribute("aria-label", "Delivery: failed")
+    expect(refused.locator(".receipt-failed")).to_be_visible()
+    expect(refused.get_by_role("alert")).to_contain_text(
+        f"{OPTED_OUT} Unable to deliver the message. This recipient has chosen to stop"
+    )
+    orphan = page.get_by_role("article", name="status for a message not in this archive")
+    expect(orphan).to_contain_text("Status for a message not in this archive wamid.R9")
+    expect(orphan.get_by_role("alert")).to_have_text("131047 Re-engagement message")
+    _shot(page, "receipts-1-conversation")
+
+    page.goto(f"{site.url}/search")
+    page.get_by_label("Delivery").select_option("failed")
+    page.get_by_label("Meta error code").fill(str(OPTED_OUT))
+    page.get_by_role("button", name="Search").click()
+    hits = page.locator("ol.hits li")
+    expect(hits).to_have_count(1)
+    expect(hits.first).to_contain_text("Spring sale: 20% off.")
+    expect(hits.first.locator(".sender")).to_have_text("business")
+    _shot(page, "receipts-2-search-failed")
+    context.close()
 
 
 # What each hostile file really is, as a browser would render it if it were served

@@ -19,6 +19,7 @@ from tests.e2e.server import (
     customer_message,
     status_update,
 )
+from tests.e2e.test_conversation import OPTED_OUT, RECEIVER, RECEIVER_NAME, receipts_conversation
 
 CUSTOMER = "819012345678"
 BASE = 1763700000
@@ -188,7 +189,7 @@ def test_search_finds_japanese_and_opens_the_conversation(
     assert text.index(EDITED) < text.index("<summary>edited</summary>")  # the bubble: the latest
     assert "This message was deleted." in text
     assert DELETED in text.split("This message was deleted.")[1]  # kept in the disclosure
-    assert re.search(r"read \d\d:\d\d", text)
+    assert re.search(r'receipt-read">read <time datetime="[^"]+">[\d-]+ \d\d:\d\d<', text)
     assert "👍" in text
     assert 'class="msg out"' in text
     assert 'class="msg in"' in text
@@ -224,6 +225,38 @@ def test_search_pages_with_a_cursor(server: Server, contact: str, console: Conso
     shown = re.findall(r"議事録 (\d\d)", alone.text)
     assert shown
     assert shown == sorted(shown)
+
+
+def test_conversation_and_search_show_deliveries_and_the_customer(
+    server: Server, console: Console
+) -> None:
+    contact = receipts_conversation(server)
+    client = console("console-reader", "compliance_officer")
+    chat = client.get(f"/conversations/{contact}").text
+    assert f'<span class="customer-name">{RECEIVER_NAME}</span>' in chat
+    assert f"+{RECEIVER}" in chat
+    assert 'class="delivery delivery-read"' in chat
+    assert 'class="delivery delivery-failed"' in chat
+    refused = chat.split('class="delivery delivery-failed"')[1].split("</p>")[0]
+    assert f"{OPTED_OUT} Unable to deliver the message." in refused
+    orphan = chat.split('class="msg out unmatched-status"')[1].split("</li>")[0]
+    assert "Status for a message not in this archive" in orphan
+    assert "131047 Re-engagement message" in orphan
+    assert chat.index("Spring sale") < chat.index("unmatched-status")  # at its time
+
+    found = client.get("/search", params={"delivery": "failed", "error_code": str(OPTED_OUT)})
+    assert found.status_code == 200
+    assert "Spring sale: 20% off." in found.text
+    assert '<span class="sender">business</span>' in found.text
+    assert "Re-engagement" not in found.text
+    orphan_hit = client.get("/search", params={"error_code": "131047"}).text
+    assert "status for a message not in this archive: failed 131047" in orphan_hit
+    named = client.get("/search", params={"q": "hello there"}).text
+    assert f'<span class="sender">{RECEIVER_NAME}</span>' in named
+    bad = client.get("/search", params={"error_code": "opted-out"})
+    assert bad.status_code == 400
+    assert "is not an error code" in bad.text
+    assert client.get("/search", params={"delivery": "bounced"}).status_code == 400
 
 
 def test_refusals_are_html_pages(server: Server, contact: str, console: Console) -> None:

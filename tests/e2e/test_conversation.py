@@ -7,7 +7,15 @@ import json
 import zipfile
 from typing import Any
 
-from tests.e2e.server import Server, business_echo, customer_message, status_update
+from tests.e2e.server import (
+    Server,
+    business_echo,
+    customer_message,
+    fixture,
+    on_account,
+    sign,
+    status_update,
+)
 
 CUSTOMER = "447700900123"
 BASE = 1763710000
@@ -88,6 +96,138 @@ def test_a_conversation_reads_as_it_happened(server: Server) -> None:
     assert (echo["source"], echo["direction"]) == ("business_app", "outbound")
     assert set(echo["receipts"]) == {"sent", "delivered", "read"}
     assert first["source"] == "cloud_api"
+
+
+RECEIVER = "447700900155"
+RECEIVER_NAME = "Priya Raman"
+OPTED_OUT = 131050
+OTHER_NUMBER_ID = "309876543210987"
+OTHER_DISPLAY = "15550000002"
+OTHER_SECRET = "e2e-app-secret-of-the-receipts-account"
+
+
+def _failed(template: str, wamid: str, offset: int) -> dict[str, Any]:
+    """A failed status of ``wamid`` to the receipts customer, Meta's error as in the fixture."""
+    payload = fixture(template)
+    item = payload["entry"][0]["changes"][0]["value"]["statuses"][0]
+    item.update({"id": wamid, "timestamp": str(BASE + offset), "recipient_id": RECEIVER})
+    return payload
+
+
+def receipts_conversation(server: Server) -> str:
+    """A customer who wrote once (profile name :data:`RECEIVER_NAME`), a business
+    message that was read, a marketing message refused with 131050, and a failed
+    status (131047) for a message this archive never captured. Its contact id."""
+    greeting = customer_message(RECEIVER, "wamid.R0", BASE + 100, text={"body": "Hello there"})
+    greeting["entry"][0]["changes"][0]["value"]["contacts"][0]["profile"]["name"] = RECEIVER_NAME
+    payloads = [
+        greeting,
+        business_echo(RECEIVER, "wamid.R1", BASE + 101, "Your order has shipped."),
+        status_update(RECEIVER, "wamid.R1", BASE + 102, "sent"),
+        status_update(RECEIVER, "wamid.R1", BASE + 103, "delivered"),
+        status_update(RECEIVER, "wamid.R1", BASE + 104, "read"),
+        business_echo(RECEIVER, "wamid.R2", BASE + 105, "Spring sale: 20% off."),
+        status_update(RECEIVER, "wamid.R2", BASE + 106, "sent"),
+        _failed("status_failed_marketing_stopped", "wamid.R2", 107),
+        _failed("status_failed", "wamid.R9", 108),  # its message is not in the archive
+    ]
+    for payload in payloads:
+        assert server.post_webhook(json.dumps(payload).encode()).status_code == 200
+    contact: str = server.wait_for(
+        lambda: server.get("/api/v1/contacts", phone="+" + RECEIVER).json().get("contact_id")
+    )
+
+    def complete() -> bool:
+        chat = server.get(f"/api/v1/conversations/{contact}").json()
+        receipts = sum(len(m["receipts"]) for m in chat.get("messages", []))
+        return receipts == 5 and len(chat["unmatched_statuses"]) == 1
+
+    server.wait_for(complete)
+    return contact
+
+
+def test_delivery_states_failures_and_the_customer_are_shown(server: Server) -> None:
+    contact = receipts_conversation(server)
+    chat = server.get(f"/api/v1/conversations/{contact}").json()
+    assert chat["customer"] == {"name": RECEIVER_NAME, "wa_id": RECEIVER}
+    ours = {m["wamid"]: m for m in chat["messages"]}
+    assert ours["wamid.R0"]["delivery"] is None  # the customer's own message
+    read = ours["wamid.R1"]
+    assert read["delivery"] == "read"
+    assert read["receipts"] == {
+        "sent": "2025-11-21T07:28:22Z",
+        "delivered": "2025-11-21T07:28:23Z",
+        "read": "2025-11-21T07:28:24Z",
+    }
+    assert read["delivery_error"] is None
+    refused = ours["wamid.R2"]
+    assert refused["delivery"] == "failed"
+    assert set(refused["receipts"]) == {"sent", "failed"}
+    assert refused["delivery_error"]["code"] == OPTED_OUT
+    assert refused["delivery_error"]["title"].startswith("Unable to deliver the message.")
+    (orphan,) = chat["unmatched_statuses"]
+    assert (orphan["wamid"], orphan["status"]) == ("wamid.R9", "failed")
+    assert orphan["occurred_at"] == "2025-11-21T07:28:28Z"
+    assert orphan["error"] == {"code": 131047, "title": "Re-engagement message"}
+
+
+def test_the_customer_is_named_only_to_who_may_read_their_account(server: Server) -> None:
+    contact = receipts_conversation(server)
+    other = server.add_account(
+        phone_number_id=OTHER_NUMBER_ID,
+        display_phone_number=OTHER_DISPLAY,
+        app_secret=OTHER_SECRET,
+        verify_token="receipts-other",
+    )
+    outsider = server.officer_of("receipts-outsider", other)
+    refused = server.client.get(f"/api/v1/conversations/{contact}", headers=outsider)
+    assert refused.status_code == 404
+    assert RECEIVER_NAME not in refused.text
+    # The same customer writes to the other account under another profile name: its
+    # officer sees that conversation named as that account's records name it.
+    # Earlier than the first account's messages, so a name taken from those would win.
+    hello = customer_message(RECEIVER, "wamid.R20", BASE + 50, text={"body": "Hi other shop"})
+    hello["entry"][0]["changes"][0]["value"]["contacts"][0]["profile"]["name"] = "P. R."
+    body = json.dumps(on_account(hello, OTHER_NUMBER_ID, OTHER_DISPLAY)).encode()
+    assert server.post_webhook(body, sign(body, OTHER_SECRET)).status_code == 200
+
+    def seen() -> dict[str, Any] | None:
+        response = server.client.get(f"/api/v1/conversations/{contact}", headers=outsider)
+        return response.json() if response.status_code == 200 else None
+
+    theirs = server.wait_for(seen)
+    assert theirs["customer"] == {"name": "P. R.", "wa_id": RECEIVER}
+    assert RECEIVER_NAME not in json.dumps(theirs)
+    assert [m["wamid"] for m in theirs["messages"]] == ["wamid.R20"]
+    assert theirs["unmatched_statuses"] == []
+
+
+def test_a_status_to_a_business_scoped_id_finds_its_customer(server: Server) -> None:
+    # The customer is known only by a business-scoped user id: no number at all.
+    hello = fixture("message_text_bsuid_username")
+    wamid = hello["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    failed = fixture("status_delivered_bsuid")
+    item = failed["entry"][0]["changes"][0]["value"]["statuses"][0]
+    item.update(
+        {
+            "id": "wamid.BSUID-NOT-ARCHIVED",
+            "status": "failed",
+            "errors": [{"code": OPTED_OUT, "title": "Marketing messages stopped"}],
+        }
+    )
+    for payload in (hello, failed):
+        assert server.post_webhook(json.dumps(payload).encode()).status_code == 200
+    contact = server.records_of(wamid)[0]["contact_id"]
+
+    def shown() -> dict[str, Any] | None:
+        chat = server.get(f"/api/v1/conversations/{contact}").json()
+        return chat if chat["unmatched_statuses"] else None
+
+    chat = server.wait_for(shown)
+    assert chat["customer"] == {"name": "Sheena Nelson", "wa_id": None}
+    (status,) = chat["unmatched_statuses"]
+    assert (status["wamid"], status["status"]) == ("wamid.BSUID-NOT-ARCHIVED", "failed")
+    assert status["error"] == {"code": OPTED_OUT, "title": "Marketing messages stopped"}
 
 
 def test_media_streams_decrypted_to_permitted_readers_only(server: Server) -> None:

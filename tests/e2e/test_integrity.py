@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import running_server
-from tests.e2e.server import Server, customer_message
+from tests.e2e.server import Server, business_echo, customer_message, status_update
 from tests.e2e.test_console import sign_in
 
 BASE = 1763720000
@@ -276,6 +276,22 @@ def test_a_damaged_object_is_marked_and_everything_else_shown(
     assert server.client.get("/readyz").status_code == 200
 
 
+def test_a_damaged_message_keeps_its_statuses_out_of_the_unmatched(server: Server) -> None:
+    customer = "447700900504"
+    sent = business_echo(customer, "wamid.E1", BASE + 50, "an offer")
+    assert server.post_webhook(json.dumps(sent).encode()).status_code == 200
+    record_id = server.records_of("wamid.E1")[0]["id"]
+    read = status_update(customer, "wamid.E1", BASE + 51, "read")
+    assert server.post_webhook(json.dumps(read).encode()).status_code == 200
+    server.wait_for(lambda: len(server.records_of("wamid.E1")) == 2)
+    _object_file(server, record_id).unlink()
+    chat = server.get(f"/api/v1/conversations/{_contact(server, customer)}").json()
+    (message,) = chat["messages"]
+    assert message["integrity"] == _integrity("object missing")
+    # Its message is in the archive, though unreadable: not "a message not in this archive".
+    assert chat["unmatched_statuses"] == []
+
+
 def test_a_damaged_media_file_is_refused_and_its_conversation_still_shown(
     server: Server, auditor: dict[str, str], clients: Any
 ) -> None:
@@ -291,7 +307,8 @@ def test_a_damaged_media_file_is_refused_and_its_conversation_still_shown(
     imported = server.client.post(
         "/api/v1/imports/chat-export",
         files={"file": ("chat.zip", buffer.getvalue())},
-        data={"account_id": server.account_id, "contact": "+447700900503"},
+        # Every day is 12 or less, so the file cannot tell its date order.
+        data={"account_id": server.account_id, "contact": "+447700900503", "date_order": "dmy"},
         headers=server.officer,
     )
     assert imported.status_code == 201, imported.text

@@ -17,6 +17,7 @@ from api.settings import load_settings
 from archiver.identity import ROLE_PERMISSIONS, Permission, Role
 from archiver.models import Record, SealedObject
 from tests.e2e.server import PASSWORD, Server, fixture
+from tests.e2e.test_conversation import OPTED_OUT, RECEIVER_NAME, receipts_conversation
 
 BASE_TIME = 1763700000
 
@@ -189,6 +190,45 @@ def test_flagged_filter_follows_the_lexicon(archive: Server) -> None:
     removed = archive.client.delete(f"/api/v1/lexicon/{ids['parcel']}", headers=archive.officer)
     assert removed.status_code == 204, removed.text
     assert "wamid.S-OTHER" not in _wamids(_search(archive, flagged=True))
+
+
+def test_delivery_filters_find_failures_by_state_and_meta_error_code(archive: Server) -> None:
+    receipts_conversation(archive)
+    refused = _search(archive, delivery="failed", error_code=OPTED_OUT)["results"]
+    assert [(r["wamid"], r["kind"], r["sender"]) for r in refused] == [
+        ("wamid.R2", "echo", "business")
+    ]
+    # A failure is findable by its code alone, and a status for a message this
+    # archive never captured is found as a status of its own.
+    orphan = _search(archive, error_code=131047)["results"]
+    assert [(r["wamid"], r["kind"]) for r in orphan] == [("wamid.R9", "status")]
+    assert _wamids(_search(archive, delivery="failed")) == ["wamid.R2", "wamid.R9"]
+    assert _wamids(_search(archive, delivery="read")) == ["wamid.R1"]
+    assert _wamids(_search(archive, error_code=131026)) == []
+    # With words, the text and the delivery must both match.
+    assert _wamids(_search(archive, query="sale", delivery="failed")) == ["wamid.R2"]
+    assert _wamids(_search(archive, query="shipped", delivery="failed")) == []
+
+
+def test_hits_say_who_wrote_each_message(archive: Server) -> None:
+    receipts_conversation(archive)
+    hits = _search(archive, query="hello there")["results"]
+    assert [(r["wamid"], r["sender"]) for r in hits] == [("wamid.R0", RECEIVER_NAME)]
+    board = _search(archive, query='"board meeting"')["results"]
+    assert [r["sender"] for r in board] == ["Sheena Nelson"]  # the fixture's profile name
+    shipped = _search(archive, query="order shipped")["results"]
+    assert [r["sender"] for r in shipped] == ["business"]
+
+
+def test_bad_delivery_filters_get_clear_errors(archive: Server) -> None:
+    for body, named in (
+        ({"delivery": "bounced"}, "delivery"),
+        ({"error_code": -1}, "error_code"),
+        ({"error_code": 2**31}, "error_code"),
+    ):
+        response = archive.client.post("/api/v1/search", json=body, headers=archive.officer)
+        assert response.status_code == 400, (body, response.text)
+        assert named in response.text
 
 
 def test_bad_queries_get_clear_errors(archive: Server) -> None:
