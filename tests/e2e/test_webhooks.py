@@ -290,6 +290,21 @@ def test_edits_and_revokes_keep_every_version(server: Server) -> None:
     assert records["revoke"]["related_wamid"] == "wamid.ORIGINAL"
 
 
+def test_a_message_whose_revoke_was_projected_earlier_is_revoked(server: Server) -> None:
+    revoke = _action("wamid.REVOKE-FIRST", "revoke", {"original_message_id": "wamid.LATE"})
+    _post(server, revoke)
+    server.records_of("wamid.REVOKE-FIRST")  # projected before the message is even posted
+    _post(server, _message("wamid.LATE", "words taken back"))
+
+    def probe() -> list[dict[str, Any]] | None:
+        records = server.get("/api/v1/messages", wamid="wamid.LATE").json()
+        texts = [r for r in records if r["type"] == "text"] if isinstance(records, list) else []
+        return texts or None
+
+    (message,) = server.wait_for(probe)
+    assert message["revoked"] is True
+
+
 def test_identities_link_phone_and_business_scoped_ids(server: Server) -> None:
     with_both = fixture("message_text_bsuid_parent")
     value = with_both["entry"][0]["changes"][0]["value"]
