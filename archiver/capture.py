@@ -520,6 +520,7 @@ class Capture:
         planned: dict[tuple[str, str], tuple[JournalEntry, str, Item]] = {}
         # The POSTs of one group commit share a segment: it is decrypted once.
         segments: dict[int, list[JournalEntryBody]] = {}
+        refreshed = False  # once a batch at most
         async with self._sessions() as session:
             for entry in entries:
                 if entry.object_id not in segments:
@@ -527,8 +528,17 @@ class Capture:
                 raw = segments[entry.object_id][entry.position]
                 payload = msgspec.json.decode(raw.body)
                 received = datetime.fromisoformat(raw.received_at)
+                items = extract(payload, received)
                 accounts = await self.accounts_sharing_secret(entry.account_id)
-                for item in extract(payload, received):
+                if not refreshed and any(
+                    i.phone_number_id and i.phone_number_id not in accounts for i in items
+                ):
+                    # A number registered under the same app since the secrets
+                    # were read would otherwise be filed under the signing account.
+                    await self.refresh_secrets()
+                    refreshed = True
+                    accounts = await self.accounts_sharing_secret(entry.account_id)
+                for item in items:
                     account_id = accounts.get(item.phone_number_id or "", entry.account_id)
                     planned.setdefault((account_id, item.dedupe_key), (entry, account_id, item))
             existing = await self.recorded(session, planned)

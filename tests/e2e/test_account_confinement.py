@@ -185,3 +185,23 @@ def test_search_shows_each_record_under_its_own_account(
         (server.account_id, False)
     ]
     assert [r["account_id"] for r in search('"Original question in A"')] == [server.account_id]
+
+
+def test_a_number_added_under_the_same_app_gets_its_own_items(
+    server: Server, colliding: dict[str, Any]
+) -> None:
+    # The worker has read the accounts' secrets by now (``colliding`` was projected);
+    # account C shares A's app secret and is added after that.
+    c_phone_id, c_number = "306540352242922", "15550783883"
+    account_c = server.add_account(
+        phone_number_id=c_phone_id,
+        display_phone_number=c_number,
+        verify_token="e2e-verify-token-c",
+    )
+    wamid = fixed_wamid(CUSTOMER, 8)
+    payload = on_account(_message(wamid, 12, text={"body": "For account C"}), c_phone_id, c_number)
+    assert server.post_webhook(json.dumps(payload).encode()).status_code == 200
+
+    (record,) = server.records_of(wamid)
+    assert record["account_id"] == account_c
+    assert record["account_id"] != server.account_id
