@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
+from alembic import command, op
 from alembic.config import Config
 
 from archiver.keyring import Keyring
@@ -22,6 +22,13 @@ def alembic_config(database_url: str, keyring: Keyring | None = None) -> Config:
     config.attributes["database_url"] = database_url
     config.attributes["keyring"] = keyring
     return config
+
+
+def migration_keyring() -> Keyring | None:
+    """Inside a migration: the keyring its runner passed in (``None`` without one)."""
+    config = op.get_context().config
+    keyring = config.attributes.get("keyring") if config is not None else None
+    return keyring if isinstance(keyring, Keyring) else None
 
 
 def upgrade(database_url: str, revision: str = "head", *, keyring: Keyring | None = None) -> None:

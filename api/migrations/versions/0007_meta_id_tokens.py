@@ -35,8 +35,8 @@ import sqlalchemy as sa
 from alembic import op
 
 import archiver.db
+from api.migrate import migration_keyring
 from archiver.blind_index import MetaIdIndex
-from archiver.keyring import Keyring
 from archiver.subjects import META_ID_SUBJECT
 
 revision: str = "0007"
@@ -61,28 +61,27 @@ _records = sa.table(
     *(sa.column(name, sa.String()) for name in _OLD),
     *(sa.column(name, sa.LargeBinary()) for name in _OLD.values()),
 )
-_delivery_states = sa.table(
-    "delivery_states",
-    sa.column("account_id", sa.String()),
-    sa.column("wamid", sa.String()),
-    sa.column("wamid_token", sa.LargeBinary()),
-    sa.column("status", sa.String()),
-    sa.column("updated_at", archiver.db.UTCDateTime(timezone=True)),
-)
-_staging = sa.table(
-    "delivery_states_staging",
-    sa.column("account_id", sa.String()),
-    sa.column("wamid", sa.String()),
-    sa.column("wamid_token", sa.LargeBinary()),
-    sa.column("status", sa.String()),
-    sa.column("updated_at", archiver.db.UTCDateTime(timezone=True)),
-)
+
+
+def _delivery_table(name: str) -> sa.TableClause:
+    """Delivery states as this revision moves them: by id, then by token."""
+    return sa.table(
+        name,
+        sa.column("account_id", sa.String()),
+        sa.column("wamid", sa.String()),
+        sa.column("wamid_token", sa.LargeBinary()),
+        sa.column("status", sa.String()),
+        sa.column("updated_at", archiver.db.UTCDateTime(timezone=True)),
+    )
+
+
+_delivery_states = _delivery_table("delivery_states")
+_staging = _delivery_table("delivery_states_staging")
 
 
 def _meta_ids() -> MetaIdIndex | None:
     """The token index under the archive's own key, if the runner gave a keyring."""
-    config = op.get_context().config
-    keyring: Keyring | None = config.attributes.get("keyring") if config else None
+    keyring = migration_keyring()
     if keyring is None:
         return None
     return MetaIdIndex(keyring.key_on(op.get_bind(), META_ID_SUBJECT))

@@ -17,11 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import context, op
+from alembic import op
 
 import archiver.db
+from api.migrate import migration_keyring
 from archiver.binding import BINDING_SUBJECT, OBJECT_COLUMNS, RECORD_COLUMNS, RecordBinding
-from archiver.keyring import Keyring
 
 revision: str = "0008"
 down_revision: str | None = "0007"
@@ -59,8 +59,8 @@ def _binding() -> RecordBinding | None:
     bind = op.get_bind()
     if bind.execute(sa.select(_records.c.id).limit(1)).first() is None:
         return None
-    keyring = context.config.attributes.get("keyring")
-    if not isinstance(keyring, Keyring):
+    keyring = migration_keyring()
+    if keyring is None:
         raise RuntimeError(
             "revision 0008 binds the existing records and needs the root key: "
             "run it with `strongroom migrate`"
