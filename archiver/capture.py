@@ -30,7 +30,7 @@ from typing import Any, cast
 
 import msgspec
 import structlog
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
@@ -69,6 +69,9 @@ _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 # Journal entries projected together; an entry failing this often is set aside.
 PROJECTION_BATCH = 100
 MAX_ATTEMPTS = 10
+# How long a projector holds the entries it claimed: far longer than a batch takes,
+# so that only a worker that died loses them to another.
+PROJECTION_LEASE = timedelta(minutes=2)
 # Items projected in one write transaction (whole journal entries, at least one):
 # it bounds how long projection holds the database's write lock.
 _ITEMS_PER_TRANSACTION = 50
@@ -105,6 +108,20 @@ def _inserted(
 def _insert_returning_ids(table: Table) -> tuple[list[str], ReturningInsert[Any]]:
     columns = [c.key for c in table.c if c.key != "id"]
     return columns, insert(table).returning(table.c.id, sort_by_parameter_order=True)
+
+
+def _serialise_accounts(session: Session, account_ids: set[str]) -> None:
+    """On PostgreSQL, hold each account's projection lock until the transaction ends.
+
+    Projectors in other workers write the same accounts: without it, a revoke
+    and the message it revokes, committed at once, would each miss the other.
+    SQLite has a single writer already.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for account_id in sorted(account_ids):  # one order everywhere: no deadlock
+        key = int.from_bytes(hashlib.sha256(b"projection:" + account_id.encode()).digest()[:8])
+        session.execute(select(func.pg_advisory_xact_lock(key - 2**63)))
 
 
 def nesting_depth(body: bytes) -> int:
@@ -399,30 +416,29 @@ class Capture:
     async def project_pending(self, limit: int = PROJECTION_BATCH) -> int:
         """Project up to ``limit`` unprojected journal entries; return how many.
 
-        The batch is projected together; if that fails, each entry is retried on
-        its own, and an entry that still fails is counted (``attempts``,
-        ``last_error``) and set aside after ``MAX_ATTEMPTS`` so that it never
-        blocks the entries behind it. It stays in the journal for replay.
+        The entries are claimed first (``PROJECTION_LEASE``), so that several
+        workers share the journal and none does another's work. The batch is
+        projected together; if that fails, each entry is retried on its own, and
+        an entry that still fails is counted (``attempts``, ``last_error``) and
+        set aside after ``MAX_ATTEMPTS`` so that it never blocks the entries
+        behind it. It stays in the journal for replay.
         """
-        async with self._sessions() as session:
-            query = (
-                select(JournalEntry)
-                .where(JournalEntry.projected_at.is_(None), JournalEntry.attempts < MAX_ATTEMPTS)
-                .order_by(JournalEntry.id)
-                .limit(limit)
-            )
-            entries = list(await session.scalars(query))
+        entries = await self._claim(limit)
         if not entries:
             return 0
+        done = 0
         try:
-            done = await self._project(entries)
-        except Exception:  # find the entry at fault; the others go through alone
-            done = 0
-            for entry in entries:
-                try:
-                    done += await self._project([entry])
-                except Exception as exc:  # the entry stays in the journal, to be replayed
-                    await self._count_failure(entry.id, exc)
+            try:
+                done = await self._project(entries)
+            except Exception:  # find the entry at fault; the others go through alone
+                for entry in entries:
+                    try:
+                        done += await self._project([entry])
+                    except Exception as exc:  # the entry stays in the journal, to be replayed
+                        await self._count_failure(entry.id, exc)
+        finally:
+            if done < len(entries):  # a projected entry's lease ended with its records
+                await self._release([entry.id for entry in entries])
         if self._audit is not None:
             await self._audit.record(
                 AuditEntry(
@@ -435,10 +451,49 @@ class Capture:
             )
         return done
 
+    async def _claim(self, limit: int) -> list[JournalEntry]:
+        """Lease the first ``limit`` entries that are neither projected, set aside
+        nor leased by another projector."""
+        now = self._clock.now()
+
+        def claim(session: Session) -> list[JournalEntry]:
+            due = (
+                select(JournalEntry)
+                .where(
+                    JournalEntry.projected_at.is_(None),
+                    JournalEntry.attempts < MAX_ATTEMPTS,
+                    or_(JournalEntry.leased_until.is_(None), JournalEntry.leased_until <= now),
+                )
+                .order_by(JournalEntry.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            entries = list(session.scalars(due))
+            if entries:
+                session.execute(
+                    update(JournalEntry)
+                    .where(JournalEntry.id.in_([entry.id for entry in entries]))
+                    .values(leased_until=now + PROJECTION_LEASE)
+                )
+            return entries
+
+        return await self._writer.run(claim)
+
+    async def _release(self, entry_ids: list[int]) -> None:
+        """End the lease of entries this projector is done with, projected or not:
+        one that failed is free for the next batch."""
+        await self._writer.run(
+            lambda session: session.execute(
+                update(JournalEntry)
+                .where(JournalEntry.id.in_(entry_ids), JournalEntry.projected_at.is_(None))
+                .values(leased_until=None)
+            )
+        )
+
     async def _count_failure(self, entry_id: int, exc: Exception) -> None:
         log.error("projection failed", entry=entry_id, error=type(exc).__name__)
-        async with self._sessions() as session, session.begin():
-            await session.execute(
+        await self._writer.run(
+            lambda session: session.execute(
                 update(JournalEntry)
                 .where(JournalEntry.id == entry_id)
                 .values(
@@ -446,6 +501,7 @@ class Capture:
                     last_error=f"{type(exc).__name__}: {str(exc)[:200]}",
                 )
             )
+        )
 
     async def _project(self, entries: list[JournalEntry]) -> int:
         """Project ``entries``: read and extract them all, then project consecutive
@@ -498,6 +554,7 @@ class Capture:
                 )
                 if entry.id in claimed
             ]
+            _serialise_accounts(session, {record.account_id for record, *_ in rows})
             object_ids = _inserted(session, _SEALED_OBJECTS, [obj for _, _, obj, _ in rows])
             for (record, *_), object_id in zip(rows, object_ids, strict=True):
                 record.object_id = object_id
@@ -508,7 +565,7 @@ class Capture:
                 session.execute(
                     update(JournalEntry)
                     .where(JournalEntry.id.in_(claimed))
-                    .values(projected_at=self._clock.now())
+                    .values(projected_at=self._clock.now(), leased_until=None)
                 )
             return len(claimed)
 

@@ -86,6 +86,8 @@ class JournalEntry(Base):
     projected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(String(500))
+    # Claimed by a projector until then (archiver.capture); None when free.
+    leased_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_journal_entries_pending", "projected_at", "id"),)
 
@@ -129,8 +131,8 @@ class Record(Base):
     source: Mapped[str] = mapped_column(String(20))
     direction: Mapped[str] = mapped_column(String(10))
     item_type: Mapped[str] = mapped_column(String(64))
-    wamid_token: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
-    related_wamid_token: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
+    wamid_token: Mapped[bytes | None] = mapped_column(LargeBinary(16))
+    related_wamid_token: Mapped[bytes | None] = mapped_column(LargeBinary(16))
     status: Mapped[str | None] = mapped_column(String(20))
     # A failed status's Meta error code (a number, never personal), for search.
     error_code: Mapped[int | None] = mapped_column(Integer, index=True)
@@ -152,6 +154,9 @@ class Record(Base):
         Index("ix_records_contact_time", "contact_id", "occurred_at"),
         Index("ix_records_account_time", "account_id", "occurred_at"),
         Index("ix_records_time", "occurred_at", "id"),
+        # Every lookup of a message id is made within its account.
+        Index("ix_records_account_wamid", "account_id", "wamid_token"),
+        Index("ix_records_account_related_wamid", "account_id", "related_wamid_token"),
     )
 
 

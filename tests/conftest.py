@@ -61,6 +61,14 @@ async def database_bytes(url: str) -> bytes:
     return b"\n".join(out)
 
 
+def require_postgresql() -> None:
+    """Skip the test without PostgreSQL; fail it where PostgreSQL is required."""
+    if not _pg_available():
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL is required here but unreachable at {PG_ADMIN_DSN}")
+        pytest.skip("PostgreSQL is not reachable")
+
+
 def _pg_url(database: str) -> str:
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     return f"{base}/{database}"
@@ -69,10 +77,7 @@ def _pg_url(database: str) -> str:
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     """A migrated PostgreSQL database that each test copies; skips without PostgreSQL."""
-    if not _pg_available():
-        if REQUIRE_PG:
-            pytest.fail(f"PostgreSQL is required here but unreachable at {PG_ADMIN_DSN}")
-        pytest.skip("PostgreSQL is not reachable")
+    require_postgresql()
     name = f"sr_tmpl_{os.getpid()}"
     asyncio.run(_pg_execute(f"DROP DATABASE IF EXISTS {name}"))
     asyncio.run(_pg_execute(f"CREATE DATABASE {name}"))

@@ -42,10 +42,12 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tests.conftest import PG_ADMIN_DSN, _pg_execute, _pg_url
 from tests.e2e.server import (
     APP_SECRET,
     DISPLAY_NUMBER,
     PHONE_NUMBER_ID,
+    STRONGROOM,
     Server,
     clean_env,
 )
@@ -176,10 +178,9 @@ def children_pids(pid: int) -> list[int]:
         return []
 
 
-def children_cpu_seconds(pid: int) -> float:
-    """CPU time of the running children of ``pid``: the embedded worker."""
-    children = children_pids(pid)
-    return sum(cpu_seconds(child) for child in children) if children else float("nan")
+def workers_cpu_seconds(pids: list[int]) -> float:
+    """CPU time of the projection workers."""
+    return sum(cpu_seconds(pid) for pid in pids) if pids else float("nan")
 
 
 def signal_all(pids: list[int], signum: signal.Signals) -> None:
@@ -195,6 +196,7 @@ class Recorder:
     measure_from: float
     measure_to: float
     server_pid: int
+    worker_pids: list[int]
     latencies: list[float] = field(default_factory=list)
     window_statuses: Counter[int] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
@@ -205,14 +207,14 @@ class Recorder:
     cpu: tuple[float, float, float] = (float("nan"), float("nan"), float("nan"))
 
     async def sample_cpu(self) -> None:
-        """CPU use of the generator, the server and its worker over the window (or its
+        """CPU use of the generator, the server and its workers over the window (or its
         part that ran)."""
         await asyncio.sleep(max(0.0, self.measure_from - time.perf_counter()))
         start = (
             time.perf_counter(),
             time.process_time(),
             cpu_seconds(self.server_pid),
-            children_cpu_seconds(self.server_pid),
+            workers_cpu_seconds(self.worker_pids),
         )
         try:
             await asyncio.sleep(max(0.0, self.measure_to - time.perf_counter()))
@@ -221,7 +223,7 @@ class Recorder:
             self.cpu = (
                 (time.process_time() - start[1]) / wall,
                 (cpu_seconds(self.server_pid) - start[2]) / wall,
-                (children_cpu_seconds(self.server_pid) - start[3]) / wall,
+                (workers_cpu_seconds(self.worker_pids) - start[3]) / wall,
             )
 
     def done(self, number: int, status: int, started: float, finished: float) -> None:
@@ -332,7 +334,12 @@ def build_requests(spec: dict[str, Any]) -> tuple[list[bytes], bool]:
 async def generate(spec: dict[str, Any]) -> dict[str, Any]:
     requests, reuse = build_requests(spec)
     start = time.perf_counter() + 0.1
-    rec = Recorder(start + spec["warmup"], start + spec["warmup"] + spec["seconds"], spec["pid"])
+    rec = Recorder(
+        start + spec["warmup"],
+        start + spec["warmup"] + spec["seconds"],
+        spec["pid"],
+        spec["workers"],
+    )
     sampler = asyncio.create_task(rec.sample_cpu())
     await asyncio.sleep(max(0.0, start - time.perf_counter()))
     started = time.time()
@@ -622,20 +629,49 @@ def main() -> None:
         type=int,
         help="the server's STRONGROOM_AUDIT_ANCHOR_SECONDS (default: its own, 10)",
     )
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the server's database: the embedded SQLite file, or a fresh database on "
+        f"{PG_ADMIN_DSN.rsplit('/', 1)[0]} (STRONGROOM_TEST_PG_DSN)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="projection workers: the embedded one and N-1 more `strongroom worker`s; "
+        "several counts run the benchmark once for each and compare their projection",
+    )
     args = parser.parse_args()
     if args.generate:
         generator_main()
         return
     args.drain_seconds = min(args.drain_seconds, 3600.0)
-    with tempfile.TemporaryDirectory(prefix="strongroom-bench-", dir=".") as tmp:
-        bench(args, Path(tmp).resolve())
+    if min(args.workers) < 1:
+        parser.error("--workers: at least one")
+    results = []
+    for workers in args.workers:
+        with tempfile.TemporaryDirectory(prefix="strongroom-bench-", dir=".") as tmp:
+            results.append((workers, bench(args, workers, Path(tmp).resolve())))
+    if len(results) > 1:
+        print(f"\nprojection after the load by number of workers, on {args.database}")
+        for workers, (rate, ingest) in results:
+            print(
+                f"  {workers} worker(s): {rate:>6.0f} items/s = {rate / ingest:.3f}x the "
+                f"1/POST ingest rate of its run ({ingest:.0f} POST/s)"
+            )
 
 
-def bench(args: argparse.Namespace, workdir: Path) -> None:
+def bench(args: argparse.Namespace, workers: int, workdir: Path) -> tuple[float, float]:
+    """One run with ``workers`` projection workers: the projection rate after the load,
+    and the 1/POST ingest rate."""
     run = uuid.uuid4().hex[:6].upper()
     rng = random.Random(1121)
     contacts = contact_pool(rng, 1000)
     print(f"Strongroom webhook benchmark: run {run}, {os.cpu_count()} CPUs, data in {workdir}")
+    print(f"database {args.database}, {workers} projection worker(s)")
     print(f"load average at start {load_average()}")
 
     print("\nraw baselines, in-process, same disk")
@@ -667,6 +703,10 @@ def bench(args: argparse.Namespace, workdir: Path) -> None:
     settings = {"STRONGROOM_DATA_DIR": str(data_dir)}
     if args.audit_anchor_seconds is not None:
         settings["STRONGROOM_AUDIT_ANCHOR_SECONDS"] = str(args.audit_anchor_seconds)
+    database = f"sr_bench_{run.lower()}" if args.database == "postgresql" else None
+    if database:
+        asyncio.run(_pg_execute(f"CREATE DATABASE {database}"))
+        settings["STRONGROOM_DATABASE_URL"] = _pg_url(database)
     server = Server(clean_env(**settings), data_dir, workdir / "server.log")
     phases = [
         Phase("healthz", "GET /healthz, closed loop (the HTTP ceiling)", 0, 0.0),
@@ -675,15 +715,28 @@ def bench(args: argparse.Namespace, workdir: Path) -> None:
         Phase("batch", "closed loop, 50 messages/POST", 50, 0.0),
     ]
     worker: list[int] = []
+    extra: list[subprocess.Popen[bytes]] = []
     stop_polling = threading.Event()
     try:
         server.start()
         server.bootstrap_users()  # an admin adds the account; an officer reads records
         server.add_account()
         assert server.proc is not None
-        worker = children_pids(server.proc.pid)
+        with (workdir / "workers.log").open("ab") as log:
+            # Run as the embedded one is: at its niceness, stopped by closing stdin.
+            extra = [
+                subprocess.Popen(
+                    [STRONGROOM, "worker", "--embedded"],
+                    env=server.env,
+                    stdin=subprocess.PIPE,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+                for _ in range(workers - 1)
+            ]
+        worker = children_pids(server.proc.pid) + [process.pid for process in extra]
         if args.pause_worker:
-            print("\nthe embedded worker is paused during the load (--pause-worker)")
+            print("\nthe projection workers are paused during the load (--pause-worker)")
             signal_all(worker, signal.SIGSTOP)
         acked = Acked(server)
         first_load: float | None = None
@@ -693,6 +746,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> None:
             spec = {
                 "port": server.port,
                 "pid": server.proc.pid,
+                "workers": worker,
                 "run": run,
                 "phase": "HOSB"[n],
                 "seed": n,
@@ -721,7 +775,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> None:
                 f"{counts(r['statuses'])}; connection errors: {counts(r['errors'])}"
             )
             print(
-                f"  CPU in the window: server {r['cpu'][1]:.0%}, its worker {r['cpu'][2]:.0%}, "
+                f"  CPU in the window: server {r['cpu'][1]:.0%}, workers {r['cpu'][2]:.0%}, "
                 f"load generator {r['cpu'][0]:.0%} (of one core); load average {load_average()}"
             )
             if not phase.items:
@@ -743,12 +797,19 @@ def bench(args: argparse.Namespace, workdir: Path) -> None:
         searchable.join()
         drained["searchable"] = searchable.latencies(phases[1].result)
         report(args, base, {p.key: p for p in phases}, drained)
-        verify(server, acked, phases, run, drained, data_dir, rng)
+        verify(server, acked, phases, run, drained, rng)
         print(f"\nload average at the end {load_average()}")
+        return drained["rate"], phases[2].per_second
     finally:
         stop_polling.set()
         signal_all(worker, signal.SIGCONT)  # a paused worker would not stop
+        for process in extra:
+            assert process.stdin is not None
+            process.stdin.close()
+            process.wait(timeout=60)
         server.close()
+        if database:
+            asyncio.run(_pg_execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
 
 
 def drain(
@@ -760,7 +821,9 @@ def drain(
     timeout: float,
 ) -> dict[str, Any]:
     """After the load: post a sentinel (journaled after every acknowledged POST) and
-    time projection until it is projected, or until ``timeout``."""
+    time projection until it and every acknowledged item are projected, or until
+    ``timeout``. (Several workers project batches side by side: the sentinel can be
+    projected before an earlier batch.)"""
     ended = time.perf_counter()
     at_end = acked.frontier()
     sentinel = wamid(run, "Z", 0, 0)
@@ -770,7 +833,7 @@ def drain(
     acked.add(sentinel, 1)
     done = False
     while time.perf_counter() - ended < timeout:
-        if acked.projected(sentinel):
+        if acked.projected(sentinel) and acked.frontier() == acked.total:
             done = True
             break
         time.sleep(0.1)
@@ -862,13 +925,18 @@ def report(
     )
 
 
+def counts_of(server: Server, query: str) -> list[int]:
+    """The one row of counts that ``query`` answers."""
+    (row,) = server.sql(query)
+    return [int(str(value)) for value in row]
+
+
 def verify(
     server: Server,
     acked: Acked,
     phases: list[Phase],
     run: str,
     drained: dict[str, Any],
-    data_dir: Path,
     rng: random.Random,
 ) -> None:
     """Projected items appear exactly once, and the database agrees with the answers."""
@@ -886,20 +954,23 @@ def verify(
     for p in phases:
         refused.update({k: v for k, v in p.result["statuses"].items() if k != "200"})
         refused.update(p.result["errors"])
-    db = sqlite3.connect(f"file:{data_dir / 'strongroom.db'}?mode=ro", uri=True)
-    try:
-        entries, segments, waiting = db.execute(
-            "SELECT count(*), count(DISTINCT object_id), count(*) - count(projected_at) "
-            "FROM journal_entries"
-        ).fetchone()
-        records, distinct = db.execute(
-            "SELECT count(*), count(DISTINCT wamid_token) FROM records WHERE kind = 'message'"
-        ).fetchone()
-        events, checkpoints = db.execute(
-            "SELECT (SELECT count(*) FROM audit_events), (SELECT count(*) FROM audit_checkpoints)"
-        ).fetchone()
-    finally:
-        db.close()
+    entries, segments, waiting = counts_of(
+        server,
+        "SELECT count(*), count(DISTINCT object_id), count(*) - count(projected_at) "
+        "FROM journal_entries",
+    )
+    records, distinct = counts_of(
+        server, "SELECT count(*), count(DISTINCT wamid_token) FROM records WHERE kind = 'message'"
+    )
+    every_record, sealed = counts_of(
+        server,
+        "SELECT (SELECT count(*) FROM records), "
+        "(SELECT count(*) FROM sealed_objects WHERE kind = 'record')",
+    )
+    events, checkpoints = counts_of(
+        server,
+        "SELECT (SELECT count(*) FROM audit_events), (SELECT count(*) FROM audit_checkpoints)",
+    )
     print("\ncorrectness")
     print(f"  answers other than 200, and connection errors, in all phases: {counts(refused)}")
     print(f"  sampled projected wamids with exactly one record (read API): {once}/{len(sample)}")
@@ -912,6 +983,10 @@ def verify(
         f"  records: {records} message records, {distinct} distinct wamids "
         f"({'no duplicates' if records == distinct else 'DUPLICATES'}), "
         f"{acked.total} acknowledged items"
+    )
+    print(
+        f"  sealed record objects: {sealed} for {every_record} records "
+        f"({'none sealed twice' if sealed == every_record else 'WORK DONE TWICE'})"
     )
     print(f"  audit trail: {events} events, {checkpoints} checkpoints in the vault")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PG_ADMIN_DSN, REQUIRE_PG, _pg_available, _pg_execute, _pg_url
+from tests.conftest import _pg_execute, _pg_url, require_postgresql
 from tests.e2e.server import Server, clean_env
 
 
@@ -30,10 +30,7 @@ def database_name(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "sqlite":
         yield "sqlite"
         return
-    if not _pg_available():
-        if REQUIRE_PG:
-            pytest.fail(f"PostgreSQL is required here but unreachable at {PG_ADMIN_DSN}")
-        pytest.skip("PostgreSQL is not reachable")
+    require_postgresql()
     name = f"sr_e2e_{uuid.uuid4().hex[:10]}"
     asyncio.run(_pg_execute(f"CREATE DATABASE {name}"))
     yield name
