@@ -512,8 +512,10 @@ async def test_unreachable_server_registers_nothing(scene: Scene) -> None:
 def test_another_directory_is_refused_before_anything_is_made(scene: Scene) -> None:
     elsewhere = scene.root / "elsewhere"
     message = scene.failure("elsewhere")
-    assert message.startswith(f"no root key at {elsewhere}/master.key")
+    assert message.startswith(f"no archive here: no root key at {elsewhere}/master.key")
+    assert f"no database at {elsewhere}/strongroom.db" in message
     assert "directory where the server runs" in message
+    assert f"STRONGROOM_DATA_DIR (now {elsewhere})" in message
     assert not elsewhere.exists()
 
 
