@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import stat
@@ -80,7 +81,7 @@ def prepare_private_paths(settings: Settings) -> None:
             )
 
 
-async def archive_gaps(settings: Settings) -> list[str]:
+def archive_gaps(settings: Settings) -> list[str]:
     """What an existing archive would have where ``settings`` point but is missing
     (the root key, the database or its schema), one phrase each; empty when the
     archive is there. Looks without creating anything."""
@@ -94,21 +95,23 @@ async def archive_gaps(settings: Settings) -> list[str]:
     if database is not None:
         if not Path(database).exists():
             gaps.append(f"no database at {database} (STRONGROOM_DATABASE_URL)")
-    else:
-        # A server database: connecting creates nothing, and an empty one has no
-        # version table yet.
-        engine = create_engine(settings.database_url)
-        try:
-            async with engine.connect() as connection:
-                found = await connection.run_sync(
-                    lambda sync: sa.inspect(sync).has_table("alembic_version")
-                )
-        finally:
-            await engine.dispose()
-        if not found:
-            shown = make_url(settings.database_url).render_as_string(hide_password=True)
-            gaps.append(f"no Strongroom schema in the database {shown} (STRONGROOM_DATABASE_URL)")
+    elif not asyncio.run(_has_schema(settings.database_url)):
+        shown = make_url(settings.database_url).render_as_string(hide_password=True)
+        gaps.append(f"no Strongroom schema in the database {shown} (STRONGROOM_DATABASE_URL)")
     return gaps
+
+
+async def _has_schema(database_url: str) -> bool:
+    # A server database: connecting creates nothing, and an empty one has no
+    # version table yet.
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(
+                lambda sync: sa.inspect(sync).has_table("alembic_version")
+            )
+    finally:
+        await engine.dispose()
 
 
 def write_key_file(path: Path, key: bytes) -> None:

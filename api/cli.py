@@ -79,7 +79,7 @@ def _archive() -> Settings:
 
 def _require_archive(settings: Settings) -> None:
     try:
-        gaps = asyncio.run(archive_gaps(settings))
+        gaps = archive_gaps(settings)
     except (OSError, SQLAlchemyError) as exc:
         _fail(f"cannot open the database: {getattr(exc, 'orig', None) or exc}")
     if gaps:

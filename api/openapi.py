@@ -161,7 +161,7 @@ class ReferencePlugin(OpenAPIRenderPlugin):
         """The page for ``openapi_schema``."""
         engine = request.app.template_engine
         assert engine is not None  # the app configures its templates
-        page = engine.get_template("schema.html").render(**reference(openapi_schema))
+        page: str = engine.get_template("schema.html").render(**reference(openapi_schema))
         return page.encode("utf-8")
 
 

@@ -357,7 +357,8 @@ def test_a_command_where_there_is_no_archive_says_where_it_looked_and_makes_noth
     assert f"no root key at {here}/var/master.key" in line
     assert f"no database at {here}/var/strongroom.db" in line
     assert f"STRONGROOM_DATA_DIR (now {here}/var)" in line
-    assert "STRONGROOM_DATABASE_URL" in line and "STRONGROOM_MASTER_KEY_FILE" in line
+    assert "STRONGROOM_DATABASE_URL" in line
+    assert "STRONGROOM_MASTER_KEY_FILE" in line
     assert _tree(here) == []
 
 
