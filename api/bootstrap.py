@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import stat
@@ -9,10 +10,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import sqlalchemy as sa
 import structlog
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from api.migrate import upgrade
+from api.migrate import current_revision, upgrade
 from api.settings import Settings, SettingsError, parse_root_key
 from archiver.accounts import AccountService
 from archiver.audit import AuditLog
@@ -78,6 +81,39 @@ def prepare_private_paths(settings: Settings) -> None:
             )
 
 
+def archive_gaps(settings: Settings) -> list[str]:
+    """What an existing archive would have where ``settings`` point but is missing
+    (the root key, the database or its schema), one phrase each; empty when the
+    archive is there. Looks without creating anything."""
+    gaps = []
+    if settings.master_key is None and not settings.master_key_file.exists():
+        gaps.append(
+            f"no root key at {settings.master_key_file} "
+            "(STRONGROOM_MASTER_KEY_FILE or STRONGROOM_MASTER_KEY)"
+        )
+    database = sqlite_file(settings.database_url)
+    if database is not None:
+        if not Path(database).exists():
+            gaps.append(f"no database at {database} (STRONGROOM_DATABASE_URL)")
+    elif not asyncio.run(_has_schema(settings.database_url)):
+        shown = make_url(settings.database_url).render_as_string(hide_password=True)
+        gaps.append(f"no Strongroom schema in the database {shown} (STRONGROOM_DATABASE_URL)")
+    return gaps
+
+
+async def _has_schema(database_url: str) -> bool:
+    # A server database: connecting creates nothing, and an empty one has no
+    # version table yet.
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(
+                lambda sync: sa.inspect(sync).has_table("alembic_version")
+            )
+    finally:
+        await engine.dispose()
+
+
 def write_key_file(path: Path, key: bytes) -> None:
     """Write ``key`` (hex) to a new file readable only by its owner, durably."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -137,10 +173,14 @@ def open_keyring(settings: Settings, clock: Clock | None = None) -> Keyring:
     return Keyring(load_root_keys(settings), clock or SystemClock())
 
 
-def migrate_database(settings: Settings) -> None:
+def migrate_database(settings: Settings) -> tuple[str | None, str | None]:
     """Bring the schema up to date, with the keyring for the migrations that rewrite
-    records under a key (tokenising Meta's ids, binding records)."""
-    upgrade(settings.database_url, keyring=open_keyring(settings))
+    records under a key (tokenising Meta's ids, binding records); return the
+    revisions before and after."""
+    keyring = open_keyring(settings)
+    before = current_revision(settings.database_url)
+    upgrade(settings.database_url, keyring=keyring)
+    return before, current_revision(settings.database_url)
 
 
 def open_store(settings: Settings, clock: Clock) -> ObjectStore:

@@ -13,10 +13,12 @@ from typing import NoReturn, TypeVar
 
 import click
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.bootstrap import (
     Services,
+    archive_gaps,
     load_root_keys,
     migrate_database,
     open_services,
@@ -67,6 +69,29 @@ def _settings() -> Settings:
     return settings
 
 
+def _archive() -> Settings:
+    """Settings for a command that works on an existing archive: where there is
+    none, end with one line saying where it looked, and create nothing."""
+    settings = _settings()
+    _require_archive(settings)
+    return settings
+
+
+def _require_archive(settings: Settings) -> None:
+    try:
+        gaps = archive_gaps(settings)
+    except (OSError, SQLAlchemyError) as exc:
+        _fail(f"cannot open the database: {getattr(exc, 'orig', None) or exc}")
+    if gaps:
+        _fail(
+            f"no archive here: {'; '.join(gaps)}. Run the command in the directory where "
+            f"the server runs, or point it at the archive with STRONGROOM_DATA_DIR (now "
+            f"{settings.data_dir}) or the settings named; only `strongroom serve`, "
+            "`strongroom migrate` and `strongroom keys init` create an archive",
+            1,
+        )
+
+
 def _prepare(settings: Settings) -> None:
     """Check the archive's files are private; the embedded default brings its
     schema up to date before any command."""
@@ -78,9 +103,9 @@ def _prepare(settings: Settings) -> None:
         _migrate(settings)
 
 
-def _migrate(settings: Settings) -> None:
+def _migrate(settings: Settings) -> tuple[str | None, str | None]:
     try:
-        migrate_database(settings)
+        return migrate_database(settings)
     except SettingsError as exc:
         _fail(str(exc))
 
@@ -179,14 +204,17 @@ def worker(embedded: bool) -> None:
     """Run the journal projection and the scheduled jobs (media fetch, vault reconciliation)."""
     from api.worker import run_worker
 
-    _run(_settings(), lambda services: run_worker(services, embedded=embedded))
+    _run(_archive(), lambda services: run_worker(services, embedded=embedded))
 
 
 @main.command()
 def migrate() -> None:
     """Bring the database schema up to date."""
-    _migrate(_settings())
-    click.echo("database is up to date")
+    before, after = _migrate(_settings())
+    if before == after:
+        click.echo(f"database schema is up to date (revision {after})")
+    else:
+        click.echo(f"database schema migrated from revision {before or 'none'} to {after}")
 
 
 @main.group()
@@ -212,7 +240,7 @@ def keys_init(out: Path | None) -> None:
 @keys.command("status")
 def keys_status() -> None:
     """Show the root key id and how many subject keys each root key wraps."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> list[str]:
         keyring = services.keyring
@@ -241,7 +269,7 @@ def keys_status() -> None:
 )
 def keys_rotate(out: Path | None) -> None:
     """Re-wrap every subject key under a new root key; no object is rewritten."""
-    settings = _settings()
+    settings = _archive()
     if settings.master_key is not None:
         if out is None:
             _fail("the root key comes from STRONGROOM_MASTER_KEY; give --out FILE for the new key")
@@ -286,7 +314,7 @@ def vault() -> None:
 def vault_verify() -> None:
     """Re-read and re-hash every sealed object, and check every record's binding to
     its object; exit 1 on any drift or binding failure."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> bool:
         async with services.sessions() as session:
@@ -360,7 +388,7 @@ def accounts_add(
     waba_id: str | None,
 ) -> None:
     """Register a phone number; prints the new account's id."""
-    settings = _settings()
+    settings = _archive()
     secret = _secret(app_secret, app_secret_file, app_secret_env, "app secret")
     token = _secret(verify_token, verify_token_file, verify_token_env, "verify token")
     if not secret or not token:
@@ -389,7 +417,7 @@ def accounts_add(
 @accounts.command("list")
 def accounts_list() -> None:
     """List registered phone numbers (never their secrets)."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> list[str]:
         async with services.sessions() as session:
@@ -430,7 +458,7 @@ def import_chat_export(
     date_order: DateOrder | None,
 ) -> None:
     """Import a WhatsApp "Export chat" .txt or .zip (Android or iOS)."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> ImportResult:
         async with services.sessions() as session:
@@ -484,7 +512,7 @@ def import_check() -> None:
     again, for the same contact: that adds exactly the missing messages. Exits
     1 when any is listed.
     """
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> list[MissingLines]:
         return await services.importer.missing_lines()
@@ -561,7 +589,7 @@ def users_create(
     password_env: str | None,
 ) -> None:
     """Create a user (asks for the password unless a file or variable gives it)."""
-    settings = _settings()
+    settings = _archive()
     password = _password(password_file, password_env)
 
     async def work(services: Services) -> list[str]:
@@ -587,7 +615,7 @@ def users_create(
 @click.option("--account", help="Limit the role to one business account id.")
 def users_grant(username: str, role: str, account: str | None) -> None:
     """Grant a role (sensitive roles need an admin's approval once one exists)."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> str:
         async with services.sessions() as session, session.begin():
@@ -606,7 +634,7 @@ def users_grant(username: str, role: str, account: str | None) -> None:
 @click.option("--account", help="The business account id the role was limited to.")
 def users_revoke(username: str, role: str, account: str | None) -> None:
     """Revoke a role."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> int:
         async with services.sessions() as session, session.begin():
@@ -623,7 +651,7 @@ def users_revoke(username: str, role: str, account: str | None) -> None:
 @click.argument("username")
 def users_reset_mfa(username: str) -> None:
     """Forget a user's authenticator; they enrol again at their next sign-in."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> None:
         async with services.sessions() as session, session.begin():
@@ -636,7 +664,7 @@ def users_reset_mfa(username: str) -> None:
 @users.command("list")
 def users_list() -> None:
     """List users and their roles."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> list[str]:
         lines = []
@@ -671,7 +699,7 @@ def tokens() -> None:
 @click.option("--name", default="cli", show_default=True, help="A label for the token.")
 def tokens_create(username: str, scopes: tuple[str, ...], days: int, name: str) -> None:
     """Issue a token; its secret is printed once and never stored."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> str:
         async with services.sessions() as session, session.begin():
@@ -695,7 +723,7 @@ def tokens_create(username: str, scopes: tuple[str, ...], days: int, name: str) 
 @click.argument("username")
 def tokens_list(username: str) -> None:
     """List a user's tokens (never their secrets)."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> list[str]:
         async with services.sessions() as session:
@@ -714,7 +742,7 @@ def tokens_list(username: str) -> None:
 @click.argument("token_id")
 def tokens_revoke(token_id: str) -> None:
     """Revoke a token now."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> None:
         async with services.sessions() as session, session.begin():
@@ -755,7 +783,7 @@ async def _audit_lexicon(services: Services, action: str, row: LexiconTerm) -> N
 )
 def lexicon_add(term: str, action: str) -> None:
     """Add a term; prints its id."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> str:
         async with services.sessions() as session, session.begin():
@@ -780,7 +808,7 @@ def _lexicon_line(row: LexiconTerm) -> str:
 @click.option("--all", "include_removed", is_flag=True, help="Include removed terms.")
 def lexicon_list(include_removed: bool) -> None:
     """List the active terms (with --all, removed ones too)."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> list[str]:
         async with services.sessions() as session:
@@ -798,7 +826,7 @@ def lexicon_list(include_removed: bool) -> None:
 @click.argument("term_id", type=int)
 def lexicon_remove(term_id: int) -> None:
     """Remove a term; it stays in the history (list --all)."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> None:
         async with services.sessions() as session, session.begin():
@@ -838,13 +866,7 @@ def demo(url: str, timeout: float) -> None:
             "deleted from a production archive",
             1,
         )
-    if settings.master_key is None and not settings.master_key_file.exists():
-        # A server on these settings would have created it: we are elsewhere.
-        _fail(
-            f"no root key at {settings.master_key_file}; run the demo in the directory "
-            "where the server runs, with the same STRONGROOM_* settings",
-            1,
-        )
+    _require_archive(settings)
 
     async def work(services: Services) -> None:
         await run_demo(services, url, wait_seconds=timeout, out=click.echo)
@@ -863,7 +885,7 @@ def audit() -> None:
 @audit.command("verify")
 def audit_verify() -> None:
     """Check the hash chain, the checkpoints and their sealed copies; exit 1 on tampering."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> bool:
         async with services.sessions() as session, session.begin():
@@ -892,7 +914,7 @@ def audit_verify() -> None:
 @click.option("--action", help="Only this action (a trailing * matches a prefix).")
 def audit_export(out: Path, actor: str | None, action: str | None) -> None:
     """Write the trail as JSONL, its Ed25519 signature (OUT.sig) and public key (OUT.pem)."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> tuple[bytes, bytes, str]:
         async with services.sessions() as session, session.begin():
@@ -910,7 +932,7 @@ def audit_export(out: Path, actor: str | None, action: str | None) -> None:
 @audit.command("public-key")
 def audit_public_key() -> None:
     """Print the Ed25519 public key that signs checkpoints and exports (PEM)."""
-    settings = _settings()
+    settings = _archive()
 
     async def work(services: Services) -> str:
         async with services.sessions() as session, session.begin():

@@ -27,14 +27,18 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import shlex
 import struct
+import sys
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -1030,6 +1034,22 @@ async def _officer(services: Services, account_id: str) -> _Officer:
     return _Officer(username, password, granted, outcome)
 
 
+def strongroom_command(executable: str = sys.executable, cwd: str | None = None) -> str:
+    """This installation's ``strongroom``, as a shell in ``cwd`` (default: here) runs
+    it with no virtual environment active: the console script beside ``executable``
+    (``.venv/bin/strongroom`` from the repository root), else ``executable -m api.cli``."""
+    script = Path(executable).with_name("strongroom")
+    if not script.is_file():
+        return f"{shlex.quote(executable)} -m api.cli"
+    here = os.path.abspath(cwd if cwd is not None else os.getcwd())
+    relative = os.path.relpath(script, here)
+    # A path below here reads best; one that climbs out is clearer absolute.
+    shown = str(script) if relative.startswith("..") else relative
+    if os.sep not in shown:
+        shown = f".{os.sep}{shown}"  # else the shell would look it up on PATH
+    return shlex.quote(shown)
+
+
 async def run_demo(
     services: Services, url: str, *, wait_seconds: float, out: Callable[[str], None]
 ) -> None:
@@ -1090,7 +1110,8 @@ async def run_demo(
     out(f"  the first sign-in{after} enrols an authenticator app (TOTP): have one at hand")
     once = "" if officer.granted else ", once the grant is approved,"
     out(f"or{once} read the archive over HTTP with an API token of that user:")
-    out(f"  TOKEN=$(strongroom tokens create {officer.username} --scope archive.read)")
+    strongroom = strongroom_command()
+    out(f"  TOKEN=$({strongroom} tokens create {officer.username} --scope archive.read)")
     auth = '-H "Authorization: Bearer $TOKEN"'
     out(f'  curl -s {auth} "{base}/api/v1/accounts/{account_id}/records?limit=100"')
     if contact is not None:

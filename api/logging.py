@@ -396,6 +396,11 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     # RequestIdMiddleware writes the access log without the query string;
     # uvicorn's own access line would repeat it with the query string.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Alembic narrates every start-up at info ("Context impl SQLiteImpl." and one
+    # line per revision); a command prints only what it is for, so below debug
+    # only its warnings and errors pass.
+    alembic_level = logging.NOTSET if number <= logging.DEBUG else logging.WARNING
+    logging.getLogger("alembic").setLevel(alembic_level)
 
     structlog.configure(
         processors=[

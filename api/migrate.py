@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from alembic import command, op
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 
+from archiver.db import create_engine
 from archiver.keyring import Keyring
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -34,6 +37,22 @@ def migration_keyring() -> Keyring | None:
 def upgrade(database_url: str, revision: str = "head", *, keyring: Keyring | None = None) -> None:
     """Bring the schema up to ``revision``; existing records need ``keyring``."""
     command.upgrade(alembic_config(database_url, keyring), revision)
+
+
+def current_revision(database_url: str) -> str | None:
+    """The revision the schema is at (``None`` before the first migration)."""
+
+    async def read() -> str | None:
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(
+                    lambda sync: MigrationContext.configure(sync).get_current_revision()
+                )
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
 
 
 def downgrade(database_url: str, revision: str) -> None:

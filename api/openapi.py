@@ -11,12 +11,14 @@ handler declares only what is its own (``responses=errors(409)``), with
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.constants import RESERVED_KWARGS
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 
@@ -72,12 +74,105 @@ def errors(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
+_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+
+
+def _type(schema: Mapping[str, Any]) -> str:
+    """A schema in a few words: its component's name, or its type."""
+    if "$ref" in schema:
+        return str(schema["$ref"]).rsplit("/", 1)[-1]
+    for key in ("oneOf", "anyOf"):
+        if key in schema:
+            return " or ".join(_type(each) for each in schema[key])
+    kind = schema.get("type", "any")
+    if isinstance(kind, list):
+        kind = " or ".join(kind)
+    if kind == "array":
+        return f"array of {_type(schema.get('items', {}))}"
+    return f"{kind} ({schema['format']})" if "format" in schema else str(kind)
+
+
+def _contents(content: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    return [(media, _type(body.get("schema", {}))) for media, body in (content or {}).items()]
+
+
+def reference(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What the API reference page shows of an OpenAPI document, operation by operation."""
+    operations = []
+    for path, item in spec.get("paths", {}).items():
+        for method in _METHODS:
+            operation = item.get(method)
+            if operation is None:
+                continue
+            body = operation.get("requestBody") or {}
+            operations.append(
+                {
+                    "method": method.upper(),
+                    "path": path,
+                    "anchor": operation.get("operationId") or f"{method}-{path}",
+                    "summary": operation.get("summary", ""),
+                    "description": operation.get("description", ""),
+                    "parameters": [
+                        {
+                            "name": p.get("name"),
+                            "in": p.get("in"),
+                            "required": p.get("required", False),
+                            "type": _type(p.get("schema", {})),
+                            "description": p.get("description", ""),
+                        }
+                        for p in [*item.get("parameters", []), *operation.get("parameters", [])]
+                    ],
+                    "body": _contents(body.get("content")),
+                    "responses": [
+                        (status, answer.get("description", ""), _contents(answer.get("content")))
+                        for status, answer in operation.get("responses", {}).items()
+                    ],
+                    "security": [name for rule in operation.get("security", []) for name in rule],
+                }
+            )
+    components = spec.get("components", {})
+    return {
+        "info": spec.get("info", {}),
+        "operations": operations,
+        "security_schemes": components.get("securitySchemes", {}),
+        "schemas": [
+            {
+                "name": name,
+                "description": schema.get("description", ""),
+                "fields": [
+                    (field, field in schema.get("required", []), _type(value))
+                    for field, value in schema.get("properties", {}).items()
+                ],
+            }
+            for name, schema in components.get("schemas", {}).items()
+        ],
+    }
+
+
+class ReferencePlugin(OpenAPIRenderPlugin):
+    """The API reference at ``/schema``: HTML rendered here, with no script, so it
+    needs nothing from another origin and the console's Content-Security-Policy
+    holds (the viewers litestar ships load their scripts from CDNs)."""
+
+    def __init__(self) -> None:
+        super().__init__(path="/", favicon="", style="")
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        """The page for ``openapi_schema``."""
+        engine = request.app.template_engine
+        assert engine is not None  # the app configures its templates
+        page: str = engine.get_template("schema.html").render(**reference(openapi_schema))
+        return page.encode("utf-8")
+
+
 def openapi_config(**kwargs: object) -> OpenAPIConfig:
-    """The application's OpenAPI configuration, with its security schemes."""
+    """The application's OpenAPI configuration: its security schemes, the reference
+    page at the root, and the document as ``openapi.json`` and ``openapi.yaml``."""
     return OpenAPIConfig(
         title="Strongroom",
         version="0.1.0",
         description=DESCRIPTION,
+        render_plugins=[ReferencePlugin(), JsonRenderPlugin(), YamlRenderPlugin()],
         components=Components(
             security_schemes={
                 "bearer": SecurityScheme(

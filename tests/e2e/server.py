@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pyotp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.bootstrap import Services, open_services
@@ -126,6 +127,37 @@ def status_update(customer: str, wamid: str, timestamp: int, status: str) -> dic
         {"id": wamid, "status": status, "timestamp": str(timestamp), "recipient_id": customer}
     )
     return payload
+
+
+class Authenticator:
+    """A user's authenticator app that never offers a time step twice.
+
+    The server takes a code of the current step or of either neighbour, and never
+    one of a step at or before the last one it took. Each code here is for the
+    step after the last one used (the current step at first), so a test signs in
+    again at once instead of waiting for the clock: twice in one 30-second step.
+    """
+
+    def __init__(self, secret: str) -> None:
+        self.totp = pyotp.TOTP(secret)
+        self.last_step: int | None = None
+
+    def code(self) -> str:
+        """A code the server accepts now: for a step it has not taken yet."""
+        now = int(time.time()) // self.totp.interval
+        step = now if self.last_step is None else max(self.last_step + 1, now)
+        if step > now + 1:
+            raise AssertionError(
+                "a third sign-in of one user within 30 s: the server allows one step of "
+                "drift and never a step twice; sign in as another user"
+            )
+        self.last_step = step
+        return self.totp.at(step * self.totp.interval)
+
+    def used(self) -> str:
+        """The last code given, which the server must now refuse."""
+        assert self.last_step is not None
+        return self.totp.at(self.last_step * self.totp.interval)
 
 
 class Server:

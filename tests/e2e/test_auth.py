@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 
 import httpx
-import pyotp
 
-from tests.e2e.server import PASSWORD, Server
+from tests.e2e.server import PASSWORD, Authenticator, Server
 
 
 def _form_token(html: str) -> str:
@@ -27,38 +25,32 @@ def _password_step(client: httpx.Client, username: str, password: str = PASSWORD
     )
 
 
-# Authenticator secrets of users enrolled by earlier tests, by (server url, username).
-ENROLLED: dict[tuple[str, str], str] = {}
+# The authenticators of users enrolled by earlier tests, by (server url, username).
+ENROLLED: dict[tuple[str, str], Authenticator] = {}
 
 
-def _sign_in(client: httpx.Client, username: str) -> None:
+def _sign_in(client: httpx.Client, username: str) -> Authenticator:
     """Sign ``client`` in through the console, enrolling TOTP on first use."""
-    secret = ENROLLED.get((str(client.base_url), username))
+    authenticator = ENROLLED.get((str(client.base_url), username))
     response = _password_step(client, username)
     assert (response.status_code, response.headers["location"]) == (303, "/login/mfa")
     mfa = client.get("/login/mfa")
-    if secret is None:
+    if authenticator is None:
         found = re.search(r'id="totp-secret" class="secret">([A-Z2-7]+)<', mfa.text)
         assert found, mfa.text
-        secret = found.group(1)
-    # Codes are single-use: wait for a fresh time step if this one was just used.
-    code = pyotp.TOTP(secret).now()
+        authenticator = Authenticator(found.group(1))
+    code = authenticator.code()
     verified = client.post("/login/mfa", data={"code": code, "csrf_token": _form_token(mfa.text)})
-    if verified.status_code == 401:
-        time.sleep(30 - time.time() % 30 + 1)
-        verified = client.post(
-            "/login/mfa",
-            data={"code": pyotp.TOTP(secret).now(), "csrf_token": _form_token(mfa.text)},
-        )
     assert (verified.status_code, verified.headers.get("location")) == (303, "/"), verified.text
-    ENROLLED[(str(client.base_url), username)] = secret
+    ENROLLED[(str(client.base_url), username)] = authenticator
+    return authenticator
 
 
 def test_console_sign_in_enrols_totp_then_requires_it(
     server: Server, clients: Callable[..., httpx.Client]
 ) -> None:
     client = clients()
-    _sign_in(client, "e2e-officer")
+    authenticator = _sign_in(client, "e2e-officer")
     home = client.get("/")
     assert home.status_code == 200
     assert "e2e-officer" in home.text
@@ -80,6 +72,11 @@ def test_console_sign_in_enrols_totp_then_requires_it(
     assert "totp-secret" not in page.text
     wrong = second.post("/login/mfa", data={"code": "000000", "csrf_token": _form_token(page.text)})
     assert wrong.status_code == 401
+    # A code already used is refused, though it is still within its time step.
+    replayed = second.post(
+        "/login/mfa", data={"code": authenticator.used(), "csrf_token": _form_token(page.text)}
+    )
+    assert replayed.status_code == 401
     # Without the second factor the half-signed-in session may read nothing.
     assert second.get(f"/api/v1/accounts/{server.account_id}/records").status_code == 401
 

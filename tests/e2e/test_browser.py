@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from api.fake_graph import FakeMedia, running_fake_graph
-from tests.e2e.server import PASSWORD, Server
+from tests.e2e.server import PASSWORD, Authenticator, Server
 from tests.e2e.test_console import DELETED, EDITED, ORIGINAL, japanese_conversation
 from tests.e2e.test_conversation import OPTED_OUT, RECEIVER, RECEIVER_NAME, receipts_conversation
 from tests.e2e.test_media_safety import (
@@ -93,14 +91,10 @@ def _sign_in(page: Page, base: str, username: str, prefix: str) -> None:
     _shot(page, f"{prefix}-1-sign-in")
     page.get_by_role("button", name="Continue").click()
     page.wait_for_url(f"{base}/login/mfa")
-    totp = pyotp.TOTP(page.locator("#totp-secret").inner_text().strip())
+    authenticator = Authenticator(page.locator("#totp-secret").inner_text().strip())
     _shot(page, f"{prefix}-2-totp-enrolment")
-    page.get_by_label("Six-digit code").fill(totp.now())
+    page.get_by_label("Six-digit code").fill(authenticator.code())
     page.get_by_role("button", name="Verify").click()
-    if page.url.endswith("/login/mfa"):  # the code's time step ended: use the next one
-        time.sleep(30 - time.time() % 30 + 1)
-        page.get_by_label("Six-digit code").fill(totp.now())
-        page.get_by_role("button", name="Verify").click()
     page.wait_for_url(f"{base}/")
     expect(page.get_by_role("heading", name=f"Welcome, {username}")).to_be_visible()
 
@@ -334,3 +328,71 @@ def test_no_hostile_media_runs_script_directly_or_in_the_viewer(
     assert page.evaluate("document.images.length && document.images[0].naturalWidth") == 64
     assert len(marks) == controls
     context.close()
+
+
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
+
+
+def test_the_api_reference_renders_every_operation_from_this_origin(
+    site: Server, browser: Browser
+) -> None:
+    """``/schema`` under the console's Content-Security-Policy: nothing blocked, nothing
+    fetched from elsewhere, and each operation of the served description on the page."""
+    spec = site.client.get("/schema/openapi.json").json()
+    operations = [
+        (method.upper(), path)
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    ]
+    assert len(operations) > 20
+    context = browser.new_context()
+    page = context.new_page()
+    elsewhere: list[str] = []
+    errors: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(site.url) else elsewhere.append(r.url))
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+    # A failed load is reported above, with its address; anything else is an error here.
+    page.on(
+        "console",
+        lambda m: (
+            errors.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
+    # Injected by the browser itself, so the page's own policy does not apply to it.
+    page.add_init_script(
+        "window.violations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
+    page.goto(f"{site.url}/schema")
+    expect(page.get_by_role("heading", name=re.compile("Strongroom API"))).to_be_visible()
+    shown = page.locator("section.operation h2")
+    expect(shown).to_have_count(len(operations))
+    headings = [" ".join(text.split()) for text in shown.all_inner_texts()]
+    assert headings == [f"{method} {path}" for method, path in operations]
+    records = page.locator("section.operation", has_text="/api/v1/accounts/{account_id}/records")
+    expect(records.first).to_contain_text("bearer")
+    expect(page.locator(".schemes")).to_contain_text("bearer: http bearer")
+    _shot(page, "api-reference")
+    assert page.evaluate("window.violations") == []
+    assert elsewhere == []
+    assert errors == []
+    assert set(failed) <= {f"{site.url}/favicon.ico"}  # the browser asks; there is none
+    context.close()
+
+
+def test_the_served_description_declares_api_tokens_as_bearer_tokens(site: Server) -> None:
+    spec = site.client.get("/schema/openapi.json").json()
+    scheme = spec["components"]["securitySchemes"]["bearer"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    records = spec["paths"]["/api/v1/accounts/{account_id}/records"]["get"]
+    assert {"bearer": []} in records["security"]
+    # What the description declares is what the server takes.
+    assert site.officer["Authorization"].startswith("Bearer sr_")
+    path = f"/api/v1/accounts/{site.account_id}/records"
+    assert site.client.get(path, headers=site.officer).status_code == 200
+    assert site.client.get(path).status_code == 401

@@ -17,13 +17,15 @@ import click
 import httpx
 import pytest
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 
 from api.bootstrap import open_services
 from api.cli import main
-from api.migrate import upgrade
+from api.migrate import alembic_config, upgrade
 from api.settings import load_settings
 from archiver.models import SealedObject
 from tests.conftest import database_bytes
+from tests.e2e.conftest import server_env
 from tests.integration.test_migrations import WAMID, seed_meta_ids
 
 STRONGROOM = str(Path(sys.executable).with_name("strongroom"))
@@ -226,6 +228,7 @@ def test_migrate_turns_meta_ids_into_tokens_with_the_archives_root_key(
 
 
 def test_tokens_carry_only_permissions_the_user_holds(env: dict[str, str]) -> None:
+    assert run(env, "migrate").returncode == 0
     password = {"CLI_PASSWORD": "correct horse battery staple"}
     for username, role in (("cli-agent", "agent"), ("cli-officer", "compliance_officer")):
         made = run(
@@ -257,6 +260,7 @@ def test_tokens_carry_only_permissions_the_user_holds(env: dict[str, str]) -> No
 
 
 def test_users_create_refuses_a_weak_password_with_the_reason(env: dict[str, str]) -> None:
+    assert run(env, "migrate").returncode == 0
     weak = run(
         env | {"CLI_PASSWORD": "password1234"},
         "users",
@@ -270,3 +274,126 @@ def test_users_create_refuses_a_weak_password_with_the_reason(env: dict[str, str
         "strongroom: this password is too easy to guess: this is a very common password"
     )
     assert "cli-weak" not in run(env, "users", "list").stdout
+
+
+# The commands that may make an archive where there is none.
+CREATE_AN_ARCHIVE = {("serve",), ("migrate",), ("keys", "init")}
+# Every other command, with arguments it accepts: each needs an existing archive.
+CHAT_EXPORT = str(Path(__file__).parents[1] / "fixtures" / "chat_exports" / "android_de.txt")
+NEED_AN_ARCHIVE: dict[tuple[str, ...], list[str]] = {
+    ("worker",): [],
+    ("keys", "status"): [],
+    ("keys", "rotate"): [],
+    ("vault", "verify"): [],
+    ("accounts", "add"): [
+        *("--phone-number-id", "1", "--display-phone-number", "+15550100111"),
+        *("--app-secret", "s", "--verify-token", "t"),
+    ],
+    ("accounts", "list"): [],
+    ("import", "chat-export"): [CHAT_EXPORT, "--account", "acc_x", "--contact", "+4915123456789"],
+    ("import", "check"): [],
+    ("users", "create"): ["someone", "--password-env", "CLI_PASSWORD"],
+    ("users", "grant"): ["someone", "admin"],
+    ("users", "revoke"): ["someone", "admin"],
+    ("users", "reset-mfa"): ["someone"],
+    ("users", "list"): [],
+    ("tokens", "create"): ["someone", "--scope", "archive.read"],
+    ("tokens", "list"): ["someone"],
+    ("tokens", "revoke"): ["tok_x"],
+    ("lexicon", "add"): ["term"],
+    ("lexicon", "list"): [],
+    ("lexicon", "remove"): ["1"],
+    ("demo",): [],
+    ("audit", "verify"): [],
+    ("audit", "export"): ["--out", "trail.jsonl"],
+    ("audit", "public-key"): [],
+}
+
+
+def _leaf_commands() -> set[tuple[str, ...]]:
+    return {c for c in _commands(main) if not isinstance(_command(c), click.Group)}
+
+
+def _command(path: tuple[str, ...]) -> click.Command:
+    command: click.Command = main
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    return command
+
+
+def env_url(env: dict[str, str]) -> str:
+    return load_settings(env).database_url
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_every_command_is_listed_as_making_an_archive_or_needing_one() -> None:
+    assert _leaf_commands() == CREATE_AN_ARCHIVE | set(NEED_AN_ARCHIVE)
+
+
+@pytest.mark.parametrize("command", sorted(NEED_AN_ARCHIVE), ids=" ".join)
+def test_a_command_where_there_is_no_archive_says_where_it_looked_and_makes_nothing(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    result = subprocess.run(
+        [STRONGROOM, *command, *NEED_AN_ARCHIVE[command]],
+        env=clean | {"CLI_PASSWORD": "correct horse battery staple"},
+        cwd=here,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("strongroom: no archive here: ")
+    assert f"no root key at {here}/var/master.key" in line
+    assert f"no database at {here}/var/strongroom.db" in line
+    assert f"STRONGROOM_DATA_DIR (now {here}/var)" in line
+    assert "STRONGROOM_DATABASE_URL" in line
+    assert "STRONGROOM_MASTER_KEY_FILE" in line
+    assert _tree(here) == []
+
+
+def test_a_root_key_without_a_database_is_no_archive_until_migrate(
+    database_name: str, tmp_path: Path
+) -> None:
+    env = server_env(tmp_path / "data", database_name)
+    assert run(env, "keys", "init").returncode == 0
+    before = _tree(tmp_path)
+    refused = run(env, "users", "list")
+    assert refused.returncode == 1
+    [line] = refused.stderr.splitlines()
+    assert "no root key" not in line
+    if database_name == "sqlite":
+        assert f"no database at {tmp_path}/data/strongroom.db (STRONGROOM_DATABASE_URL)" in line
+    else:
+        assert "no Strongroom schema in the database postgresql+asyncpg://" in line
+        assert f"/{database_name} (STRONGROOM_DATABASE_URL)" in line
+    assert _tree(tmp_path) == before
+
+    migrated = run(env, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    head = ScriptDirectory.from_config(alembic_config(env_url(env))).get_current_head()
+    assert migrated.stdout == f"database schema migrated from revision none to {head}\n"
+    assert run(env, "users", "list").returncode == 0
+    again = run(env, "migrate")
+    assert again.stdout == f"database schema is up to date (revision {head})\n"
+
+
+def test_commands_print_no_alembic_lines(env: dict[str, str]) -> None:
+    fresh = run(env, "migrate")
+    assert fresh.returncode == 0, fresh.stderr
+    for result in (fresh, run(env, "users", "list"), run(env, "keys", "status")):
+        assert result.returncode == 0, result.stderr
+        assert '"logger": "alembic' not in result.stdout + result.stderr
+        assert "Running upgrade" not in result.stderr
+    listed = run(env, "users", "list")
+    assert (listed.stdout, listed.stderr) == ("", "")

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
-import pyotp
 import pytest
 
 from tests.e2e.server import (
     PASSWORD,
+    Authenticator,
     Server,
     business_echo,
     customer_message,
@@ -105,13 +104,9 @@ def sign_in(client: httpx.Client, username: str) -> None:
         return  # roles that need no second factor
     found = re.search(r'id="totp-secret" class="secret">([A-Z2-7]+)<', mfa.text)
     assert found, "each console test signs in a user for the first time"
-    totp = pyotp.TOTP(found.group(1))
-    done = client.post("/login/mfa", data={"code": totp.now(), "csrf_token": form_token(mfa.text)})
-    if done.status_code == 401:  # the code was just used: wait for the next time step
-        time.sleep(30 - time.time() % 30 + 1)
-        done = client.post(
-            "/login/mfa", data={"code": totp.now(), "csrf_token": form_token(mfa.text)}
-        )
+    # A first sign-in: no step of this secret has been used yet.
+    code = Authenticator(found.group(1)).code()
+    done = client.post("/login/mfa", data={"code": code, "csrf_token": form_token(mfa.text)})
     assert done.headers.get("location") == "/", done.text
 
 

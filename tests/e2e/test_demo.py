@@ -33,6 +33,7 @@ from api.demo import (
     DemoData,
     build_demo,
     pdf,
+    strongroom_command,
     voice_note,
 )
 from api.settings import load_settings
@@ -83,12 +84,21 @@ def _run_demo(server: Server, *, approve: Callable[[str], None] | None = None) -
     )
     username = _line(out, r"^  username  (demo-officer-[0-9a-f]{4})$")
     password = _line(out, r"^  password  (\S{12,})  \(shown only this once\)$")
-    command = _line(out, r"^  TOKEN=\$\((strongroom tokens create [^)]+)\)$")
-    args = shlex.split(command[1])
+    command = _line(out, r"^  (TOKEN=\$\((\S+ tokens create [^)]+)\))$")
+    args = shlex.split(command[2])
+    assert Path(args[0]).name == "strongroom"
     assert args[1:] == ["tokens", "create", username[1], "--scope", "archive.read"]
     if approve is not None:
         approve(out)
-    token = server.cli(*args[1:])
+    # As printed, in a shell of the demo's directory with no virtual environment on PATH.
+    token = subprocess.run(
+        ["/bin/sh", "-c", f'{command[1]} && printf "%s" "$TOKEN"'],
+        env=server.env | {"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert token.returncode == 0, token.stderr
     return Run(
         out,
@@ -462,7 +472,7 @@ def test_with_an_admin_the_grant_waits_for_approval(scene: Scene) -> None:
     run.line(rf"^  until an admin approves it, {run.username} can sign in but reads nothing$")
     run.line(r"^  the first sign-in after the approval enrols an authenticator app \(TOTP\)")
     run.line(r"^or, once the grant is approved, read the archive over HTTP with an API token")
-    run.line(rf"^  TOKEN=\$\(strongroom tokens create {run.username} --scope archive.read\)$")
+    run.line(rf"^  TOKEN=\$\(\S+ tokens create {run.username} --scope archive.read\)$")
     assert "granted" not in run.stdout
     assert approved.refused_before == (
         f"{run.username} lacks archive.read: a token cannot hold a permission its user lacks"
@@ -497,6 +507,20 @@ def test_a_second_run_makes_a_second_account(scene: Scene, demo: Demo) -> None:
     assert _contacts(scene.server, second.headers) == demo.contacts
 
 
+def test_the_printed_command_runs_this_installation_from_where_the_demo_runs(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "repo" / ".venv" / "bin" / "strongroom"
+    script.parent.mkdir(parents=True)
+    script.touch()
+    python = str(script.with_name("python"))
+    assert strongroom_command(python, str(tmp_path / "repo")) == ".venv/bin/strongroom"
+    assert strongroom_command(python, str(script.parent)) == "./strongroom"
+    assert strongroom_command(python, str(tmp_path / "elsewhere")) == str(script)
+    missing = str(tmp_path / "no venv" / "python")
+    assert strongroom_command(missing, str(tmp_path)) == f"'{missing}' -m api.cli"
+
+
 # -- failures are one clear line --------------------------------------------------------
 
 
@@ -512,8 +536,10 @@ async def test_unreachable_server_registers_nothing(scene: Scene) -> None:
 def test_another_directory_is_refused_before_anything_is_made(scene: Scene) -> None:
     elsewhere = scene.root / "elsewhere"
     message = scene.failure("elsewhere")
-    assert message.startswith(f"no root key at {elsewhere}/master.key")
+    assert message.startswith(f"no archive here: no root key at {elsewhere}/master.key")
+    assert f"no database at {elsewhere}/strongroom.db" in message
     assert "directory where the server runs" in message
+    assert f"STRONGROOM_DATA_DIR (now {elsewhere})" in message
     assert not elsewhere.exists()
 
 

@@ -102,6 +102,10 @@ def test_start_up_refuses_what_others_can_reach(tmp_path: Path, target: str, set
             check=False,
         )
 
+    made = subprocess.run(
+        [STRONGROOM, "migrate"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert made.returncode == 0, made.stderr
     first = keys_status()
     assert first.returncode == 0, first.stderr
     opened = data / target

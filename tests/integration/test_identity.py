@@ -130,6 +130,39 @@ async def test_totp_enrolment_and_replay(
         assert user.mfa_enrolled_at is None
 
 
+async def test_totp_takes_one_step_of_drift_and_never_a_step_at_or_before_the_last(
+    identity: IdentityService, sessions: Sessions, clock: FixedClock
+) -> None:
+    user = await _user(identity, sessions)
+    async with sessions() as session, session.begin():
+        user = await session.merge(user)
+        totp = pyotp.TOTP((await identity.begin_totp(session, user)).secret)
+    step = timedelta(seconds=totp.interval)
+
+    async def verify(at: timedelta) -> bool:
+        """Whether the code of the step ``at`` from now is taken."""
+        nonlocal user
+        async with sessions() as session, session.begin():
+            user = await session.merge(user)
+            try:
+                await identity.verify_totp(session, user, totp.at(clock.now() + at))
+            except InvalidCredentials:
+                return False
+            return True
+
+    assert not await verify(2 * step)  # beyond the drift allowed
+    assert await verify(-step)  # the previous step, once
+    assert not await verify(-step)
+    assert await verify(step)  # the next step, before its time
+    # The current step is now before the last one taken: refused, though unused.
+    assert not await verify(timedelta(0))
+    clock.advance(step)
+    assert not await verify(timedelta(0))  # the step taken early, now current
+    assert await verify(step)
+    clock.advance(3 * step)
+    assert await verify(timedelta(0))
+
+
 async def test_tokens_expire_revoke_and_are_scoped(
     identity: IdentityService, sessions: Sessions, clock: FixedClock
 ) -> None:
