@@ -64,6 +64,7 @@ def schedule(scheduler: AsyncIOScheduler, jobs: Sequence[Job], runner: JobRunner
             seconds=job.every.total_seconds(),
             args=(job,),
             id=job.name,
+            name=job.name,
             max_instances=1,
             coalesce=True,
             misfire_grace_time=None,
