@@ -1,4 +1,5 @@
-"""The worker: projection of the capture journal and scheduled jobs.
+"""The worker: projection of the capture journal, and the scheduled jobs that
+each context declares (:func:`declared_jobs`).
 
 ``strongroom worker`` runs them; the embedded ``strongroom serve`` runs one as a
 child process (:func:`worker_process`).
@@ -7,27 +8,30 @@ child process (:func:`worker_process`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from api.bootstrap import Services, freeze_startup_heap
-from archiver.jobs import anchor_audit_until, reconcile_vault
+from archiver import audit, media, vault
+from archiver.jobs import Job, JobRunner, job_lock
+from archiver.media import FETCH_EVERY
 
 log = structlog.get_logger("strongroom.worker")
 
-RECONCILE_EVERY_HOURS = 6
-MEDIA_EVERY_SECONDS = 10
-# How often the worker asks whether the audit chain's head is due a checkpoint
-# (STRONGROOM_AUDIT_ANCHOR_SECONDS after the last one): the delay's bound is the sum.
-ANCHOR_POLL_SECONDS = 1
+# The demo says how long it waits for the media fetch.
+MEDIA_EVERY_SECONDS = int(FETCH_EVERY.total_seconds())
 # How often an idle projector looks for new journal entries (one indexed query).
 PROJECTION_POLL_SECONDS = 0.2
+# How long a stopping worker lets the jobs in progress finish before it cancels
+# them (a checkpoint takes milliseconds; a vault reconciliation may take hours).
+JOB_FINISH_SECONDS = 10.0
 # How long the embedded server waits for its worker to finish what it is doing.
 WORKER_STOP_SECONDS = 30.0
 # Added to the embedded worker's niceness: when the two compete for a core,
@@ -35,46 +39,59 @@ WORKER_STOP_SECONDS = 30.0
 EMBEDDED_WORKER_NICENESS = 10
 
 
-def schedule(scheduler: AsyncIOScheduler, services: Services) -> None:
-    """Register every recurring job."""
-    common = {"max_instances": 1, "coalesce": True}
-    scheduler.add_job(
-        reconcile_vault,
-        "interval",
-        hours=RECONCILE_EVERY_HOURS,
-        args=(services.vault, services.sessions),
-        id="reconcile_vault",
-        **common,
-    )
-    scheduler.add_job(
-        services.media.fetch_due,
-        "interval",
-        seconds=MEDIA_EVERY_SECONDS,
-        id="fetch_media",
-        **common,
-    )
+def declared_jobs(services: Services) -> list[Job]:
+    """Every context's scheduled jobs, each given only what it uses."""
+    return [
+        *audit.jobs(services.audit),
+        *vault.jobs(services.vault, services.sessions),
+        *media.jobs(services.media),
+    ]
+
+
+def schedule(scheduler: AsyncIOScheduler, jobs: Sequence[Job], runner: JobRunner) -> None:
+    """Register each of ``jobs`` to run through ``runner`` at its interval.
+
+    One run of a job at a time in this worker; runs missed while the event loop
+    was busy are run once, however late.
+    """
+    names = [job.name for job in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two jobs share a name: {sorted(names)}")
+    for job in jobs:
+        scheduler.add_job(
+            runner.run,
+            "interval",
+            seconds=job.every.total_seconds(),
+            args=(job,),
+            id=job.name,
+            name=job.name,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
 
 
 @asynccontextmanager
 async def background_jobs(services: Services) -> AsyncIterator[None]:
-    """Run the journal projection and audit anchoring loops and the scheduled jobs
-    while inside."""
+    """Run the journal projection loop and the declared jobs while inside."""
+    # APScheduler logs every run at info; the audit checkpoint looks every second.
+    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
     stop = asyncio.Event()
     projection = asyncio.create_task(
         services.capture.run_projection(stop, idle_seconds=PROJECTION_POLL_SECONDS)
     )
-    anchoring = asyncio.create_task(anchor_audit_until(stop, services.audit, ANCHOR_POLL_SECONDS))
+    runner = JobRunner(job_lock(services.engine))
     scheduler = AsyncIOScheduler(timezone="UTC")
-    schedule(scheduler, services)
+    schedule(scheduler, declared_jobs(services), runner)
     scheduler.start()
     log.info("background jobs started", jobs=[job.id for job in scheduler.get_jobs()])
     try:
         yield
     finally:
         stop.set()
+        scheduler.pause()
+        await asyncio.gather(projection, runner.finish(JOB_FINISH_SECONDS))
         scheduler.shutdown(wait=False)
-        await projection
-        await anchoring
 
 
 class _StopWhenClosed(asyncio.Protocol):

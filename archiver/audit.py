@@ -69,6 +69,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Final, Literal, cast
 
 import msgspec
@@ -87,6 +88,7 @@ from archiver import envelope
 from archiver.clock import Clock
 from archiver.db import Writer
 from archiver.errors import ArchiverError, CryptoError, IntegrityError, ObjectExists, VaultError
+from archiver.jobs import Job
 from archiver.keyring import Keyring
 from archiver.models import AuditCheckpoint, AuditEvent, SealedObject
 from archiver.vault import SealRequest, Vault, day_prefix
@@ -1147,3 +1149,31 @@ class _ChainCheck:
             if chain_hash(other.prev_hash, moved) == other.hash:
                 return other.seq
         return None
+
+
+# -- its job -------------------------------------------------------------------
+
+# How often the worker asks whether the head is due a checkpoint (``anchor_seconds``
+# after the last one): the bound of an event's wait for its anchor is the sum.
+ANCHOR_POLL: Final = timedelta(seconds=1)
+
+
+async def anchor_audit(audit: AuditLog) -> None:
+    """Checkpoint the audit chain's head in the vault when it is due; a chain cut
+    behind its last checkpoint is logged as an error each time, never checkpointed."""
+    try:
+        await audit.checkpoint_due()
+    except AuditChainBroken as exc:
+        log.error("audit chain cut; not checkpointed", problem=str(exc))
+
+
+def jobs(audit: AuditLog) -> list[Job]:
+    """The audit trail's scheduled job: the timed checkpoint of the chain's head."""
+    return [
+        Job(
+            name="audit_checkpoint",
+            every=ANCHOR_POLL,
+            run=partial(anchor_audit, audit),
+            singleton=True,
+        )
+    ]

@@ -35,6 +35,7 @@ from archiver.accounts import AccountService
 from archiver.clock import Clock
 from archiver.errors import ArchiverError, KeyDestroyed
 from archiver.graph import GraphClient, GraphPermanent, GraphTransient, MediaInfo, MediaTooLarge
+from archiver.jobs import Job
 from archiver.models import MediaItem, Record, SealedObject
 from archiver.subjects import record_subject
 from archiver.vault import Vault
@@ -395,3 +396,14 @@ def _explain(exc: GraphPermanent, expired: bool) -> str:
 
 def _short(reason: str) -> str:
     return reason if len(reason) <= _ERROR_LIMIT else reason[: _ERROR_LIMIT - 1] + "…"
+
+
+# -- its job -------------------------------------------------------------------
+
+FETCH_EVERY = timedelta(seconds=10)
+
+
+def jobs(fetcher: MediaFetcher) -> list[Job]:
+    """The media fetch's scheduled job. Not a singleton: each claim is a row lock,
+    so workers share the queue."""
+    return [Job(name="fetch_media", every=FETCH_EVERY, run=fetcher.fetch_due)]

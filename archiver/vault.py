@@ -14,10 +14,12 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import partial
 
+import structlog
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver import envelope
 from archiver.clock import Clock
@@ -29,8 +31,11 @@ from archiver.errors import (
     VaultError,
 )
 from archiver.interfaces import NewObject, ObjectStore
+from archiver.jobs import Job
 from archiver.keyring import Keyring
 from archiver.models import SealedObject
+
+log = structlog.get_logger("strongroom.vault")
 
 _VERIFY_BATCH = 200
 _VERIFY_CONCURRENCY = 8
@@ -301,3 +306,30 @@ class Vault:
                 Drift(key, "legal_hold", f"record {record.legal_hold}, store {lock.legal_hold}")
             )
         return problems
+
+
+# -- its job -------------------------------------------------------------------
+
+RECONCILE_EVERY = timedelta(hours=6)
+
+
+async def reconcile_vault(vault: Vault, sessions: async_sessionmaker[AsyncSession]) -> VerifyReport:
+    """Re-read every sealed object's real lock state and hash; log any drift."""
+    async with sessions() as session:
+        report = await vault.verify(session)
+    for drift in report.drift:
+        log.error("vault drift", object_key=drift.object_key, problem=drift.problem)
+    log.info(
+        "vault reconciled",
+        checked=report.checked,
+        drift=len(report.drift),
+        unrecorded=len(report.unrecorded),
+    )
+    return report
+
+
+def jobs(vault: Vault, sessions: async_sessionmaker[AsyncSession]) -> list[Job]:
+    """The vault's scheduled job: reconciling the lock state, one worker at a time
+    (it reads every object)."""
+    run = partial(reconcile_vault, vault, sessions)
+    return [Job(name="reconcile_vault", every=RECONCILE_EVERY, run=run, singleton=True)]

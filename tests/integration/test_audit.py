@@ -29,6 +29,7 @@ from archiver.audit import (
     AuditLog,
     AuditUnavailable,
     AuditVerifyReport,
+    anchor_audit,
     anchor_name,
     canonical_bytes,
     chain_hash,
@@ -39,7 +40,6 @@ from archiver.audit import (
 from archiver.clock import FixedClock
 from archiver.db import Base, create_engine, session_factory
 from archiver.errors import IntegrityError
-from archiver.jobs import anchor_audit
 from archiver.keyring import Keyring
 from archiver.models import AuditCheckpoint, AuditEvent, SealedObject
 from archiver.vault import Vault
