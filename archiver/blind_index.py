@@ -45,7 +45,9 @@ import hashlib
 import hmac
 import re
 import unicodedata
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import TYPE_CHECKING
 
 import phonenumbers
@@ -127,7 +129,7 @@ _SEGMENTED_BLOCKS = (
 
 
 class _Classes:
-    """Code point classes read from ``unicodedata`` once, at import."""
+    """Code point classes read from ``unicodedata`` (once: see ``_tables``)."""
 
     def __init__(self) -> None:
         self.pictographs: set[int] = set()
@@ -200,84 +202,107 @@ def _char_class(ranges: list[tuple[int, int]]) -> str:
     )
 
 
-_classes = _Classes()
-# Planes 15-16 are private use (logos, icon fonts): pictographs too.
-_PIC_RANGES = [*_ranges(_classes.pictographs), (0xF0000, _MAX_CODE_POINT)]
-_SEG_RANGES = [
-    *_ranges(
-        {
-            cp
-            for low, high in _SEGMENTED_BLOCKS[:-1]
-            for cp in range(low, high + 1)
-            if cp not in _classes.pictographs
-        }
-    ),
-    _SEGMENTED_BLOCKS[-1],
-]
-# A word character is anything else but the space, the joiner and tags. The
-# class is spelled positively because a regex set stops at its first hit:
-# this way a BMP letter costs one bitmap lookup instead of a walk over every
-# astral pictograph range.
-_WORD_RANGES = _complement(
-    [*_PIC_RANGES, *_SEG_RANGES, (0x20, 0x20), (ord(_ZWJ), ord(_ZWJ)), _TAGS]
-)
-
-_PRE_TABLE: dict[int, str | None] = {**dict.fromkeys(_classes.invisible), **_classes.narrow}
-_PRE = re.compile(f"[{_char_class(_ranges(set(_PRE_TABLE)))}]+")
-# Regex sets walk their astral ranges for every character, so the few astral
-# separators are replaced one by one, only when present.
-_SEPARATORS = re.compile(
-    f"[{_char_class(_ranges({cp for cp in _classes.separators if cp < _ASTRAL}))}]+"
-)
-_ASTRAL_SEPARATORS = frozenset(chr(cp) for cp in _classes.separators if cp >= _ASTRAL)
-_ASTRAL_CHAR = re.compile(f"[{_char_class([(_ASTRAL, _MAX_CODE_POINT)])}]")
 _ASCII_TABLE = {cp: " " for cp in range(128) if not chr(cp).isalnum()}
 # ァ..ヶ → ぁ..ゖ and ヽヾ → ゝゞ; the prolonged sound mark ー is shared by both
 # scripts and stays.
 _HIRAGANA = {cp: chr(cp - 0x60) for cp in (*range(0x30A1, 0x30F7), 0x30FD, 0x30FE)}
-_KATAKANA = re.compile(f"[{_char_class(_ranges(set(_HIRAGANA)))}]+")
-del _classes
 
-_PIC = _char_class(_PIC_RANGES)
-_TAG = _char_class([_TAGS])
-_JOINER_OR_TAG = re.compile(f"[{_ZWJ}{_TAG}]")
-# Each branch starts with the character it removes, which keeps the scan quick.
-_STRAY_JOINERS = re.compile(
-    rf"{_ZWJ}(?<![{_PIC}]{_ZWJ})|{_ZWJ}(?![{_PIC}])|[{_TAG}](?<![{_PIC}{_TAG}][{_TAG}])[{_TAG}]*"
-)
-_PICTOGRAPH = rf"[{_PIC}][{_TAG}]{{0,{_MAX_TAGS}}}"
-_TOKEN = re.compile(
-    rf"(?P<word>[{_char_class(_WORD_RANGES)}]+)"
-    rf"|(?P<seg>[{_char_class(_SEG_RANGES)}]+)"
-    rf"|[{_char_class([_REGIONAL_INDICATORS])}]{{2}}"
-    rf"|{_PICTOGRAPH}(?:{_ZWJ}{_PICTOGRAPH}){{0,{_MAX_ZWJ_JOINS}}}"
-)
-_WORD_GROUP = _TOKEN.groupindex["word"]
-_SEG_GROUP = _TOKEN.groupindex["seg"]
+
+@dataclass(frozen=True)
+class _Tables:
+    """The compiled character tables that ``normalize`` and ``_tokens`` use."""
+
+    pre_table: dict[int, str | None]
+    pre: re.Pattern[str]
+    separators: re.Pattern[str]
+    astral_separators: frozenset[str]
+    astral_char: re.Pattern[str]
+    katakana: re.Pattern[str]
+    joiner_or_tag: re.Pattern[str]
+    stray_joiners: re.Pattern[str]
+    token: re.Pattern[str]
+    word_group: int
+    seg_group: int
+
+
+@cache
+def _tables() -> _Tables:
+    """Build the tables once, on first use: scanning ``unicodedata`` and compiling
+    the patterns is work that a process which never tokenizes must not pay at import."""
+    classes = _Classes()
+    # Planes 15-16 are private use (logos, icon fonts): pictographs too.
+    pic_ranges = [*_ranges(classes.pictographs), (0xF0000, _MAX_CODE_POINT)]
+    seg_ranges = [
+        *_ranges(
+            {
+                cp
+                for low, high in _SEGMENTED_BLOCKS[:-1]
+                for cp in range(low, high + 1)
+                if cp not in classes.pictographs
+            }
+        ),
+        _SEGMENTED_BLOCKS[-1],
+    ]
+    # A word character is anything else but the space, the joiner and tags. The
+    # class is spelled positively because a regex set stops at its first hit:
+    # this way a BMP letter costs one bitmap lookup instead of a walk over every
+    # astral pictograph range.
+    word_ranges = _complement(
+        [*pic_ranges, *seg_ranges, (0x20, 0x20), (ord(_ZWJ), ord(_ZWJ)), _TAGS]
+    )
+    pre_table: dict[int, str | None] = {**dict.fromkeys(classes.invisible), **classes.narrow}
+    pic = _char_class(pic_ranges)
+    tag = _char_class([_TAGS])
+    pictograph = rf"[{pic}][{tag}]{{0,{_MAX_TAGS}}}"
+    token = re.compile(
+        rf"(?P<word>[{_char_class(word_ranges)}]+)"
+        rf"|(?P<seg>[{_char_class(seg_ranges)}]+)"
+        rf"|[{_char_class([_REGIONAL_INDICATORS])}]{{2}}"
+        rf"|{pictograph}(?:{_ZWJ}{pictograph}){{0,{_MAX_ZWJ_JOINS}}}"
+    )
+    return _Tables(
+        pre_table=pre_table,
+        pre=re.compile(f"[{_char_class(_ranges(set(pre_table)))}]+"),
+        # Regex sets walk their astral ranges for every character, so the few
+        # astral separators are replaced one by one, only when present.
+        separators=re.compile(
+            f"[{_char_class(_ranges({cp for cp in classes.separators if cp < _ASTRAL}))}]+"
+        ),
+        astral_separators=frozenset(chr(cp) for cp in classes.separators if cp >= _ASTRAL),
+        astral_char=re.compile(f"[{_char_class([(_ASTRAL, _MAX_CODE_POINT)])}]"),
+        katakana=re.compile(f"[{_char_class(_ranges(set(_HIRAGANA)))}]+"),
+        joiner_or_tag=re.compile(f"[{_ZWJ}{tag}]"),
+        # Each branch starts with the character it removes, which keeps the scan quick.
+        stray_joiners=re.compile(
+            rf"{_ZWJ}(?<![{pic}]{_ZWJ})|{_ZWJ}(?![{pic}])|[{tag}](?<![{pic}{tag}][{tag}])[{tag}]*"
+        ),
+        token=token,
+        word_group=token.groupindex["word"],
+        seg_group=token.groupindex["seg"],
+    )
 
 
 def normalize(text: str) -> str:
     """Fold ``text`` to the form that is tokenized (see the module docstring)."""
     if text.isascii():
         return " ".join(text.lower().translate(_ASCII_TABLE).split())
+    tables = _tables()
     # Invisible characters go before NFKC, which can then compose across them.
-    text = unicodedata.normalize("NFKC", _PRE.sub(_pre_map, text)).casefold()
+    text = unicodedata.normalize(
+        "NFKC", tables.pre.sub(lambda m: m.group().translate(tables.pre_table), text)
+    ).casefold()
     if not unicodedata.is_normalized("NFKC", text):
         text = unicodedata.normalize("NFKC", text)
-    text = _KATAKANA.sub(_to_hiragana, _SEPARATORS.sub(" ", text))
-    if _ASTRAL_CHAR.search(text):
-        for char in _ASTRAL_SEPARATORS.intersection(_ASTRAL_CHAR.findall(text)):
+    text = tables.katakana.sub(_to_hiragana, tables.separators.sub(" ", text))
+    if tables.astral_char.search(text):
+        for char in tables.astral_separators.intersection(tables.astral_char.findall(text)):
             text = text.replace(char, " ")
-    if _JOINER_OR_TAG.search(text):
-        text = _STRAY_JOINERS.sub("", text)
+    if tables.joiner_or_tag.search(text):
+        text = tables.stray_joiners.sub("", text)
         # Rare: a joiner between a letter and its accent blocked composition.
         if not unicodedata.is_normalized("NFKC", text):
             text = unicodedata.normalize("NFKC", text)
     return " ".join(text.split())
-
-
-def _pre_map(match: re.Match[str]) -> str:
-    return match.group().translate(_PRE_TABLE)
 
 
 def _to_hiragana(match: re.Match[str]) -> str:
@@ -289,13 +314,14 @@ def _tokens(text: str, *, index: bool) -> list[str]:
     if normalized.isascii():
         words = [word[:MAX_TOKEN_CHARS] for word in normalized.split()]
         return list(dict.fromkeys(words))
+    tables = _tables()
     out: list[str] = []
-    for match in _TOKEN.finditer(normalized):
+    for match in tables.token.finditer(normalized):
         token = match.group()
         kind = match.lastindex
-        if kind == _WORD_GROUP:
+        if kind == tables.word_group:
             out.append(token[:MAX_TOKEN_CHARS])
-        elif kind != _SEG_GROUP or len(token) == 1:
+        elif kind != tables.seg_group or len(token) == 1:
             out.append(token)
         else:
             out.extend([token[i : i + 2] for i in range(len(token) - 1)])
