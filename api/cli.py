@@ -27,6 +27,7 @@ from api.bootstrap import (
     write_key_file,
 )
 from api.logging import configure_logging
+from api.operator import CLI_ACTOR, grant_as_operator
 from api.settings import Settings, SettingsError, load_settings
 from archiver.audit import AuditEntry, AuditUnavailable, format_time
 from archiver.blind_index import normalize_phone
@@ -38,7 +39,7 @@ from archiver.chat_export import (
     ParseProblem,
 )
 from archiver.errors import AccountExists, AccountNotFound, ArchiverError
-from archiver.identity import SENSITIVE_ROLES, IdentityError, Permission, Role
+from archiver.identity import IdentityError, Permission, Role
 from archiver.imports import ImportResult, MissingLines
 from archiver.keyring import new_root_key, root_key_id
 from archiver.models import User
@@ -48,10 +49,6 @@ from policy.models import LexiconTerm
 
 T = TypeVar("T")
 log = structlog.get_logger("strongroom.cli")
-# The CLI acts with the operator's full local authority (it holds the root key),
-# so it is named "cli" in the audit trail and in approvals; a sensitive grant it
-# asks for still needs an admin's decision once the first admin exists.
-CLI_ACTOR = "cli"
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -545,28 +542,6 @@ async def _user(services: Services, session: AsyncSession, username: str) -> Use
     return user
 
 
-async def _grant_from_cli(
-    services: Services, session: AsyncSession, user: User, role: Role, account: str | None
-) -> str:
-    """Apply a grant, or (sensitive, once an admin exists) ask an admin to approve it."""
-    if account is not None:
-        await services.accounts.get(session, account)
-    if role in SENSITIVE_ROLES and await services.identity.admin_exists(session):
-        approval = await services.approvals.request(
-            session,
-            kind="grant",
-            permission=Permission.GRANTS_APPROVE,
-            payload={"user_id": user.id, "role": role.value, "account_id": account},
-            requested_by=CLI_ACTOR,
-        )
-        return (
-            f"approval {approval.id} requested: "
-            f"an admin must approve {role.value} for {user.username}"
-        )
-    await services.identity.apply_grant(session, user, role, account, granted_by=CLI_ACTOR)
-    return f"granted {role.value} on {account or 'all accounts'} to {user.username}"
-
-
 ROLE_CHOICE = click.Choice([r.value for r in Role])
 
 
@@ -599,7 +574,7 @@ def users_create(
             )
             lines = [f"user {user.username} created: {user.id}"]
             if role is not None:
-                lines.append(await _grant_from_cli(services, session, user, Role(role), account))
+                lines.append(await grant_as_operator(services, session, user, Role(role), account))
         return lines
 
     try:
@@ -620,7 +595,7 @@ def users_grant(username: str, role: str, account: str | None) -> None:
     async def work(services: Services) -> str:
         async with services.sessions() as session, session.begin():
             user = await _user(services, session, username)
-            return await _grant_from_cli(services, session, user, Role(role), account)
+            return await grant_as_operator(services, session, user, Role(role), account)
 
     try:
         click.echo(_run(settings, work))

@@ -45,8 +45,8 @@ import httpx
 from sqlalchemy import func, select
 
 from api.bootstrap import Services
-from api.cli import CLI_ACTOR, _grant_from_cli
 from api.fake_graph import FakeMedia, meta_wamid, running_fake_graph
+from api.operator import CLI_ACTOR, grant_as_operator
 from api.worker import MEDIA_EVERY_SECONDS
 from archiver.identity import IdentityConflict, Role
 from archiver.items import Identity, extract
@@ -1027,7 +1027,7 @@ async def _officer(services: Services, account_id: str) -> _Officer:
                 continue  # a previous run drew the same suffix
         else:
             raise DemoError("could not find a free demo-officer-#### user name")
-        outcome = await _grant_from_cli(
+        outcome = await grant_as_operator(
             services, session, user, Role.COMPLIANCE_OFFICER, account_id
         )
         granted = bool(await services.identity.active_grants(session, user.id))

@@ -795,6 +795,30 @@ class GrantService:
             session, user, role, account_id, granted_by=requester.user_id
         )
 
+    async def grant_as_operator(
+        self,
+        session: AsyncSession,
+        user: User,
+        role: Role,
+        account_id: str | None,
+        *,
+        operator: str,
+    ) -> Grant | Approval:
+        """Grant on behalf of the machine's operator (``operator`` names them in the
+        trail): at once, so the first admin can be made; a sensitive role opens an
+        approval instead once an admin exists to decide it."""
+        if role in SENSITIVE_ROLES and await self._identity.admin_exists(session):
+            return await self._approvals.request(
+                session,
+                kind="grant",
+                permission=Permission.GRANTS_APPROVE,
+                payload={"user_id": user.id, "role": role.value, "account_id": account_id},
+                requested_by=operator,
+            )
+        return await self._identity.apply_grant(
+            session, user, role, account_id, granted_by=operator
+        )
+
     async def decide(
         self,
         session: AsyncSession,
