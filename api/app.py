@@ -8,17 +8,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
-import msgspec
 import structlog
 from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import ResponseSpec
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp
 from sqlalchemy import text
@@ -31,10 +29,11 @@ from api.bootstrap import Services, freeze_startup_heap, open_services
 from api.console import CONSOLE_ROUTES
 from api.conversations import ConversationController
 from api.deps import ServicesDep
+from api.errors import exception_handlers
 from api.lexicon import LexiconController
 from api.logging import RequestIdMiddleware
 from api.metrics import metrics
-from api.openapi import Error, Problem, document_errors, openapi_config
+from api.openapi import document_errors, openapi_config
 from api.search import search
 from api.settings import Settings
 from api.transport import BodyDeadlineMiddleware
@@ -77,7 +76,10 @@ def healthz() -> dict[str, str]:
     opt={"permission": PUBLIC},
     responses={
         HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(
-            dict[str, str], description="The database or the vault is unreachable."
+            # No generated examples: they are random, and differ from app to app.
+            dict[str, str],
+            description="The database or the vault is unreachable.",
+            generate_examples=False,
         )
     },
 )
@@ -100,31 +102,6 @@ async def readyz(services: ServicesDep) -> Response[dict[str, str]]:
     ready = all(v == "ok" for v in checks.values())
     checks["status"] = "ok" if ready else "unavailable"
     return Response(checks, status_code=200 if ready else HTTP_503_SERVICE_UNAVAILABLE)
-
-
-def _http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[Error]:
-    detail, problems = exc.detail, None
-    if isinstance(exc.extra, list):  # Litestar's validation errors: field, source, message
-        problems = [
-            Problem(reason=e.get("message", ""), field=_field(e.get("key")), source=e.get("source"))
-            for e in exc.extra
-        ]
-        named = (f"{p.field}: {p.reason}" if p.field else p.reason for p in problems)
-        detail = f"{detail}: {'; '.join(named)}"
-    elif isinstance(exc.extra, dict) and "problems" in exc.extra:
-        problems = msgspec.convert(exc.extra["problems"], list[Problem])
-    return Response(Error(detail, problems), status_code=exc.status_code, headers=exc.headers)
-
-
-def _field(key: str | None) -> str | None:
-    # Litestar names the body as a whole after the handler's parameter, "data".
-    return None if key == "data" else key
-
-
-def _internal_error(_: Request[Any, Any, State], exc: Exception) -> Response[Error]:
-    # Clients never see internals; the log carries the exception type and request id.
-    log.error("unhandled error", error=type(exc).__name__, exc_info=exc)
-    return Response(Error("internal error"), status_code=HTTP_500_INTERNAL_SERVER_ERROR)
 
 
 def _services(state: State) -> Services:
@@ -174,7 +151,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
         guards=[authorize],
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         lifespan=[lifespan],
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers=exception_handlers(),
         openapi_config=openapi_config(
             path="/schema",
             # The API description is public; what it describes is not.

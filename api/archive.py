@@ -34,7 +34,7 @@ from api.openapi import Problem, errors
 from archiver.blind_index import normalize_phone
 from archiver.chat_export import ChatExportError, DateOrder, ParseProblem
 from archiver.conversations import message_ids
-from archiver.errors import AccountExists, AccountNotFound
+from archiver.errors import AccountNotFound
 from archiver.identity import Permission, Principal
 from archiver.items import MAX_ID, Identity, fit
 from archiver.models import ContactIdentity, DeliveryState, MediaItem, Record
@@ -278,21 +278,16 @@ class ArchiveController(Controller):
     )
     async def add_account(self, data: JSONBody[AccountIn], services: ServicesDep) -> AccountOut:
         """Register a phone number and its Meta app secret and verify token."""
-        try:
-            async with services.sessions() as session, session.begin():
-                account = await services.accounts.add(
-                    session,
-                    phone_number_id=data.phone_number_id,
-                    display_phone_number=data.display_phone_number,
-                    app_secret=data.app_secret,
-                    verify_token=data.verify_token,
-                    access_token=data.access_token,
-                    waba_id=data.waba_id,
-                )
-        except AccountExists as exc:
-            raise ClientException(str(exc), status_code=409) from None
-        except ValueError as exc:
-            raise ValidationException(str(exc)) from None
+        async with services.sessions() as session, session.begin():
+            account = await services.accounts.add(
+                session,
+                phone_number_id=data.phone_number_id,
+                display_phone_number=data.display_phone_number,
+                app_secret=data.app_secret,
+                verify_token=data.verify_token,
+                access_token=data.access_token,
+                waba_id=data.waba_id,
+            )
         await services.capture.refresh_secrets()
         async with services.sessions() as session:
             number = await services.accounts.display_phone_number(session, account)
@@ -382,11 +377,7 @@ class ArchiveController(Controller):
     ) -> ContactOut:
         """The contact id of a phone number (looked up by its blind token), if the
         caller can read any of that contact's records."""
-        try:
-            e164 = normalize_phone(phone)
-        except ValueError as exc:
-            raise ValidationException(str(exc)) from None
-        token = services.capture.identity_token(Identity("wa_id", e164))
+        token = services.capture.identity_token(Identity("wa_id", normalize_phone(phone)))
         async with services.sessions() as session:
             row = await session.get(ContactIdentity, ("wa_id", token))
             visible = row is not None and await session.scalar(
@@ -457,8 +448,6 @@ class ArchiveController(Controller):
                 status_code=422,
                 extra={"problems": [msgspec.to_builtins(p) for p in _problems(exc.problems)]},
             ) from None
-        except ValueError as exc:
-            raise ValidationException(str(exc)) from None
         return ImportOut(
             result.contact_id,
             result.messages,

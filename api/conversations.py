@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get
-from litestar.exceptions import ClientException, NotFoundException
+from litestar.exceptions import NotFoundException
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery
 from litestar.status_codes import HTTP_200_OK
@@ -21,7 +21,7 @@ from api.deps import RowId, ServicesDep
 from api.openapi import Error
 from api.search import account_scope
 from archiver.conversations import Conversation, Message, Status, message_ids
-from archiver.errors import IntegrityFailed, KeyDestroyed, ObjectNotFound
+from archiver.errors import KeyDestroyed, ObjectNotFound
 from archiver.identity import Permission, Principal
 from archiver.items import DeliveryError
 from archiver.media_safety import delivery
@@ -223,8 +223,6 @@ class ConversationController(Controller):
                 data = await services.records.open_media(session, item, record)
             except (KeyDestroyed, ObjectNotFound):
                 raise NotFoundException("no such media") from None
-            except IntegrityFailed as exc:
-                raise ClientException(str(exc), status_code=409) from None
         served = delivery(data, item.mime_type)
         disposition = "inline" if served.inline else "attachment"
         return Response(

@@ -7,7 +7,6 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
-from litestar.exceptions import ClientException, NotFoundException, ValidationException
 from litestar.params import FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
 
@@ -17,7 +16,6 @@ from api.bootstrap import Services
 from api.deps import RowId, ServicesDep
 from api.openapi import errors
 from archiver.identity import Permission, Principal
-from policy.errors import DuplicateTerm, InvalidTerm, TermAlreadyRemoved, TermNotFound
 from policy.models import LexiconTerm
 
 Caller = Request[Principal, Any, Any]
@@ -90,15 +88,8 @@ class LexiconController(Controller):
         self, request: Caller, data: JSONBody[TermIn], services: ServicesDep
     ) -> TermOut:
         """Add a term with its action: ``flag`` (default), ``hold`` or ``block``."""
-        try:
-            async with services.sessions() as session, session.begin():
-                row = await services.lexicon.add(
-                    session, data.term, data.action, request.user.actor
-                )
-        except InvalidTerm as exc:
-            raise ValidationException(str(exc)) from None
-        except DuplicateTerm as exc:
-            raise ClientException(str(exc), status_code=HTTP_409_CONFLICT) from None
+        async with services.sessions() as session, session.begin():
+            row = await services.lexicon.add(session, data.term, data.action, request.user.actor)
         await _audit(services, request, "lexicon.add", row)
         return _term(row)
 
@@ -110,11 +101,6 @@ class LexiconController(Controller):
     )
     async def remove_term(self, request: Caller, term_id: RowId, services: ServicesDep) -> None:
         """Remove a term; its row stays, with who removed it and when."""
-        try:
-            async with services.sessions() as session, session.begin():
-                row = await services.lexicon.remove(session, term_id, request.user.actor)
-        except TermNotFound as exc:
-            raise NotFoundException(str(exc)) from None
-        except TermAlreadyRemoved as exc:
-            raise ClientException(str(exc), status_code=HTTP_409_CONFLICT) from None
+        async with services.sessions() as session, session.begin():
+            row = await services.lexicon.remove(session, term_id, request.user.actor)
         await _audit(services, request, "lexicon.remove", row)

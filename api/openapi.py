@@ -3,8 +3,9 @@
 Every error is an :class:`Error`. The statuses every route shares are declared
 here, from the route itself, so that no handler repeats them: 400 when it takes
 parameters or a body, 413 when it reads a body, 401 unless it is public, 403 when
-it needs a permission or changes something, 404 when its path names something. A
-handler declares only what is its own (``responses=errors(409)``), with
+it needs a permission or changes something, 404 when its path names something,
+and 500 everywhere (an internal error, logged, answered ``{"error": "internal
+error"}``). A handler declares only what is its own (``responses=errors(409)``), with
 :func:`errors`.
 """
 
@@ -52,6 +53,7 @@ _MEANING = {
     409: "The change collides with the current state; nothing changed.",
     413: "The body is larger than this route accepts.",
     422: "The content cannot be read; nothing changed.",
+    500: "An internal error; it is logged and the answer says nothing more.",
 }
 
 DESCRIPTION = """\
@@ -210,6 +212,7 @@ def _shared_statuses(route: HTTPRoute, handler: HTTPRouteHandler) -> list[int]:
             statuses.append(403)
     if route.path_parameters:
         statuses.append(404)
+    statuses.append(500)
     return statuses
 
 

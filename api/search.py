@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, post
-from litestar.exceptions import ValidationException
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
@@ -22,7 +21,7 @@ from archiver.identity import Permission, Principal
 from archiver.items import Identity
 from archiver.models import ContactIdentity
 from archiver.records import ids_trusted
-from archiver.search import Filters, Hit, SearchError
+from archiver.search import Filters, Hit
 
 Direction = Literal["inbound", "outbound", "none", "unknown"]
 Source = Literal["cloud_api", "business_app", "history_sync", "chat_import", "outbox"]
@@ -97,10 +96,7 @@ async def contact_scope(services: Services, phone: str | None) -> frozenset[str]
     """The contact a phone number names (none at all if it is unknown)."""
     if phone is None:
         return None
-    try:
-        token = services.capture.identity_token(Identity("wa_id", normalize_phone(phone)))
-    except ValueError as exc:
-        raise ValidationException(str(exc)) from None
+    token = services.capture.identity_token(Identity("wa_id", normalize_phone(phone)))
     async with services.sessions() as session:
         row = await session.get(ContactIdentity, ("wa_id", token))
     return frozenset({row.contact_id} if row else set())
@@ -163,18 +159,15 @@ async def search(
         delivery=data.delivery,
         error_code=data.error_code,
     )
-    try:
-        hits, cursor = await audited_search(
-            services,
-            request,
-            data.query,
-            filters,
-            after=decode_cursor(data.cursor) if data.cursor else None,
-            limit=data.limit,
-            asked=msgspec.to_builtins(data),
-        )
-    except SearchError as exc:
-        raise ValidationException(str(exc)) from None
+    hits, cursor = await audited_search(
+        services,
+        request,
+        data.query,
+        filters,
+        after=decode_cursor(data.cursor) if data.cursor else None,
+        limit=data.limit,
+        asked=msgspec.to_builtins(data),
+    )
     return SearchOut([_result(h) for h in hits], encode_cursor(cursor) if cursor else None)
 
 

@@ -8,7 +8,6 @@ from typing import Any, Literal
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import (
-    ClientException,
     NotFoundException,
     PermissionDeniedException,
     ValidationException,
@@ -23,8 +22,6 @@ from api.deps import RowId, ServicesDep
 from api.openapi import errors
 from archiver.errors import AccountNotFound
 from archiver.identity import (
-    IdentityConflict,
-    NotPermitted,
     Permission,
     Principal,
     Role,
@@ -163,15 +160,10 @@ class UsersController(Controller):
         self, request: Caller, data: JSONBody[UserIn], services: ServicesDep
     ) -> UserOut:
         """Create a user with no roles; grant them separately."""
-        try:
-            async with services.sessions() as session, session.begin():
-                user = await services.identity.create_user(
-                    session, data.username, data.password, created_by=request.user.user_id
-                )
-        except ValueError as exc:
-            raise ValidationException(str(exc)) from None
-        except IdentityConflict as exc:
-            raise ClientException(str(exc), status_code=409) from None
+        async with services.sessions() as session, session.begin():
+            user = await services.identity.create_user(
+                session, data.username, data.password, created_by=request.user.user_id
+            )
         return UserOut(user.id, user.username, [], False, False, False)
 
     @post(
@@ -206,10 +198,6 @@ class UsersController(Controller):
                 )
         except AccountNotFound:
             raise NotFoundException("no such account") from None
-        except IdentityConflict as exc:
-            raise ClientException(str(exc), status_code=409) from None
-        except NotPermitted as exc:
-            raise PermissionDeniedException(str(exc)) from None
         if isinstance(result, Grant):
             await audit_access(
                 services,
@@ -286,17 +274,12 @@ class UsersController(Controller):
         services: ServicesDep,
     ) -> ApprovalOut:
         """Approve or reject a request; the maker can never decide their own."""
-        try:
-            async with services.sessions() as session, session.begin():
-                await services.grants.decide(
-                    session, approval_id, request.user, approve=data.approve, reason=data.reason
-                )
-                approval = await session.get(Approval, approval_id)
-                assert approval is not None  # decide() found it
-        except NotPermitted as exc:
-            raise PermissionDeniedException(str(exc)) from None
-        except IdentityConflict as exc:
-            raise ClientException(str(exc), status_code=409) from None
+        async with services.sessions() as session, session.begin():
+            await services.grants.decide(
+                session, approval_id, request.user, approve=data.approve, reason=data.reason
+            )
+            approval = await session.get(Approval, approval_id)
+            assert approval is not None  # decide() found it
         await audit_access(
             services,
             request,
@@ -336,19 +319,14 @@ class TokensController(Controller):
             scopes = frozenset(Permission(s) for s in data.scopes)
         except ValueError:
             raise ValidationException("unknown scope") from None
-        try:
-            async with services.sessions() as session, session.begin():
-                user = await session.get(User, caller.user_id)
-                assert user is not None  # the caller is signed in
-                new = await services.identity.create_token(
-                    session, user, name=data.name, scopes=scopes, lifetime=timedelta(days=data.days)
-                )
-                token = await session.get(ApiToken, new.id)
-                assert token is not None
-        except ValueError as exc:
-            raise ValidationException(str(exc)) from None
-        except NotPermitted as exc:
-            raise PermissionDeniedException(str(exc)) from None
+        async with services.sessions() as session, session.begin():
+            user = await session.get(User, caller.user_id)
+            assert user is not None  # the caller is signed in
+            new = await services.identity.create_token(
+                session, user, name=data.name, scopes=scopes, lifetime=timedelta(days=data.days)
+            )
+            token = await session.get(ApiToken, new.id)
+            assert token is not None
         return _token(token, new.secret)
 
     @post("/{token_id:str}/revoke", status_code=HTTP_200_OK, opt={"permission": AUTHENTICATED})

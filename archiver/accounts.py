@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from archiver import envelope
 from archiver.blind_index import BlindIndex, normalize_phone
 from archiver.clock import Clock
-from archiver.errors import AccountExists, AccountNotFound
+from archiver.errors import AccountExists, AccountNotFound, InvalidInput
 from archiver.keyring import Keyring
 from archiver.models import Account
 from archiver.subjects import account_subject
@@ -58,13 +58,13 @@ class AccountService:
         access_token: str | None = None,
         waba_id: str | None = None,
     ) -> Account:
-        """Register a phone number; raise ``AccountExists`` or ``ValueError``."""
+        """Register a phone number; raise ``AccountExists`` or ``InvalidInput``."""
         if not phone_number_id.isdigit():
-            raise ValueError("phone_number_id must be Meta's numeric id")
+            raise InvalidInput("phone_number_id must be Meta's numeric id")
         if not app_secret.strip():
-            raise ValueError("app secret must not be empty")
+            raise InvalidInput("app secret must not be empty")
         if len(verify_token) < 8:
-            raise ValueError("verify token must be at least 8 characters")
+            raise InvalidInput("verify token must be at least 8 characters")
         number = display_phone_number.strip()
         # Meta's dashboards and payloads show the number without "+".
         e164 = normalize_phone(number if number.startswith("+") else "+" + number)

@@ -87,7 +87,7 @@ from sqlalchemy.orm import Session
 from archiver import envelope
 from archiver.clock import Clock
 from archiver.db import Writer
-from archiver.errors import ArchiverError, CryptoError, IntegrityError, ObjectExists, VaultError
+from archiver.errors import ArchiverError, CorruptionDetected, CryptoError, ObjectExists, VaultError
 from archiver.jobs import Job
 from archiver.keyring import Keyring
 from archiver.models import AuditCheckpoint, AuditEvent, SealedObject
@@ -189,7 +189,7 @@ class AuditUnavailable(ArchiverError):
     """An audit event could not be committed; the action it records must not proceed."""
 
 
-class AuditChainBroken(IntegrityError):
+class AuditChainBroken(CorruptionDetected):
     """The chain in the database is behind an event that was written or anchored:
     events were removed, and new ones must not be numbered from the cut."""
 
@@ -617,7 +617,7 @@ class AuditLog:
     # -- details -----------------------------------------------------------
 
     async def open_details(self, session: AsyncSession, event: AuditEvent) -> dict[str, Any] | None:
-        """Decrypt an event's details; raise ``KeyDestroyed`` or ``IntegrityError``."""
+        """Decrypt an event's details; raise ``KeyDestroyed`` or ``CorruptionDetected``."""
         if event.details_sealed is None:
             return None
         header = envelope.read_header(event.details_sealed)
@@ -626,7 +626,7 @@ class AuditLog:
         try:
             return msgspec.json.decode(plaintext, type=dict[str, Any])
         except msgspec.DecodeError as exc:
-            raise IntegrityError(f"audit event {event.seq} has malformed details") from exc
+            raise CorruptionDetected(f"audit event {event.seq} has malformed details") from exc
 
     # -- checkpoints -------------------------------------------------------
 

@@ -52,6 +52,8 @@ from typing import TYPE_CHECKING
 
 import phonenumbers
 
+from archiver.errors import InvalidInput
+
 if TYPE_CHECKING:
     from hashlib import _Hash
 
@@ -345,7 +347,7 @@ def query_tokens(term: str) -> list[str]:
 
 
 def normalize_phone(phone: str, default_region: str | None = None) -> str:
-    """``phone`` in E.164 form; raise ``ValueError`` if it is not a phone number.
+    """``phone`` in E.164 form; raise ``InvalidInput`` if it is not a phone number.
 
     Without ``default_region`` the number must be international (``+…``):
     WhatsApp's ``wa_id`` is E.164 without the plus, so pass ``"+" + wa_id``.
@@ -361,10 +363,10 @@ def normalize_phone(phone: str, default_region: str | None = None) -> str:
         problem = str(exc.args[0])
         if region is None and exc.error_type == exc.INVALID_COUNTRY_CODE:
             problem += " Without a default region it must start with +<country code>."
-        raise ValueError(f"not a phone number: {problem}") from exc
+        raise InvalidInput(f"not a phone number: {problem}") from exc
     reason = phonenumbers.is_possible_number_with_reason(number)
     if reason != phonenumbers.ValidationResult.IS_POSSIBLE:
-        raise ValueError(f"not a phone number: {_REASONS.get(reason, 'invalid length')}")
+        raise InvalidInput(f"not a phone number: {_REASONS.get(reason, 'invalid length')}")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from archiver.errors import IntegrityError
+from archiver.errors import CorruptionDetected
 
 MAGIC = b"SRE"
 VERSION = 1
@@ -50,20 +50,20 @@ def seal(key: bytes, key_id: str, object_key: str, plaintext: bytes) -> bytes:
 
 
 def read_header(envelope: bytes) -> EnvelopeHeader:
-    """Parse the header so the caller can find the key; raise ``IntegrityError``."""
+    """Parse the header so the caller can find the key; raise ``CorruptionDetected``."""
     if len(envelope) < len(MAGIC) + 2 or not envelope.startswith(MAGIC):
-        raise IntegrityError("not a Strongroom envelope")
+        raise CorruptionDetected("not a Strongroom envelope")
     version = envelope[3]
     if version != VERSION:
-        raise IntegrityError(f"unsupported envelope version {version}")
+        raise CorruptionDetected(f"unsupported envelope version {version}")
     kid_len = envelope[4]
     end = 5 + kid_len + NONCE_SIZE
     if kid_len == 0 or len(envelope) < end + 16:
-        raise IntegrityError("truncated envelope")
+        raise CorruptionDetected("truncated envelope")
     try:
         key_id = envelope[5 : 5 + kid_len].decode("ascii")
     except UnicodeDecodeError as exc:
-        raise IntegrityError("malformed key id in envelope") from exc
+        raise CorruptionDetected("malformed key id in envelope") from exc
     return EnvelopeHeader(version, key_id, envelope[5 + kid_len : end], end)
 
 
@@ -74,4 +74,4 @@ def open_(key: bytes, object_key: str, envelope: bytes) -> bytes:
     try:
         return AESGCM(key).decrypt(header.nonce, envelope[header.length :], aad)
     except InvalidTag as exc:
-        raise IntegrityError("envelope failed authentication") from exc
+        raise CorruptionDetected("envelope failed authentication") from exc

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from archiver import envelope
 from archiver.clock import Clock
-from archiver.errors import ArchiverError
+from archiver.errors import ArchiverError, InvalidInput
 from archiver.keyring import Keyring
 from archiver.models import ApiToken, Approval, Grant, User, WebSession
 from archiver.passwords import password_problem
@@ -266,10 +266,10 @@ class IdentityService:
     async def create_user(
         self, session: AsyncSession, username: str, password: str, *, created_by: str | None
     ) -> User:
-        """Create a user with a password; raise ``ValueError`` or ``IdentityConflict``."""
+        """Create a user with a password; raise ``InvalidInput`` or ``IdentityConflict``."""
         username = username.strip().lower()
         if not _USERNAME.fullmatch(username):
-            raise ValueError("username: 3-64 of a-z 0-9 . _ @ + -")
+            raise InvalidInput("username: 3-64 of a-z 0-9 . _ @ + -")
         self._check_password(password, username)
         user = User(
             id="usr_" + secrets.token_hex(8),
@@ -290,7 +290,7 @@ class IdentityService:
     def _check_password(self, password: str, username: str) -> None:
         problem = password_problem(password, username)
         if problem is not None:
-            raise ValueError(problem)
+            raise InvalidInput(problem)
 
     async def user_by_name(self, session: AsyncSession, username: str) -> User | None:
         """The user with ``username``, if any."""
@@ -542,11 +542,11 @@ class IdentityService:
         """Issue an API token; its secret is returned once and stored only hashed.
 
         Its scopes can only be permissions its user holds: raise ``NotPermitted``
-        naming those they lack, or ``ValueError``."""
+        naming those they lack, or ``InvalidInput``."""
         if not timedelta(minutes=5) <= lifetime <= timedelta(days=366):
-            raise ValueError("token lifetime must be between 5 minutes and 366 days")
+            raise InvalidInput("token lifetime must be between 5 minutes and 366 days")
         if not scopes:
-            raise ValueError("a token needs at least one scope")
+            raise InvalidInput("a token needs at least one scope")
         holder = await self.principal(session, user, via="session")
         missing = sorted(p.value for p in scopes if not holder.allows(p))
         if missing:

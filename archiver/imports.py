@@ -52,7 +52,7 @@ from archiver.chat_export import (
     parse_chat_export,
 )
 from archiver.clock import Clock
-from archiver.errors import IntegrityError, KeyDestroyed
+from archiver.errors import CorruptionDetected, InvalidInput, KeyDestroyed
 from archiver.items import SOURCE_IMPORT, Identity, Item
 from archiver.models import MediaItem, Record, SealedObject, SubjectKey
 from archiver.subjects import contact_subject
@@ -188,7 +188,7 @@ class ChatImporter:
         try:
             zone = ZoneInfo(timezone)
         except (KeyError, ValueError):
-            raise ValueError(f"unknown time zone {timezone!r}") from None
+            raise InvalidInput(f"unknown time zone {timezone!r}") from None
         parsed = await asyncio.to_thread(
             parse_chat_export, file, filename, partial=partial, date_order=date_order
         )
@@ -333,7 +333,7 @@ class ChatImporter:
         try:
             for key in manifest.parts:
                 if key not in parts:
-                    raise IntegrityError(f"part {key} of an imported file has no record")
+                    raise CorruptionDetected(f"part {key} of an imported file has no record")
                 data = await self._vault.open(session, parts[key])
                 await asyncio.to_thread(copy.write, data)
         except BaseException:

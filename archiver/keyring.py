@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from archiver import envelope
 from archiver.clock import Clock
-from archiver.errors import IntegrityError, KeyDestroyed, KeyNotFound
+from archiver.errors import CorruptionDetected, KeyDestroyed, KeyNotFound
 from archiver.models import SubjectKey
 
 ROOT_KEY_SIZE = 32
@@ -244,7 +244,7 @@ class Keyring:
         try:
             return AESGCM(root).decrypt(nonce, body, _wrap_aad(row.key_id))
         except InvalidTag as exc:
-            raise IntegrityError(f"subject key {row.key_id} failed to unwrap") from exc
+            raise CorruptionDetected(f"subject key {row.key_id} failed to unwrap") from exc
 
 
 def _wrap_aad(key_id: str) -> bytes:

@@ -33,8 +33,8 @@ from archiver.audit import AuditEntry, AuditLog, AuditUnavailable
 from archiver.binding import RecordBinding
 from archiver.errors import (
     CaptureError,
+    CorruptionDetected,
     CryptoError,
-    IntegrityError,
     IntegrityFailed,
     KeyDestroyed,
     KeyNotFound,
@@ -220,7 +220,7 @@ class RecordReader:
                 opened.contents[record.id] = decode_sealed_item(self._vault.read(obj, key))
             except ObjectNotFound:
                 opened.failures[record.id] = OBJECT_MISSING
-            except IntegrityError:
+            except CorruptionDetected:
                 opened.failures[record.id] = AUTHENTICATION_FAILED
         return opened
 

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from archiver import envelope
 from archiver.clock import Clock
 from archiver.errors import (
-    IntegrityError,
+    CorruptionDetected,
     KeyDestroyed,
     ObjectNotFound,
     RetentionViolation,
@@ -202,11 +202,11 @@ class Vault:
 
     def read(self, record: SealedObject, key: bytes) -> bytes:
         """Read and decrypt one object with its subject key; it blocks on the store.
-        Raises ``ObjectNotFound``, or ``IntegrityError`` when the bytes differ from
+        Raises ``ObjectNotFound``, or ``CorruptionDetected`` when the bytes differ from
         the recorded SHA-256 or fail authentication."""
         sealed = self.store.get(record.object_key, record.version_id)
         if hashlib.sha256(sealed).hexdigest() != record.sha256:
-            raise IntegrityError(f"{record.object_key} does not match its recorded SHA-256")
+            raise CorruptionDetected(f"{record.object_key} does not match its recorded SHA-256")
         return envelope.open_(key, record.object_key, sealed)
 
     async def extend_retention(
@@ -290,7 +290,7 @@ class Vault:
             problems.append(Drift(key, "size", f"record {record.size}, store {len(data)}"))
         try:
             header_key = envelope.read_header(data).key_id
-        except IntegrityError as exc:
+        except CorruptionDetected as exc:
             problems.append(Drift(key, "envelope", str(exc)))
         else:
             if header_key != record.key_id:

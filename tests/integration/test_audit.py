@@ -39,7 +39,7 @@ from archiver.audit import (
 )
 from archiver.clock import FixedClock
 from archiver.db import Base, create_engine, session_factory
-from archiver.errors import IntegrityError
+from archiver.errors import CorruptionDetected
 from archiver.keyring import Keyring
 from archiver.models import AuditCheckpoint, AuditEvent, SealedObject
 from archiver.vault import Vault
@@ -626,7 +626,7 @@ async def test_details_are_sealed_and_bound_to_their_event(
     async with sessions() as session:
         moved = await session.get(AuditEvent, 2)
         assert moved is not None
-        with pytest.raises(IntegrityError):
+        with pytest.raises(CorruptionDetected):
             await audit.open_details(session, moved)
     assert _found(await _verify(audit, sessions)) == [(2, "altered")]
 

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver.clock import FixedClock
-from archiver.errors import IntegrityError, KeyDestroyed, KeyNotFound, RetentionViolation
+from archiver.errors import CorruptionDetected, KeyDestroyed, KeyNotFound, RetentionViolation
 from archiver.filestore import FileStore
 from archiver.keyring import Keyring
 from archiver.models import SealedObject, SubjectKey
@@ -167,7 +167,7 @@ async def test_open_detects_tampered_object(
     record = await _seal(vault, sessions, clock, "contact:a", b"original")
     _tamper(file_store.path_of(record.object_key))
     async with sessions() as session:
-        with pytest.raises(IntegrityError):
+        with pytest.raises(CorruptionDetected):
             await vault.open(session, record)
 
 

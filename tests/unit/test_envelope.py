@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from archiver import envelope
-from archiver.errors import IntegrityError
+from archiver.errors import CorruptionDetected
 
 KEY = secrets.token_bytes(32)
 
@@ -29,7 +29,7 @@ def test_ciphertext_hides_plaintext() -> None:
 
 def test_bound_to_object_key() -> None:
     sealed = envelope.seal(KEY, "sk_abc", "journal/a", b"data")
-    with pytest.raises(IntegrityError):
+    with pytest.raises(CorruptionDetected):
         envelope.open_(KEY, "journal/b", sealed)
 
 
@@ -38,13 +38,13 @@ def test_any_flipped_bit_is_detected() -> None:
     for i in range(len(sealed)):
         tampered = bytearray(sealed)
         tampered[i] ^= 0x01
-        with pytest.raises(IntegrityError):
+        with pytest.raises(CorruptionDetected):
             envelope.open_(KEY, "k", bytes(tampered))
 
 
 def test_wrong_key_is_refused() -> None:
     sealed = envelope.seal(KEY, "sk_abc", "k", b"data")
-    with pytest.raises(IntegrityError):
+    with pytest.raises(CorruptionDetected):
         envelope.open_(secrets.token_bytes(32), "k", sealed)
 
 
@@ -53,7 +53,7 @@ def test_wrong_key_is_refused() -> None:
     [b"", b"XYZ\x01", b"SRE\x02\x03abc" + bytes(40), b"SRE\x01\x00" + bytes(40), b"SRE\x01\x05abc"],
 )
 def test_malformed_headers_are_refused(blob: bytes) -> None:
-    with pytest.raises(IntegrityError):
+    with pytest.raises(CorruptionDetected):
         envelope.read_header(blob)
 
 
