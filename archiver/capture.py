@@ -40,7 +40,7 @@ from archiver.audit import AuditEntry, AuditLog
 from archiver.binding import RecordBinding
 from archiver.blind_index import BlindIndex, MetaIdIndex, time_key
 from archiver.clock import Clock
-from archiver.db import Writer
+from archiver.db import Writer, advisory_lock_key
 from archiver.errors import CaptureError
 from archiver.items import Identity, Item, extract, fit
 from archiver.models import (
@@ -120,8 +120,8 @@ def _serialise_accounts(session: Session, account_ids: set[str]) -> None:
     if session.get_bind().dialect.name != "postgresql":
         return
     for account_id in sorted(account_ids):  # one order everywhere: no deadlock
-        key = int.from_bytes(hashlib.sha256(b"projection:" + account_id.encode()).digest()[:8])
-        session.execute(select(func.pg_advisory_xact_lock(key - 2**63)))
+        key = advisory_lock_key("projection:" + account_id)
+        session.execute(select(func.pg_advisory_xact_lock(key)))
 
 
 def nesting_depth(body: bytes) -> int:
@@ -426,19 +426,15 @@ class Capture:
         entries = await self._claim(limit)
         if not entries:
             return 0
-        done = 0
         try:
-            try:
-                done = await self._project(entries)
-            except Exception:  # find the entry at fault; the others go through alone
-                for entry in entries:
-                    try:
-                        done += await self._project([entry])
-                    except Exception as exc:  # the entry stays in the journal, to be replayed
-                        await self._count_failure(entry.id, exc)
-        finally:
-            if done < len(entries):  # a projected entry's lease ended with its records
-                await self._release([entry.id for entry in entries])
+            done = await self._project(entries)
+        except Exception:  # find the entry at fault; the others go through alone
+            done = 0
+            for entry in entries:
+                try:
+                    done += await self._project([entry])
+                except Exception as exc:  # the entry stays in the journal, to be replayed
+                    await self._count_failure(entry.id, exc)
         if self._audit is not None:
             await self._audit.record(
                 AuditEntry(
@@ -479,18 +475,8 @@ class Capture:
 
         return await self._writer.run(claim)
 
-    async def _release(self, entry_ids: list[int]) -> None:
-        """End the lease of entries this projector is done with, projected or not:
-        one that failed is free for the next batch."""
-        await self._writer.run(
-            lambda session: session.execute(
-                update(JournalEntry)
-                .where(JournalEntry.id.in_(entry_ids), JournalEntry.projected_at.is_(None))
-                .values(leased_until=None)
-            )
-        )
-
     async def _count_failure(self, entry_id: int, exc: Exception) -> None:
+        """Count a failed attempt and end the entry's lease: the next batch retries it."""
         log.error("projection failed", entry=entry_id, error=type(exc).__name__)
         await self._writer.run(
             lambda session: session.execute(
@@ -499,6 +485,7 @@ class Capture:
                 .values(
                     attempts=JournalEntry.attempts + 1,
                     last_error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                    leased_until=None,
                 )
             )
         )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import hashlib
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,12 +29,11 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver.db import sqlite_file
+from archiver.db import advisory_lock_key, sqlite_file
 
 log = structlog.get_logger("strongroom.jobs")
 
 _JOB_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
-_LOCK_DOMAIN = b"strongroom-job\n"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,12 +68,6 @@ class JobLock(Protocol):
         ...
 
 
-def lock_key(name: str) -> int:
-    """The PostgreSQL advisory lock key of job ``name`` (a signed 64-bit int)."""
-    digest = hashlib.blake2b(_LOCK_DOMAIN + name.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
 class AdvisoryJobLock:
     """Job locks of a PostgreSQL database: ``pg_try_advisory_lock``, held by a
     connection checked out for the run, in autocommit so no transaction stays open
@@ -86,7 +78,7 @@ class AdvisoryJobLock:
 
     @asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[bool]:
-        key = lock_key(name)
+        key = advisory_lock_key("job:" + name)
         async with self._engine.connect() as connection:
             conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
             if not await conn.scalar(select(func.pg_try_advisory_lock(key))):
