@@ -22,30 +22,30 @@ from litestar.types import ASGIApp
 from sqlalchemy import text
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from api.archive import ArchiveController
-from api.audit import AuditController, AuditTrailMiddleware
-from api.auth import PUBLIC, AuthMiddleware, SecurityHeadersMiddleware, authorize
 from api.bootstrap import Services, freeze_startup_heap, open_services
-from api.console import CONSOLE_ROUTES
-from api.conversations import ConversationController
-from api.deps import ServicesDep
+from api.console.pages import CONSOLE_ROUTES
 from api.errors import exception_handlers
-from api.lexicon import LexiconController
-from api.logging import RequestIdMiddleware
-from api.metrics import metrics
-from api.openapi import document_errors, openapi_config
-from api.search import search
+from api.http.archive import ArchiveController
+from api.http.audit import AuditController, AuditTrailMiddleware
+from api.http.auth import PUBLIC, AuthMiddleware, SecurityHeadersMiddleware, authorize
+from api.http.conversations import ConversationController
+from api.http.deps import ServicesDep
+from api.http.lexicon import LexiconController
+from api.http.openapi import document_errors, openapi_config
+from api.http.search import search
+from api.http.transport import BodyDeadlineMiddleware
+from api.http.users import TokensController, UsersController
+from api.http.webhooks import whatsapp_webhook
+from api.observability.logging import RequestIdMiddleware
+from api.observability.metrics import metrics
 from api.settings import Settings
-from api.transport import BodyDeadlineMiddleware
-from api.users import TokensController, UsersController
-from api.webhooks import whatsapp_webhook
 from api.worker import worker_process
-from archiver.clock import Clock
-from archiver.errors import VaultError
+from archiver.core.clock import Clock
+from archiver.core.errors import VaultError
 
 log = structlog.get_logger("strongroom.api")
-TEMPLATES = Path(__file__).with_name("templates")
-STATIC = Path(__file__).with_name("static")
+TEMPLATES = Path(__file__).with_name("console") / "templates"
+STATIC = Path(__file__).with_name("console") / "static"
 
 
 async def _is_sign_in(request: Request[Any, Any, State]) -> bool:
@@ -159,7 +159,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
                 "/schema", route_handlers=[], opt={"permission": PUBLIC}, include_in_schema=False
             ),
         ),
-        logging_config=None,  # api.logging owns the root logger (JSON, redacted)
+        logging_config=None,  # api.observability.logging owns the root logger (JSON, redacted)
         debug=False,
     )
     document_errors(app)

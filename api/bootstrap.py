@@ -17,26 +17,26 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.migrate import current_revision, upgrade
 from api.settings import Settings, SettingsError, parse_root_key
-from archiver.accounts import AccountService
-from archiver.audit import AuditLog
-from archiver.binding import BINDING_SUBJECT, RecordBinding
-from archiver.blind_index import BlindIndex, MetaIdIndex
-from archiver.capture import Capture, Retention
-from archiver.clock import Clock, SystemClock
-from archiver.conversations import Conversations
-from archiver.db import Reader, Writer, create_engine, session_factory, sqlite_file
-from archiver.filestore import FileStore
-from archiver.graph import LOOPBACK_HOSTS, META_MEDIA_HOSTS, GraphClient
-from archiver.identity import ApprovalService, GrantService, IdentityService
-from archiver.imports import ChatImporter
-from archiver.interfaces import ObjectStore
-from archiver.keyring import Keyring, new_root_key
-from archiver.media import MediaFetcher
-from archiver.records import IntegrityAlarm, RecordReader
-from archiver.s3store import S3Store
-from archiver.search import Search
-from archiver.subjects import META_ID_SUBJECT
-from archiver.vault import Vault
+from archiver.accounts.services import AccountService
+from archiver.audit.services import AuditLog
+from archiver.capture.services import Capture, Retention
+from archiver.core.clock import Clock, SystemClock
+from archiver.core.db import Reader, Writer, create_engine, session_factory, sqlite_file
+from archiver.core.subjects import META_ID_SUBJECT
+from archiver.crypto.keyring import Keyring, new_root_key
+from archiver.identity.services import ApprovalService, GrantService, IdentityService
+from archiver.imports.services import ChatImporter
+from archiver.media.services import MediaFetcher
+from archiver.records.binding import BINDING_SUBJECT, RecordBinding
+from archiver.records.conversations import Conversations
+from archiver.records.services import IntegrityAlarm, RecordReader
+from archiver.search.blind_index import BlindIndex, MetaIdIndex
+from archiver.search.services import Search
+from archiver.vault.filestore import FileStore
+from archiver.vault.interfaces import ObjectStore
+from archiver.vault.s3store import S3Store
+from archiver.vault.services import Vault
+from archiver.whatsapp.graph import LOOPBACK_HOSTS, META_MEDIA_HOSTS, GraphClient
 from policy.lexicon import Lexicon
 
 log = structlog.get_logger("strongroom.bootstrap")

@@ -1,7 +1,7 @@
 """Errors to HTTP: one table from domain error to status, and the handlers the
 application registers from it.
 
-Every error answer is an :class:`api.openapi.Error`, ``{"error": "…"}`` with
+Every error answer is an :class:`api.http.openapi.Error`, ``{"error": "…"}`` with
 ``problems`` when there are several. A domain error answers its status from
 :data:`STATUS` with its own message (the services word them for the caller and
 never put personal data in them); Litestar's own exceptions keep their status;
@@ -26,14 +26,14 @@ from litestar.status_codes import (
 )
 from litestar.types import ExceptionHandlersMap
 
-from api.openapi import Error, Problem
-from archiver.errors import (
+from api.http.openapi import Error, Problem
+from archiver.core.errors import (
     AccountExists,
     IntegrityFailed,
     InvalidInput,
 )
-from archiver.identity import IdentityConflict, NotPermitted
-from archiver.search import SearchError
+from archiver.identity.services import IdentityConflict, NotPermitted
+from archiver.search.services import SearchError
 from policy.errors import DuplicateTerm, InvalidTerm, TermAlreadyRemoved, TermNotFound
 
 log = structlog.get_logger("strongroom.api")
@@ -87,7 +87,7 @@ def _field(key: str | None) -> str | None:
 
 def _internal_error(_: Request[Any, Any, State], exc: Exception) -> Response[Error]:
     # Clients never see internals; the log carries the exception's type, the request
-    # id and the traceback, which api.logging scrubs of personal data like any field.
+    # id and the traceback, which api.observability.logging scrubs of personal data like any field.
     log.error("unhandled error", error=type(exc).__name__, exc_info=exc)
     return Response(Error("internal error"), status_code=HTTP_500_INTERNAL_SERVER_ERROR)
 

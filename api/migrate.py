@@ -9,8 +9,8 @@ from alembic import command, op
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
-from archiver.db import create_engine
-from archiver.keyring import Keyring
+from archiver.core.db import create_engine
+from archiver.crypto.keyring import Keyring
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 

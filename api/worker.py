@@ -19,9 +19,11 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from api.bootstrap import Services, freeze_startup_heap
-from archiver import audit, media, vault
-from archiver.jobs import Job, JobRunner, job_lock
-from archiver.media import FETCH_EVERY
+from archiver.audit import jobs as audit_jobs
+from archiver.core.jobs import Job, JobRunner, job_lock
+from archiver.media import jobs as media_jobs
+from archiver.media.jobs import FETCH_EVERY
+from archiver.vault import jobs as vault_jobs
 
 log = structlog.get_logger("strongroom.worker")
 
@@ -42,9 +44,9 @@ EMBEDDED_WORKER_NICENESS = 10
 def declared_jobs(services: Services) -> list[Job]:
     """Every context's scheduled jobs, each given only what it uses."""
     return [
-        *audit.jobs(services.audit),
-        *vault.jobs(services.vault, services.sessions),
-        *media.jobs(services.media),
+        *audit_jobs.jobs(services.audit),
+        *vault_jobs.jobs(services.vault, services.sessions),
+        *media_jobs.jobs(services.media),
     ]
 
 
@@ -141,7 +143,7 @@ async def worker_process() -> AsyncIterator[None]:
     still finishing beside a restarted server does no harm.
     """
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "api.cli", "worker", "--embedded", stdin=asyncio.subprocess.PIPE
+        sys.executable, "-m", "api.cli.main", "worker", "--embedded", stdin=asyncio.subprocess.PIPE
     )
     try:
         yield

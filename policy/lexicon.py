@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from archiver.blind_index import normalize, query_tokens
-from archiver.clock import Clock
+from archiver.core.clock import Clock
+from archiver.search.blind_index import normalize, query_tokens
 from policy.errors import DuplicateTerm, InvalidTerm, TermAlreadyRemoved, TermNotFound
 from policy.models import LexiconTerm
 

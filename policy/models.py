@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from archiver.db import BIGINT_PK, Base, UTCDateTime
+from archiver.core.db import BIGINT_PK, Base, UTCDateTime
 
 
 class LexiconTerm(Base):

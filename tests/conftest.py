@@ -18,11 +18,11 @@ from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.migrate import upgrade
-from archiver.clock import FixedClock
-from archiver.db import create_engine, session_factory
-from archiver.filestore import FileStore
-from archiver.keyring import Keyring
-from archiver.vault import Vault
+from archiver.core.clock import FixedClock
+from archiver.core.db import create_engine, session_factory
+from archiver.crypto.keyring import Keyring
+from archiver.vault.filestore import FileStore
+from archiver.vault.services import Vault
 
 PG_ADMIN_DSN = os.environ.get("STRONGROOM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("STRONGROOM_TEST_REQUIRE_PG") == "1"

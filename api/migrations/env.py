@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from api.models import metadata
-from archiver.db import create_engine
+from archiver.core.db import create_engine
 
 
 def _run(connection: Connection) -> None:

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 from api.migrate import upgrade
-from archiver.audit import AuditEntry, AuditLog
-from archiver.clock import SystemClock
-from archiver.db import Writer, create_engine, session_factory
-from archiver.filestore import FileStore
-from archiver.keyring import Keyring
-from archiver.vault import Vault
+from archiver.audit.services import AuditEntry, AuditLog
+from archiver.core.clock import SystemClock
+from archiver.core.db import Writer, create_engine, session_factory
+from archiver.crypto.keyring import Keyring
+from archiver.vault.filestore import FileStore
+from archiver.vault.services import Vault
 
 
 async def measure(workdir: Path, url: str, events: int, rounds: int) -> None:

@@ -11,8 +11,9 @@ import os
 import timeit
 from datetime import UTC, datetime
 
-from archiver.binding import RecordBinding
-from archiver.models import Record, SealedObject
+from archiver.records.binding import RecordBinding
+from archiver.records.models import Record
+from archiver.vault.models import SealedObject
 
 WAMID = "wamid.HBgMNDQ3NzAwOTAwMjIyFQIAEhggQTNFQjA5RjY5QzQ4RjM0QkU2AA=="
 ROUNDS = 5

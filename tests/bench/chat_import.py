@@ -187,7 +187,7 @@ def bench(megabytes: float, video: float, workdir: Path) -> None:
             "m = max(z.infolist(), key=lambda i: i.file_size); data = z.read(m)"
         )
         rows = [
-            ("interpreter with the CLI imported", measured([*python, "import api.cli"], env)),
+            ("interpreter with the CLI imported", measured([*python, "import api.cli.main"], env)),
             (
                 "interpreter reading the largest member",
                 measured([*python, largest, str(export.path)], env),

@@ -8,7 +8,7 @@ Japanese, some emoji, Zipf-like word frequencies, planted needles) across
 contacts and accounts, on the embedded default (SQLite and the file vault)
 through the project's own code: accounts through the account service, contacts
 through ``Capture.resolve_contact``, Cloud-API-shaped webhook values turned
-into items by ``archiver.items.extract`` and written by ``Capture.store_items``,
+into items by ``archiver.whatsapp.items.extract`` and written by ``Capture.store_items``,
 so records, sealed objects and blind-index tokens are exactly what capture
 writes. The same texts go into a plaintext SQLite FTS5 index (CJK split into
 bigrams, as the blind index does) in a separate file. The build is cached in
@@ -52,9 +52,9 @@ from alembic.script import ScriptDirectory
 from api.bootstrap import Services, migrate_database, open_services
 from api.migrate import alembic_config, upgrade
 from api.settings import Settings, load_settings
-from archiver.blind_index import normalize
-from archiver.items import Identity, Item, extract
-from archiver.search import Filters, SearchError
+from archiver.search.blind_index import normalize
+from archiver.search.services import Filters, SearchError
+from archiver.whatsapp.items import Identity, Item, extract
 
 TARGET_P95_MS = 200.0
 TARGET_RATIO = 2.0

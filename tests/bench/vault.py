@@ -22,11 +22,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from api.migrate import upgrade
-from archiver.clock import SystemClock
-from archiver.db import create_engine, session_factory
-from archiver.filestore import FileStore
-from archiver.keyring import Keyring
-from archiver.vault import SealRequest, Vault
+from archiver.core.clock import SystemClock
+from archiver.core.db import create_engine, session_factory
+from archiver.crypto.keyring import Keyring
+from archiver.vault.filestore import FileStore
+from archiver.vault.services import SealRequest, Vault
 
 
 def _figures(name: str, size: int, latencies: list[float], wall: float) -> dict[str, float]:

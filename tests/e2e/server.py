@@ -26,9 +26,9 @@ import pyotp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.bootstrap import Services, open_services
-from api.fake_graph import meta_wamid
+from api.sandbox.fake_graph import meta_wamid
 from api.settings import load_settings
-from archiver.identity import GLOBAL_PERMISSIONS, ROLE_PERMISSIONS, Permission, Role
+from archiver.identity.services import GLOBAL_PERMISSIONS, ROLE_PERMISSIONS, Permission, Role
 from tests.conftest import PG_ADMIN_DSN
 
 STRONGROOM = str(Path(sys.executable).with_name("strongroom"))

@@ -43,9 +43,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.app import create_app
-from api.auth import AUTHENTICATED, PUBLIC, permission_of
+from api.http.auth import AUTHENTICATED, PUBLIC, permission_of
 from api.settings import load_settings
-from archiver.identity import ROLE_PERMISSIONS, Role
+from archiver.identity.services import ROLE_PERMISSIONS, Role
 from tests.e2e.conftest import running_server
 from tests.e2e.server import Server, customer_message, status_update
 

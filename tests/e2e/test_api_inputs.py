@@ -10,7 +10,7 @@ import pytest
 from litestar.routes import HTTPRoute
 
 from api.app import create_app
-from api.auth import AUTHENTICATED, PUBLIC, permission_of
+from api.http.auth import AUTHENTICATED, PUBLIC, permission_of
 from api.settings import load_settings
 from tests.e2e.server import APP_SECRET, VERIFY_TOKEN, Server
 

@@ -10,7 +10,7 @@ import sqlite3
 import asyncpg
 import pytest
 
-from archiver.audit import verify_export
+from archiver.audit.services import verify_export
 from tests.conftest import PG_ADMIN_DSN
 from tests.e2e.server import Server, fixture, fixture_bytes
 

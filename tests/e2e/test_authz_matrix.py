@@ -18,10 +18,10 @@ import pytest
 from litestar.routes import ASGIRoute, HTTPRoute
 
 from api.app import create_app
-from api.auth import AUTHENTICATED, PUBLIC, SESSION_COOKIE, permission_of
 from api.bootstrap import open_services
+from api.http.auth import AUTHENTICATED, PUBLIC, SESSION_COOKIE, permission_of
 from api.settings import load_settings
-from archiver.identity import ROLE_PERMISSIONS, Permission, Role
+from archiver.identity.services import ROLE_PERMISSIONS, Permission, Role
 from tests.e2e.server import PASSWORD, Server
 from tests.e2e.test_auth import _password_step
 

@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from api.fake_graph import FakeMedia, running_fake_graph
+from api.sandbox.fake_graph import FakeMedia, running_fake_graph
 from tests.e2e.server import PASSWORD, Authenticator, Server
 from tests.e2e.test_console import DELETED, EDITED, ORIGINAL, japanese_conversation
 from tests.e2e.test_conversation import OPTED_OUT, RECEIVER, RECEIVER_NAME, receipts_conversation

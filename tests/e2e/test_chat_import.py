@@ -17,9 +17,10 @@ from sqlalchemy import delete, select
 
 from api.bootstrap import open_services
 from api.settings import load_settings
-from archiver.imports import dedupe_key
-from archiver.models import MediaItem, Record, SearchToken
-from archiver.subjects import contact_subject
+from archiver.core.subjects import contact_subject
+from archiver.imports.services import dedupe_key
+from archiver.records.models import MediaItem, Record
+from archiver.search.models import SearchToken
 from tests.e2e.server import STRONGROOM, Server
 
 EXPORTS = Path(__file__).parents[1] / "fixtures" / "chat_exports"

@@ -19,11 +19,12 @@ from typing import Any
 from sqlalchemy import select
 
 from api.settings import load_settings
-from archiver.chat_export import parse_chat_export
-from archiver.db import create_engine
-from archiver.imports import MANIFEST_KIND, ORIGINAL_PART_BYTES, PART_KIND
-from archiver.models import SealedObject, SubjectKey
-from archiver.subjects import contact_subject
+from archiver.core.db import create_engine
+from archiver.core.subjects import contact_subject
+from archiver.crypto.models import SubjectKey
+from archiver.imports.chat_export import parse_chat_export
+from archiver.imports.services import MANIFEST_KIND, ORIGINAL_PART_BYTES, PART_KIND
+from archiver.vault.models import SealedObject
 from tests.bench.chat_import import (
     MIB,
     Export,

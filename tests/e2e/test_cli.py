@@ -20,10 +20,10 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
 from api.bootstrap import open_services
-from api.cli import main
+from api.cli.main import main
 from api.migrate import alembic_config, upgrade
 from api.settings import load_settings
-from archiver.models import SealedObject
+from archiver.vault.models import SealedObject
 from tests.conftest import database_bytes
 from tests.e2e.conftest import server_env
 from tests.integration.test_migrations import WAMID, seed_meta_ids

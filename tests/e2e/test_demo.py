@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import select
 
 from api.bootstrap import open_services
-from api.demo import (
+from api.sandbox.demo import (
     OLIVER,
     PEOPLE,
     PRIYA,
@@ -37,7 +37,8 @@ from api.demo import (
     voice_note,
 )
 from api.settings import load_settings
-from archiver.models import MediaItem, Record, SealedObject
+from archiver.records.models import MediaItem, Record
+from archiver.vault.models import SealedObject
 from tests.e2e.server import FIXTURES, Server, clean_env, fixture, fixture_bytes, free_port
 
 JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
@@ -518,7 +519,7 @@ def test_the_printed_command_runs_this_installation_from_where_the_demo_runs(
     assert strongroom_command(python, str(script.parent)) == "./strongroom"
     assert strongroom_command(python, str(tmp_path / "elsewhere")) == str(script)
     missing = str(tmp_path / "no venv" / "python")
-    assert strongroom_command(missing, str(tmp_path)) == f"'{missing}' -m api.cli"
+    assert strongroom_command(missing, str(tmp_path)) == f"'{missing}' -m api.cli.main"
 
 
 # -- failures are one clear line --------------------------------------------------------

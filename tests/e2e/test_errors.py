@@ -18,7 +18,7 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from api.bootstrap import migrate_database
-from api.logging import configure_logging
+from api.observability.logging import configure_logging
 from api.settings import load_settings
 from tests.e2e.conftest import server_env
 from tests.e2e.server import APP_SECRET, DISPLAY_NUMBER, PHONE_NUMBER_ID, VERIFY_TOKEN, Server

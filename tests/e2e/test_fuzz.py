@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from archiver.capture import MAX_JSON_DEPTH, MAX_WEBHOOK_BYTES, nesting_depth
+from archiver.capture.services import MAX_JSON_DEPTH, MAX_WEBHOOK_BYTES, nesting_depth
 from tests.e2e.server import DISPLAY_NUMBER, PHONE_NUMBER_ID, Server
 
 # -- strategies ------------------------------------------------------------

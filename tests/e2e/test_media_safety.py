@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from api.demo import png, voice_note
-from api.fake_graph import FakeMedia, running_fake_graph
+from api.sandbox.demo import png, voice_note
+from api.sandbox.fake_graph import FakeMedia, running_fake_graph
 from tests.e2e.conftest import running_server
 from tests.e2e.server import Server, customer_message
 

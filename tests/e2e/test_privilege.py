@@ -19,8 +19,8 @@ import httpx
 import pyotp
 import pytest
 
-from api.auth import SESSION_COOKIE
-from archiver.identity import MAX_FAILED_LOGINS
+from api.http.auth import SESSION_COOKIE
+from archiver.identity.services import MAX_FAILED_LOGINS
 from tests.e2e.conftest import running_server
 from tests.e2e.server import Server
 from tests.e2e.test_auth import _form_token, _password_step

@@ -14,8 +14,9 @@ import pytest
 
 from api.bootstrap import open_services
 from api.settings import load_settings
-from archiver.identity import ROLE_PERMISSIONS, Permission, Role
-from archiver.models import Record, SealedObject
+from archiver.identity.services import ROLE_PERMISSIONS, Permission, Role
+from archiver.records.models import Record
+from archiver.vault.models import SealedObject
 from tests.e2e.server import PASSWORD, Server, fixture
 from tests.e2e.test_conversation import OPTED_OUT, RECEIVER_NAME, receipts_conversation
 

@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from api.bootstrap import open_services
 from api.settings import load_settings
-from archiver.models import Record, SealedObject
+from archiver.records.models import Record
+from archiver.vault.models import SealedObject
 from tests.conftest import database_bytes
 from tests.e2e.server import (
     APP_SECRET,

@@ -11,8 +11,8 @@ import pytest
 import urllib3
 from minio import Minio
 
-from archiver.clock import Clock
-from archiver.s3store import S3Store
+from archiver.core.clock import Clock
+from archiver.vault.s3store import S3Store
 from tests.s3server import S3Server, moto_s3_server
 
 MINIO_ENV = "STRONGROOM_TEST_S3_ENDPOINT"

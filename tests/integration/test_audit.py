@@ -22,14 +22,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
 from api.migrate import upgrade
-from archiver.audit import (
+from archiver.audit.jobs import anchor_audit
+from archiver.audit.models import AuditCheckpoint, AuditEvent
+from archiver.audit.services import (
     ZERO_HASH,
     AuditChainBroken,
     AuditEntry,
     AuditLog,
     AuditUnavailable,
     AuditVerifyReport,
-    anchor_audit,
     anchor_name,
     canonical_bytes,
     chain_hash,
@@ -37,12 +38,12 @@ from archiver.audit import (
     parse_anchor,
     verify_export,
 )
-from archiver.clock import FixedClock
-from archiver.db import Base, create_engine, session_factory
-from archiver.errors import CorruptionDetected
-from archiver.keyring import Keyring
-from archiver.models import AuditCheckpoint, AuditEvent, SealedObject
-from archiver.vault import Vault
+from archiver.core.clock import FixedClock
+from archiver.core.db import Base, create_engine, session_factory
+from archiver.core.errors import CorruptionDetected
+from archiver.crypto.keyring import Keyring
+from archiver.vault.models import SealedObject
+from archiver.vault.services import Vault
 
 Sessions = async_sessionmaker[AsyncSession]
 EVENTS = Base.metadata.tables["audit_events"]
@@ -185,7 +186,7 @@ async def test_a_waiting_caller_ends_the_gathering_of_queued_events(
     # Events nobody waits for gather for a while to share one commit; a caller that
     # waits must not wait for that too. With an hour's gathering, only cutting it
     # short lets this finish.
-    monkeypatch.setattr("archiver.audit._GATHER_SECONDS", 3600.0)
+    monkeypatch.setattr("archiver.audit.services._GATHER_SECONDS", 3600.0)
     await audit.record(_entry(1, action="http.POST /webhooks/whatsapp"))
     await asyncio.sleep(0)  # the writer starts gathering
     await asyncio.wait_for(audit.record_durable(_entry(2, action="export.release")), 60)
@@ -676,12 +677,12 @@ async def test_concurrent_appenders_form_one_chain(
 _APPENDER = """
 import asyncio, sys
 from pathlib import Path
-from archiver.audit import AuditEntry, AuditLog
-from archiver.clock import SystemClock
-from archiver.db import Base, create_engine, session_factory
-from archiver.filestore import FileStore
-from archiver.keyring import Keyring
-from archiver.vault import Vault
+from archiver.audit.services import AuditEntry, AuditLog
+from archiver.core.clock import SystemClock
+from archiver.core.db import Base, create_engine, session_factory
+from archiver.vault.filestore import FileStore
+from archiver.crypto.keyring import Keyring
+from archiver.vault.services import Vault
 
 async def main(url: str, store: str, root: str, name: str) -> None:
     engine = create_engine(url)

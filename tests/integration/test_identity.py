@@ -10,8 +10,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from archiver.clock import FixedClock
-from archiver.identity import (
+from archiver.core.clock import FixedClock
+from archiver.crypto.keyring import Keyring
+from archiver.identity.models import ApiToken, Approval, Grant, User, WebSession
+from archiver.identity.services import (
     FIRST_LOCKOUT,
     MAX_FAILED_LOGINS,
     ROLE_PERMISSIONS,
@@ -27,8 +29,6 @@ from archiver.identity import (
     Principal,
     Role,
 )
-from archiver.keyring import Keyring
-from archiver.models import ApiToken, Approval, Grant, User, WebSession
 
 Sessions = async_sessionmaker[AsyncSession]
 PASSWORD = "correct horse battery staple"

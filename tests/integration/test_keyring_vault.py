@@ -12,12 +12,13 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from archiver.clock import FixedClock
-from archiver.errors import CorruptionDetected, KeyDestroyed, KeyNotFound, RetentionViolation
-from archiver.filestore import FileStore
-from archiver.keyring import Keyring
-from archiver.models import SealedObject, SubjectKey
-from archiver.vault import Vault
+from archiver.core.clock import FixedClock
+from archiver.core.errors import CorruptionDetected, KeyDestroyed, KeyNotFound, RetentionViolation
+from archiver.crypto.keyring import Keyring
+from archiver.crypto.models import SubjectKey
+from archiver.vault.filestore import FileStore
+from archiver.vault.models import SealedObject
+from archiver.vault.services import Vault
 
 Sessions = async_sessionmaker[AsyncSession]
 

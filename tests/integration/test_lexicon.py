@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from archiver.clock import FixedClock
+from archiver.core.clock import FixedClock
 from policy.errors import DuplicateTerm, InvalidTerm, TermAlreadyRemoved, TermNotFound
 from policy.lexicon import Lexicon
 from policy.models import LexiconTerm

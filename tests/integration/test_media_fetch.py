@@ -19,16 +19,17 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from api.fake_graph import FakeMedia, running_fake_graph
-from archiver.accounts import AccountService
-from archiver.blind_index import BlindIndex, MetaIdIndex
-from archiver.clock import FixedClock
-from archiver.graph import GraphClient, GraphPermanent
-from archiver.keyring import Keyring
-from archiver.media import CLAIM_LEASE, FIRST_RETRY, MediaFetcher, sha256_matches
-from archiver.models import Contact, MediaItem, Record, SealedObject
-from archiver.subjects import record_subject
-from archiver.vault import Vault
+from api.sandbox.fake_graph import FakeMedia, running_fake_graph
+from archiver.accounts.services import AccountService
+from archiver.core.clock import FixedClock
+from archiver.core.subjects import record_subject
+from archiver.crypto.keyring import Keyring
+from archiver.media.services import CLAIM_LEASE, FIRST_RETRY, MediaFetcher, sha256_matches
+from archiver.records.models import Contact, MediaItem, Record
+from archiver.search.blind_index import BlindIndex, MetaIdIndex
+from archiver.vault.models import SealedObject
+from archiver.vault.services import Vault
+from archiver.whatsapp.graph import GraphClient, GraphPermanent
 
 Sessions = async_sessionmaker[AsyncSession]
 

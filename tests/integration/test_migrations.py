@@ -11,18 +11,18 @@ import sqlalchemy as sa
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-import archiver.db
+import archiver.core.db
 from api.migrate import check, downgrade, upgrade
 from api.models import metadata
-from archiver.binding import BINDING_SUBJECT, RecordBinding
-from archiver.blind_index import MetaIdIndex, time_key
-from archiver.clock import SystemClock
-from archiver.db import create_engine, session_factory, sqlite_file
-from archiver.filestore import FileStore
-from archiver.keyring import Keyring
-from archiver.records import BindingReport, IntegrityAlarm, RecordReader
-from archiver.subjects import META_ID_SUBJECT
-from archiver.vault import Vault
+from archiver.core.clock import SystemClock, time_key
+from archiver.core.db import create_engine, session_factory, sqlite_file
+from archiver.core.subjects import META_ID_SUBJECT
+from archiver.crypto.keyring import Keyring
+from archiver.records.binding import BINDING_SUBJECT, RecordBinding
+from archiver.records.services import BindingReport, IntegrityAlarm, RecordReader
+from archiver.search.blind_index import MetaIdIndex
+from archiver.vault.filestore import FileStore
+from archiver.vault.services import Vault
 from tests.conftest import database_bytes
 
 
@@ -54,14 +54,14 @@ _OLD_ACCOUNTS = sa.table(
     *(sa.column(c) for c in ("id", "phone_number_id", "display_phone_token")),
     *(sa.column(c) for c in ("display_phone_sealed", "app_secret_sealed")),
     sa.column("verify_token_sha256"),
-    sa.column("created_at", archiver.db.UTCDateTime()),
+    sa.column("created_at", archiver.core.db.UTCDateTime()),
 )
 _OLD_RECORDS = sa.table(
     "records",
     *(sa.column(c) for c in ("id", "account_id", "dedupe_key", "kind", "source", "direction")),
     *(sa.column(c) for c in ("item_type", "wamid", "related_wamid", "has_media", "forwarded")),
     *(sa.column(c) for c in ("contact_id", "revoked", "opens_window", "object_id")),
-    *(sa.column(c, archiver.db.UTCDateTime()) for c in ("occurred_at", "received_at")),
+    *(sa.column(c, archiver.core.db.UTCDateTime()) for c in ("occurred_at", "received_at")),
 )
 
 
@@ -215,7 +215,7 @@ async def seed_meta_ids(url: str) -> None:
                 sa.table(
                     "delivery_states",
                     *(sa.column(c) for c in ("account_id", "wamid", "status")),
-                    sa.column("updated_at", archiver.db.UTCDateTime()),
+                    sa.column("updated_at", archiver.core.db.UTCDateTime()),
                 ).insert(),
                 {"account_id": "acc", "wamid": WAMID, "status": "read", "updated_at": now},
             )
@@ -223,7 +223,7 @@ async def seed_meta_ids(url: str) -> None:
                 sa.table(
                     "media_items",
                     *(sa.column(c) for c in ("record_id", "media_id", "state", "attempts")),
-                    sa.column("next_attempt_at", archiver.db.UTCDateTime()),
+                    sa.column("next_attempt_at", archiver.core.db.UTCDateTime()),
                 ).insert(),
                 {
                     "record_id": 3,

@@ -21,10 +21,12 @@ from sqlalchemy.exc import OperationalError
 
 from api.bootstrap import Services, open_services
 from api.settings import load_settings
-from archiver.capture import PROJECTION_LEASE
-from archiver.clock import FixedClock
-from archiver.db import sqlite_file
-from archiver.models import JournalEntry, Record, SealedObject
+from archiver.capture.models import JournalEntry
+from archiver.capture.services import PROJECTION_LEASE
+from archiver.core.clock import FixedClock
+from archiver.core.db import sqlite_file
+from archiver.records.models import Record
+from archiver.vault.models import SealedObject
 
 APP_SECRET = "projection-workers-secret"
 PHONE_NUMBER_ID = "106540352242922"

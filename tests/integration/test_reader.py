@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from archiver.db import Reader
-from archiver.models import Contact
+from archiver.core.db import Reader
+from archiver.records.models import Contact
 from tests.conftest import START
 
 Sessions = async_sessionmaker[AsyncSession]

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import urllib3
 
-from archiver import filestore
-from archiver.clock import FixedClock, SystemClock
-from archiver.errors import ObjectExists, ObjectNotFound, RetentionViolation, StoreUnavailable
-from archiver.filestore import FileStore
-from archiver.interfaces import LockState, NewObject, ObjectStore, StoredObject
+from archiver.core.clock import FixedClock, SystemClock
+from archiver.core.errors import ObjectExists, ObjectNotFound, RetentionViolation, StoreUnavailable
+from archiver.vault import filestore
+from archiver.vault.filestore import FileStore
+from archiver.vault.interfaces import LockState, NewObject, ObjectStore, StoredObject
 from tests.integration.conftest import S3Target, fresh_bucket
 
 KEY = "journal/2026/11/21/abc.bin"

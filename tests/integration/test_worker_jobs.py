@@ -20,11 +20,11 @@ from structlog.testing import capture_logs
 from api.bootstrap import Services, open_services
 from api.settings import load_settings
 from api.worker import declared_jobs, schedule
-from archiver.audit import AuditEntry
-from archiver.clock import FixedClock
-from archiver.db import sqlite_file
-from archiver.jobs import Job, JobRunner, LocalJobLock, job_lock
-from archiver.models import AuditCheckpoint
+from archiver.audit.models import AuditCheckpoint
+from archiver.audit.services import AuditEntry
+from archiver.core.clock import FixedClock
+from archiver.core.db import sqlite_file
+from archiver.core.jobs import Job, JobRunner, LocalJobLock, job_lock
 
 ANCHOR = timedelta(minutes=15)
 

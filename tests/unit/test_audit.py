@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from archiver.audit import (
+from archiver.audit.models import AuditEvent
+from archiver.audit.services import (
     ZERO_HASH,
     canonical_bytes,
     chain_hash,
@@ -23,7 +24,6 @@ from archiver.audit import (
     format_time,
     verify_export,
 )
-from archiver.models import AuditEvent
 
 WHEN = datetime(2026, 11, 21, 9, 30, 5, 120, tzinfo=UTC)
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from archiver.binding import OBJECT_COLUMNS, RECORD_COLUMNS, RecordBinding
-from archiver.models import Record, SealedObject
+from archiver.records.binding import OBJECT_COLUMNS, RECORD_COLUMNS, RecordBinding
+from archiver.records.models import Record
+from archiver.vault.models import SealedObject
 
 KEY = bytes(range(32))
 WHEN = datetime(2026, 11, 22, 9, 30, 15, 123456, tzinfo=UTC)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from archiver.blind_index import (
+from archiver.search.blind_index import (
     INDEX_KEY_SIZE,
     MAX_TOKEN_CHARS,
     META_ID_TOKEN_BYTES,

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from archiver import chat_export
-from archiver.chat_export import (
+from archiver.core.errors import ArchiverError
+from archiver.imports import chat_export
+from archiver.imports.chat_export import (
     ChatExportError,
     DateOrder,
     DateOrderAmbiguous,
@@ -23,7 +24,6 @@ from archiver.chat_export import (
     ParseProblem,
     parse_chat_export,
 )
-from archiver.errors import ArchiverError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "chat_exports"
 NNBSP = "\u202f"

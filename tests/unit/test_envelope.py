@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from archiver import envelope
-from archiver.errors import CorruptionDetected
+from archiver.core.errors import CorruptionDetected
+from archiver.crypto import envelope
 
 KEY = secrets.token_bytes(32)
 

@@ -1,4 +1,4 @@
-"""The error trees: ``archiver/errors.py`` draws every record-core error where it
+"""The error trees: ``archiver/core/errors.py`` draws every record-core error where it
 stands in the tree, and no exception class of ours takes a library's name."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import archiver
 import exports
 import policy
 import retention
-from archiver import errors
-from archiver.errors import ArchiverError
+from archiver.core import errors
+from archiver.core.errors import ArchiverError
 
 OURS = (api, archiver, exports, policy, retention)
 LIBRARIES: tuple[ModuleType, ...] = (

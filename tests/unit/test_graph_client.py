@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from archiver.errors import ArchiverError
-from archiver.graph import (
+from archiver.core.errors import ArchiverError
+from archiver.whatsapp.graph import (
     GraphClient,
     GraphError,
     GraphPermanent,

@@ -1,4 +1,4 @@
-"""``archiver.items.extract`` on changes whose arrays no reader knows."""
+"""``archiver.whatsapp.items.extract`` on changes whose arrays no reader knows."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
-from archiver.items import extract
+from archiver.whatsapp.items import extract
 from tests.e2e.server import fixture
 
 RECEIVED = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Properties of ``archiver.items.extract`` over any JSON value a webhook may carry."""
+"""Properties of ``archiver.whatsapp.items.extract`` over any JSON value a webhook may carry."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import String
 
-from archiver.items import MAX_ID, extract
-from archiver.models import Record
+from archiver.records.models import Record
+from archiver.whatsapp.items import MAX_ID, extract
 from tests.e2e.test_fuzz import deep_bodies, json_bodies, json_values, payloads
 
 RECEIVED = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)

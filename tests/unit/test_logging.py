@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from litestar import Litestar, get
 from litestar.testing import TestClient
 
-from api.logging import (
+from api.observability.logging import (
     REDACTED,
     RequestIdMiddleware,
     configure_logging,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from archiver.media_safety import ATTACHMENT_TYPE, Delivery, claimed_kind, delivery
+from archiver.media.safety import ATTACHMENT_TYPE, Delivery, claimed_kind, delivery
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\x00" * 32
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 32

@@ -7,7 +7,7 @@ import string
 
 import pytest
 
-from archiver.passwords import MAX_LENGTH, password_problem
+from archiver.identity.passwords import MAX_LENGTH, password_problem
 
 TOO_EASY = "this password is too easy to guess"
 LONGEST = "".join(random.Random(7).choices(string.ascii_letters + string.digits, k=MAX_LENGTH))

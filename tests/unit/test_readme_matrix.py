@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from archiver.identity import ROLE_PERMISSIONS, Permission, Role
+from archiver.identity.services import ROLE_PERMISSIONS, Permission, Role
 
 
 def test_readme_mirrors_the_permission_matrix() -> None:

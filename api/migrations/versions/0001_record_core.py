@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import archiver.db
+import archiver.core.db
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -34,9 +34,9 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(length=40), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
-        sa.Column("retain_until", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("retain_until", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("legal_hold", sa.Boolean(), nullable=False),
-        sa.Column("sealed_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sealed_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sealed_objects")),
         sa.UniqueConstraint("object_key", name=op.f("uq_sealed_objects_object_key")),
     )
@@ -50,8 +50,8 @@ def upgrade() -> None:
         sa.Column("subject", sa.String(length=200), nullable=False),
         sa.Column("root_key_id", sa.String(length=32), nullable=False),
         sa.Column("wrapped_key", sa.LargeBinary(), nullable=True),
-        sa.Column("created_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("destroyed_at", archiver.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("destroyed_at", archiver.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("key_id", name=op.f("pk_subject_keys")),
         sa.UniqueConstraint("subject", name=op.f("uq_subject_keys_subject")),
     )

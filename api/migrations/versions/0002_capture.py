@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import archiver.db
+import archiver.core.db
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -30,14 +30,14 @@ def upgrade() -> None:
         sa.Column("app_secret_sealed", sa.LargeBinary(), nullable=False),
         sa.Column("verify_token_sha256", sa.String(length=64), nullable=False),
         sa.Column("access_token_sealed", sa.LargeBinary(), nullable=True),
-        sa.Column("created_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_accounts")),
         sa.UniqueConstraint("phone_number_id", name=op.f("uq_accounts_phone_number_id")),
     )
     op.create_table(
         "contacts",
         sa.Column("id", sa.String(length=40), nullable=False),
-        sa.Column("created_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_contacts")),
     )
     op.create_table(
@@ -60,7 +60,7 @@ def upgrade() -> None:
         sa.Column("account_id", sa.String(length=40), nullable=False),
         sa.Column("wamid", sa.String(length=200), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
-        sa.Column("updated_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["account_id"], ["accounts.id"], name=op.f("fk_delivery_states_account_id_accounts")
         ),
@@ -80,8 +80,8 @@ def upgrade() -> None:
         ),
         sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("body_sha256", sa.String(length=64), nullable=False),
-        sa.Column("received_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("projected_at", archiver.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("received_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("projected_at", archiver.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.String(length=500), nullable=True),
         sa.ForeignKeyConstraint(
@@ -121,8 +121,8 @@ def upgrade() -> None:
         sa.Column("wamid", sa.String(length=200), nullable=True),
         sa.Column("related_wamid", sa.String(length=200), nullable=True),
         sa.Column("status", sa.String(length=20), nullable=True),
-        sa.Column("occurred_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("received_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("occurred_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("received_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("has_media", sa.Boolean(), nullable=False),
         sa.Column("forwarded", sa.Boolean(), nullable=False),
         sa.Column("revoked", sa.Boolean(), nullable=False),
@@ -178,7 +178,7 @@ def upgrade() -> None:
         sa.Column("expected_sha256", sa.String(length=100), nullable=True),
         sa.Column("state", sa.String(length=20), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("next_attempt_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("next_attempt_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_error", sa.String(length=500), nullable=True),
         sa.Column("object_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column("size", sa.BigInteger(), nullable=True),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import archiver.db
+import archiver.core.db
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -34,9 +34,9 @@ def upgrade() -> None:
         sa.Column("payload", sa.String(length=4000), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("requested_by", sa.String(length=40), nullable=False),
-        sa.Column("requested_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("requested_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("decided_by", sa.String(length=40), nullable=True),
-        sa.Column("decided_at", archiver.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("decided_at", archiver.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("reason", sa.String(length=1000), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_approvals")),
     )
@@ -47,7 +47,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_events",
         sa.Column("seq", sa.BigInteger(), autoincrement=False, nullable=False),
-        sa.Column("occurred_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("occurred_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("actor", sa.String(length=80), nullable=False),
         sa.Column("role", sa.String(length=40), nullable=True),
         sa.Column("action", sa.String(length=80), nullable=False),
@@ -76,12 +76,12 @@ def upgrade() -> None:
         sa.Column("username", sa.String(length=200), nullable=False),
         sa.Column("password_hash", sa.String(length=200), nullable=True),
         sa.Column("totp_secret_sealed", sa.LargeBinary(), nullable=True),
-        sa.Column("mfa_enrolled_at", archiver.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("mfa_enrolled_at", archiver.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("totp_last_step", sa.BigInteger(), nullable=True),
         sa.Column("failed_logins", sa.Integer(), nullable=False),
-        sa.Column("locked_until", archiver.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("locked_until", archiver.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("disabled", sa.Boolean(), nullable=False),
-        sa.Column("created_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("created_by", sa.String(length=40), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
         sa.UniqueConstraint("username", name=op.f("uq_users_username")),
@@ -94,10 +94,10 @@ def upgrade() -> None:
         sa.Column("user_id", sa.String(length=40), nullable=False),
         sa.Column("name", sa.String(length=100), nullable=False),
         sa.Column("scopes", sa.String(length=1000), nullable=False),
-        sa.Column("created_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("revoked_at", archiver.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("last_used_at", archiver.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", archiver.core.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_used_at", archiver.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], name=op.f("fk_api_tokens_user_id_users")
         ),
@@ -122,7 +122,7 @@ def upgrade() -> None:
         sa.Column(
             "object_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
-        sa.Column("created_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["object_id"],
             ["sealed_objects.id"],
@@ -143,8 +143,8 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=40), nullable=False),
         sa.Column("account_id", sa.String(length=40), nullable=True),
         sa.Column("granted_by", sa.String(length=40), nullable=True),
-        sa.Column("granted_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("revoked_at", archiver.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("granted_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", archiver.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column(
             "approval_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
@@ -166,9 +166,9 @@ def upgrade() -> None:
         sa.Column("user_id", sa.String(length=40), nullable=False),
         sa.Column("csrf_token", sa.String(length=64), nullable=False),
         sa.Column("mfa_verified", sa.Boolean(), nullable=False),
-        sa.Column("created_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("revoked_at", archiver.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", archiver.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], name=op.f("fk_web_sessions_user_id_users")
         ),

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from alembic import op
 
-import archiver.db
+import archiver.core.db
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -35,7 +35,7 @@ _COPY_BATCH = 10_000
 _records = sa.table(
     "records",
     sa.column("id", sa.BigInteger()),
-    sa.column("occurred_at", archiver.db.UTCDateTime(timezone=True)),
+    sa.column("occurred_at", archiver.core.db.UTCDateTime(timezone=True)),
 )
 _staging = sa.table(
     "search_tokens_staging",

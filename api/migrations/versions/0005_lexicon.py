@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import archiver.db
+import archiver.core.db
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -36,9 +36,9 @@ def upgrade() -> None:
         sa.Column("normalized", sa.String(length=200), nullable=False),
         sa.Column("action", sa.String(length=10), nullable=False),
         sa.Column("added_by", sa.String(length=80), nullable=False),
-        sa.Column("added_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("added_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("removed_by", sa.String(length=80), nullable=True),
-        sa.Column("removed_at", archiver.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("removed_at", archiver.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.CheckConstraint(
             "action IN ('flag', 'hold', 'block')", name=op.f("ck_lexicon_terms_action")
         ),

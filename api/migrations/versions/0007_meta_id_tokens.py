@@ -34,10 +34,10 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-import archiver.db
+import archiver.core.db
 from api.migrate import migration_keyring
-from archiver.blind_index import MetaIdIndex
-from archiver.subjects import META_ID_SUBJECT
+from archiver.core.subjects import META_ID_SUBJECT
+from archiver.search.blind_index import MetaIdIndex
 
 revision: str = "0007"
 down_revision: str | None = "0006"
@@ -71,7 +71,7 @@ def _delivery_table(name: str) -> sa.TableClause:
         sa.column("wamid", sa.String()),
         sa.column("wamid_token", sa.LargeBinary()),
         sa.column("status", sa.String()),
-        sa.column("updated_at", archiver.db.UTCDateTime(timezone=True)),
+        sa.column("updated_at", archiver.core.db.UTCDateTime(timezone=True)),
     )
 
 
@@ -146,7 +146,7 @@ def _delivery_states_table(key: sa.Column[Any]) -> None:
         sa.Column("account_id", sa.String(length=40), nullable=False),
         key,
         sa.Column("status", sa.String(length=20), nullable=False),
-        sa.Column("updated_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["account_id"], ["accounts.id"], name=op.f("fk_delivery_states_account_id_accounts")
         ),
@@ -162,7 +162,7 @@ def _rekey_delivery_states(old: str, new: str, convert: Callable[[str, Any], Any
         sa.Column("account_id", sa.String(length=40), nullable=False),
         sa.Column(new, key_type, nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
-        sa.Column("updated_at", archiver.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", archiver.core.db.UTCDateTime(timezone=True), nullable=False),
     )
     source, key = _delivery_states.c, _delivery_states.c[old]
     query = sa.select(source.account_id, key, source.status, source.updated_at)

@@ -1,7 +1,7 @@
 """record binding
 
 Every record gets ``binding``, a keyed MAC of its metadata and its sealed object
-(``archiver.binding``), so that moving a record to another account, or changing
+(``archiver.records.binding``), so that moving a record to another account, or changing
 its direction or time, is found on read and by ``vault verify``. Existing
 records are bound here, which needs the root key: ``strongroom migrate`` passes
 the keyring in (``keyring`` in the Alembic config's attributes). What the rows
@@ -19,9 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-import archiver.db
+import archiver.core.db
 from api.migrate import migration_keyring
-from archiver.binding import BINDING_SUBJECT, OBJECT_COLUMNS, RECORD_COLUMNS, RecordBinding
+from archiver.records.binding import BINDING_SUBJECT, OBJECT_COLUMNS, RECORD_COLUMNS, RecordBinding
 
 revision: str = "0008"
 down_revision: str | None = "0007"
@@ -30,8 +30,8 @@ depends_on = None
 
 _BATCH = 1_000
 _TYPES: dict[str, sa.types.TypeEngine[Any]] = {
-    "occurred_at": archiver.db.UTCDateTime(timezone=True),
-    "received_at": archiver.db.UTCDateTime(timezone=True),
+    "occurred_at": archiver.core.db.UTCDateTime(timezone=True),
+    "received_at": archiver.core.db.UTCDateTime(timezone=True),
     "has_media": sa.Boolean(),
     "forwarded": sa.Boolean(),
     "opens_window": sa.Boolean(),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import archiver.db
+import archiver.core.db
 
 revision: str = "0010"
 down_revision: str | None = "0009"
@@ -30,7 +30,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("journal_entries") as batch_op:
         batch_op.add_column(
-            sa.Column("leased_until", archiver.db.UTCDateTime(timezone=True), nullable=True)
+            sa.Column("leased_until", archiver.core.db.UTCDateTime(timezone=True), nullable=True)
         )
     with op.batch_alter_table("records") as batch_op:
         batch_op.drop_index("ix_records_wamid_token")

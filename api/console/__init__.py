@@ -1,0 +1,1 @@
+"""The compliance console: sign-in, pages, administration, templates and static assets."""

@@ -1,0 +1,718 @@
+"""The web console's sign-in: password, then TOTP (mandatory for sensitive roles).
+
+Server-rendered with Jinja2. The session cookie is HttpOnly, SameSite=Strict and
+Secure when the public URL is https://; only its SHA-256 is stored, and each step of the
+sign-in (password, then second factor) replaces it with a new one. Every form carries a
+CSRF token: the sign-in form a double-submit cookie (there is no session yet),
+every later form the session's own token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, cast
+from urllib.parse import urlencode
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import Cookie, UploadFile
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.params import FromPath
+from litestar.response import Redirect, Template
+from litestar.status_codes import HTTP_303_SEE_OTHER
+from litestar.types import ExceptionHandlersMap
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.http.archive import MAX_IMPORT_BYTES, decode_cursor, encode_cursor
+from api.http.audit import audit_access
+from api.http.auth import PUBLIC, SESSION_COOKIE, check_csrf, needs
+from api.http.conversations import audited_conversation, visible_media
+from api.http.deps import ServicesDep
+from api.http.search import account_scope, audited_search, contact_scope, lexicon_terms
+from archiver.core.errors import AccountNotFound, ArchiverError, IntegrityFailed
+from archiver.identity.models import Grant, User, WebSession
+from archiver.identity.services import (
+    AccountLocked,
+    IdentityConflict,
+    IdentityError,
+    NotPermitted,
+    Permission,
+    Principal,
+    Role,
+    TotpEnrolment,
+)
+from archiver.imports.chat_export import DATE_ORDERS, ChatExportError, DateOrder, ParseProblem
+from archiver.imports.services import ImportResult
+from archiver.media.safety import claimed_kind, delivery
+from archiver.records.conversations import Message, Status, sender
+from archiver.search.blind_index import normalize_phone
+from archiver.search.services import Filters, SearchError
+
+LOGIN_CSRF_COOKIE = "strongroom_login_csrf"
+Caller = Request[Principal | None, Any, Any]
+Page = Request[Principal, Any, Any]
+SEARCH_PAGE = 25
+AUDIT_PAGE = 50
+SOURCES = {
+    "cloud_api": "Cloud API",
+    "business_app": "Business App",
+    "history_sync": "History",
+    "chat_import": "Import",
+    "outbox": "Outbox",
+}
+DIRECTIONS = ("inbound", "outbound", "none", "unknown")
+DELIVERIES = ("sent", "delivered", "read", "failed")
+OUTCOMES = ("ok", "allowed", "denied", "failed")
+
+
+def _cookie(services: ServicesDep, name: str, value: str, *, max_age: int | None) -> Cookie:
+    return Cookie(
+        key=name,
+        value=value,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        secure=services.settings.https,
+        samesite="strict",
+    )
+
+
+def _see(path: str) -> Redirect:
+    return Redirect(path, status_code=HTTP_303_SEE_OTHER)
+
+
+# The main navigation: a link shows only to those who hold its permission.
+NAV = [
+    ("/search", "Search", Permission.ARCHIVE_READ),
+    ("/import", "Import", Permission.ARCHIVE_IMPORT),
+    ("/audit", "Audit log", Permission.AUDIT_READ),
+    ("/admin/users", "Users", Permission.USERS_MANAGE),
+]
+
+
+def context(request: Request[Any, Any, Any], **extra: Any) -> dict[str, Any]:
+    """What every console page needs: the principal, the session's CSRF token, the nav."""
+    row = request.scope.get("auth")
+    csrf = row.csrf_token if isinstance(row, WebSession) else ""
+    principal = request.scope.get("user")
+    nav = [
+        (href, label, request.url.path.startswith(href))
+        for href, label, permission in NAV
+        if principal is not None and principal.allows(permission)
+    ]
+    return {"principal": principal, "csrf_token": csrf, "nav": nav} | extra
+
+
+def _login_form(services: ServicesDep, error: str | None = None, status: int = 200) -> Template:
+    token = secrets.token_urlsafe(24)
+    return Template(
+        "login.html",
+        context={"login_csrf": token, "error": error, "principal": None},
+        cookies=[_cookie(services, LOGIN_CSRF_COOKIE, token, max_age=3600)],
+        status_code=status,
+    )
+
+
+@get("/login", opt={"permission": PUBLIC}, include_in_schema=False)
+async def login_page(services: ServicesDep) -> Template:
+    """The sign-in form."""
+    return _login_form(services)
+
+
+@post("/login", opt={"permission": PUBLIC}, include_in_schema=False)
+async def login(request: Caller, services: ServicesDep) -> Response[Any]:
+    """Check the password (with back-off and lockout), then ask for the second factor."""
+    form = await request.form()
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    given = form.get("csrf_token")
+    if not expected or not isinstance(given, str) or not hmac.compare_digest(given, expected):
+        return _login_form(services, "Your sign-in form expired. Please try again.", 403)
+    username, password = form.get("username"), form.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        return _login_form(services, "Enter your username and password.", 400)
+    refusal: IdentityError | None = None
+    async with services.sessions() as session, session.begin():
+        try:
+            user = await services.identity.check_password(session, username, password)
+        except IdentityError as exc:
+            refusal = exc  # caught inside the transaction, so the failure count commits
+    if isinstance(refusal, AccountLocked):
+        return _locked(services, refusal)
+    if refusal is not None:
+        return _login_form(services, "Invalid username or password.", 401)
+    async with services.sessions() as session, session.begin():
+        previous = request.cookies.get(SESSION_COOKIE)
+        if previous:
+            await services.identity.end_session(session, previous)
+        cookie, _ = await services.identity.start_session(session, user, mfa_verified=False)
+    return _signed_in(services, "/login/mfa", cookie)
+
+
+def _signed_in(services: ServicesDep, path: str, cookie: str) -> Response[Any]:
+    response = _see(path)
+    response.cookies.append(_cookie(services, SESSION_COOKIE, cookie, max_age=8 * 3600))
+    return response
+
+
+def _locked(services: ServicesDep, locked: AccountLocked) -> Template:
+    message = f"Too many failed attempts. Try again after {locked.until:%H:%M} UTC."
+    return _login_form(services, message, 429)
+
+
+async def _enrolment(
+    services: ServicesDep, session: AsyncSession, user: User
+) -> TotpEnrolment | None:
+    """What the second-factor page shows: the enrolment, until it is confirmed."""
+    if user.mfa_enrolled_at is not None:
+        return None
+    return await services.identity.totp_enrolment(session, user)
+
+
+@get("/login/mfa", opt={"permission": PUBLIC}, include_in_schema=False)
+async def mfa_page(request: Caller, services: ServicesDep) -> Response[Any]:
+    """The second factor: enrolment on first use, then a code."""
+    row = request.scope.get("auth")
+    if not isinstance(row, WebSession):
+        return _see("/login")
+    if row.mfa_verified:
+        return _see("/")
+    async with services.sessions() as session, session.begin():
+        user = await session.get(User, row.user_id)
+        if user is None:
+            return _see("/login")
+        if not await services.identity.needs_mfa(session, user):
+            try:
+                cookie, _ = await services.identity.complete_sign_in(session, row, None)
+            except IdentityError:
+                return _see("/login")  # ended meanwhile, or a role that needs TOTP arrived
+            return _signed_in(services, "/", cookie)
+        enrolment = await _enrolment(services, session, user)
+    return Template("mfa.html", context=context(request, enrolment=enrolment, principal=None))
+
+
+@post("/login/mfa", opt={"permission": PUBLIC}, include_in_schema=False)
+async def mfa(request: Caller, services: ServicesDep) -> Response[Any]:
+    """Check the TOTP code and complete the sign-in."""
+    row = request.scope.get("auth")
+    if not isinstance(row, WebSession):
+        return _see("/login")
+    await check_csrf(request)
+    code = (await request.form()).get("code")
+    refusal: IdentityError | None = None
+    async with services.sessions() as session, session.begin():
+        try:
+            cookie, _ = await services.identity.complete_sign_in(
+                session, row, code if isinstance(code, str) else ""
+            )
+        except IdentityError as exc:
+            refusal = exc  # caught inside the transaction, so the failure count commits
+    if isinstance(refusal, AccountLocked):
+        page = _locked(services, refusal)
+        # The half-signed-in session has ended; the browser forgets its cookie too.
+        page.cookies.append(_cookie(services, SESSION_COOKIE, "", max_age=0))
+        return page
+    if refusal is not None:
+        async with services.sessions() as session, session.begin():
+            user = await session.get(User, row.user_id)
+            enrolment = await _enrolment(services, session, user) if user else None
+        return Template(
+            "mfa.html",
+            context=context(
+                request, enrolment=enrolment, principal=None, error="That code did not match."
+            ),
+            status_code=401,
+        )
+    return _signed_in(services, "/", cookie)
+
+
+@post("/logout", opt={"permission": PUBLIC}, include_in_schema=False)
+async def logout(request: Caller, services: ServicesDep) -> Response[Any]:
+    """End the session; its cookie stops working at once."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie and isinstance(request.scope.get("auth"), WebSession):
+        await check_csrf(request)
+        async with services.sessions() as session, session.begin():
+            await services.identity.end_session(session, cookie)
+    response = _see("/login")
+    response.cookies.append(_cookie(services, SESSION_COOKIE, "", max_age=0))
+    return response
+
+
+@get("/", opt={"permission": PUBLIC}, include_in_schema=False)
+async def home(request: Caller) -> Response[Any]:
+    """The signed-in home page; anonymous visitors go to sign in."""
+    principal = request.scope.get("user")
+    if principal is None or principal.via != "session":
+        return _see("/login")
+    grants = sorted((role.value, account) for role, account in principal.grants)
+    return Template("home.html", context=context(request, grants=grants))
+
+
+# --- Console pages ---------------------------------------------------------------------
+
+
+def _wants_html(request: Request[Any, Any, Any]) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+_ERROR_TITLES = {
+    400: "Please check your request",
+    403: "You do not have access to this page",
+    404: "Not found",
+    409: "That could not be done",
+}
+
+
+def _page_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Browsers get an HTML page (anonymous ones: the sign-in form); API clients and
+    scripts keep the API's JSON error, so the authorization matrix reads both alike."""
+    if not _wants_html(request):
+        body: dict[str, Any] = {"error": exc.detail}
+        if isinstance(exc.extra, dict):
+            body.update(exc.extra)
+        return Response(body, status_code=exc.status_code, headers=exc.headers)
+    if exc.status_code == 401:
+        return _see("/login")
+    title = _ERROR_TITLES.get(exc.status_code, "Something went wrong")
+    return Template(
+        "error.html",
+        context=context(request, status=exc.status_code, title=title, detail=exc.detail),
+        status_code=exc.status_code,
+    )
+
+
+PAGE_ERRORS: ExceptionHandlersMap = {HTTPException: _page_error}
+
+
+def _page(permission: Permission) -> dict[str, Any]:
+    return {
+        "opt": needs(permission),
+        "exception_handlers": PAGE_ERRORS,
+        "include_in_schema": False,
+    }
+
+
+def _params(request: Request[Any, Any, Any], *names: str) -> dict[str, str]:
+    return {name: request.query_params.get(name, "").strip() for name in names}
+
+
+def _day(value: str, *, end: bool = False) -> datetime | None:
+    """A form's YYYY-MM-DD as UTC midnight; ``end`` makes the day inclusive."""
+    if not value:
+        return None
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise ValidationException(f"{value!r} is not a date (YYYY-MM-DD)") from None
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start + timedelta(days=1) if end else start
+
+
+def _choice(value: str, allowed: Any, name: str) -> str | None:
+    if value and value not in allowed:
+        raise ValidationException(f"unknown {name} {value!r}")
+    return value or None
+
+
+SEARCH_FILTERS = (
+    *("contact", "direction", "source", "type"),
+    *("since", "until", "has_media", "on_hold", "flagged", "delivery", "error_code"),
+)
+
+
+def _error_code(value: str) -> int | None:
+    if not value:
+        return None
+    if not value.isdigit() or int(value) >= 2**31:
+        raise ValidationException(f"{value!r} is not an error code (a number such as 131050)")
+    return int(value)
+
+
+# The same scoping and filters as POST /api/v1/search (api/http/search.py).
+async def _search_filters(request: Page, services: ServicesDep, form: dict[str, str]) -> Filters:
+    media = _choice(form["has_media"], ("yes", "no"), "media filter")
+    hold = _choice(form["on_hold"], ("yes", "no"), "hold filter")
+    lexicon = _choice(form["flagged"], ("yes", "no"), "lexicon filter")
+    flagged = None if lexicon is None else lexicon == "yes"
+    return Filters(
+        accounts=account_scope(request.user, None),
+        contact_ids=await contact_scope(services, form["contact"] or None),
+        direction=_choice(form["direction"], DIRECTIONS, "direction"),
+        source=_choice(form["source"], SOURCES, "source"),
+        item_type=form["type"] or None,
+        since=_day(form["since"]),
+        until=_day(form["until"], end=True),
+        has_media=None if media is None else media == "yes",
+        on_hold=None if hold is None else hold == "yes",
+        flagged=flagged,
+        lexicon=await lexicon_terms(services, flagged),
+        delivery=_choice(form["delivery"], DELIVERIES, "delivery state"),
+        error_code=_error_code(form["error_code"]),
+    )
+
+
+@get("/search", **_page(Permission.ARCHIVE_READ))
+async def search_page(request: Page, services: ServicesDep) -> Template:
+    """Search the archive: words, "phrases", OR, and filters; results in time order."""
+    form = _params(request, "q", *SEARCH_FILTERS, "cursor")
+    page = context(
+        request,
+        form=form,
+        sources=SOURCES,
+        directions=DIRECTIONS,
+        deliveries=DELIVERIES,
+        sender=sender,
+        hits=None,
+        more=None,
+    )
+    if not any(form[name] for name in ("q", *SEARCH_FILTERS)):
+        return Template("search.html", context=page)
+    try:
+        filters = await _search_filters(request, services, form)
+        hits, cursor = await audited_search(
+            services,
+            request,
+            form["q"],
+            filters,
+            after=decode_cursor(form["cursor"]) if form["cursor"] else None,
+            limit=SEARCH_PAGE,
+            asked={k: v for k, v in form.items() if v},
+        )
+    except ValidationException as exc:
+        return Template("search.html", context=page | {"error": exc.detail}, status_code=400)
+    except SearchError as exc:
+        return Template("search.html", context=page | {"error": str(exc)}, status_code=400)
+    more = None
+    if cursor is not None:
+        more = "/search?" + urlencode(
+            {k: v for k, v in form.items() if v} | {"cursor": encode_cursor(cursor)}
+        )
+    return Template("search.html", context=page | {"hits": hits, "more": more})
+
+
+@get("/conversations/{contact_id:str}", **_page(Permission.ARCHIVE_READ))
+async def conversation_page(
+    request: Page, contact_id: FromPath[str], services: ServicesDep
+) -> Template:
+    """A contact's conversation, read like the chat it was; every version kept."""
+    chat = await audited_conversation(
+        services, request, contact_id, account_scope(request.user, None)
+    )
+    reactions = {m.record.id: _current_reactions(m) for m in chat.messages}
+    # Statuses for messages not in the archive are shown among the messages, at their time.
+    timeline: list[Message | Status] = sorted(
+        [*chat.messages, *chat.statuses], key=lambda e: (e.record.occurred_at, e.record.id)
+    )
+    return Template(
+        "conversation.html",
+        context=context(
+            request,
+            chat=chat,
+            timeline=timeline,
+            reactions=reactions,
+            sources=SOURCES,
+            claimed_kind=claimed_kind,
+        ),
+    )
+
+
+def _current_reactions(message: Message) -> list[str]:
+    """Each side's latest reaction; an empty emoji removed an earlier one."""
+    latest = {r.direction: r.emoji for r in message.reactions}
+    return [emoji for emoji in latest.values() if emoji]
+
+
+@get("/media/{media_id:int}/view", **_page(Permission.ARCHIVE_READ))
+async def media_page(request: Page, media_id: FromPath[int], services: ServicesDep) -> Template:
+    """One media file: shown only when GET /api/v1/media/{id} would serve it inline,
+    else a download link. Its bytes are opened here only to decide that; they are
+    served, and audited, by that route."""
+    failure = None
+    async with services.sessions() as session:
+        item, record = await visible_media(session, request.user, media_id)
+        try:
+            data = await services.records.open_media(session, item, record)
+        except IntegrityFailed as exc:
+            data, failure = b"", exc.reason
+        except ArchiverError:
+            data = b""  # erased, or not fetched: the page still shows what is known of it
+    kind = delivery(data, item.mime_type).kind
+    return Template(
+        "media.html",
+        context=context(
+            request, item=item, record=record, kind=kind, failure=failure, sources=SOURCES
+        ),
+    )
+
+
+@get("/audit", **_page(Permission.AUDIT_READ))
+async def audit_page(request: Page, services: ServicesDep) -> Template:
+    """The audit trail, filtered, oldest first, paged by sequence number."""
+    form = _params(request, "actor", "action", "outcome", "since", "until", "after")
+    page = context(request, form=form, outcomes=OUTCOMES, events=[], more=None)
+    try:
+        since, until = _day(form["since"]), _day(form["until"], end=True)
+        outcome = _choice(form["outcome"], OUTCOMES, "outcome")
+        after = int(form["after"]) if form["after"] else None
+    except ValidationException as exc:
+        return Template("audit.html", context=page | {"error": exc.detail}, status_code=400)
+    except ValueError:
+        return Template("audit.html", context=page | {"error": "bad page"}, status_code=400)
+    await services.audit.flush()
+    async with services.sessions() as session:
+        events = await services.audit.query(
+            session,
+            actor=form["actor"] or None,
+            action=form["action"] or None,
+            outcome=outcome,
+            since=since,
+            until=until,
+            after_seq=after,
+            limit=AUDIT_PAGE,
+        )
+    more = None
+    if len(events) == AUDIT_PAGE:
+        kept = {k: v for k, v in form.items() if v and k != "after"}
+        more = "/audit?" + urlencode(kept | {"after": str(events[-1].seq)})
+    return Template("audit.html", context=page | {"events": events, "more": more})
+
+
+_NOTICES = {
+    "created": "User created. Grant them a role next.",
+    "granted": "Role granted.",
+    "requested": "This role carries a sensitive permission: an approval was opened for a "
+    "second administrator.",
+    "approved": "Request approved and applied.",
+    "rejected": "Request rejected.",
+}
+
+
+async def _users_page(
+    request: Page, services: ServicesDep, *, error: str | None = None, status: int = 200
+) -> Template:
+    now = services.clock.now()
+    async with services.sessions() as session:
+        users = await services.identity.users(session)
+        grants = {u.id: await services.identity.active_grants(session, u.id) for u in users}
+        accounts = await services.accounts.all(session)
+        pending = await services.approvals.pending(session)
+    names = {u.id: u.username for u in users}
+    approvals = [
+        {
+            "approval": a,
+            "request": services.approvals.payload(a),
+            "maker": names.get(a.requested_by, a.requested_by),
+            "mine": a.requested_by == request.user.user_id,
+        }
+        for a in pending
+    ]
+    return Template(
+        "users.html",
+        context=context(
+            request,
+            users=users,
+            grants=grants,
+            names=names,
+            accounts=accounts,
+            roles=[r.value for r in Role],
+            approvals=approvals,
+            can_decide=request.user.allows(Permission.GRANTS_APPROVE),
+            now=now,
+            notice=_NOTICES.get(request.query_params.get("done", "")),
+            error=error,
+        ),
+        status_code=status,
+    )
+
+
+async def _form(request: Page, *names: str) -> dict[str, str]:
+    form = await request.form()
+    values = {name: form.get(name) for name in names}
+    return {k: v.strip() if isinstance(v, str) else "" for k, v in values.items()}
+
+
+@get("/admin/users", **_page(Permission.USERS_MANAGE))
+async def users_page(request: Page, services: ServicesDep) -> Template:
+    """Users, their roles, MFA and lock state; create, grant, and decide approvals."""
+    return await _users_page(request, services)
+
+
+@post("/admin/users", **_page(Permission.USERS_MANAGE))
+async def create_user(request: Page, services: ServicesDep) -> Response[Any]:
+    """Create a user with no roles."""
+    form = await _form(request, "username", "password")
+    try:
+        async with services.sessions() as session, session.begin():
+            await services.identity.create_user(
+                session, form["username"], form["password"], created_by=request.user.user_id
+            )
+    except ValueError as exc:
+        return await _users_page(request, services, error=str(exc), status=400)
+    except IdentityConflict as exc:
+        return await _users_page(request, services, error=str(exc), status=409)
+    return _see("/admin/users?done=created")
+
+
+@post("/admin/users/{user_id:str}/grants", **_page(Permission.USERS_MANAGE))
+async def grant_role(request: Page, user_id: FromPath[str], services: ServicesDep) -> Response[Any]:
+    """Grant a role at once, or open an approval when it carries a sensitive permission."""
+    form = await _form(request, "role", "account_id")
+    try:
+        role = Role(form["role"])
+    except ValueError:
+        return await _users_page(request, services, error="Choose a role.", status=400)
+    account_id = form["account_id"] or None
+    try:
+        async with services.sessions() as session, session.begin():
+            user = await session.get(User, user_id)
+            if user is None:
+                raise NotFoundException("no such user")
+            if account_id is not None:
+                await services.accounts.get(session, account_id)
+            result = await services.grants.request(session, request.user, user, role, account_id)
+    except AccountNotFound:
+        return await _users_page(request, services, error="No such account.", status=400)
+    except (IdentityConflict, NotPermitted) as exc:
+        return await _users_page(request, services, error=str(exc), status=409)
+    applied = isinstance(result, Grant)
+    await audit_access(
+        services,
+        request,
+        action="grant.apply" if applied else "approval.request",
+        permission=Permission.USERS_MANAGE,
+        target=("" if isinstance(result, Grant) else f"approval:{result.id} ")
+        + f"user:{user_id} role:{role.value}",
+        scope=account_id or "all accounts",
+    )
+    return _see("/admin/users?done=" + ("granted" if applied else "requested"))
+
+
+@post("/admin/approvals/{approval_id:int}/decision", **_page(Permission.GRANTS_APPROVE))
+async def decide_approval(
+    request: Page, approval_id: FromPath[int], services: ServicesDep
+) -> Response[Any]:
+    """Approve or reject a request; its maker cannot decide it."""
+    form = await _form(request, "decision")
+    if form["decision"] not in ("approve", "reject"):
+        return await _users_page(request, services, error="Choose approve or reject.", status=400)
+    approve = form["decision"] == "approve"
+    try:
+        async with services.sessions() as session, session.begin():
+            await services.grants.decide(session, approval_id, request.user, approve=approve)
+    except NotPermitted as exc:
+        return await _users_page(request, services, error=str(exc), status=403)
+    except IdentityConflict as exc:
+        return await _users_page(request, services, error=str(exc), status=409)
+    await audit_access(
+        services,
+        request,
+        action="approval.approved" if approve else "approval.rejected",
+        permission=Permission.GRANTS_APPROVE,
+        target=f"approval:{approval_id}",
+    )
+    return _see("/admin/users?done=" + ("approved" if approve else "rejected"))
+
+
+async def _import_page(
+    request: Page,
+    services: ServicesDep,
+    *,
+    values: dict[str, str] | None = None,
+    result: ImportResult | None = None,
+    error: str | None = None,
+    problems: Sequence[ParseProblem] = (),
+    status: int = 200,
+) -> Template:
+    async with services.sessions() as session:
+        accounts = [
+            a
+            for a in await services.accounts.all(session)
+            if request.user.allows(Permission.ARCHIVE_IMPORT, a.id)
+        ]
+    return Template(
+        "import.html",
+        context=context(
+            request,
+            accounts=accounts,
+            date_orders=DATE_ORDERS,
+            values=values or {"timezone": "UTC"},
+            result=result,
+            error=error,
+            problems=problems,
+        ),
+        status_code=status,
+    )
+
+
+@get("/import", **_page(Permission.ARCHIVE_IMPORT))
+async def import_page(request: Page, services: ServicesDep) -> Template:
+    """The form to import a WhatsApp "Export chat" file into a customer's conversation."""
+    return await _import_page(request, services)
+
+
+@post("/import", request_max_body_size=MAX_IMPORT_BYTES, **_page(Permission.ARCHIVE_IMPORT))
+async def import_upload(request: Page, services: ServicesDep) -> Template:
+    """Import the uploaded export; a refusal lists every problem and imports nothing."""
+    form = await request.form()
+    names = ("account_id", "contact", "timezone", "business_sender", "date_order", "partial")
+    values = {n: v.strip() if isinstance(v := form.get(n), str) else "" for n in names}
+    upload = form.get("file")
+
+    async def refuse(
+        error: str, status: int = 400, problems: Sequence[ParseProblem] = ()
+    ) -> Template:
+        return await _import_page(
+            request, services, values=values, error=error, problems=problems, status=status
+        )
+
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        return await refuse("Choose the exported .txt or .zip file.")
+    if values["date_order"] not in ("", *DATE_ORDERS):
+        return await refuse("Choose how dates are read.")
+    if not request.user.allows(Permission.ARCHIVE_IMPORT, values["account_id"]):
+        return await refuse("Choose an account.")
+    try:
+        phone = normalize_phone(values["contact"])
+        async with services.sessions() as session:
+            await services.accounts.get(session, values["account_id"])
+        result = await services.importer.import_export(
+            account_id=values["account_id"],
+            contact_phone=phone,
+            file=upload.file,
+            filename=upload.filename,
+            timezone=values["timezone"] or "UTC",
+            business_sender=values["business_sender"] or None,
+            partial=bool(values["partial"]),
+            date_order=cast("DateOrder", values["date_order"]) if values["date_order"] else None,
+        )
+    except AccountNotFound:
+        return await refuse("Choose an account.")
+    except ChatExportError as exc:
+        return await refuse(
+            "Nothing was imported: the file cannot be read as it is.", 422, exc.problems
+        )
+    except ValueError as exc:
+        return await refuse(str(exc))
+    return await _import_page(request, services, values=values, result=result)
+
+
+CONSOLE_ROUTES = [
+    login_page,
+    login,
+    mfa_page,
+    mfa,
+    logout,
+    home,
+    search_page,
+    conversation_page,
+    media_page,
+    audit_page,
+    users_page,
+    create_user,
+    import_page,
+    import_upload,
+    grant_role,
+    decide_approval,
+]

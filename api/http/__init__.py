@@ -1,0 +1,1 @@
+"""The HTTP API: one thin controller module per resource, guards and providers."""

@@ -1,0 +1,106 @@
+"""The compliance lexicon over HTTP (compliance officers)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, post
+from litestar.params import FromQuery, JSONBody
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
+
+from api.bootstrap import Services
+from api.http.audit import audit_access
+from api.http.auth import needs
+from api.http.deps import RowId, ServicesDep
+from api.http.openapi import errors
+from archiver.identity.services import Permission, Principal
+from policy.models import LexiconTerm
+
+Caller = Request[Principal, Any, Any]
+
+
+class TermIn(msgspec.Struct, forbid_unknown_fields=True):
+    term: str
+    action: str = "flag"
+
+
+class TermOut(msgspec.Struct):
+    id: int
+    term: str
+    normalized: str
+    action: str
+    added_by: str
+    added_at: datetime
+    removed_by: str | None
+    removed_at: datetime | None
+
+
+def _term(row: LexiconTerm) -> TermOut:
+    return TermOut(
+        row.id,
+        row.term,
+        row.normalized,
+        row.action,
+        row.added_by,
+        row.added_at,
+        row.removed_by,
+        row.removed_at,
+    )
+
+
+async def _audit(services: Services, request: Caller, action: str, row: LexiconTerm) -> None:
+    """Record a change durably, the term sealed in the event's details."""
+    await audit_access(
+        services,
+        request,
+        action=action,
+        permission=Permission.LEXICON_MANAGE,
+        target=f"lexicon:{row.id} action:{row.action}",
+        details={"term": row.term},
+    )
+
+
+class LexiconController(Controller):
+    """Sensitive terms: the archive search flags them, the outbox holds or blocks them."""
+
+    path = "/api/v1/lexicon"
+    tags = ["lexicon"]  # noqa: RUF012  (Litestar reads this class attribute)
+
+    @get("/", opt=needs(Permission.LEXICON_MANAGE))
+    async def list_terms(
+        self, services: ServicesDep, removed: FromQuery[bool] = False
+    ) -> list[TermOut]:
+        """The active terms; with ``removed=true``, removed ones too."""
+        async with services.sessions() as session:
+            lexicon = services.lexicon
+            rows = await (lexicon.history(session) if removed else lexicon.active(session))
+        return [_term(row) for row in rows]
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        opt=needs(Permission.LEXICON_MANAGE),
+        responses=errors(HTTP_409_CONFLICT),
+    )
+    async def add_term(
+        self, request: Caller, data: JSONBody[TermIn], services: ServicesDep
+    ) -> TermOut:
+        """Add a term with its action: ``flag`` (default), ``hold`` or ``block``."""
+        async with services.sessions() as session, session.begin():
+            row = await services.lexicon.add(session, data.term, data.action, request.user.actor)
+        await _audit(services, request, "lexicon.add", row)
+        return _term(row)
+
+    @delete(
+        "/{term_id:int}",
+        status_code=HTTP_204_NO_CONTENT,
+        opt=needs(Permission.LEXICON_MANAGE),
+        responses=errors(HTTP_409_CONFLICT),
+    )
+    async def remove_term(self, request: Caller, term_id: RowId, services: ServicesDep) -> None:
+        """Remove a term; its row stays, with who removed it and when."""
+        async with services.sessions() as session, session.begin():
+            row = await services.lexicon.remove(session, term_id, request.user.actor)
+        await _audit(services, request, "lexicon.remove", row)

@@ -1,0 +1,192 @@
+"""``POST /api/v1/search``: find messages by words, phrases and filters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, post
+from litestar.params import JSONBody
+from litestar.status_codes import HTTP_200_OK
+
+from api.bootstrap import Services
+from api.http.archive import IntegrityOut, decode_cursor, encode_cursor, integrity
+from api.http.audit import audit_access
+from api.http.auth import needs
+from api.http.deps import ServicesDep
+from archiver.identity.services import Permission, Principal
+from archiver.records.conversations import message_ids, sender
+from archiver.records.models import ContactIdentity
+from archiver.records.services import ids_trusted
+from archiver.search.blind_index import normalize_phone
+from archiver.search.services import Filters, Hit
+from archiver.whatsapp.items import Identity
+
+Direction = Literal["inbound", "outbound", "none", "unknown"]
+Source = Literal["cloud_api", "business_app", "history_sync", "chat_import", "outbox"]
+Delivery = Literal["sent", "delivered", "read", "failed"]
+ErrorCode = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+
+
+class SearchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Words are ANDed, ``OR`` separates groups, "quoted phrases" match exactly; an
+    empty query lists the messages that pass the filters. ``delivery`` and
+    ``error_code`` (Meta's, e.g. 131050) find business messages by their delivery,
+    and statuses for messages not in the archive (``kind`` ``status``)."""
+
+    query: str = ""
+    contact: str | None = None
+    account_id: str | None = None
+    direction: Direction | None = None
+    source: Source | None = None
+    type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    has_media: bool | None = None
+    flagged: bool | None = None
+    on_hold: bool | None = None
+    delivery: Delivery | None = None
+    error_code: ErrorCode | None = None
+    cursor: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+
+
+class MediaState(msgspec.Struct):
+    state: str
+    mime_type: str | None
+    size: int | None
+
+
+class SearchResult(msgspec.Struct):
+    """A matching record with a decrypted snippet; the whole record is at
+    ``GET /api/v1/messages/{id}``. A candidate that failed its integrity check is
+    listed too, marked, with an empty snippet (and no ids when its binding failed)."""
+
+    id: int
+    account_id: str
+    contact_id: str | None
+    kind: str
+    source: str
+    direction: str
+    type: str
+    wamid: str | None
+    occurred_at: datetime
+    revoked: bool
+    sender: str | None  # "business", or the customer's profile name
+    snippet: str
+    media: list[MediaState]
+    integrity: IntegrityOut
+
+
+class SearchOut(msgspec.Struct):
+    results: list[SearchResult]
+    next_cursor: str | None
+
+
+def account_scope(caller: Principal, account_id: str | None) -> frozenset[str] | None:
+    """The accounts a search may look in: the caller's, narrowed to ``account_id``."""
+    allowed = caller.accounts_for(Permission.ARCHIVE_READ)
+    if account_id is None:
+        return None if allowed is None else frozenset(allowed)
+    return frozenset({account_id}) if allowed is None or account_id in allowed else frozenset()
+
+
+async def contact_scope(services: Services, phone: str | None) -> frozenset[str] | None:
+    """The contact a phone number names (none at all if it is unknown)."""
+    if phone is None:
+        return None
+    token = services.capture.identity_token(Identity("wa_id", normalize_phone(phone)))
+    async with services.sessions() as session:
+        row = await session.get(ContactIdentity, ("wa_id", token))
+    return frozenset({row.contact_id} if row else set())
+
+
+async def lexicon_terms(services: Services, flagged: bool | None) -> tuple[str, ...]:
+    """The active lexicon terms, when the flagged filter asks for them."""
+    if flagged is None:
+        return ()
+    async with services.sessions() as session:
+        return tuple(await services.lexicon.terms(session))
+
+
+async def audited_search(
+    services: Services,
+    request: Request[Principal, Any, Any],
+    query: str,
+    filters: Filters,
+    *,
+    after: tuple[datetime, int] | None,
+    limit: int,
+    asked: dict[str, Any],
+) -> tuple[list[Hit], tuple[datetime, int] | None]:
+    """Run a search, then record it (terms and filters sealed) before any result is
+    shown. Raises ``SearchError`` for a query with nothing searchable."""
+    hits, cursor = await services.search.search(query, filters, after=after, limit=limit)
+    accounts = filters.accounts
+    await audit_access(
+        services,
+        request,
+        action="archive.search",
+        permission=Permission.ARCHIVE_READ,
+        target="records:" + ",".join(str(h.record.id) for h in hits),
+        scope=",".join(sorted(accounts)) if accounts is not None else "all accounts",
+        details={"query": query, "filters": asked},
+    )
+    return hits, cursor
+
+
+@post(
+    "/api/v1/search", status_code=HTTP_200_OK, opt=needs(Permission.ARCHIVE_READ), tags=["search"]
+)
+async def search(
+    request: Request[Principal, Any, Any], data: JSONBody[SearchIn], services: ServicesDep
+) -> SearchOut:
+    """Search the archive within the caller's accounts; every search is audited,
+    its terms sealed inside the audit event."""
+    filters = Filters(
+        accounts=account_scope(request.user, data.account_id),
+        contact_ids=await contact_scope(services, data.contact),
+        direction=data.direction,
+        source=data.source,
+        item_type=data.type,
+        since=data.since,
+        until=data.until,
+        has_media=data.has_media,
+        on_hold=data.on_hold,
+        flagged=data.flagged,
+        lexicon=await lexicon_terms(services, data.flagged),
+        delivery=data.delivery,
+        error_code=data.error_code,
+    )
+    hits, cursor = await audited_search(
+        services,
+        request,
+        data.query,
+        filters,
+        after=decode_cursor(data.cursor) if data.cursor else None,
+        limit=data.limit,
+        asked=msgspec.to_builtins(data),
+    )
+    return SearchOut([_result(h) for h in hits], encode_cursor(cursor) if cursor else None)
+
+
+def _result(hit: Hit) -> SearchResult:
+    trusted = ids_trusted(hit.failure)
+    record = hit.record
+    return SearchResult(
+        record.id,
+        record.account_id,
+        record.contact_id if trusted else None,
+        record.kind,
+        record.source,
+        record.direction,
+        record.item_type,
+        message_ids(record, hit.content)[0] if trusted else None,
+        record.occurred_at,
+        record.revoked,
+        sender(record, hit.content),
+        hit.snippet,
+        [MediaState(m.state, m.mime_type, m.size) for m in hit.media],
+        integrity(hit.failure),
+    )

@@ -1,0 +1,342 @@
+"""Users, grants, maker-checker approvals and API tokens over HTTP."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.exceptions import (
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
+
+from api.http.audit import audit_access
+from api.http.auth import AUTHENTICATED, needs
+from api.http.deps import RowId, ServicesDep
+from api.http.openapi import errors
+from archiver.core.errors import AccountNotFound
+from archiver.identity.models import ApiToken, Approval, Grant, User
+from archiver.identity.services import (
+    Permission,
+    Principal,
+    Role,
+)
+
+Caller = Request[Principal, Any, Any]
+
+
+class UserIn(msgspec.Struct, forbid_unknown_fields=True):
+    username: str
+    password: str
+
+
+class GrantIn(msgspec.Struct, forbid_unknown_fields=True):
+    role: str
+    account_id: str | None = None
+
+
+class GrantOut(msgspec.Struct):
+    role: str
+    account_id: str | None
+    granted_at: datetime
+
+
+class UserOut(msgspec.Struct):
+    id: str
+    username: str
+    grants: list[GrantOut]
+    mfa_enrolled: bool
+    locked: bool
+    disabled: bool
+
+
+class ApprovalOut(msgspec.Struct):
+    id: int
+    kind: str
+    status: str
+    permission: str
+    request: dict[str, Any]
+    requested_by: str
+    requested_at: datetime
+    decided_by: str | None
+    decided_at: datetime | None
+    reason: str | None
+
+
+class DecisionIn(msgspec.Struct, forbid_unknown_fields=True):
+    approve: bool
+    reason: str | None = None
+
+
+class TokenIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    scopes: list[str]
+    days: int = 30
+
+
+class TokenOut(msgspec.Struct):
+    id: str
+    prefix: str
+    name: str
+    scopes: list[str]
+    expires_at: datetime
+    revoked: bool
+    token: str | None = None
+
+
+def _approval(approval: Approval) -> ApprovalOut:
+    return ApprovalOut(
+        approval.id,
+        approval.kind,
+        approval.status,
+        approval.permission,
+        msgspec.json.decode(approval.payload),
+        approval.requested_by,
+        approval.requested_at,
+        approval.decided_by,
+        approval.decided_at,
+        approval.reason,
+    )
+
+
+def _role(name: str) -> Role:
+    try:
+        return Role(name)
+    except ValueError:
+        raise ValidationException(f"unknown role {name!r}") from None
+
+
+def _token(token: ApiToken, secret: str | None = None) -> TokenOut:
+    return TokenOut(
+        token.id,
+        token.prefix,
+        token.name,
+        token.scopes.split(","),
+        token.expires_at,
+        token.revoked_at is not None,
+        secret,
+    )
+
+
+class UsersController(Controller):
+    """User administration (admins) and maker-checker decisions."""
+
+    path = "/api/v1"
+    tags = ["users"]  # noqa: RUF012  (Litestar reads this class attribute)
+
+    @get("/users", opt=needs(Permission.USERS_MANAGE))
+    async def list_users(self, services: ServicesDep) -> list[UserOut]:
+        """Every user with their active grants."""
+        now = services.clock.now()
+        async with services.sessions() as session:
+            out = []
+            for user in await services.identity.users(session):
+                grants = await services.identity.active_grants(session, user.id)
+                out.append(
+                    UserOut(
+                        user.id,
+                        user.username,
+                        [GrantOut(g.role, g.account_id, g.granted_at) for g in grants],
+                        user.mfa_enrolled_at is not None,
+                        user.locked_until is not None and user.locked_until > now,
+                        user.disabled,
+                    )
+                )
+        return out
+
+    @post(
+        "/users",
+        status_code=HTTP_201_CREATED,
+        opt=needs(Permission.USERS_MANAGE),
+        responses=errors(409),
+    )
+    async def create_user(
+        self, request: Caller, data: JSONBody[UserIn], services: ServicesDep
+    ) -> UserOut:
+        """Create a user with no roles; grant them separately."""
+        async with services.sessions() as session, session.begin():
+            user = await services.identity.create_user(
+                session, data.username, data.password, created_by=request.user.user_id
+            )
+        return UserOut(user.id, user.username, [], False, False, False)
+
+    @post(
+        "/users/{user_id:str}/grants",
+        opt=needs(Permission.USERS_MANAGE),
+        responses={
+            HTTP_201_CREATED: ResponseSpec(GrantOut, description="Granted at once."),
+            HTTP_202_ACCEPTED: ResponseSpec(
+                ApprovalOut, description="Requested: a second admin decides."
+            ),
+        }
+        | errors(409),
+    )
+    async def grant(
+        self,
+        request: Caller,
+        user_id: FromPath[str],
+        data: JSONBody[GrantIn],
+        services: ServicesDep,
+    ) -> Response[GrantOut | ApprovalOut]:
+        """Grant a role: at once (201), or as a request for a second admin (202)."""
+        role = _role(data.role)
+        try:
+            async with services.sessions() as session, session.begin():
+                user = await session.get(User, user_id)
+                if user is None:
+                    raise NotFoundException("no such user")
+                if data.account_id is not None:
+                    await services.accounts.get(session, data.account_id)
+                result = await services.grants.request(
+                    session, request.user, user, role, data.account_id
+                )
+        except AccountNotFound:
+            raise NotFoundException("no such account") from None
+        if isinstance(result, Grant):
+            await audit_access(
+                services,
+                request,
+                action="grant.apply",
+                permission=Permission.USERS_MANAGE,
+                target=f"user:{user_id} role:{role.value}",
+                scope=data.account_id or "all accounts",
+            )
+            return Response(
+                GrantOut(result.role, result.account_id, result.granted_at),
+                status_code=HTTP_201_CREATED,
+            )
+        await audit_access(
+            services,
+            request,
+            action="approval.request",
+            permission=Permission.USERS_MANAGE,
+            target=f"approval:{result.id} user:{user_id} role:{role.value}",
+            scope=data.account_id or "all accounts",
+        )
+        return Response(_approval(result), status_code=HTTP_202_ACCEPTED)
+
+    @post(
+        "/users/{user_id:str}/grants/revoke",
+        status_code=HTTP_200_OK,
+        opt=needs(Permission.USERS_MANAGE),
+    )
+    async def revoke(
+        self, user_id: FromPath[str], data: JSONBody[GrantIn], services: ServicesDep
+    ) -> dict[str, int]:
+        """Revoke a role (revoking needs no second person)."""
+        role = _role(data.role)
+        async with services.sessions() as session, session.begin():
+            user = await session.get(User, user_id)
+            if user is None:
+                raise NotFoundException("no such user")
+            count = await services.identity.revoke_grant(session, user, role, data.account_id)
+        return {"revoked": count}
+
+    @post(
+        "/users/{user_id:str}/reset-mfa",
+        status_code=HTTP_200_OK,
+        opt=needs(Permission.USERS_MANAGE),
+    )
+    async def reset_mfa(self, user_id: FromPath[str], services: ServicesDep) -> dict[str, str]:
+        """Forget a user's authenticator; they enrol again at their next sign-in."""
+        async with services.sessions() as session, session.begin():
+            user = await session.get(User, user_id)
+            if user is None:
+                raise NotFoundException("no such user")
+            await services.identity.reset_mfa(session, user)
+        return {"status": "reset"}
+
+    @get("/approvals", opt=needs(Permission.GRANTS_APPROVE))
+    async def approvals(
+        self, services: ServicesDep, status: FromQuery[Literal["pending"]] = "pending"
+    ) -> list[ApprovalOut]:
+        """Maker-checker requests waiting for a decision (only those are listed)."""
+        async with services.sessions() as session:
+            return [_approval(a) for a in await services.approvals.pending(session)]
+
+    @post(
+        "/approvals/{approval_id:int}/decision",
+        status_code=HTTP_200_OK,
+        opt=needs(Permission.GRANTS_APPROVE),
+        responses=errors(409),
+    )
+    async def decide(
+        self,
+        request: Caller,
+        approval_id: RowId,
+        data: JSONBody[DecisionIn],
+        services: ServicesDep,
+    ) -> ApprovalOut:
+        """Approve or reject a request; the maker can never decide their own."""
+        async with services.sessions() as session, session.begin():
+            await services.grants.decide(
+                session, approval_id, request.user, approve=data.approve, reason=data.reason
+            )
+            approval = await session.get(Approval, approval_id)
+            assert approval is not None  # decide() found it
+        await audit_access(
+            services,
+            request,
+            action=f"approval.{approval.status}",
+            permission=Permission.GRANTS_APPROVE,
+            target=f"approval:{approval.id} kind:{approval.kind} maker:{approval.requested_by}",
+        )
+        return _approval(approval)
+
+
+class TokensController(Controller):
+    """A signed-in user's own API tokens."""
+
+    path = "/api/v1/tokens"
+    tags = ["tokens"]  # noqa: RUF012  (Litestar reads this class attribute)
+
+    @get("/", opt={"permission": AUTHENTICATED})
+    async def list_tokens(self, request: Caller, services: ServicesDep) -> list[TokenOut]:
+        """The caller's tokens (never their secrets)."""
+        async with services.sessions() as session:
+            tokens = await services.identity.tokens(session, request.user.user_id)
+        return [_token(t) for t in tokens]
+
+    @post("/", status_code=HTTP_201_CREATED, opt={"permission": AUTHENTICATED})
+    async def create_token(
+        self, request: Caller, data: JSONBody[TokenIn], services: ServicesDep
+    ) -> TokenOut:
+        """Issue a token for the caller; the secret is in this answer only.
+
+        Only a console session can mint tokens (a token cannot mint another), and a
+        token's scopes can only be permissions the caller holds.
+        """
+        caller = request.user
+        if caller.via != "session":
+            raise PermissionDeniedException("tokens are created from a signed-in session")
+        try:
+            scopes = frozenset(Permission(s) for s in data.scopes)
+        except ValueError:
+            raise ValidationException("unknown scope") from None
+        async with services.sessions() as session, session.begin():
+            user = await session.get(User, caller.user_id)
+            assert user is not None  # the caller is signed in
+            new = await services.identity.create_token(
+                session, user, name=data.name, scopes=scopes, lifetime=timedelta(days=data.days)
+            )
+            token = await session.get(ApiToken, new.id)
+            assert token is not None
+        return _token(token, new.secret)
+
+    @post("/{token_id:str}/revoke", status_code=HTTP_200_OK, opt={"permission": AUTHENTICATED})
+    async def revoke_token(
+        self, request: Caller, token_id: FromPath[str], services: ServicesDep
+    ) -> TokenOut:
+        """Revoke one of the caller's tokens, effective at once."""
+        async with services.sessions() as session, session.begin():
+            token = await session.get(ApiToken, token_id)
+            if token is None or token.user_id != request.user.user_id:
+                raise NotFoundException("no such token")
+            await services.identity.revoke_token(session, token_id)
+        return _token(token)

@@ -1,0 +1,1 @@
+"""Observability: structured logging with redaction, request ids, metrics."""

@@ -1,0 +1,1 @@
+"""The sandbox: the demo and the fake Graph API it runs against."""

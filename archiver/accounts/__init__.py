@@ -1,0 +1,1 @@
+"""Business numbers (accounts) and their sealed secrets."""

@@ -1,0 +1,1 @@
+"""Capture: webhook signatures, the journal, projection into records."""

@@ -1,0 +1,1 @@
+"""Envelope encryption and the keyring of subject keys under the root key."""

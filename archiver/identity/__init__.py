@@ -1,0 +1,2 @@
+"""Identity: roles and permissions, users, credentials, TOTP, sessions, tokens,
+approvals, grants."""

@@ -1,0 +1,854 @@
+"""Who may do what: users, credentials, roles, grants and maker-checker approvals.
+
+The permission matrix below is the single source of truth for authorization;
+the README mirrors it. Grants are scoped to one business account or to all
+(``account_id`` NULL); the default is deny. ``admin`` manages users and
+accounts but reads no message content unless a content role is granted too. A
+``regulator`` holds no standing permission: only what is explicitly shared.
+
+Passwords and API-token secrets are hashed with argon2id. TOTP secrets are
+sealed under the user's own subject key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from archiver.core.clock import Clock
+from archiver.core.errors import ArchiverError, InvalidInput
+from archiver.crypto import envelope
+from archiver.crypto.keyring import Keyring
+from archiver.identity.models import ApiToken, Approval, Grant, User, WebSession
+from archiver.identity.passwords import password_problem
+
+
+class Role(StrEnum):
+    """The roles a user can be granted."""
+
+    ADMIN = "admin"
+    RECORDS_MANAGER = "records_manager"
+    COMPLIANCE_OFFICER = "compliance_officer"
+    SUPERVISOR = "supervisor"
+    AGENT = "agent"
+    AUDITOR = "auditor"
+    REGULATOR = "regulator"
+
+
+class Permission(StrEnum):
+    """Everything an authenticated request can be allowed to do.
+
+    Each permission declares whether it is *sensitive*: whether it reads message
+    content or the audit trail, or changes records, users, grants, accounts or the
+    policy applied to records. A role that carries a sensitive permission needs TOTP,
+    and granting it needs a second person's approval (``SENSITIVE_ROLES``). The class
+    does not build if a permission leaves this out.
+    """
+
+    _value_: str
+    sensitive: bool
+
+    # Only the members below are made here; looking one up by its value is not.
+    def __new__(cls, value: str, sensitive: bool | None = None) -> Permission:
+        if sensitive is None:
+            raise TypeError(f"permission {value!r} must declare whether it is sensitive")
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.sensitive = sensitive
+        return member
+
+    USERS_MANAGE = "users.manage", True
+    GRANTS_APPROVE = "grants.approve", True
+    # Registers numbers and their webhook secrets: decides what becomes a record.
+    ACCOUNTS_MANAGE = "accounts.manage", True
+    ACCOUNTS_READ = "accounts.read", False  # which numbers are captured, no content
+    ARCHIVE_READ = "archive.read", True
+    ARCHIVE_IMPORT = "archive.import", True
+    AUDIT_READ = "audit.read", True
+    AUDIT_EXPORT = "audit.export", True
+    # Decides which records are flagged and which outgoing messages are held or blocked.
+    LEXICON_MANAGE = "lexicon.manage", True
+    METRICS_READ = "metrics.read", False  # counters of the service's health, no content
+
+
+# The permission matrix: which role may do what. Mirrored in the README.
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(
+        {
+            Permission.USERS_MANAGE,
+            Permission.GRANTS_APPROVE,
+            Permission.ACCOUNTS_MANAGE,
+            Permission.ACCOUNTS_READ,
+            Permission.METRICS_READ,
+        }
+    ),
+    Role.RECORDS_MANAGER: frozenset({Permission.ACCOUNTS_READ, Permission.ARCHIVE_IMPORT}),
+    Role.COMPLIANCE_OFFICER: frozenset(
+        {Permission.ACCOUNTS_READ, Permission.ARCHIVE_READ, Permission.LEXICON_MANAGE}
+    ),
+    Role.SUPERVISOR: frozenset({Permission.ACCOUNTS_READ, Permission.ARCHIVE_READ}),
+    Role.AGENT: frozenset(),
+    Role.AUDITOR: frozenset({Permission.AUDIT_READ, Permission.AUDIT_EXPORT}),
+    Role.REGULATOR: frozenset(),
+}
+
+# Roles that need TOTP, and whose grant needs a second person's approval: derived
+# from their permissions, so that no role carrying a sensitive one can be left out.
+SENSITIVE_ROLES = frozenset(
+    role for role, permissions in ROLE_PERMISSIONS.items() if any(p.sensitive for p in permissions)
+)
+# Permissions that only make sense across all accounts.
+GLOBAL_PERMISSIONS = frozenset(
+    {
+        Permission.USERS_MANAGE,
+        Permission.GRANTS_APPROVE,
+        Permission.AUDIT_READ,
+        Permission.AUDIT_EXPORT,
+        Permission.LEXICON_MANAGE,
+        Permission.METRICS_READ,
+    }
+)
+
+MAX_FAILED_LOGINS = 5
+FIRST_LOCKOUT = timedelta(minutes=1)
+LONGEST_LOCKOUT = timedelta(hours=24)
+SESSION_LIFETIME = timedelta(hours=8)
+TOKEN_PREFIX = "sr"  # noqa: S105  (the public marker of our tokens, not a secret)
+_USERNAME = re.compile(r"[a-z0-9][a-z0-9._@+-]{1,62}[a-z0-9]")
+_TOKEN = re.compile(r"sr_([a-z0-9]{12})_([A-Za-z0-9_-]{20,})")
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class IdentityError(ArchiverError):
+    """Root of identity errors.
+
+    ::
+
+        IdentityError
+        ├── InvalidCredentials   wrong user, password, code or token (deliberately vague)
+        ├── AccountLocked        too many failed attempts; try again after ``until``
+        ├── MfaRequired          the role needs TOTP and it is not (yet) verified
+        ├── NotPermitted         the user lacks the permission (or decides own request)
+        └── IdentityConflict     username taken, grant exists, approval already decided
+    """
+
+
+class InvalidCredentials(IdentityError):
+    """The credentials do not match; no detail on which part."""
+
+
+class AccountLocked(IdentityError):
+    """Too many failed sign-ins."""
+
+    def __init__(self, until: datetime) -> None:
+        super().__init__(f"locked until {until.isoformat()}")
+        self.until = until
+
+
+class MfaRequired(IdentityError):
+    """A privileged role needs a verified TOTP code."""
+
+
+class NotPermitted(IdentityError):
+    """The actor may not do this."""
+
+
+class IdentityConflict(IdentityError):
+    """The change collides with existing state."""
+
+
+ALL_ACCOUNTS = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated actor and what it may do, per account (``None`` = all)."""
+
+    user_id: str
+    username: str
+    grants: frozenset[tuple[Role, str | None]]
+    via: str
+    token_scopes: frozenset[Permission] | None = None
+    roles: frozenset[Role] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "roles", frozenset(role for role, _ in self.grants))
+
+    @property
+    def actor(self) -> str:
+        """How the audit trail names this principal."""
+        return self.user_id if self.via != "token" else f"{self.user_id}:token"
+
+    def _permitted(self, role: Role, permission: Permission) -> bool:
+        if permission not in ROLE_PERMISSIONS[role]:
+            return False
+        return self.token_scopes is None or permission in self.token_scopes
+
+    def allows(self, permission: Permission, account_id: str | None = None) -> bool:
+        """True if some grant gives ``permission`` on ``account_id``; with no account
+        given, on at least one. Global permissions need a grant on all accounts."""
+        for role, scope in self.grants:
+            if not self._permitted(role, permission):
+                continue
+            if permission in GLOBAL_PERMISSIONS:
+                if scope is ALL_ACCOUNTS:
+                    return True
+            elif scope is ALL_ACCOUNTS or account_id is None or scope == account_id:
+                return True
+        return False
+
+    def accounts_for(self, permission: Permission) -> set[str] | None:
+        """The accounts on which ``permission`` holds; ``None`` means every account."""
+        scoped: set[str] = set()
+        for role, scope in self.grants:
+            if self._permitted(role, permission):
+                if scope is ALL_ACCOUNTS:
+                    return None
+                scoped.add(scope)
+        return scoped
+
+    def role_for(self, permission: Permission) -> str | None:
+        """A role that grants ``permission``, for the audit trail."""
+        return next(
+            (r.value for r, _ in sorted(self.grants) if self._permitted(r, permission)), None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewToken:
+    """A freshly created API token; ``secret`` is shown once and never stored."""
+
+    id: str
+    prefix: str
+    secret: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TotpEnrolment:
+    """What a user needs to add Strongroom to an authenticator app."""
+
+    secret: str
+    uri: str
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class IdentityService:
+    """Users, credentials, sessions, tokens and grants."""
+
+    def __init__(self, keyring: Keyring, clock: Clock, *, issuer: str = "Strongroom") -> None:
+        self._keyring = keyring
+        self._clock = clock
+        self._hasher = PasswordHasher()  # argon2id with the library's current defaults
+        self._issuer = issuer
+        # Verifying argon2 takes tens of milliseconds; a verified token is remembered
+        # (by its SHA-256) so that each request only re-reads its revocation and expiry.
+        self._verified_tokens: dict[str, str] = {}
+
+    # -- users ---------------------------------------------------------------
+
+    async def create_user(
+        self, session: AsyncSession, username: str, password: str, *, created_by: str | None
+    ) -> User:
+        """Create a user with a password; raise ``InvalidInput`` or ``IdentityConflict``."""
+        username = username.strip().lower()
+        if not _USERNAME.fullmatch(username):
+            raise InvalidInput("username: 3-64 of a-z 0-9 . _ @ + -")
+        self._check_password(password, username)
+        user = User(
+            id="usr_" + secrets.token_hex(8),
+            username=username,
+            password_hash=self._hasher.hash(password),
+            failed_logins=0,
+            disabled=False,
+            created_at=self._clock.now(),
+            created_by=created_by,
+        )
+        try:
+            async with session.begin_nested():
+                session.add(user)
+        except DBIntegrityError:
+            raise IdentityConflict(f"user {username} already exists") from None
+        return user
+
+    def _check_password(self, password: str, username: str) -> None:
+        problem = password_problem(password, username)
+        if problem is not None:
+            raise InvalidInput(problem)
+
+    async def user_by_name(self, session: AsyncSession, username: str) -> User | None:
+        """The user with ``username``, if any."""
+        return (
+            await session.scalars(select(User).where(User.username == username.strip().lower()))
+        ).one_or_none()
+
+    async def users(self, session: AsyncSession) -> list[User]:
+        """Every user, oldest first."""
+        return list(await session.scalars(select(User).order_by(User.created_at)))
+
+    async def set_password(self, session: AsyncSession, user: User, password: str) -> None:
+        """Replace the user's password and clear any lockout."""
+        self._check_password(password, user.username)
+        user.password_hash = self._hasher.hash(password)
+        user.failed_logins = 0
+        user.locked_until = None
+        await session.flush()
+
+    async def check_password(self, session: AsyncSession, username: str, password: str) -> User:
+        """Verify a password with back-off and lockout; raise ``InvalidCredentials``
+        or ``AccountLocked``. The caller commits (failures are counted).
+
+        Wrong passwords and wrong TOTP codes count together, and only a complete
+        sign-in (``complete_sign_in``) clears them: the right password alone does
+        not, or knowing it would reset the count of guessed codes."""
+        user = await self.user_by_name(session, username)
+        now = self._clock.now()
+        if user is None or user.disabled or user.password_hash is None:
+            # Spend the same effort as a real check, so timing does not reveal usernames.
+            self._hasher.hash(password)
+            raise InvalidCredentials("invalid username or password")
+        if user.locked_until is not None and user.locked_until > now:
+            raise AccountLocked(user.locked_until)
+        try:
+            self._hasher.verify(user.password_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            self._lock_after(user, await self._count_attempt(session, user, now), now)
+            await session.flush()
+            raise InvalidCredentials("invalid username or password") from None
+        if self._hasher.check_needs_rehash(user.password_hash):
+            user.password_hash = self._hasher.hash(password)
+        await session.flush()
+        return user
+
+    async def _count_attempt(self, session: AsyncSession, user: User, now: datetime) -> int:
+        """Count a failed attempt in the database itself, so that concurrent ones are
+        all counted; raise ``AccountLocked`` if the user is (or meanwhile became) locked."""
+        count: int | None = await session.scalar(
+            update(User)
+            .where(
+                User.id == user.id,
+                or_(User.locked_until.is_(None), User.locked_until <= now),
+            )
+            .values(failed_logins=User.failed_logins + 1)
+            .returning(User.failed_logins)
+        )
+        await session.refresh(user, ["failed_logins", "locked_until"])
+        if count is None:
+            raise AccountLocked(user.locked_until or now)
+        return count
+
+    @staticmethod
+    def _lock_after(user: User, failures: int, now: datetime) -> datetime | None:
+        """Lock the user out after too many failures; each further one doubles the
+        lockout, up to a day. Returns the end of the lockout, if there is one."""
+        if failures < MAX_FAILED_LOGINS:
+            return None
+        doubling = min(failures - MAX_FAILED_LOGINS, 12)
+        user.locked_until = now + min(FIRST_LOCKOUT * 2**doubling, LONGEST_LOCKOUT)
+        return user.locked_until
+
+    @staticmethod
+    def _clear_failures(user: User) -> None:
+        user.failed_logins = 0
+        user.locked_until = None
+
+    # -- TOTP ------------------------------------------------------------------
+
+    def _subject(self, user: User) -> str:
+        return f"user:{user.id}"
+
+    async def totp_enrolment(self, session: AsyncSession, user: User) -> TotpEnrolment:
+        """The unconfirmed enrolment of ``user``, started if there is none."""
+        if user.totp_secret_sealed is None or user.mfa_enrolled_at is not None:
+            return await self.begin_totp(session, user)
+        secret = await self._totp_secret(session, user)
+        uri = pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name=self._issuer)
+        return TotpEnrolment(secret, uri)
+
+    async def _totp_secret(self, session: AsyncSession, user: User) -> str:
+        assert user.totp_secret_sealed is not None
+        key = await self._keyring.key_by_id(
+            session, envelope.read_header(user.totp_secret_sealed).key_id
+        )
+        return envelope.open_(key, f"{user.id}/totp", user.totp_secret_sealed).decode()
+
+    async def begin_totp(self, session: AsyncSession, user: User) -> TotpEnrolment:
+        """Start (or restart) TOTP enrolment; it counts once a code is confirmed."""
+        secret = pyotp.random_base32()
+        key_id, key = await self._keyring.key_for(session, self._subject(user))
+        user.totp_secret_sealed = envelope.seal(key, key_id, f"{user.id}/totp", secret.encode())
+        user.mfa_enrolled_at = None
+        user.totp_last_step = None
+        await session.flush()
+        uri = pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name=self._issuer)
+        return TotpEnrolment(secret, uri)
+
+    async def verify_totp(self, session: AsyncSession, user: User, code: str) -> None:
+        """Check a TOTP code (one step of clock drift allowed; no code used twice).
+
+        The first good code completes enrolment. Wrong codes count with wrong
+        passwords towards the lockout; the one that locks the user out also ends
+        their half-signed-in sessions, and while it lasts even the right code is
+        refused. Raise ``InvalidCredentials`` or ``AccountLocked``; the caller
+        commits (failures are counted).
+        """
+        if user.totp_secret_sealed is None:
+            raise MfaRequired("no authenticator is enrolled")
+        now = self._clock.now()
+        # Counted before it is checked: concurrent guesses cannot pass the lockout.
+        try:
+            failures = await self._count_attempt(session, user, now)
+        except AccountLocked:
+            await self._end_sessions(session, user.id, pending_only=True)
+            raise
+        totp = pyotp.TOTP(await self._totp_secret(session, user))
+        code = code.strip().replace(" ", "")
+        step = int(now.timestamp()) // totp.interval
+        for candidate in (step - 1, step, step + 1):
+            expected = totp.at(candidate * totp.interval)
+            if secrets.compare_digest(expected, code) and (
+                user.totp_last_step is None or candidate > user.totp_last_step
+            ):
+                user.totp_last_step = candidate
+                if user.mfa_enrolled_at is None:
+                    user.mfa_enrolled_at = now
+                self._clear_failures(user)
+                await session.flush()
+                return
+        until = self._lock_after(user, failures, now)
+        await session.flush()
+        if until is not None:
+            await self._end_sessions(session, user.id, pending_only=True)
+            raise AccountLocked(until)
+        raise InvalidCredentials("invalid code")
+
+    async def reset_mfa(self, session: AsyncSession, user: User) -> None:
+        """Forget the user's authenticator; they enrol again at next sign-in."""
+        user.totp_secret_sealed = None
+        user.mfa_enrolled_at = None
+        user.totp_last_step = None
+        await session.flush()
+
+    # -- grants and principals ---------------------------------------------
+
+    async def active_grants(self, session: AsyncSession, user_id: str) -> list[Grant]:
+        """The user's grants that are not revoked."""
+        return list(
+            await session.scalars(
+                select(Grant).where(Grant.user_id == user_id, Grant.revoked_at.is_(None))
+            )
+        )
+
+    async def needs_mfa(self, session: AsyncSession, user: User) -> bool:
+        """True if any of the user's roles carries a sensitive permission."""
+        return any(
+            Role(g.role) in SENSITIVE_ROLES for g in await self.active_grants(session, user.id)
+        )
+
+    async def principal(
+        self,
+        session: AsyncSession,
+        user: User,
+        *,
+        via: str,
+        scopes: frozenset[Permission] | None = None,
+    ) -> Principal:
+        """What ``user`` may do now."""
+        grants = frozenset(
+            (Role(g.role), g.account_id) for g in await self.active_grants(session, user.id)
+        )
+        return Principal(user.id, user.username, grants, via, scopes)
+
+    async def apply_grant(
+        self,
+        session: AsyncSession,
+        user: User,
+        role: Role,
+        account_id: str | None,
+        *,
+        granted_by: str | None,
+        approval_id: int | None = None,
+    ) -> Grant:
+        """Give ``role`` to ``user`` now (callers enforce maker-checker).
+
+        The first sensitive role a user gets ends their sessions: they were opened
+        without TOTP, which signing in again asks for."""
+        held = await self.active_grants(session, user.id)
+        for grant in held:
+            if grant.role == role.value and grant.account_id == account_id:
+                raise IdentityConflict("that grant already exists")
+        if role in SENSITIVE_ROLES and not any(Role(g.role) in SENSITIVE_ROLES for g in held):
+            await self._end_sessions(session, user.id, pending_only=False)
+        grant = Grant(
+            user_id=user.id,
+            role=role.value,
+            account_id=account_id,
+            granted_by=granted_by,
+            granted_at=self._clock.now(),
+            approval_id=approval_id,
+        )
+        session.add(grant)
+        await session.flush()
+        return grant
+
+    async def revoke_grant(
+        self, session: AsyncSession, user: User, role: Role, account_id: str | None
+    ) -> int:
+        """Revoke the user's matching grants; return how many."""
+        count = 0
+        for grant in await self.active_grants(session, user.id):
+            if grant.role == role.value and grant.account_id == account_id:
+                grant.revoked_at = self._clock.now()
+                count += 1
+        await session.flush()
+        return count
+
+    async def admin_exists(self, session: AsyncSession) -> bool:
+        """True once any active admin grant exists (after that, no more bootstrap)."""
+        count = await session.scalar(
+            select(func.count())
+            .select_from(Grant)
+            .where(Grant.role == Role.ADMIN.value, Grant.revoked_at.is_(None))
+        )
+        return bool(count)
+
+    # -- API tokens ------------------------------------------------------------
+
+    async def create_token(
+        self,
+        session: AsyncSession,
+        user: User,
+        *,
+        name: str,
+        scopes: frozenset[Permission],
+        lifetime: timedelta,
+    ) -> NewToken:
+        """Issue an API token; its secret is returned once and stored only hashed.
+
+        Its scopes can only be permissions its user holds: raise ``NotPermitted``
+        naming those they lack, or ``InvalidInput``."""
+        if not timedelta(minutes=5) <= lifetime <= timedelta(days=366):
+            raise InvalidInput("token lifetime must be between 5 minutes and 366 days")
+        if not scopes:
+            raise InvalidInput("a token needs at least one scope")
+        holder = await self.principal(session, user, via="session")
+        missing = sorted(p.value for p in scopes if not holder.allows(p))
+        if missing:
+            raise NotPermitted(
+                f"{user.username} lacks {', '.join(missing)}: "
+                "a token cannot hold a permission its user lacks"
+            )
+        prefix = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        now = self._clock.now()
+        token = ApiToken(
+            id="tok_" + secrets.token_hex(8),
+            prefix=prefix,
+            secret_hash=self._hasher.hash(secret),
+            user_id=user.id,
+            name=name[:100],
+            scopes=",".join(sorted(scopes)),
+            created_at=now,
+            expires_at=now + lifetime,
+        )
+        session.add(token)
+        await session.flush()
+        return NewToken(token.id, prefix, f"{TOKEN_PREFIX}_{prefix}_{secret}", token.expires_at)
+
+    async def authenticate_token(self, session: AsyncSession, presented: str) -> Principal:
+        """The principal of a bearer token; raise ``InvalidCredentials``."""
+        match = _TOKEN.fullmatch(presented.strip())
+        if match is None:
+            raise InvalidCredentials("malformed token")
+        prefix, secret = match.groups()
+        token = (
+            await session.scalars(select(ApiToken).where(ApiToken.prefix == prefix))
+        ).one_or_none()
+        now = self._clock.now()
+        if token is None or token.revoked_at is not None or token.expires_at <= now:
+            raise InvalidCredentials("unknown, revoked or expired token")
+        fingerprint = _sha256(presented)
+        if self._verified_tokens.get(fingerprint) != token.id:
+            try:
+                self._hasher.verify(token.secret_hash, secret)
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                raise InvalidCredentials("unknown, revoked or expired token") from None
+            self._verified_tokens[fingerprint] = token.id
+        user = await session.get(User, token.user_id)
+        if user is None or user.disabled:
+            raise InvalidCredentials("unknown, revoked or expired token")
+        # To the minute: a write on every request would queue each API call behind
+        # the database's one write lock.
+        if token.last_used_at is None or now - token.last_used_at >= _LAST_USED_RESOLUTION:
+            token.last_used_at = now
+        scopes = frozenset(Permission(s) for s in token.scopes.split(",") if s)
+        return await self.principal(session, user, via="token", scopes=scopes)
+
+    async def tokens(self, session: AsyncSession, user_id: str) -> list[ApiToken]:
+        """A user's tokens, newest first."""
+        return list(
+            await session.scalars(
+                select(ApiToken)
+                .where(ApiToken.user_id == user_id)
+                .order_by(ApiToken.created_at.desc())
+            )
+        )
+
+    async def revoke_token(self, session: AsyncSession, token_id: str) -> None:
+        """Revoke a token now."""
+        token = await session.get(ApiToken, token_id)
+        if token is None:
+            raise IdentityConflict("no such token")
+        token.revoked_at = self._clock.now()
+        await session.flush()
+
+    # -- console sessions ----------------------------------------------------
+
+    async def start_session(
+        self, session: AsyncSession, user: User, *, mfa_verified: bool
+    ) -> tuple[str, WebSession]:
+        """Open a console session; returns the cookie value (kept only hashed)."""
+        cookie = secrets.token_urlsafe(32)
+        now = self._clock.now()
+        row = WebSession(
+            id_sha256=_sha256(cookie),
+            user_id=user.id,
+            csrf_token=secrets.token_urlsafe(32),
+            mfa_verified=mfa_verified,
+            created_at=now,
+            expires_at=now + SESSION_LIFETIME,
+        )
+        session.add(row)
+        await session.flush()
+        return cookie, row
+
+    async def find_session(
+        self, session: AsyncSession, cookie: str
+    ) -> tuple[WebSession, User] | None:
+        """The live session and user behind a cookie value, if any."""
+        row = await session.get(WebSession, _sha256(cookie))
+        if row is None or row.revoked_at is not None or row.expires_at <= self._clock.now():
+            return None
+        user = await session.get(User, row.user_id)
+        if user is None or user.disabled:
+            return None
+        return row, user
+
+    async def complete_sign_in(
+        self, session: AsyncSession, pending: WebSession, code: str | None
+    ) -> tuple[str, WebSession]:
+        """Finish a half-signed-in session: check the TOTP code if the user's roles
+        need one, then replace the session with a new one. The new cookie is
+        returned; the old one stops working (a new id at each step up).
+
+        Raise ``InvalidCredentials``, ``AccountLocked`` or ``MfaRequired``; the
+        caller commits (failures are counted)."""
+        row = await session.get(WebSession, pending.id_sha256, with_for_update=True)
+        now = self._clock.now()
+        if row is None or row.revoked_at is not None or row.expires_at <= now or row.mfa_verified:
+            raise InvalidCredentials("this sign-in has ended")
+        user = await session.get(User, row.user_id)
+        if user is None or user.disabled:
+            raise InvalidCredentials("this sign-in has ended")
+        if await self.needs_mfa(session, user):
+            if code is None:
+                raise MfaRequired("a code from the authenticator is required")
+            await self.verify_totp(session, user, code)
+        else:
+            self._clear_failures(user)
+        row.revoked_at = now
+        return await self.start_session(session, user, mfa_verified=True)
+
+    async def end_session(self, session: AsyncSession, cookie: str) -> None:
+        """Sign out: the cookie stops working at once."""
+        row = await session.get(WebSession, _sha256(cookie))
+        if row is not None:
+            row.revoked_at = self._clock.now()
+            await session.flush()
+
+    async def _end_sessions(
+        self, session: AsyncSession, user_id: str, *, pending_only: bool
+    ) -> None:
+        """End the user's live sessions (only the half-signed-in ones if ``pending_only``)."""
+        query = update(WebSession).where(
+            WebSession.user_id == user_id, WebSession.revoked_at.is_(None)
+        )
+        if pending_only:
+            query = query.where(WebSession.mfa_verified.is_(False))
+        await session.execute(query.values(revoked_at=self._clock.now()))
+
+
+class ApprovalService:
+    """Maker-checker: a request is decided by a different user with the permission."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+
+    async def request(
+        self,
+        session: AsyncSession,
+        *,
+        kind: str,
+        permission: Permission,
+        payload: dict[str, Any],
+        requested_by: str,
+        account_id: str | None = None,
+    ) -> Approval:
+        """Open a pending request for someone else to decide."""
+        approval = Approval(
+            kind=kind,
+            permission=permission.value,
+            account_id=account_id,
+            payload=json.dumps(payload, sort_keys=True),
+            status="pending",
+            requested_by=requested_by,
+            requested_at=self._clock.now(),
+        )
+        session.add(approval)
+        await session.flush()
+        return approval
+
+    async def decide(
+        self,
+        session: AsyncSession,
+        approval_id: int,
+        decider: Principal,
+        *,
+        approve: bool,
+        reason: str | None = None,
+    ) -> Approval:
+        """Approve or reject; refuse self-approval and deciders without the permission."""
+        approval = await session.get(Approval, approval_id, with_for_update=True)
+        if approval is None:
+            raise IdentityConflict("no such approval")
+        if approval.status != "pending":
+            raise IdentityConflict(f"approval {approval_id} is already {approval.status}")
+        if decider.user_id == approval.requested_by:
+            raise NotPermitted("a request must be decided by someone other than its maker")
+        if not decider.allows(Permission(approval.permission), approval.account_id):
+            raise NotPermitted(f"deciding needs {approval.permission}")
+        approval.status = "approved" if approve else "rejected"
+        approval.decided_by = decider.user_id
+        approval.decided_at = self._clock.now()
+        approval.reason = (reason or "")[:1000] or None
+        await session.flush()
+        return approval
+
+    async def pending(self, session: AsyncSession, kind: str | None = None) -> list[Approval]:
+        """Requests still waiting for a decision, oldest first."""
+        query = select(Approval).where(Approval.status == "pending")
+        if kind:
+            query = query.where(Approval.kind == kind)
+        return list(await session.scalars(query.order_by(Approval.requested_at)))
+
+    @staticmethod
+    def payload(approval: Approval) -> dict[str, Any]:
+        """The request's parameters."""
+        value: dict[str, Any] = json.loads(approval.payload)
+        return value
+
+
+class GrantService:
+    """Grants roles, through a second person's approval for sensitive ones."""
+
+    def __init__(self, identity: IdentityService, approvals: ApprovalService) -> None:
+        self._identity = identity
+        self._approvals = approvals
+
+    async def request(
+        self,
+        session: AsyncSession,
+        requester: Principal,
+        user: User,
+        role: Role,
+        account_id: str | None,
+    ) -> Grant | Approval:
+        """Grant at once, or open an approval when ``role`` carries a sensitive permission
+        (whoever it is for, the requester included)."""
+        if not requester.allows(Permission.USERS_MANAGE):
+            raise NotPermitted("granting roles needs users.manage")
+        if role in SENSITIVE_ROLES:
+            return await self._approvals.request(
+                session,
+                kind="grant",
+                permission=Permission.GRANTS_APPROVE,
+                payload={"user_id": user.id, "role": role.value, "account_id": account_id},
+                requested_by=requester.user_id,
+            )
+        return await self._identity.apply_grant(
+            session, user, role, account_id, granted_by=requester.user_id
+        )
+
+    async def grant_as_operator(
+        self,
+        session: AsyncSession,
+        user: User,
+        role: Role,
+        account_id: str | None,
+        *,
+        operator: str,
+    ) -> Grant | Approval:
+        """Grant on behalf of the machine's operator (``operator`` names them in the
+        trail): at once, so the first admin can be made; a sensitive role opens an
+        approval instead once an admin exists to decide it."""
+        if role in SENSITIVE_ROLES and await self._identity.admin_exists(session):
+            return await self._approvals.request(
+                session,
+                kind="grant",
+                permission=Permission.GRANTS_APPROVE,
+                payload={"user_id": user.id, "role": role.value, "account_id": account_id},
+                requested_by=operator,
+            )
+        return await self._identity.apply_grant(
+            session, user, role, account_id, granted_by=operator
+        )
+
+    async def decide(
+        self,
+        session: AsyncSession,
+        approval_id: int,
+        decider: Principal,
+        *,
+        approve: bool,
+        reason: str | None = None,
+    ) -> Grant | None:
+        """Decide a pending grant; apply it when approved. Neither its maker nor the
+        user it is for can decide it."""
+        pending = await session.get(Approval, approval_id)
+        if pending is not None and pending.kind != "grant":
+            raise IdentityConflict(f"approval {approval_id} is not a grant")
+        if pending is not None and ApprovalService.payload(pending)["user_id"] == decider.user_id:
+            raise NotPermitted("a grant must be decided by someone other than its grantee")
+        approval = await self._approvals.decide(
+            session, approval_id, decider, approve=approve, reason=reason
+        )
+        if not approve:
+            return None
+        request = ApprovalService.payload(approval)
+        user = await session.get(User, request["user_id"])
+        if user is None:
+            raise IdentityConflict("the user of this grant no longer exists")
+        return await self._identity.apply_grant(
+            session,
+            user,
+            Role(request["role"]),
+            request["account_id"],
+            granted_by=approval.requested_by,
+            approval_id=approval.id,
+        )

@@ -1,0 +1,1 @@
+"""Imports: the chat-export parser and the importer."""

@@ -1,0 +1,1 @@
+"""Search: the tokenizer and blind index, queries and the search service."""

@@ -1,0 +1,1 @@
+"""WhatsApp itself: the one Graph API client and the parsing of webhook payloads into items."""
