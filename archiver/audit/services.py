@@ -66,7 +66,7 @@ import contextlib
 import hashlib
 import itertools
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, cast
@@ -511,6 +511,23 @@ class AuditLog:
         await self._enqueue(entry, done)
         await done
 
+    async def record_in(self, session: AsyncSession, entry: AuditEntry) -> None:
+        """Append ``entry`` inside the caller's write transaction, so that it commits
+        with the change it records or not at all.
+
+        Call it last, just before the commit: from here until the commit the
+        transaction holds the chain's lock (an advisory lock on PostgreSQL, the
+        write lock on SQLite), which every other appender waits for. Raises
+        ``ValueError`` for a malformed entry and ``AuditChainBroken`` for a cut
+        chain, either of which rolls the change back.
+        """
+        pending = self._pending(entry, None)
+        # The details key as this transaction sees it (made here on the first
+        # event); cached only by the group appender, after its own commit.
+        key = self._details_key or await self._keyring.key_for(session, DETAILS_SUBJECT)
+        head = await session.run_sync(lambda sync: self._append_rows(sync, [pending], key))
+        self._floor = max(self._floor, head - 1)  # this event is not committed yet
+
     async def flush(self) -> None:
         """Wait until every queued entry is written (or reported lost)."""
         if self._queue is not None:
@@ -525,17 +542,21 @@ class AuditLog:
                 await self._append_task
             self._append_task = None
 
-    async def _enqueue(self, entry: AuditEntry, done: asyncio.Future[None] | None) -> None:
+    def _pending(self, entry: AuditEntry, done: asyncio.Future[None] | None) -> _Pending:
         columns = _columns(entry, self._clock.now())
         details = None
         if entry.details is not None:
             # Encoded now, so a caller mutating its dict later cannot change the record.
             details = msgspec.json.encode(dict(entry.details))
+        return _Pending(columns, details, done)
+
+    async def _enqueue(self, entry: AuditEntry, done: asyncio.Future[None] | None) -> None:
+        pending = self._pending(entry, done)
         if self._queue is None:
             self._queue = asyncio.Queue()
         if self._append_task is None or self._append_task.done():
             self._append_task = asyncio.create_task(self._write_loop(self._queue))
-        await self._queue.put(_Pending(columns, details, done))
+        await self._queue.put(pending)
         if done is not None:
             self._awaited.set()
 
@@ -597,27 +618,32 @@ class AuditLog:
             anchor = await self._newest_anchor(signer.public_key())
             self._floor = max(self._floor, anchor.seq if anchor else 0)
             self._details_key = keys[DETAILS_SUBJECT]  # once committed
-        key_id, key = self._details_key
+        key = self._details_key
 
-        def append(session: Session) -> int:
-            _lock_chain(session)
-            seq, prev, last_checkpoint = _head_and_checkpoint(session)
-            _refuse_behind(seq, max(self._floor, last_checkpoint), "written or anchored")
-            rows = []
-            for pending in batch:
-                seq += 1
-                sealed = None
-                if pending.details is not None:
-                    sealed = envelope.seal(key, key_id, details_object_key(seq), pending.details)
-                row = {**pending.columns, "seq": seq, "details_sealed": sealed, "prev_hash": prev}
-                row["hash"] = prev = chain_hash(prev, canonical_bytes(row))
-                rows.append(row)
-            # One statement on the table: ORM objects cost more than the write, and
-            # even the ORM's bulk insert added a fifth (about 1 ms for 270 events).
-            session.connection().execute(insert(_AUDIT_EVENTS), rows)
-            return seq
+        return await self._writer.run(lambda session: self._append_rows(session, batch, key))
 
-        return await self._writer.run(append)
+    def _append_rows(
+        self, session: Session, batch: Sequence[_Pending], key: tuple[str, bytes]
+    ) -> int:
+        """Chain ``batch`` onto the head inside ``session``'s transaction; return the
+        new head seq. Holds the chain's lock until that transaction ends."""
+        key_id, secret = key
+        _lock_chain(session)
+        seq, prev, last_checkpoint = _head_and_checkpoint(session)
+        _refuse_behind(seq, max(self._floor, last_checkpoint), "written or anchored")
+        rows = []
+        for pending in batch:
+            seq += 1
+            sealed = None
+            if pending.details is not None:
+                sealed = envelope.seal(secret, key_id, details_object_key(seq), pending.details)
+            row = {**pending.columns, "seq": seq, "details_sealed": sealed, "prev_hash": prev}
+            row["hash"] = prev = chain_hash(prev, canonical_bytes(row))
+            rows.append(row)
+        # One statement on the table: ORM objects cost more than the write, and
+        # even the ORM's bulk insert added a fifth (about 1 ms for 270 events).
+        session.connection().execute(insert(_AUDIT_EVENTS), rows)
+        return seq
 
     # -- details -----------------------------------------------------------
 

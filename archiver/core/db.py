@@ -1,4 +1,17 @@
-"""Database base, column types and engine factory shared by every context."""
+"""Database base, column types and engine factory shared by every context, and the
+one way a service writes.
+
+The transaction style: a service method is one unit of work and owns its
+transaction; a handler or job never opens one. Every write goes through the
+:class:`Writer`, which on SQLite admits one writer at a time through the write
+gate. A service writes either in ``async with writer.transaction() as session``
+(async ORM code on the event loop) or, on a hot path, with
+``await writer.run(work)`` (a synchronous function of a ``Session``, which on an
+SQLite file runs in a writer thread). Whatever a service changes, it records in
+the audit trail inside that same transaction (``AuditLog.record_in``), so the
+change and its event commit together or not at all. Reads use the ``Reader`` or
+a session of their own.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +21,14 @@ import fcntl
 import hashlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.ext.asyncio import (
@@ -238,6 +251,20 @@ class Writer:
             await asyncio.to_thread(prepare)
         async with self.gate, self._sessions() as session, session.begin():
             return await session.run_sync(work)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """One write transaction on the event loop, behind the write gate: it commits
+        when the block ends and rolls back if the block raises."""
+        async with self.gate, self._sessions() as session, session.begin():
+            if session.get_bind().dialect.name == "sqlite":
+                # Python's sqlite3 begins a transaction only before a data change, so
+                # a SAVEPOINT (begin_nested) that comes first starts one of its own,
+                # and its RELEASE commits whatever the block did before the block
+                # ends. Beginning here keeps the whole block one transaction; as a
+                # write it takes SQLite's write lock now, which the gate admits.
+                await session.execute(text("BEGIN IMMEDIATE"))
+            yield session
 
     async def close(self) -> None:
         """Finish the transactions in progress and release the writer's connections."""

@@ -39,9 +39,10 @@ from archiver.audit.services import (
     verify_export,
 )
 from archiver.core.clock import FixedClock
-from archiver.core.db import Base, create_engine, session_factory
+from archiver.core.db import Base, Writer, create_engine, session_factory
 from archiver.core.errors import CorruptionDetected
 from archiver.crypto.keyring import Keyring
+from archiver.crypto.models import SubjectKey
 from archiver.vault.models import SealedObject
 from archiver.vault.services import Vault
 
@@ -178,6 +179,100 @@ async def test_record_durable_returns_after_commit(audit: AuditLog, sessions: Se
     async with sessions() as session:
         rows = list(await session.scalars(select(AuditEvent)))
     assert [(r.seq, r.action) for r in rows] == [(1, "http.GET /api/v1/messages/{id}/body")]
+
+
+class _Refused(Exception):
+    pass
+
+
+async def _keys(sessions: Sessions, subject: str) -> int:
+    async with sessions() as session:
+        count = await session.scalar(
+            select(func.count()).select_from(SubjectKey).where(SubjectKey.subject == subject)
+        )
+    return count or 0
+
+
+async def test_an_event_recorded_in_a_transaction_commits_with_its_change(
+    sessions: Sessions, vault: Vault, keyring: Keyring, clock: FixedClock, database_url: str
+) -> None:
+    writer = Writer(sessions, database_url)
+    audit = AuditLog(sessions, vault, keyring, clock, writer=writer)
+    try:
+        await _fill(audit, 3)
+        async with writer.transaction() as session:
+            await keyring.key_for(session, "test:committed")
+            await audit.record_in(session, _entry(3, details={"why": "kept"}))
+        await _fill(audit, 2, start=4)
+
+        report = await _verify(audit, sessions)
+        assert report.ok, report.problems
+        assert (report.events, report.head_seq) == (6, 6)
+        assert await _keys(sessions, "test:committed") == 1
+        async with sessions() as session:
+            event = await session.get(AuditEvent, 4)
+            assert event is not None
+            assert event.target == "record:3"
+            assert await audit.open_details(session, event) == {"why": "kept"}
+    finally:
+        await audit.close()
+        await writer.close()
+
+
+async def test_an_event_recorded_in_a_transaction_is_gone_if_the_change_is_rolled_back(
+    sessions: Sessions, vault: Vault, keyring: Keyring, clock: FixedClock, database_url: str
+) -> None:
+    writer = Writer(sessions, database_url)
+    audit = AuditLog(sessions, vault, keyring, clock, writer=writer)
+    try:
+        await _fill(audit, 2)
+
+        async def refused_change() -> None:
+            async with writer.transaction() as session:
+                await keyring.key_for(session, "test:rolled-back")
+                await audit.record_in(session, _entry(2))
+                raise _Refused
+
+        with pytest.raises(_Refused):
+            await refused_change()
+        await _fill(audit, 1, start=3)
+
+        report = await _verify(audit, sessions)
+        assert report.ok, report.problems
+        assert (report.events, report.head_seq) == (3, 3)
+        assert await _keys(sessions, "test:rolled-back") == 0
+        async with sessions() as session:
+            targets = list(
+                await session.scalars(select(AuditEvent.target).order_by(AuditEvent.seq))
+            )
+        assert targets == ["record:0", "record:1", "record:3"]
+    finally:
+        await audit.close()
+        await writer.close()
+
+
+async def test_transactions_recording_at_once_and_queued_events_share_one_chain(
+    sessions: Sessions, vault: Vault, keyring: Keyring, clock: FixedClock, database_url: str
+) -> None:
+    writer = Writer(sessions, database_url)
+    audit = AuditLog(sessions, vault, keyring, clock, writer=writer)
+
+    async def change(i: int) -> None:
+        async with writer.transaction() as session:
+            await audit.record_in(session, _entry(i))
+
+    try:
+        await asyncio.gather(
+            *(change(i) for i in range(20)),
+            *(audit.record(_entry(100 + i)) for i in range(20)),
+        )
+        await audit.flush()
+        report = await _verify(audit, sessions)
+        assert report.ok, report.problems
+        assert (report.events, report.head_seq) == (40, 40)
+    finally:
+        await audit.close()
+        await writer.close()
 
 
 async def test_a_waiting_caller_ends_the_gathering_of_queued_events(
@@ -679,9 +774,10 @@ import asyncio, sys
 from pathlib import Path
 from archiver.audit.services import AuditEntry, AuditLog
 from archiver.core.clock import SystemClock
-from archiver.core.db import Base, create_engine, session_factory
+from archiver.core.db import Base, Writer, create_engine, session_factory
 from archiver.vault.filestore import FileStore
 from archiver.crypto.keyring import Keyring
+from archiver.crypto.models import SubjectKey
 from archiver.vault.services import Vault
 
 async def main(url: str, store: str, root: str, name: str) -> None:
