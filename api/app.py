@@ -11,7 +11,6 @@ from typing import Any, cast
 import structlog
 from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
-from litestar.di import Provide
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import ResponseSpec
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -22,14 +21,14 @@ from litestar.types import ASGIApp
 from sqlalchemy import text
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from api.bootstrap import Services, freeze_startup_heap, open_services
+from api.bootstrap import freeze_startup_heap, open_services
 from api.console.pages import CONSOLE_ROUTES
 from api.errors import exception_handlers
 from api.http.archive import ArchiveController
 from api.http.audit import AuditController, AuditTrailMiddleware
 from api.http.auth import PUBLIC, AuthMiddleware, SecurityHeadersMiddleware, authorize
 from api.http.conversations import ConversationController
-from api.http.deps import ServicesDep
+from api.http.deps import ServicesDep, providers
 from api.http.lexicon import LexiconController
 from api.http.openapi import document_errors, openapi_config
 from api.http.search import search
@@ -104,11 +103,6 @@ async def readyz(services: ServicesDep) -> Response[dict[str, str]]:
     return Response(checks, status_code=200 if ready else HTTP_503_SERVICE_UNAVAILABLE)
 
 
-def _services(state: State) -> Services:
-    services: Services = state.services
-    return services
-
-
 def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
     """Build the HTTP application; services open on start-up in the serving loop."""
 
@@ -146,7 +140,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             *CONSOLE_ROUTES,
             static,
         ],
-        dependencies={"services": Provide(_services, sync_to_thread=False)},
+        dependencies=providers(),
         middleware=[AuthMiddleware, LOGIN_RATE_LIMIT.middleware],
         guards=[authorize],
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),

@@ -1,17 +1,88 @@
-"""Dependency and parameter markers for route handlers."""
+"""Providers and parameter markers for route handlers.
+
+A handler names each collaborator it uses as a parameter (``identity:
+IdentityDep``) and receives only that; nothing hands a handler the whole set of
+services. Each provider reads its service from the running application's
+``Services``, which start-up opens once.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, TypeAlias
+from collections.abc import Callable
+from typing import Annotated, Any, TypeAlias
 
-from litestar.di import NamedDependency
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
 from litestar.params import PathParameter
 
 from api.bootstrap import Services
+from api.settings import Settings
+from archiver.accounts.services import AccountService
+from archiver.audit.services import AuditLog
+from archiver.capture.services import Capture
+from archiver.core.clock import Clock
+from archiver.identity.services import ApprovalService, GrantService, IdentityService
+from archiver.imports.services import ChatImporter
+from archiver.records.conversations import Conversations
+from archiver.records.services import RecordReader
+from archiver.search.services import Search
+from policy.lexicon import Lexicon
 
-# Handlers ask for the running services by name, explicitly (Litestar 3 drops
-# dependencies inferred from a bare parameter type).
+# Litestar 3 drops dependencies inferred from a bare parameter type, so each is
+# asked for by name, explicitly.
+AccountsDep: TypeAlias = NamedDependency[AccountService]
+ApprovalsDep: TypeAlias = NamedDependency[ApprovalService]
+AuditDep: TypeAlias = NamedDependency[AuditLog]
+CaptureDep: TypeAlias = NamedDependency[Capture]
+ClockDep: TypeAlias = NamedDependency[Clock]
+ConversationsDep: TypeAlias = NamedDependency[Conversations]
+GrantsDep: TypeAlias = NamedDependency[GrantService]
+IdentityDep: TypeAlias = NamedDependency[IdentityService]
+ImporterDep: TypeAlias = NamedDependency[ChatImporter]
+LexiconDep: TypeAlias = NamedDependency[Lexicon]
+RecordsDep: TypeAlias = NamedDependency[RecordReader]
+SearchDep: TypeAlias = NamedDependency[Search]
+SettingsDep: TypeAlias = NamedDependency[Settings]
+
+# The composition root itself, for the few routes that are about the whole
+# running system (readiness).
 ServicesDep: TypeAlias = NamedDependency[Services]
+
+PROVIDED = (
+    "accounts",
+    "approvals",
+    "audit",
+    "capture",
+    "clock",
+    "conversations",
+    "grants",
+    "identity",
+    "importer",
+    "lexicon",
+    "records",
+    "search",
+    "settings",
+)
+
+
+def _provider(name: str) -> Callable[[State], Any]:
+    def provide(state: State) -> Any:
+        return getattr(state.services, name)
+
+    return provide
+
+
+def providers() -> dict[str, Provide]:
+    """The application's dependencies: one provider per service a handler may ask for."""
+    provided = {name: Provide(_provider(name), sync_to_thread=False) for name in PROVIDED}
+    provided["services"] = Provide(_provider_of_services, sync_to_thread=False)
+    return provided
+
+
+def _provider_of_services(state: State) -> Services:
+    services: Services = state.services
+    return services
+
 
 # A row id in a path: the databases' 64-bit integer keys, so that a larger number
 # is a clear 400 rather than an overflow inside the driver.

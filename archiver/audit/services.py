@@ -205,6 +205,9 @@ class AuditEntry:
 
     actor: str
     """A user id, ``anonymous``, ``system`` or ``token:<prefix>``."""
+    actor_name: str | None = None
+    """The actor's username when the actor is a user: the trail says who, as they
+    were named then, without a lookup in the users table."""
     action: str
     """For example ``http.GET /api/v1/messages/{id}``, ``job.fetch_media``."""
     outcome: Outcome
