@@ -1,0 +1,167 @@
+"""What every command shares: settings, the archive check, opening the services and
+auditing the run, secrets from files or variables, finding a user."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import click
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.bootstrap import (
+    Services,
+    archive_gaps,
+    migrate_database,
+    open_services,
+    prepare_private_paths,
+)
+from api.cli.operator import CLI_ACTOR
+from api.observability.logging import configure_logging
+from api.settings import Settings, SettingsError, load_settings
+from archiver.audit.services import AuditEntry, AuditUnavailable
+from archiver.core.errors import ArchiverError
+from archiver.identity.models import User
+from archiver.identity.services import Role
+
+T = TypeVar("T")
+log = structlog.get_logger("strongroom.cli")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"strongroom: {message}", err=True)
+    sys.exit(code)
+
+
+def command_settings() -> Settings:
+    """Load settings once for this command; a bad value ends it with one line."""
+    try:
+        settings = load_settings(os.environ)
+    except SettingsError as exc:
+        fail(str(exc))
+    configure_logging(settings.log_level)
+    return settings
+
+
+def archive_settings() -> Settings:
+    """Settings for a command that works on an existing archive: where there is
+    none, end with one line saying where it looked, and create nothing."""
+    settings = command_settings()
+    require_archive(settings)
+    return settings
+
+
+def require_archive(settings: Settings) -> None:
+    try:
+        gaps = archive_gaps(settings)
+    except (OSError, SQLAlchemyError) as exc:
+        fail(f"cannot open the database: {getattr(exc, 'orig', None) or exc}")
+    if gaps:
+        fail(
+            f"no archive here: {'; '.join(gaps)}. Run the command in the directory where "
+            f"the server runs, or point it at the archive with STRONGROOM_DATA_DIR (now "
+            f"{settings.data_dir}) or the settings named; only `strongroom serve`, "
+            "`strongroom migrate` and `strongroom keys init` create an archive",
+            1,
+        )
+
+
+def prepare(settings: Settings) -> None:
+    """Check the archive's files are private; the embedded default brings its
+    schema up to date before any command."""
+    try:
+        prepare_private_paths(settings)
+    except SettingsError as exc:
+        fail(str(exc))
+    if settings.embedded:
+        migrate_schema(settings)
+
+
+def migrate_schema(settings: Settings) -> tuple[str | None, str | None]:
+    try:
+        return migrate_database(settings)
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+def run_command(settings: Settings, work: Callable[[Services], Awaitable[T]]) -> T:
+    """Open the services, run ``work`` with them, record it in the audit trail, close."""
+    prepare(settings)
+    path = click.get_current_context().command_path.split()[1:]
+    action = "cli." + ".".join(path)
+
+    async def main() -> T:
+        try:
+            services = await open_services(settings)
+        except SettingsError as exc:
+            fail(str(exc))
+        except ArchiverError as exc:
+            fail(f"vault: {exc}")
+        try:
+            result = await work(services)
+        except BaseException as exc:
+            await _audit_cli(services, action, "failed", type(exc).__name__)
+            raise
+        else:
+            await _audit_cli(services, action, "ok", None)
+            return result
+        finally:
+            await services.close()
+
+    return asyncio.run(main())
+
+
+async def _audit_cli(services: Services, action: str, outcome: str, reason: str | None) -> None:
+    entry = AuditEntry(
+        actor=CLI_ACTOR,
+        action=action,
+        outcome=outcome,  # type: ignore[arg-type]  # always "ok" or "failed"
+        reason=reason,
+    )
+    try:
+        await services.audit.record_durable(entry)
+    except AuditUnavailable as exc:
+        fail(f"the command could not be recorded in the audit trail: {exc.__cause__ or exc}", 1)
+
+
+def secret_from(
+    value: str | None, file: Path | None, env_name: str | None, what: str
+) -> str | None:
+    """A secret given inline, in a file, or in an environment variable (one of them)."""
+    given = [v for v in (value, file, env_name) if v]
+    if len(given) > 1:
+        fail(f"give the {what} once: inline, --…-file or --…-env")
+    if file is not None:
+        try:
+            return file.read_text("utf-8").strip()
+        except OSError as exc:
+            fail(f"cannot read the {what} file: {exc.strerror}")
+    if env_name is not None:
+        text = os.environ.get(env_name, "").strip()
+        if not text:
+            fail(f"environment variable {env_name} is empty or unset")
+        return text
+    return value
+
+
+def password_from(password_file: Path | None, password_env: str | None) -> str:
+    given = secret_from(None, password_file, password_env, "password")
+    if given:
+        return given
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+async def user_named(services: Services, session: AsyncSession, username: str) -> User:
+    user = await services.identity.user_by_name(session, username)
+    if user is None:
+        fail(f"no user {username}", 1)
+    return user
+
+
+ROLE_CHOICE = click.Choice([r.value for r in Role])

@@ -1,0 +1,102 @@
+"""The compliance lexicon: ``strongroom lexicon add|list|remove``."""
+
+from __future__ import annotations
+
+import click
+
+from api.bootstrap import Services
+from api.cli.common import (
+    archive_settings,
+    fail,
+    run_command,
+)
+from api.cli.operator import CLI_ACTOR
+from archiver.audit.services import AuditEntry
+from policy.errors import LexiconError
+from policy.lexicon import LexiconAction
+from policy.models import LexiconTerm
+
+
+@click.group()
+def lexicon() -> None:
+    """Manage the compliance lexicon (sensitive terms that flag, hold or block messages)."""
+
+
+async def _audit_lexicon(services: Services, action: str, row: LexiconTerm) -> None:
+    """Record the change itself, as the HTTP API does, beside the command's own event."""
+    entry = AuditEntry(
+        actor=CLI_ACTOR,
+        action=action,
+        outcome="ok",
+        target=f"lexicon:{row.id} action:{row.action}",
+        details={"term": row.term},
+    )
+    await services.audit.record_durable(entry)
+
+
+@lexicon.command("add")
+@click.argument("term")
+@click.option(
+    "--action",
+    type=click.Choice([a.value for a in LexiconAction]),
+    default=LexiconAction.FLAG.value,
+    show_default=True,
+    help="What the outbox does with a message holding the term (the archive flags all).",
+)
+def lexicon_add(term: str, action: str) -> None:
+    """Add a term; prints its id."""
+    settings = archive_settings()
+
+    async def work(services: Services) -> str:
+        async with services.sessions() as session, session.begin():
+            row = await services.lexicon.add(session, term, action, CLI_ACTOR)
+        await _audit_lexicon(services, "lexicon.add", row)
+        return f"added term {row.id}: {row.term} ({row.action})"
+
+    try:
+        click.echo(run_command(settings, work))
+    except LexiconError as exc:
+        fail(str(exc), 1)
+
+
+def _lexicon_line(row: LexiconTerm) -> str:
+    line = f"{row.id}  {row.action}  {row.term}  added {row.added_at:%Y-%m-%d} by {row.added_by}"
+    if row.removed_at is not None:
+        line += f"  removed {row.removed_at:%Y-%m-%d} by {row.removed_by}"
+    return line
+
+
+@lexicon.command("list")
+@click.option("--all", "include_removed", is_flag=True, help="Include removed terms.")
+def lexicon_list(include_removed: bool) -> None:
+    """List the active terms (with --all, removed ones too)."""
+    settings = archive_settings()
+
+    async def work(services: Services) -> list[str]:
+        async with services.sessions() as session:
+            if include_removed:
+                rows = await services.lexicon.history(session)
+            else:
+                rows = await services.lexicon.active(session)
+        return [_lexicon_line(row) for row in rows]
+
+    for line in run_command(settings, work):
+        click.echo(line)
+
+
+@lexicon.command("remove")
+@click.argument("term_id", type=int)
+def lexicon_remove(term_id: int) -> None:
+    """Remove a term; it stays in the history (list --all)."""
+    settings = archive_settings()
+
+    async def work(services: Services) -> None:
+        async with services.sessions() as session, session.begin():
+            row = await services.lexicon.remove(session, term_id, CLI_ACTOR)
+        await _audit_lexicon(services, "lexicon.remove", row)
+
+    try:
+        run_command(settings, work)
+    except LexiconError as exc:
+        fail(str(exc), 1)
+    click.echo(f"term {term_id} removed")
