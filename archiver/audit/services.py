@@ -200,6 +200,54 @@ class AuditChainBroken(CorruptionDetected):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Actor:
+    """Who asks for a change, as the audit trail names them, and from where.
+
+    Services take one with every change they make and record it with the change.
+    """
+
+    id: str
+    """A user id (``:token`` appended when acting with an API token), ``cli`` or ``system``."""
+    name: str | None = None
+    """The username, when the actor is a user."""
+    role: str | None = None
+    """The role the change is made under, when one grants it."""
+    request_id: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+
+    def entry(
+        self,
+        action: str,
+        *,
+        outcome: Outcome = "ok",
+        target: str | None = None,
+        scope: str | None = None,
+        reason: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEntry:
+        """The audit entry of this actor doing ``action``."""
+        return AuditEntry(
+            actor=self.id,
+            actor_name=self.name,
+            role=self.role,
+            action=action,
+            outcome=outcome,
+            target=target,
+            scope=scope,
+            reason=reason,
+            request_id=self.request_id,
+            client_ip=self.client_ip,
+            user_agent=self.user_agent,
+            details=details,
+        )
+
+
+SYSTEM: Final = Actor(id="system")
+"""The archive itself (jobs, projection)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditEntry:
     """One thing to record. ``details`` are sealed, never stored in clear."""
 
