@@ -311,7 +311,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         capture=capture,
         importer=ChatImporter(capture, vault, sessions, clock, records),
         graph=graph,
-        media=MediaFetcher(graph, vault, sessions, accounts, clock, retention=records),
+        media=MediaFetcher(graph, vault, writer, accounts, clock, retention=records),
         identity=identity,
         approvals=approvals,
         grants=GrantService(identity, approvals),

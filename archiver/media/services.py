@@ -29,10 +29,11 @@ from typing import Any, cast
 
 import structlog
 from sqlalchemy import CursorResult, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from archiver.accounts.services import AccountService
 from archiver.core.clock import Clock
+from archiver.core.db import Writer
 from archiver.core.errors import ArchiverError, KeyDestroyed
 from archiver.core.subjects import record_subject
 from archiver.records.models import MediaItem, Record
@@ -113,7 +114,7 @@ class MediaFetcher:
         self,
         graph: GraphClient,
         vault: Vault,
-        sessions: async_sessionmaker[AsyncSession],
+        writer: Writer,
         accounts: AccountService,
         clock: Clock,
         *,
@@ -123,7 +124,7 @@ class MediaFetcher:
     ) -> None:
         self._graph = graph
         self._vault = vault
-        self._sessions = sessions
+        self._writer = writer
         self._accounts = accounts
         self._clock = clock
         self._retention = retention
@@ -141,7 +142,7 @@ class MediaFetcher:
         tokens: dict[str, str | None] | None = None
         processed = 0
         while processed < limit:
-            async with self._sessions() as session, session.begin():
+            async with self._writer.transaction() as session:
                 if tokens is None:
                     tokens = {
                         s.account_id: s.access_token for s in await self._accounts.secrets(session)
@@ -151,7 +152,7 @@ class MediaFetcher:
                 break
             if isinstance(claimed, _Claim):
                 outcome = await self._download_claimed(claimed)
-                async with self._sessions() as session, session.begin():
+                async with self._writer.transaction() as session:
                     await self._settle(session, claimed, outcome)
             processed += 1
         return processed

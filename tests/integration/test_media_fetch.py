@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from api.sandbox.fake_graph import FakeMedia, running_fake_graph
 from archiver.accounts.services import AccountService
 from archiver.core.clock import FixedClock
+from archiver.core.db import Writer
 from archiver.core.subjects import record_subject
 from archiver.crypto.keyring import Keyring
 from archiver.media.services import CLAIM_LEASE, FIRST_RETRY, MediaFetcher, sha256_matches
@@ -71,7 +72,7 @@ def fetcher(
     accounts: AccountService,
     clock: FixedClock,
 ) -> MediaFetcher:
-    return MediaFetcher(graph, vault, sessions, accounts, clock, retention=RETENTION)
+    return MediaFetcher(graph, vault, Writer(sessions), accounts, clock, retention=RETENTION)
 
 
 @dataclass
@@ -349,7 +350,9 @@ async def test_the_client_retries_within_one_run(
     item_id = await archive.media_item(await archive.account(), image(media, "1008"))
     client = GraphClient(graph_url, max_attempts=3, backoff_seconds=0.01)
     try:
-        fetcher = MediaFetcher(client, vault, sessions, accounts, clock, retention=RETENTION)
+        fetcher = MediaFetcher(
+            client, vault, Writer(sessions), accounts, clock, retention=RETENTION
+        )
         assert await fetcher.fetch_due() == 1
     finally:
         await client.aclose()
@@ -370,7 +373,7 @@ async def test_it_gives_up_after_max_attempts(
     media.add("1009", jpeg(), "image/jpeg", fail_times=100)
     item_id = await archive.media_item(await archive.account(), image(media, "1009"))
     fetcher = MediaFetcher(
-        graph, vault, sessions, accounts, clock, retention=RETENTION, max_attempts=3
+        graph, vault, Writer(sessions), accounts, clock, retention=RETENTION, max_attempts=3
     )
     for _ in range(3):
         assert await fetcher.fetch_due() == 1
@@ -474,7 +477,7 @@ async def test_media_over_the_size_limit_fails(
     media.add("1015", jpeg(3 * 2**20), "image/jpeg")
     item_id = await archive.media_item(await archive.account(), image(media, "1015"))
     fetcher = MediaFetcher(
-        graph, vault, sessions, accounts, clock, retention=RETENTION, max_bytes=2**20
+        graph, vault, Writer(sessions), accounts, clock, retention=RETENTION, max_bytes=2**20
     )
     assert await fetcher.fetch_due() == 1
     item = await archive.get(item_id)
@@ -584,7 +587,7 @@ def held_fetcher(
     clock: FixedClock,
 ) -> MediaFetcher:
     """A second worker, whose downloads wait for ``held_graph.release``."""
-    return MediaFetcher(held_graph, vault, sessions, accounts, clock, retention=RETENTION)
+    return MediaFetcher(held_graph, vault, Writer(sessions), accounts, clock, retention=RETENTION)
 
 
 async def test_a_download_in_progress_holds_no_database_connection(
@@ -603,7 +606,7 @@ async def test_a_download_in_progress_holds_no_database_connection(
     try:
         narrow_sessions = async_sessionmaker(narrow, expire_on_commit=False)
         fetcher = MediaFetcher(
-            held_graph, vault, narrow_sessions, accounts, clock, retention=RETENTION
+            held_graph, vault, Writer(narrow_sessions), accounts, clock, retention=RETENTION
         )
         fetching = asyncio.create_task(fetcher.fetch_due())
         await asyncio.wait_for(held_graph.started.wait(), 10)
