@@ -20,6 +20,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from api.bootstrap import Services, freeze_startup_heap
 from archiver.audit import jobs as audit_jobs
+from archiver.core.errors import InvalidInput
 from archiver.core.jobs import Job, JobRunner, job_lock
 from archiver.media import jobs as media_jobs
 from archiver.media.jobs import FETCH_EVERY
@@ -58,7 +59,7 @@ def schedule(scheduler: AsyncIOScheduler, jobs: Sequence[Job], runner: JobRunner
     """
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
-        raise ValueError(f"two jobs share a name: {sorted(names)}")
+        raise InvalidInput(f"two jobs share a name: {sorted(names)}")
     for job in jobs:
         scheduler.add_job(
             runner.run,

@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.core.db import advisory_lock_key, sqlite_file
+from archiver.core.errors import InvalidInput
 
 log = structlog.get_logger("strongroom.jobs")
 
@@ -52,11 +53,11 @@ class Job:
 
     def __post_init__(self) -> None:
         if not _JOB_NAME.fullmatch(self.name):
-            raise ValueError(
+            raise InvalidInput(
                 f"job name {self.name!r} must be lowercase letters, digits and _ (at most 63)"
             )
         if self.every <= timedelta(0):
-            raise ValueError(f"job {self.name!r} needs a positive interval, not {self.every}")
+            raise InvalidInput(f"job {self.name!r} needs a positive interval, not {self.every}")
 
 
 class JobLock(Protocol):

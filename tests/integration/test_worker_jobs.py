@@ -24,6 +24,7 @@ from archiver.audit.models import AuditCheckpoint
 from archiver.audit.services import AuditEntry
 from archiver.core.clock import FixedClock
 from archiver.core.db import sqlite_file
+from archiver.core.errors import InvalidInput
 from archiver.core.jobs import Job, JobRunner, LocalJobLock, job_lock
 
 ANCHOR = timedelta(minutes=15)
@@ -98,12 +99,12 @@ def test_a_job_is_refused_a_bad_name_or_interval() -> None:
     async def nothing() -> None:
         pass
 
-    with pytest.raises(ValueError, match="job name 'Fetch Media' must be lowercase"):
+    with pytest.raises(InvalidInput, match="job name 'Fetch Media' must be lowercase"):
         Job(name="Fetch Media", every=timedelta(seconds=1), run=nothing)
-    with pytest.raises(ValueError, match="job 'fetch' needs a positive interval"):
+    with pytest.raises(InvalidInput, match="job 'fetch' needs a positive interval"):
         Job(name="fetch", every=timedelta(0), run=nothing)
     job = Job(name="fetch", every=timedelta(seconds=1), run=nothing)
-    with pytest.raises(ValueError, match="two jobs share a name"):
+    with pytest.raises(InvalidInput, match="two jobs share a name"):
         schedule(AsyncIOScheduler(timezone="UTC"), [job, job], JobRunner(LocalJobLock()))
 
 
