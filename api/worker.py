@@ -83,7 +83,7 @@ async def background_jobs(services: Services) -> AsyncIterator[None]:
     projection = asyncio.create_task(
         services.capture.run_projection(stop, idle_seconds=PROJECTION_POLL_SECONDS)
     )
-    runner = JobRunner(job_lock(services.engine))
+    runner = JobRunner(job_lock(services.engine), audit_jobs.record_runs(services.audit))
     scheduler = AsyncIOScheduler(timezone="UTC")
     schedule(scheduler, declared_jobs(services), runner)
     scheduler.start()
