@@ -20,6 +20,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from api.bootstrap import Services, freeze_startup_heap
 from archiver.audit import jobs as audit_jobs
+from archiver.core.errors import InvalidInput
 from archiver.core.jobs import Job, JobRunner, job_lock
 from archiver.media import jobs as media_jobs
 from archiver.media.jobs import FETCH_EVERY
@@ -58,7 +59,7 @@ def schedule(scheduler: AsyncIOScheduler, jobs: Sequence[Job], runner: JobRunner
     """
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
-        raise ValueError(f"two jobs share a name: {sorted(names)}")
+        raise InvalidInput(f"two jobs share a name: {sorted(names)}")
     for job in jobs:
         scheduler.add_job(
             runner.run,
@@ -82,7 +83,7 @@ async def background_jobs(services: Services) -> AsyncIterator[None]:
     projection = asyncio.create_task(
         services.capture.run_projection(stop, idle_seconds=PROJECTION_POLL_SECONDS)
     )
-    runner = JobRunner(job_lock(services.engine))
+    runner = JobRunner(job_lock(services.engine), audit_jobs.record_runs(services.audit))
     scheduler = AsyncIOScheduler(timezone="UTC")
     schedule(scheduler, declared_jobs(services), runner)
     scheduler.start()

@@ -83,6 +83,7 @@ class AuditTrailMiddleware:
         client = scope.get("client")
         entry = AuditEntry(
             actor=principal.actor if principal is not None else "anonymous",
+            actor_name=principal.username if principal is not None else None,
             role=role,
             action=f"http.{cast('HTTPScope', scope)['method']} {route}",
             target=",".join(f"{k}={v}" for k, v in sorted(params.items())) or None,
@@ -119,6 +120,7 @@ async def audit_access(
     await services.audit.record_durable(
         AuditEntry(
             actor=principal.actor,
+            actor_name=principal.username,
             role=principal.role_for(permission),
             action=action,
             target=target[:300] if target else None,
@@ -136,6 +138,7 @@ class AuditEventOut(msgspec.Struct):
     seq: int
     occurred_at: datetime
     actor: str
+    actor_name: str | None
     role: str | None
     action: str
     target: str | None
@@ -190,6 +193,7 @@ class AuditController(Controller):
                 e.seq,
                 e.occurred_at,
                 e.actor,
+                e.actor_name,
                 e.role,
                 e.action,
                 e.target,

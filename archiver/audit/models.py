@@ -23,6 +23,7 @@ class AuditEvent(Base):
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     actor: Mapped[str] = mapped_column(String(80), index=True)
+    actor_name: Mapped[str | None] = mapped_column(String(80))
     role: Mapped[str | None] = mapped_column(String(40))
     action: Mapped[str] = mapped_column(String(80), index=True)
     target: Mapped[str | None] = mapped_column(String(300))

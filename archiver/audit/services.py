@@ -33,11 +33,17 @@ UTF-8 JSON object below, keys sorted, no whitespace, non-ASCII characters
 unescaped (byte-identical to Python's ``json.dumps(obj, sort_keys=True,
 separators=(",", ":"), ensure_ascii=False)``)::
 
-    {"action": str, "actor": str, "client_ip": str|null,
-     "details_sha256": hex SHA-256 of the sealed details|null,
+    {"action": str, "actor": str, "actor_name": str (only when the event has one),
+     "client_ip": str|null, "details_sha256": hex SHA-256 of the sealed details|null,
      "occurred_at": "YYYY-MM-DDTHH:MM:SS.ffffffZ", "outcome": str, "reason": str|null,
      "request_id": str|null, "role": str|null, "scope": str|null, "seq": int,
      "target": str|null, "user_agent": str|null, "v": 1}
+
+``actor_name`` (the username, revision 0011) is in the object only when it is not
+null, so the events written before it existed keep the encoding, and the hash,
+they were written with; the version stays 1 because an event's own keys say which
+fields it has. Setting or clearing a stored ``actor_name`` changes the encoding
+either way, so the chain covers it like any other field.
 
 Details are sealed with :mod:`archiver.crypto.envelope` under subject ``audit:details``
 with ``audit/<seq>`` as the object key, so they cannot be moved to another
@@ -90,6 +96,7 @@ from archiver.core.errors import (
     ArchiverError,
     CorruptionDetected,
     CryptoError,
+    InvalidInput,
     ObjectExists,
     VaultError,
 )
@@ -173,12 +180,15 @@ _CLEAR_COLUMNS: Final = (
     "target",
     "user_agent",
 )
-_COLUMNS: Final = (*_CLEAR_COLUMNS, "seq", "occurred_at", "details_sealed")
+# Covered as they are, but only when not null (see the module docstring).
+_OPTIONAL_COLUMNS: Final = ("actor_name",)
+_COLUMNS: Final = (*_CLEAR_COLUMNS, *_OPTIONAL_COLUMNS, "seq", "occurred_at", "details_sealed")
 
 # Column widths of archiver.models.AuditEvent: longer values are cut, never refused,
 # because an audit record that cannot be written is worse than a shortened one.
 _WIDTHS: Final = {
     "actor": 80,
+    "actor_name": 80,
     "role": 40,
     "action": 80,
     "target": 300,
@@ -352,6 +362,9 @@ def canonical_fields(
     values = event if isinstance(event, Mapping) else {c: getattr(event, c) for c in _COLUMNS}
     sealed = values["details_sealed"]
     fields = {name: values[name] for name in _CLEAR_COLUMNS}
+    fields.update(
+        {name: values[name] for name in _OPTIONAL_COLUMNS if values.get(name) is not None}
+    )
     fields["details_sha256"] = hashlib.sha256(sealed).hexdigest() if sealed is not None else None
     fields["occurred_at"] = format_time(values["occurred_at"])
     fields["seq"] = values["seq"] if seq is None else seq
@@ -413,11 +426,11 @@ def export_line(event: AuditEvent) -> bytes:
 
 def verify_export(jsonl: bytes, signature: bytes, public_key_pem: str) -> bool:
     """True if ``signature`` is the audit key's signature of exactly ``jsonl`` and
-    every line's hash matches its content. Raises ``ValueError`` for a key that is
-    not an Ed25519 public key in PEM."""
+    every line's hash matches its content. Raises :class:`InvalidInput` for a key
+    that is not an Ed25519 public key (``ValueError`` for one that is not PEM)."""
     key = serialization.load_pem_public_key(public_key_pem.encode("ascii"))
     if not isinstance(key, Ed25519PublicKey):
-        raise ValueError("the audit export key is an Ed25519 public key")
+        raise InvalidInput("the audit export key is an Ed25519 public key")
     try:
         key.verify(signature, jsonl)
     except InvalidSignature:
@@ -458,12 +471,12 @@ def _text(value: str | None, width: int) -> str | None:
 
 def _columns(entry: AuditEntry, now: datetime) -> dict[str, Any]:
     if entry.outcome not in OUTCOMES:
-        raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {entry.outcome!r}")
+        raise InvalidInput(f"outcome must be one of {sorted(OUTCOMES)}, not {entry.outcome!r}")
     if not entry.actor or not entry.action:
-        raise ValueError("an audit entry needs an actor and an action")
+        raise InvalidInput("an audit entry needs an actor and an action")
     occurred = entry.occurred_at or now
     if occurred.tzinfo is None:
-        raise ValueError("occurred_at must be timezone-aware")
+        raise InvalidInput("occurred_at must be timezone-aware")
     values: dict[str, Any] = {
         name: _text(getattr(entry, name), width) for name, width in _WIDTHS.items()
     }
@@ -526,13 +539,13 @@ class AuditLog:
         writer: Writer | None = None,
     ) -> None:
         if anchor_seconds <= 0:
-            raise ValueError("the anchoring interval must be positive")
+            raise InvalidInput("the anchoring interval must be positive")
         self._sessions = sessions
         self._vault = vault
         self._keyring = keyring
         self._clock = clock
         self._anchor_interval = timedelta(seconds=anchor_seconds)
-        self._last_anchoring: datetime | None = None
+        self._refused_at: datetime | None = None
         self._anchor: Anchor | None = None  # the newest checkpoint known in the vault
         # No head below this seq is continued: it was written here or anchored.
         self._floor = 0
@@ -547,7 +560,7 @@ class AuditLog:
     async def record(self, entry: AuditEntry) -> None:
         """Queue ``entry``; it is committed with the next batch.
 
-        Raises ``ValueError`` (or ``TypeError`` for details JSON cannot hold)
+        Raises :class:`InvalidInput` (or ``TypeError`` for details JSON cannot hold)
         at once for a malformed entry; database trouble is retried, then logged.
         """
         await self._enqueue(entry, None)
@@ -569,7 +582,7 @@ class AuditLog:
         Call it last, just before the commit: from here until the commit the
         transaction holds the chain's lock (an advisory lock on PostgreSQL, the
         write lock on SQLite), which every other appender waits for. Raises
-        ``ValueError`` for a malformed entry and ``AuditChainBroken`` for a cut
+        :class:`InvalidInput` for a malformed entry and ``AuditChainBroken`` for a cut
         chain, either of which rolls the change back.
         """
         pending = self._pending(entry, None)
@@ -787,19 +800,24 @@ class AuditLog:
         return row
 
     async def checkpoint_due(self) -> AuditCheckpoint | None:
-        """:meth:`checkpoint`, unless this log checkpointed (or refused to) less
-        than ``anchor_seconds`` ago. The worker calls it every second."""
+        """:meth:`checkpoint`, unless the newest checkpoint in the database was made
+        less than ``anchor_seconds`` ago (by any process: a restarted or a second
+        worker keeps the same timeline), or this log refused to checkpoint a cut
+        chain less than that ago. The worker calls it every second."""
         now = self._clock.now()
-        if self._last_anchoring is not None and now - self._last_anchoring < self._anchor_interval:
+        if self._refused_at is not None and now - self._refused_at < self._anchor_interval:
+            return None
+        async with self._sessions() as session:
+            last = await session.scalar(
+                select(AuditCheckpoint.created_at).order_by(AuditCheckpoint.seq.desc()).limit(1)
+            )
+        if last is not None and now - last < self._anchor_interval:
             return None
         try:
-            row = await self.checkpoint()
+            return await self.checkpoint()
         except AuditChainBroken:
-            self._last_anchoring = now
+            self._refused_at = now  # the error is logged once an interval, not every second
             raise
-        if row is not None:
-            self._last_anchoring = now
-        return row
 
     async def _newest_anchor(self, public_key: Ed25519PublicKey) -> Anchor | None:
         """The newest well-signed checkpoint in the vault's own listing: those of the
@@ -1008,7 +1026,7 @@ class AuditLog:
         ``until`` exclusive; page on with ``after_seq`` = the last seq returned.
         """
         if limit < 1:
-            raise ValueError("limit must be positive")
+            raise InvalidInput("limit must be positive")
         statement = _filtered(actor, action, outcome, target, since, until, after_seq)
         limited = statement.order_by(AuditEvent.seq).limit(min(limit, _MAX_QUERY_LIMIT))
         return list(await session.scalars(limited))

@@ -1,8 +1,8 @@
 """Scheduled jobs: how a context declares one, and how one runs.
 
 Each context declares its jobs beside the code they run, as a ``jobs(...)``
-function that returns :class:`Job` descriptions (``archiver.audit.services.jobs``,
-``archiver.vault.services.jobs``, ``archiver.media.services.jobs``); the worker (``api.worker``)
+function that returns :class:`Job` descriptions (``archiver.audit.jobs``,
+``archiver.vault.jobs``, ``archiver.media.jobs``); the worker (``api.worker``)
 collects them and schedules each through a :class:`JobRunner`.
 
 A *singleton* job runs in one worker at a time, across processes and hosts: the
@@ -11,6 +11,12 @@ next run tries again). The lock is a session-level advisory lock on PostgreSQL,
 held on a connection of its own for the run, and an ``flock`` of a file beside
 the database on SQLite (``<database>-job-<name>``). Both are let go when their
 holder dies, so a crashed worker never keeps a job from running.
+
+A run that failed, or that reports what it did (a job's ``run`` returns a short
+summary, or ``None`` when it found nothing to do), is handed to the runner's
+:data:`RunRecorder`, which the worker points at the audit trail
+(``archiver.audit.jobs.record_runs``): the trail holds each run that did
+something, not each idle look.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.core.db import advisory_lock_key, sqlite_file
+from archiver.core.errors import InvalidInput
 
 log = structlog.get_logger("strongroom.jobs")
 
@@ -47,16 +54,33 @@ class Job:
 
     name: str
     every: timedelta
-    run: Callable[[], Awaitable[object]]
+    run: Callable[[], Awaitable[str | None]]
+    """Does one run; returns a short summary of what it did (no personal data),
+    or ``None`` when there was nothing to do."""
     singleton: bool = False
 
     def __post_init__(self) -> None:
         if not _JOB_NAME.fullmatch(self.name):
-            raise ValueError(
+            raise InvalidInput(
                 f"job name {self.name!r} must be lowercase letters, digits and _ (at most 63)"
             )
         if self.every <= timedelta(0):
-            raise ValueError(f"job {self.name!r} needs a positive interval, not {self.every}")
+            raise InvalidInput(f"job {self.name!r} needs a positive interval, not {self.every}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRun:
+    """A run worth recording: one that did something, or failed."""
+
+    job: str
+    summary: str | None = None
+    """What the run reported it did."""
+    error: str | None = None
+    """The kind of error the run failed with (never its text, which may quote data)."""
+
+
+RunRecorder = Callable[[JobRun], Awaitable[None]]
+"""Records a :class:`JobRun` (the worker's recorder writes it to the audit trail)."""
 
 
 class JobLock(Protocol):
@@ -147,10 +171,12 @@ def job_lock(engine: AsyncEngine) -> JobLock:
 class JobRunner:
     """Runs declared jobs: a singleton one only under its lock, and a failure is
     logged (its kind only: an error's text may quote data) rather than raised, so
-    the next run simply tries again."""
+    the next run simply tries again. Each run that failed or did something is
+    handed to ``record``."""
 
-    def __init__(self, lock: JobLock) -> None:
+    def __init__(self, lock: JobLock, record: RunRecorder) -> None:
         self._lock = lock
+        self._record = record
         self._running: set[asyncio.Task[object]] = set()
 
     async def run(self, job: Job) -> bool:
@@ -173,12 +199,20 @@ class JobRunner:
             if task is not None:
                 self._running.discard(task)
 
-    @staticmethod
-    async def _call(job: Job) -> None:
+    async def _call(self, job: Job) -> None:
         try:
-            await job.run()
+            summary = await job.run()
         except Exception as exc:  # the database or the vault is away; the next run retries
             log.error("job failed", job=job.name, error=type(exc).__name__)
+            run = JobRun(job=job.name, error=type(exc).__name__)
+        else:
+            if summary is None:
+                return
+            run = JobRun(job=job.name, summary=summary)
+        try:
+            await self._record(run)
+        except Exception as exc:  # the run is done either way; the recorder logs its own losses
+            log.error("job run not recorded", job=job.name, error=type(exc).__name__)
 
     async def finish(self, grace_seconds: float) -> None:
         """Wait up to ``grace_seconds`` for the runs in progress to end."""

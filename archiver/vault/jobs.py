@@ -9,15 +9,16 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver.core.jobs import Job
-from archiver.vault.services import Vault, VerifyReport
+from archiver.vault.services import Vault
 
 log = structlog.get_logger("strongroom.vault")
 
 RECONCILE_EVERY = timedelta(hours=6)
 
 
-async def reconcile_vault(vault: Vault, sessions: async_sessionmaker[AsyncSession]) -> VerifyReport:
-    """Re-read every sealed object's real lock state and hash; log any drift."""
+async def reconcile_vault(vault: Vault, sessions: async_sessionmaker[AsyncSession]) -> str:
+    """Re-read every sealed object's real lock state and hash; log any drift;
+    return the counts."""
     async with sessions() as session:
         report = await vault.verify(session)
     for drift in report.drift:
@@ -28,7 +29,10 @@ async def reconcile_vault(vault: Vault, sessions: async_sessionmaker[AsyncSessio
         drift=len(report.drift),
         unrecorded=len(report.unrecorded),
     )
-    return report
+    return (
+        f"objects checked: {report.checked}, drifted: {len(report.drift)}, "
+        f"unrecorded: {len(report.unrecorded)}"
+    )
 
 
 def jobs(vault: Vault, sessions: async_sessionmaker[AsyncSession]) -> list[Job]:

@@ -41,7 +41,10 @@ def test_requests_reads_refusals_and_approvals_are_recorded(
 
     denied = _events(server, auditor, outcome="denied")
     assert any(
-        e["action"] == "http.GET /api/v1/accounts" and e["actor"] == "anonymous" for e in denied
+        e["action"] == "http.GET /api/v1/accounts"
+        and e["actor"] == "anonymous"
+        and e["actor_name"] is None
+        for e in denied
     )
     unrouted = _events(server, auditor, action="http.GET (no route)")
     assert any(
@@ -65,6 +68,9 @@ def test_requests_reads_refusals_and_approvals_are_recorded(
     record = server.records_of(wamid)[0]
     reads = _events(server, auditor, action="archive.read")
     assert reads[-1]["role"] == "compliance_officer"
+    assert reads[-1]["actor_name"] == "e2e-officer"  # who, as named then
+    requests = _events(server, auditor, action="http.GET /api/v1/accounts/{account_id}/records")
+    assert requests[-1]["actor_name"] == "e2e-officer"
     assert f"records:{record['id']}" in str(reads[-1]["target"])
 
 

@@ -307,6 +307,7 @@ def test_audit_page_filters_and_pages(server: Server, contact: str, console: Con
     searches = client.get("/audit", params={"action": "archive.search"})
     assert searches.status_code == 200
     assert "archive.search" in searches.text
+    assert "<td>console-reader</td>" in searches.text  # the searcher's username
     assert "http.GET" not in searches.text
     denied = client.get("/audit", params={"outcome": "denied"})
     assert "http.GET" in denied.text or "No events match" in denied.text

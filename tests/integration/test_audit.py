@@ -40,7 +40,7 @@ from archiver.audit.services import (
 )
 from archiver.core.clock import FixedClock
 from archiver.core.db import Base, Writer, create_engine, session_factory
-from archiver.core.errors import CorruptionDetected
+from archiver.core.errors import CorruptionDetected, InvalidInput
 from archiver.crypto.keyring import Keyring
 from archiver.crypto.models import SubjectKey
 from archiver.vault.models import SealedObject
@@ -51,6 +51,7 @@ EVENTS = Base.metadata.tables["audit_events"]
 FIELDS = (
     "occurred_at",
     "actor",
+    "actor_name",
     "role",
     "action",
     "target",
@@ -305,9 +306,9 @@ async def test_occurred_at_defaults_to_the_clock(
 
 
 async def test_entries_are_checked_and_cleaned(audit: AuditLog, sessions: Sessions) -> None:
-    with pytest.raises(ValueError, match="outcome"):
+    with pytest.raises(InvalidInput, match="outcome"):
         await audit.record(_entry(1, outcome="maybe"))
-    with pytest.raises(ValueError, match="timezone"):
+    with pytest.raises(InvalidInput, match="timezone"):
         await audit.record(_entry(1, occurred_at=datetime(2026, 1, 1)))  # noqa: DTZ001 - refused
     with pytest.raises(TypeError):
         await audit.record(_entry(1, details={"x": object()}))
@@ -348,6 +349,41 @@ async def test_altered_event_is_caught(audit: AuditLog, sessions: Sessions) -> N
     async with _as_dba(sessions) as session:
         await session.execute(update(EVENTS).where(EVENTS.c.seq == 7).values(outcome="denied"))
     assert _found(await _verify(audit, sessions)) == [(7, "altered")]
+
+
+async def test_events_with_and_without_an_actor_name_form_one_chain(
+    audit: AuditLog, sessions: Sessions
+) -> None:
+    await _fill(audit, 3)  # as every event was written before names were recorded
+    for i in range(3, 6):
+        await audit.record(_entry(i, actor_name=f"user{i}"))
+    await audit.flush()
+    async with sessions() as session:
+        names = list(await session.scalars(select(AuditEvent.actor_name).order_by("seq")))
+    assert names == [None, None, None, "user3", "user4", "user5"]
+    report = await _verify(audit, sessions)
+    assert (report.ok, report.events) == (True, 6)
+
+    async with sessions() as session, session.begin():
+        jsonl, signature = await audit.export(session)
+        pem = await audit.public_key_pem(session)
+    assert verify_export(jsonl, signature, pem)  # offline, with the names
+    assert [json.loads(line).get("actor_name") for line in jsonl.splitlines()] == names
+
+
+async def test_an_altered_actor_name_is_caught(audit: AuditLog, sessions: Sessions) -> None:
+    await _fill(audit, 3)
+    for i in range(3, 6):
+        await audit.record(_entry(i, actor_name=f"user{i}"))
+    await audit.flush()
+    async with _as_dba(sessions) as session:
+        for seq, name in ((2, "user2"), (4, "someone"), (5, None)):  # given, changed, removed
+            await session.execute(update(EVENTS).where(EVENTS.c.seq == seq).values(actor_name=name))
+    assert _found(await _verify(audit, sessions)) == [
+        (2, "altered"),
+        (4, "altered"),
+        (5, "altered"),
+    ]
 
 
 async def test_altered_event_with_its_hash_recomputed_breaks_the_next_link(
@@ -557,6 +593,39 @@ async def test_checkpoint_due_follows_the_clock(
     assert await audit.checkpoint_due() is None  # no new events, nothing to anchor
     report = await _verify(audit, sessions)
     assert (report.ok, report.anchors, report.last_checkpoint_seq) == (True, 2, 5)
+
+
+async def test_checkpoint_due_follows_the_database_not_the_process(
+    audit: AuditLog, sessions: Sessions, vault: Vault, keyring: Keyring, clock: FixedClock
+) -> None:
+    # A restarted worker (a fresh log) and a second one (another log beside it)
+    # keep the timeline of the newest checkpoint in the database.
+    def restarted() -> AuditLog:
+        return AuditLog(sessions, vault, keyring, clock)
+
+    await _fill(audit, 3)
+    assert (await _checkpoint(audit, sessions)).seq == 3
+    await _fill(audit, 2, start=3)
+    clock.advance(timedelta(seconds=9.9))
+    for log in (audit, restarted()):
+        assert await log.checkpoint_due() is None  # the last one is recent, for every log
+    clock.advance(timedelta(seconds=0.1))
+    second = await restarted().checkpoint_due()  # 10 s on, with new events: anchored
+    assert second is not None
+    assert second.seq == 5
+    await _fill(audit, 1, start=5)
+    clock.advance(timedelta(seconds=5))
+    for log in (audit, restarted()):
+        assert await log.checkpoint_due() is None  # the other log's checkpoint is recent
+    clock.advance(timedelta(seconds=5))
+    third = await audit.checkpoint_due()
+    assert third is not None
+    assert third.seq == 6
+    clock.advance(timedelta(seconds=60))
+    for log in (audit, restarted()):
+        assert await log.checkpoint_due() is None  # no new events, nothing to anchor
+    report = await _verify(audit, sessions)
+    assert (report.ok, report.anchors, report.last_checkpoint_seq) == (True, 3, 6)
 
 
 # -- anchoring in the vault ------------------------------------------------------
@@ -910,7 +979,7 @@ async def test_query_filters(audit: AuditLog, sessions: Sessions, clock: FixedCl
         assert window == [3, 4]
         assert await seqs(actor="us_a", since=start + timedelta(minutes=8)) == [9, 10]
         assert await seqs(actor="nobody") == []
-        with pytest.raises(ValueError, match="limit"):
+        with pytest.raises(InvalidInput, match="limit"):
             await seqs(limit=0)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 import archiver.core.db
 from api.migrate import check, downgrade, upgrade
 from api.models import metadata
+from archiver.audit.services import AuditEntry, AuditLog, AuditVerifyReport
 from archiver.core.clock import SystemClock, time_key
 from archiver.core.db import create_engine, session_factory, sqlite_file
 from archiver.core.subjects import META_ID_SUBJECT
@@ -410,3 +413,96 @@ def test_the_downgrade_refuses_once_two_conversations_share_lines(database_url: 
     with pytest.raises(sa.exc.IntegrityError):
         downgrade(database_url, "0005")
     assert asyncio.run(_rows(database_url, keys)) == before
+
+
+def _old_events(count: int) -> list[dict[str, object]]:
+    """Audit event rows as revisions before 0011 wrote them: no actor name, hashed
+    over the version 1 encoding as an auditor's standard-library verifier knows it."""
+    rows: list[dict[str, object]] = []
+    prev = "0" * 64
+    for seq in range(1, count + 1):
+        occurred = datetime(2026, 1, 1, 0, 0, seq, tzinfo=UTC)
+        fields = {
+            "action": "http.GET /api/v1/messages/{id}",
+            "actor": f"us_{seq}",
+            "client_ip": "203.0.113.7",
+            "details_sha256": None,
+            "occurred_at": occurred.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "outcome": "allowed",
+            "reason": None,
+            "request_id": f"req-{seq}",
+            "role": "auditor",
+            "scope": None,
+            "seq": seq,
+            "target": f"record:{seq}",
+            "user_agent": "Mozilla/5.0",
+            "v": 1,
+        }
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        digest = hashlib.sha256(bytes.fromhex(prev) + canonical.encode()).hexdigest()
+        rows.append(
+            {
+                **{k: v for k, v in fields.items() if k not in ("details_sha256", "v")},
+                "occurred_at": occurred,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+    return rows
+
+
+_OLD_EVENTS = sa.table(
+    "audit_events",
+    *(sa.column(c) for c in ("seq", "actor", "role", "action", "target", "scope", "outcome")),
+    *(sa.column(c) for c in ("reason", "request_id", "client_ip", "user_agent")),
+    *(sa.column(c) for c in ("prev_hash", "hash")),
+    sa.column("occurred_at", archiver.core.db.UTCDateTime()),
+)
+
+
+async def _seed_events(url: str, rows: list[dict[str, object]]) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(_OLD_EVENTS.insert(), rows)
+    finally:
+        await engine.dispose()
+
+
+async def _audit_after_upgrade(url: str, keyring: Keyring, vault_dir: Path) -> AuditVerifyReport:
+    """Verify the chain, append an event with its actor's name, verify again."""
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    clock = SystemClock()
+    audit = AuditLog(sessions, Vault(FileStore(vault_dir, clock), keyring, clock), keyring, clock)
+    try:
+        async with sessions() as session:
+            before = await audit.verify(session)
+        assert (before.ok, before.events) == (True, 3), before.problems
+        entry = AuditEntry(actor="us_9", actor_name="ana", action="http.GET /", outcome="allowed")
+        await audit.record_durable(entry)
+        async with sessions() as session:
+            return await audit.verify(session)
+    finally:
+        await audit.close()
+        await engine.dispose()
+
+
+def test_audit_events_written_before_actor_names_still_verify(
+    database_url: str, keyring: Keyring, tmp_path: Path
+) -> None:
+    downgrade(database_url, "0010")
+    asyncio.run(_seed_events(database_url, _old_events(3)))
+    upgrade(database_url)
+    check(database_url)
+    after = asyncio.run(_audit_after_upgrade(database_url, keyring, tmp_path / "vault"))
+    assert (after.ok, after.events) == (True, 4), after.problems
+    names = "SELECT actor_name FROM audit_events ORDER BY seq"
+    assert asyncio.run(_rows(database_url, names)) == [(None,), (None,), (None,), ("ana",)]
+
+    # Down again: the names go, the table stays append-only.
+    downgrade(database_url, "0010")
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"):
+        asyncio.run(_rows(database_url, "UPDATE audit_events SET actor = 'x' WHERE seq = 1"))
+    upgrade(database_url)

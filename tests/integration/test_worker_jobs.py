@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -20,11 +21,15 @@ from structlog.testing import capture_logs
 from api.bootstrap import Services, open_services
 from api.settings import load_settings
 from api.worker import declared_jobs, schedule
-from archiver.audit.models import AuditCheckpoint
+from archiver.audit.jobs import record_runs
+from archiver.audit.models import AuditCheckpoint, AuditEvent
 from archiver.audit.services import AuditEntry
 from archiver.core.clock import FixedClock
 from archiver.core.db import sqlite_file
-from archiver.core.jobs import Job, JobRunner, LocalJobLock, job_lock
+from archiver.core.errors import InvalidInput
+from archiver.core.jobs import Job, JobRun, JobRunner, LocalJobLock, job_lock
+from archiver.media.jobs import fetch_media
+from archiver.media.services import MediaFetcher
 
 ANCHOR = timedelta(minutes=15)
 
@@ -55,7 +60,11 @@ async def workers(
 
 def _runner(services: Services) -> JobRunner:
     """The runner a worker on ``services`` runs its jobs with."""
-    return JobRunner(job_lock(services.engine))
+    return JobRunner(job_lock(services.engine), record_runs(services.audit))
+
+
+async def _unrecorded(run: JobRun) -> None:
+    pass
 
 
 async def _anchored(services: Services) -> list[int]:
@@ -98,13 +107,14 @@ def test_a_job_is_refused_a_bad_name_or_interval() -> None:
     async def nothing() -> None:
         pass
 
-    with pytest.raises(ValueError, match="job name 'Fetch Media' must be lowercase"):
+    with pytest.raises(InvalidInput, match="job name 'Fetch Media' must be lowercase"):
         Job(name="Fetch Media", every=timedelta(seconds=1), run=nothing)
-    with pytest.raises(ValueError, match="job 'fetch' needs a positive interval"):
+    with pytest.raises(InvalidInput, match="job 'fetch' needs a positive interval"):
         Job(name="fetch", every=timedelta(0), run=nothing)
     job = Job(name="fetch", every=timedelta(seconds=1), run=nothing)
-    with pytest.raises(ValueError, match="two jobs share a name"):
-        schedule(AsyncIOScheduler(timezone="UTC"), [job, job], JobRunner(LocalJobLock()))
+    runner = JobRunner(LocalJobLock(), _unrecorded)
+    with pytest.raises(InvalidInput, match="two jobs share a name"):
+        schedule(AsyncIOScheduler(timezone="UTC"), [job, job], runner)
 
 
 # -- the timed audit checkpoint --------------------------------------------------------
@@ -115,10 +125,11 @@ async def test_the_worker_checkpoints_new_events_every_15_minutes(
 ) -> None:
     services, _ = workers
     runner = _runner(services)
-    jobs = declared_jobs(services)
+    # Those that run within a quiet hour (not the vault's reconciliation, every 6 h).
+    jobs = [job for job in declared_jobs(services) if job.every <= ANCHOR]
 
     async def run_every_job() -> list[int]:
-        """One look by each of the worker's jobs; the seqs checkpointed so far."""
+        """One look by each of those jobs; the seqs checkpointed so far."""
         for job in jobs:
             await runner.run(job)
         return await _anchored(services)
@@ -133,6 +144,70 @@ async def test_the_worker_checkpoints_new_events_every_15_minutes(
     assert await run_every_job() == [1, 2]  # 15 minutes on, with a new event
     clock.advance(ANCHOR * 4)
     assert await run_every_job() == [1, 2]  # a quiet hour: nothing new, no checkpoint
+
+
+# -- job runs in the audit trail -------------------------------------------------------
+
+
+async def _job_events(services: Services) -> list[tuple[str, str, str | None]]:
+    await services.audit.flush()
+    async with services.sessions() as session:
+        events = await services.audit.query(session, action="job.*")
+    return [(e.action, e.outcome, e.reason) for e in events]
+
+
+async def test_job_runs_that_did_something_or_failed_are_audited(
+    workers: tuple[Services, Services],
+) -> None:
+    services, _ = workers
+    runner = _runner(services)
+    jobs = {job.name: job for job in declared_jobs(services)}
+    for _ in range(3):  # idle looks: nothing due, nothing to anchor
+        await runner.run(jobs["fetch_media"])
+        await runner.run(jobs["audit_checkpoint"])
+    assert await _job_events(services) == []
+
+    await _event(services, 1)
+    await runner.run(jobs["audit_checkpoint"])
+    assert await _anchored(services) == [1]
+    # A checkpoint is no event: the next would anchor it, and so on for ever.
+    assert await _job_events(services) == []
+
+    async def fail() -> str | None:
+        raise RuntimeError("Ana's number +447700900222 is unreachable")
+
+    async def did() -> str | None:
+        return "sent 2 reminders"
+
+    await runner.run(jobs["reconcile_vault"])
+    await runner.run(Job(name="probe", every=timedelta(seconds=1), run=fail))
+    await runner.run(Job(name="probe", every=timedelta(seconds=1), run=did))
+    events = await _job_events(services)
+    assert events == [
+        ("job.reconcile_vault", "ok", "objects checked: 1, drifted: 0, unrecorded: 0"),
+        ("job.probe", "failed", "failed: RuntimeError"),  # never the error's text
+        ("job.probe", "ok", "sent 2 reminders"),
+    ]
+    async with services.sessions() as session:
+        actors = set(await session.scalars(select(AuditEvent.actor).where(AuditEvent.seq > 1)))
+    assert actors == {"system"}
+
+
+class _Fetcher:
+    """Stands in for the media fetcher: ``due`` items, then none."""
+
+    def __init__(self, due: int) -> None:
+        self.due = due
+
+    async def fetch_due(self) -> int:
+        processed, self.due = self.due, 0
+        return processed
+
+
+async def test_the_media_fetch_reports_only_a_fetch_that_processed_items() -> None:
+    fetcher = cast(MediaFetcher, _Fetcher(due=3))
+    assert await fetch_media(fetcher) == "processed 3 due media items"
+    assert await fetch_media(fetcher) is None
 
 
 # -- singleton jobs and two workers ----------------------------------------------------

@@ -24,6 +24,7 @@ from archiver.audit.services import (
     format_time,
     verify_export,
 )
+from archiver.core.errors import InvalidInput
 
 WHEN = datetime(2026, 11, 21, 9, 30, 5, 120, tzinfo=UTC)
 
@@ -72,6 +73,14 @@ def test_canonical_bytes_are_fixed() -> None:
     )
 
 
+def test_an_actor_name_is_encoded_only_when_there_is_one() -> None:
+    # Events written before revision 0011 have none: their bytes, and hashes, stay.
+    unnamed = canonical_bytes(_event())
+    assert b"actor_name" not in unnamed
+    named = canonical_bytes(_event(actor_name="ana"))
+    assert named == unnamed.replace(b'"actor":"us_1",', b'"actor":"us_1","actor_name":"ana",')
+
+
 def test_time_is_utc_with_microseconds() -> None:
     tokyo = timezone(timedelta(hours=9))
     assert format_time(datetime(2026, 1, 2, 3, 4, 5, tzinfo=tokyo)) == (
@@ -88,6 +97,7 @@ def test_every_field_is_covered() -> None:
         "seq": 2,
         "occurred_at": WHEN + timedelta(microseconds=1),
         "actor": "us_2",
+        "actor_name": "ana",
         "role": None,
         "action": "job.fetch_media",
         "target": "record:43",
@@ -130,7 +140,8 @@ def test_chain_hash_and_checkpoint_message() -> None:
 def _export(key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
     first = _event(1)
     second = _event(2, first.hash, actor="système", details_sealed=b"sealed")
-    jsonl = export_line(first) + export_line(second)
+    third = _event(3, second.hash, actor_name="zoë")
+    jsonl = export_line(first) + export_line(second) + export_line(third)
     return jsonl, key.sign(jsonl)
 
 
@@ -153,6 +164,14 @@ def test_export_lines_must_hash_to_their_content() -> None:
     lines["actor"] = "someone else"
     forged = json.dumps(lines, sort_keys=True, separators=(",", ":")).encode() + b"\n"
     assert not verify_export(forged, key.sign(forged), _pem(key))
+    unnamed, named = (
+        json.loads(export_line(_event())),
+        json.loads(export_line(_event(actor_name="zoë"))),
+    )
+    del named["actor_name"]  # taken away
+    for line in (unnamed | {"actor_name": "ana"}, unnamed | {"actor_name": None}, named):
+        forged = json.dumps(line, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        assert not verify_export(forged, key.sign(forged), _pem(key)), line
     assert verify_export(b"", key.sign(b""), _pem(key))
 
 
@@ -161,5 +180,5 @@ def test_export_key_must_be_ed25519() -> None:
     pem = other.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
-    with pytest.raises(ValueError, match="Ed25519"):
+    with pytest.raises(InvalidInput, match="Ed25519"):
         verify_export(b"", b"", pem)
