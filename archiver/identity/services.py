@@ -923,12 +923,18 @@ class IdentityService:
                 user = await self.check_password(session, username, password)
             except IdentityError as exc:
                 refusal = exc
+                reason = _sign_in_reason(exc, "bad credentials")
+                tried = await self.user_by_name(session, username)
+                now = self._clock.now()
+                if reason != "locked" and tried and tried.locked_until and tried.locked_until > now:
+                    # This attempt is the one that locked the user out.
+                    reason += f"; locked until {tried.locked_until.isoformat()}"
                 await self._audit.record_in(
                     session,
                     actor.entry(
                         action,
                         outcome="denied",
-                        reason=_sign_in_reason(exc, "bad credentials"),
+                        reason=reason,
                         details={"username": username[:200]},
                     ),
                 )
