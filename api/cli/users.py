@@ -119,10 +119,10 @@ def users_list() -> None:
 
     async def work(services: Services) -> list[str]:
         lines = []
-        for user, grants in await services.identity.user_list():
-            roles = ", ".join(f"{g.role}@{g.account_id or 'all'}" for g in grants) or "-"
-            mfa = "mfa" if user.mfa_enrolled_at else "no-mfa"
-            lines.append(f"{user.id}  {user.username}  {mfa}  {roles}")
+        for one in await services.identity.user_list():
+            roles = ", ".join(f"{g.role}@{g.account_id or 'all'}" for g in one.grants) or "-"
+            mfa = "mfa" if one.user.mfa_enrolled_at else "no-mfa"
+            lines.append(f"{one.user.id}  {one.user.username}  {mfa}  {roles}")
         return lines
 
     for line in run_command(settings, work):

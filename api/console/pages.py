@@ -468,8 +468,8 @@ async def _users_page(
 ) -> Template:
     now = services.clock.now()
     listed = await services.identity.user_list()
-    users = [user for user, _ in listed]
-    grants = {user.id: held for user, held in listed}
+    users = [one.user for one in listed]
+    grants = {one.user.id: one.grants for one in listed}
     async with services.sessions() as session:
         accounts = await services.accounts.all(session)
     pending = await services.approvals.pending_list()

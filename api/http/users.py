@@ -18,7 +18,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPT
 
 from api.http.audit import actor_of
 from api.http.auth import AUTHENTICATED, needs
-from api.http.deps import ApprovalsDep, ClockDep, GrantsDep, IdentityDep, RowId
+from api.http.deps import ApprovalsDep, GrantsDep, IdentityDep, RowId
 from api.http.openapi import errors
 from archiver.core.errors import AccountNotFound
 from archiver.identity.models import ApiToken, Approval, Grant
@@ -131,19 +131,18 @@ class UsersController(Controller):
     tags = ["users"]  # noqa: RUF012  (Litestar reads this class attribute)
 
     @get("/users", opt=needs(Permission.USERS_MANAGE))
-    async def list_users(self, identity: IdentityDep, clock: ClockDep) -> list[UserOut]:
+    async def list_users(self, identity: IdentityDep) -> list[UserOut]:
         """Every user with their active grants."""
-        now = clock.now()
         return [
             UserOut(
-                user.id,
-                user.username,
-                [GrantOut(g.role, g.account_id, g.granted_at) for g in grants],
-                user.mfa_enrolled_at is not None,
-                user.locked_until is not None and user.locked_until > now,
-                user.disabled,
+                one.user.id,
+                one.user.username,
+                [GrantOut(g.role, g.account_id, g.granted_at) for g in one.grants],
+                one.user.mfa_enrolled_at is not None,
+                one.locked,
+                one.user.disabled,
             )
-            for user, grants in await identity.user_list()
+            for one in await identity.user_list()
         ]
 
     @post(

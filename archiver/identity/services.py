@@ -251,6 +251,15 @@ class NewToken:
 
 
 @dataclass(frozen=True, slots=True)
+class UserStanding:
+    """A user as administrators see them: their active grants and lockout."""
+
+    user: User
+    grants: list[Grant]
+    locked: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TotpEnrolment:
     """What a user needs to add Strongroom to an authenticator app."""
 
@@ -827,10 +836,18 @@ class IdentityService:
                 session, actor.entry("identity.mfa.reset", target=f"user:{found.id}")
             )
 
-    async def user_list(self) -> list[tuple[User, list[Grant]]]:
-        """Every user with their active grants, oldest first."""
+    async def user_list(self) -> list[UserStanding]:
+        """Every user with their active grants and whether they are locked out, oldest first."""
+        now = self._clock.now()
         async with self._sessions() as session:
-            return [(u, await self.active_grants(session, u.id)) for u in await self.users(session)]
+            return [
+                UserStanding(
+                    u,
+                    await self.active_grants(session, u.id),
+                    u.locked_until is not None and u.locked_until > now,
+                )
+                for u in await self.users(session)
+            ]
 
     async def token_list(self, user: str) -> list[ApiToken]:
         """A user's tokens, newest first; raise ``UnknownUser``."""
