@@ -314,7 +314,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         media=MediaFetcher(graph, vault, sessions, accounts, clock, retention=records),
         identity=identity,
         approvals=approvals,
-        grants=GrantService(identity, approvals, writer=writer, audit=audit),
+        grants=GrantService(identity, approvals, writer=writer, audit=audit, sessions=sessions),
         audit=audit,
         records=records_reader,
         search=Search(records_reader, index, reader),

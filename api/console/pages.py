@@ -28,7 +28,7 @@ from api.http.archive import MAX_IMPORT_BYTES, decode_cursor, encode_cursor
 from api.http.audit import actor_of
 from api.http.auth import PUBLIC, SESSION_COOKIE, check_csrf, needs
 from api.http.conversations import audited_conversation, visible_media
-from api.http.deps import GrantsDep, IdentityDep, ServicesDep, SettingsDep
+from api.http.deps import ApprovalsDep, GrantsDep, IdentityDep, ServicesDep, SettingsDep
 from api.http.search import account_scope, audited_search, contact_scope, lexicon_terms
 from api.settings import Settings
 from archiver.core.errors import AccountNotFound, ArchiverError, IntegrityFailed
@@ -464,37 +464,37 @@ _NOTICES = {
 
 
 async def _users_page(
-    request: Page, services: ServicesDep, *, error: str | None = None, status: int = 200
+    request: Page,
+    identity: IdentityDep,
+    grants: GrantsDep,
+    approvals: ApprovalsDep,
+    *,
+    error: str | None = None,
+    status: int = 200,
 ) -> Template:
-    now = services.clock.now()
-    listed = await services.identity.user_list()
-    users = [one.user for one in listed]
-    grants = {one.user.id: one.grants for one in listed}
-    async with services.sessions() as session:
-        accounts = await services.accounts.all(session)
-    pending = await services.approvals.pending_list()
-    names = {u.id: u.username for u in users}
-    approvals = [
+    listed = await identity.user_list()
+    names = {one.user.id: one.user.username for one in listed}
+    pending = [
         {
             "approval": a,
-            "request": services.approvals.payload(a),
+            "request": approvals.payload(a),
             "maker": names.get(a.requested_by, a.requested_by),
             "mine": a.requested_by == request.user.user_id,
         }
-        for a in pending
+        for a in await approvals.pending_list()
     ]
     return Template(
         "users.html",
         context=context(
             request,
-            users=users,
-            grants=grants,
+            users=[one.user for one in listed],
+            grants={one.user.id: one.grants for one in listed},
+            locked={one.user.id for one in listed if one.locked},
             names=names,
-            accounts=accounts,
+            accounts=await grants.account_scopes(),
             roles=[r.value for r in Role],
-            approvals=approvals,
+            approvals=pending,
             can_decide=request.user.allows(Permission.GRANTS_APPROVE),
-            now=now,
             notice=_NOTICES.get(request.query_params.get("done", "")),
             error=error,
         ),
@@ -509,35 +509,45 @@ async def _form(request: Page, *names: str) -> dict[str, str]:
 
 
 @get("/admin/users", **_page(Permission.USERS_MANAGE))
-async def users_page(request: Page, services: ServicesDep) -> Template:
+async def users_page(
+    request: Page, identity: IdentityDep, grants: GrantsDep, approvals: ApprovalsDep
+) -> Template:
     """Users, their roles, MFA and lock state; create, grant, and decide approvals."""
-    return await _users_page(request, services)
+    return await _users_page(request, identity, grants, approvals)
 
 
 @post("/admin/users", **_page(Permission.USERS_MANAGE))
-async def create_user(request: Page, identity: IdentityDep, services: ServicesDep) -> Response[Any]:
+async def create_user(
+    request: Page, identity: IdentityDep, grants: GrantsDep, approvals: ApprovalsDep
+) -> Response[Any]:
     """Create a user with no roles."""
     form = await _form(request, "username", "password")
     actor = actor_of(request, Permission.USERS_MANAGE)
     try:
         await identity.add_user(actor, form["username"], form["password"])
     except ValueError as exc:
-        return await _users_page(request, services, error=str(exc), status=400)
+        return await _users_page(request, identity, grants, approvals, error=str(exc), status=400)
     except IdentityConflict as exc:
-        return await _users_page(request, services, error=str(exc), status=409)
+        return await _users_page(request, identity, grants, approvals, error=str(exc), status=409)
     return _see("/admin/users?done=created")
 
 
 @post("/admin/users/{user_id:str}/grants", **_page(Permission.USERS_MANAGE))
 async def grant_role(
-    request: Page, user_id: FromPath[str], grants: GrantsDep, services: ServicesDep
+    request: Page,
+    user_id: FromPath[str],
+    identity: IdentityDep,
+    grants: GrantsDep,
+    approvals: ApprovalsDep,
 ) -> Response[Any]:
     """Grant a role at once, or open an approval when it carries a sensitive permission."""
     form = await _form(request, "role", "account_id")
     try:
         role = Role(form["role"])
     except ValueError:
-        return await _users_page(request, services, error="Choose a role.", status=400)
+        return await _users_page(
+            request, identity, grants, approvals, error="Choose a role.", status=400
+        )
     account_id = form["account_id"] or None
     actor = actor_of(request, Permission.USERS_MANAGE)
     try:
@@ -545,29 +555,37 @@ async def grant_role(
     except UnknownUser:
         raise NotFoundException("no such user") from None
     except AccountNotFound:
-        return await _users_page(request, services, error="No such account.", status=400)
+        return await _users_page(
+            request, identity, grants, approvals, error="No such account.", status=400
+        )
     except (IdentityConflict, NotPermitted) as exc:
-        return await _users_page(request, services, error=str(exc), status=409)
+        return await _users_page(request, identity, grants, approvals, error=str(exc), status=409)
     applied = isinstance(result, Grant)
     return _see("/admin/users?done=" + ("granted" if applied else "requested"))
 
 
 @post("/admin/approvals/{approval_id:int}/decision", **_page(Permission.GRANTS_APPROVE))
 async def decide_approval(
-    request: Page, approval_id: FromPath[int], grants: GrantsDep, services: ServicesDep
+    request: Page,
+    approval_id: FromPath[int],
+    identity: IdentityDep,
+    grants: GrantsDep,
+    approvals: ApprovalsDep,
 ) -> Response[Any]:
     """Approve or reject a request; its maker cannot decide it."""
     form = await _form(request, "decision")
     if form["decision"] not in ("approve", "reject"):
-        return await _users_page(request, services, error="Choose approve or reject.", status=400)
+        return await _users_page(
+            request, identity, grants, approvals, error="Choose approve or reject.", status=400
+        )
     approve = form["decision"] == "approve"
     actor = actor_of(request, Permission.GRANTS_APPROVE)
     try:
         await grants.decide(actor, request.user, approval_id, approve=approve)
     except NotPermitted as exc:
-        return await _users_page(request, services, error=str(exc), status=403)
+        return await _users_page(request, identity, grants, approvals, error=str(exc), status=403)
     except IdentityConflict as exc:
-        return await _users_page(request, services, error=str(exc), status=409)
+        return await _users_page(request, identity, grants, approvals, error=str(exc), status=409)
     return _see("/admin/users?done=" + ("approved" if approve else "rejected"))
 
 

@@ -1151,11 +1151,18 @@ class GrantService:
         *,
         writer: Writer,
         audit: AuditLog,
+        sessions: async_sessionmaker[AsyncSession],
     ) -> None:
         self._identity = identity
         self._approvals = approvals
         self._work = _UnitOfWork(writer, audit)
         self._audit = audit
+        self._sessions = sessions
+
+    async def account_scopes(self) -> list[str]:
+        """The business accounts a grant can be limited to, oldest first."""
+        async with self._sessions() as session:
+            return list(await session.scalars(select(Account.id).order_by(Account.created_at)))
 
     async def _record(
         self,

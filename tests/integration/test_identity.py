@@ -68,7 +68,11 @@ def grants(
     audit: AuditLog,
 ) -> GrantService:
     return GrantService(
-        identity, ApprovalService(clock, sessions=sessions), writer=writer, audit=audit
+        identity,
+        ApprovalService(clock, sessions=sessions),
+        writer=writer,
+        audit=audit,
+        sessions=sessions,
     )
 
 

@@ -66,7 +66,7 @@ def grants(
 ) -> GrantService:
     approvals = ApprovalService(clock, sessions=sessions)
     writer = Writer(sessions, database_url)
-    return GrantService(identity, approvals, writer=writer, audit=audit)
+    return GrantService(identity, approvals, writer=writer, audit=audit, sessions=sessions)
 
 
 async def _events(sessions: Sessions, after: int = 0) -> list[AuditEvent]:
