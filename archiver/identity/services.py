@@ -134,6 +134,7 @@ LONGEST_LOCKOUT = timedelta(hours=24)
 SESSION_LIFETIME = timedelta(hours=8)
 TOKEN_PREFIX = "sr"  # noqa: S105  (the public marker of our tokens, not a secret)
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._@+-]{1,62}[a-z0-9]")
+_USER_ID = re.compile(r"usr_[0-9a-f]{16}")
 _TOKEN = re.compile(r"sr_([a-z0-9]{12})_([A-Za-z0-9_-]{20,})")
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -365,9 +366,12 @@ class IdentityService:
         username = username.strip().lower()
         if not _USERNAME.fullmatch(username):
             raise InvalidInput("username: 3-64 of a-z 0-9 . _ @ + -")
+        if _USER_ID.fullmatch(username):
+            # Users are found by id or by name (find_user): a name may not be an id.
+            raise InvalidInput("username: cannot have the form of a user id")
         self._check_password(password, username)
         user = User(
-            id="usr_" + secrets.token_hex(8),
+            id="usr_" + secrets.token_hex(8),  # the form _USER_ID recognises
             username=username,
             password_hash=self._hasher.hash(password),
             failed_logins=0,
@@ -798,7 +802,11 @@ class IdentityService:
 
     async def find_user(self, session: AsyncSession, user: str, *, lock: bool = False) -> User:
         """The user with id ``user``, or else with that username; raise ``UnknownUser``."""
-        found = await session.get(User, user, with_for_update=lock)
+        found = (
+            await session.get(User, user, with_for_update=lock)
+            if _USER_ID.fullmatch(user)
+            else None
+        )
         if found is None:
             found = await self.user_by_name(session, user)
         if found is None:

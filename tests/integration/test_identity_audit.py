@@ -16,6 +16,7 @@ from archiver.audit.models import AuditEvent
 from archiver.audit.services import Actor, AuditEntry, AuditLog
 from archiver.core.clock import FixedClock
 from archiver.core.db import Writer
+from archiver.core.errors import InvalidInput
 from archiver.crypto.keyring import Keyring
 from archiver.identity.models import ApiToken, Approval, Grant, User, WebSession
 from archiver.identity.services import (
@@ -254,6 +255,9 @@ async def test_a_refused_change_leaves_a_denied_event_with_its_reason_and_no_cha
         "usr_admin",
     )
     assert event.reason == "user alice already exists"
+    assert await _count(sessions, User) == 1
+    with pytest.raises(InvalidInput, match="form of a user id"):
+        await identity.add_user(ADMIN, alice.id, PASSWORD)  # names and ids cannot be confused
     assert await _count(sessions, User) == 1
 
     # The maker cannot check their own request: refused, still pending.
