@@ -137,6 +137,7 @@ _USERNAME = re.compile(r"[a-z0-9][a-z0-9._@+-]{1,62}[a-z0-9]")
 _USER_ID = re.compile(r"usr_[0-9a-f]{16}")
 _TOKEN = re.compile(r"sr_([a-z0-9]{12})_([A-Za-z0-9_-]{20,})")
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
+_ENDED = "this sign-in has ended"
 
 
 class IdentityError(ArchiverError):
@@ -767,10 +768,10 @@ class IdentityService:
         row = await session.get(WebSession, pending.id_sha256, with_for_update=True)
         now = self._clock.now()
         if row is None or row.revoked_at is not None or row.expires_at <= now or row.mfa_verified:
-            raise InvalidCredentials("this sign-in has ended")
+            raise InvalidCredentials(_ENDED)
         user = await session.get(User, row.user_id)
         if user is None or user.disabled:
-            raise InvalidCredentials("this sign-in has ended")
+            raise InvalidCredentials(_ENDED)
         if await self.needs_mfa(session, user):
             if code is None:
                 raise MfaRequired("a code from the authenticator is required")
@@ -985,7 +986,7 @@ class IdentityService:
         async with self._sessions() as session:
             user = await session.get(User, pending.user_id)
             if user is None:
-                raise InvalidCredentials("this sign-in has ended")
+                raise InvalidCredentials(_ENDED)
             needs = await self.needs_mfa(session, user)
         if not needs:
             return await self.finish_sign_in(actor, pending, None)
@@ -1041,7 +1042,9 @@ class IdentityService:
                         action,
                         outcome="denied",
                         target=target,
-                        reason=_sign_in_reason(exc, "MFA failed" if code else "sign-in ended"),
+                        reason=_sign_in_reason(
+                            exc, "sign-in ended" if str(exc) == _ENDED else "MFA failed"
+                        ),
                     ),
                 )
             else:

@@ -186,6 +186,17 @@ async def test_signing_in_with_totp_records_each_step_as_the_user(
     assert (event.action, event.actor) == ("identity.totp.begin", bob.id)
     head = event.seq
     code = pyotp.TOTP(enrolment.secret).at(clock.now())
+    wrong = "000000" if code != "000000" else "111111"
+    with pytest.raises(InvalidCredentials):
+        await identity.finish_sign_in(anonymous, pending, wrong)
+    event = await _one(sessions, head)
+    assert (event.action, event.actor, event.outcome, event.reason) == (
+        "identity.session.complete",
+        bob.id,
+        "denied",
+        "MFA failed",
+    )
+    head = event.seq
     signed_in = await identity.finish_sign_in(anonymous, pending, code)
     actions = [(e.action, e.actor, e.outcome) for e in await _events(sessions, head)]
     assert actions == [
