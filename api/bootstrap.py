@@ -295,8 +295,8 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     # The embedded sandbox (the demo, tests) serves media from loopback.
     hosts = META_MEDIA_HOSTS + (LOOPBACK_HOSTS if settings.embedded else ())
     graph = GraphClient(settings.graph_base_url, download_hosts=hosts)
-    identity = IdentityService(keyring, clock)
-    approvals = ApprovalService(clock)
+    identity = IdentityService(keyring, clock, writer=writer, audit=audit, sessions=sessions)
+    approvals = ApprovalService(clock, sessions=sessions)
     return Services(
         settings=settings,
         clock=clock,
@@ -314,7 +314,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         media=MediaFetcher(graph, vault, writer, accounts, clock, retention=records),
         identity=identity,
         approvals=approvals,
-        grants=GrantService(identity, approvals),
+        grants=GrantService(identity, approvals, writer=writer, audit=audit, sessions=sessions),
         audit=audit,
         records=records_reader,
         search=Search(records_reader, index, reader),

@@ -32,7 +32,7 @@ from archiver.core.errors import (
     IntegrityFailed,
     InvalidInput,
 )
-from archiver.identity.services import IdentityConflict, NotPermitted
+from archiver.identity.services import IdentityConflict, NotPermitted, UnknownUser
 from archiver.search.services import SearchError
 from policy.errors import DuplicateTerm, InvalidTerm, TermAlreadyRemoved, TermNotFound
 
@@ -46,6 +46,7 @@ STATUS: dict[type[Exception], int] = {
     SearchError: HTTP_400_BAD_REQUEST,
     NotPermitted: HTTP_403_FORBIDDEN,
     TermNotFound: HTTP_404_NOT_FOUND,
+    UnknownUser: HTTP_404_NOT_FOUND,
     AccountExists: HTTP_409_CONFLICT,
     IdentityConflict: HTTP_409_CONFLICT,
     DuplicateTerm: HTTP_409_CONFLICT,

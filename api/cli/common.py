@@ -13,7 +13,6 @@ from typing import NoReturn, TypeVar
 import click
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.bootstrap import (
     Services,
@@ -27,7 +26,6 @@ from api.observability.logging import configure_logging
 from api.settings import Settings, SettingsError, load_settings
 from archiver.audit.services import AuditEntry, AuditUnavailable
 from archiver.core.errors import ArchiverError
-from archiver.identity.models import User
 from archiver.identity.services import Role
 
 T = TypeVar("T")
@@ -155,13 +153,6 @@ def password_from(password_file: Path | None, password_env: str | None) -> str:
     if given:
         return given
     return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
-
-
-async def user_named(services: Services, session: AsyncSession, username: str) -> User:
-    user = await services.identity.user_by_name(session, username)
-    if user is None:
-        fail(f"no user {username}", 1)
-    return user
 
 
 ROLE_CHOICE = click.Choice([r.value for r in Role])

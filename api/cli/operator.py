@@ -3,10 +3,11 @@ trail, and granting a role as the operator (``strongroom users`` and the demo)."
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
+import getpass
+from typing import Final
 
-from api.bootstrap import Services
-from archiver.identity.models import Grant, User
+from archiver.audit.services import Actor
+from archiver.identity.models import Approval, Grant
 from archiver.identity.services import Role
 
 # The CLI acts with the operator's full local authority (it holds the root key),
@@ -15,15 +16,19 @@ from archiver.identity.services import Role
 CLI_ACTOR = "cli"
 
 
-async def grant_as_operator(
-    services: Services, session: AsyncSession, user: User, role: Role, account: str | None
-) -> str:
-    """Grant ``role`` through the grant service as the operator; say what became of it."""
-    if account is not None:
-        await services.accounts.get(session, account)
-    result = await services.grants.grant_as_operator(
-        session, user, role, account, operator=CLI_ACTOR
-    )
+def _os_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return None
+
+
+CLI: Final = Actor(id=CLI_ACTOR, name=_os_user())
+"""The operator, as the services' changes name them (the OS user as its name)."""
+
+
+def granted(result: Grant | Approval, role: Role, account: str | None, username: str) -> str:
+    """What became of a grant asked for as the operator, in a sentence."""
     if isinstance(result, Grant):
-        return f"granted {role.value} on {account or 'all accounts'} to {user.username}"
-    return f"approval {result.id} requested: an admin must approve {role.value} for {user.username}"
+        return f"granted {role.value} on {account or 'all accounts'} to {username}"
+    return f"approval {result.id} requested: an admin must approve {role.value} for {username}"

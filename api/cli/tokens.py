@@ -7,7 +7,8 @@ from datetime import timedelta
 import click
 
 from api.bootstrap import Services
-from api.cli.common import archive_settings, fail, run_command, user_named
+from api.cli.common import archive_settings, fail, run_command
+from api.cli.operator import CLI
 from archiver.identity.services import IdentityError, Permission
 
 
@@ -33,15 +34,13 @@ def tokens_create(username: str, scopes: tuple[str, ...], days: int, name: str) 
     settings = archive_settings()
 
     async def work(services: Services) -> str:
-        async with services.sessions() as session, session.begin():
-            user = await user_named(services, session, username)
-            new = await services.identity.create_token(
-                session,
-                user,
-                name=name,
-                scopes=frozenset(Permission(s) for s in scopes),
-                lifetime=timedelta(days=days),
-            )
+        new = await services.identity.issue_token(
+            CLI,
+            username,
+            name=name,
+            scopes=frozenset(Permission(s) for s in scopes),
+            lifetime=timedelta(days=days),
+        )
         return new.secret
 
     try:
@@ -57,15 +56,17 @@ def tokens_list(username: str) -> None:
     settings = archive_settings()
 
     async def work(services: Services) -> list[str]:
-        async with services.sessions() as session:
-            user = await user_named(services, session, username)
-            return [
-                f"{t.id}  sr_{t.prefix}_…  {t.name}  expires {t.expires_at:%Y-%m-%d}"
-                f"{'  revoked' if t.revoked_at else ''}  {t.scopes}"
-                for t in await services.identity.tokens(session, user.id)
-            ]
+        return [
+            f"{t.id}  sr_{t.prefix}_…  {t.name}  expires {t.expires_at:%Y-%m-%d}"
+            f"{'  revoked' if t.revoked_at else ''}  {t.scopes}"
+            for t in await services.identity.token_list(username)
+        ]
 
-    for line in run_command(settings, work):
+    try:
+        lines = run_command(settings, work)
+    except IdentityError as exc:
+        fail(str(exc), 1)
+    for line in lines:
         click.echo(line)
 
 
@@ -76,8 +77,7 @@ def tokens_revoke(token_id: str) -> None:
     settings = archive_settings()
 
     async def work(services: Services) -> None:
-        async with services.sessions() as session, session.begin():
-            await services.identity.revoke_token(session, token_id)
+        await services.identity.withdraw_token(CLI, token_id)
 
     try:
         run_command(settings, work)

@@ -13,9 +13,8 @@ from api.cli.common import (
     fail,
     password_from,
     run_command,
-    user_named,
 )
-from api.cli.operator import CLI_ACTOR, grant_as_operator
+from api.cli.operator import CLI, granted
 from archiver.core.errors import AccountNotFound
 from archiver.identity.services import IdentityError, Role
 
@@ -43,13 +42,13 @@ def users_create(
     password = password_from(password_file, password_env)
 
     async def work(services: Services) -> list[str]:
-        async with services.sessions() as session, session.begin():
-            user = await services.identity.create_user(
-                session, username, password, created_by=CLI_ACTOR
-            )
-            lines = [f"user {user.username} created: {user.id}"]
-            if role is not None:
-                lines.append(await grant_as_operator(services, session, user, Role(role), account))
+        wanted = Role(role) if role is not None else None
+        user, result = await services.grants.add_user_as_operator(
+            CLI, username, password, wanted, account
+        )
+        lines = [f"user {user.username} created: {user.id}"]
+        if result is not None and wanted is not None:
+            lines.append(granted(result, wanted, account, user.username))
         return lines
 
     try:
@@ -68,9 +67,8 @@ def users_grant(username: str, role: str, account: str | None) -> None:
     settings = archive_settings()
 
     async def work(services: Services) -> str:
-        async with services.sessions() as session, session.begin():
-            user = await user_named(services, session, username)
-            return await grant_as_operator(services, session, user, Role(role), account)
+        result = await services.grants.grant_as_operator(CLI, username, Role(role), account)
+        return granted(result, Role(role), account, username.strip().lower())
 
     try:
         click.echo(run_command(settings, work))
@@ -87,11 +85,12 @@ def users_revoke(username: str, role: str, account: str | None) -> None:
     settings = archive_settings()
 
     async def work(services: Services) -> int:
-        async with services.sessions() as session, session.begin():
-            user = await user_named(services, session, username)
-            return await services.identity.revoke_grant(session, user, Role(role), account)
+        return await services.grants.revoke(CLI, username, Role(role), account)
 
-    count = run_command(settings, work)
+    try:
+        count = run_command(settings, work)
+    except IdentityError as exc:
+        fail(str(exc), 1)
     if not count:
         fail(f"{username} does not hold {role} on {account or 'all accounts'}", 1)
     click.echo(f"revoked {role} from {username}")
@@ -104,12 +103,12 @@ def users_reset_mfa(username: str) -> None:
     settings = archive_settings()
 
     async def work(services: Services) -> None:
-        async with services.sessions() as session, session.begin():
-            await services.identity.reset_mfa(
-                session, await user_named(services, session, username)
-            )
+        await services.identity.forget_mfa(CLI, username)
 
-    run_command(settings, work)
+    try:
+        run_command(settings, work)
+    except IdentityError as exc:
+        fail(str(exc), 1)
     click.echo(f"authenticator of {username} reset")
 
 
@@ -120,12 +119,10 @@ def users_list() -> None:
 
     async def work(services: Services) -> list[str]:
         lines = []
-        async with services.sessions() as session:
-            for user in await services.identity.users(session):
-                grants = await services.identity.active_grants(session, user.id)
-                roles = ", ".join(f"{g.role}@{g.account_id or 'all'}" for g in grants) or "-"
-                mfa = "mfa" if user.mfa_enrolled_at else "no-mfa"
-                lines.append(f"{user.id}  {user.username}  {mfa}  {roles}")
+        for one in await services.identity.user_list():
+            roles = ", ".join(f"{g.role}@{g.account_id or 'all'}" for g in one.grants) or "-"
+            mfa = "mfa" if one.user.mfa_enrolled_at else "no-mfa"
+            lines.append(f"{one.user.id}  {one.user.username}  {mfa}  {roles}")
         return lines
 
     for line in run_command(settings, work):

@@ -23,16 +23,16 @@ from litestar.params import FromPath
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
 from litestar.types import ExceptionHandlersMap
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.http.archive import MAX_IMPORT_BYTES, decode_cursor, encode_cursor
-from api.http.audit import audit_access
+from api.http.audit import actor_of
 from api.http.auth import PUBLIC, SESSION_COOKIE, check_csrf, needs
 from api.http.conversations import audited_conversation, visible_media
-from api.http.deps import ServicesDep
+from api.http.deps import ApprovalsDep, GrantsDep, IdentityDep, ServicesDep, SettingsDep
 from api.http.search import account_scope, audited_search, contact_scope, lexicon_terms
+from api.settings import Settings
 from archiver.core.errors import AccountNotFound, ArchiverError, IntegrityFailed
-from archiver.identity.models import Grant, User, WebSession
+from archiver.identity.models import Grant, WebSession
 from archiver.identity.services import (
     AccountLocked,
     IdentityConflict,
@@ -41,7 +41,7 @@ from archiver.identity.services import (
     Permission,
     Principal,
     Role,
-    TotpEnrolment,
+    UnknownUser,
 )
 from archiver.imports.chat_export import DATE_ORDERS, ChatExportError, DateOrder, ParseProblem
 from archiver.imports.services import ImportResult
@@ -67,14 +67,14 @@ DELIVERIES = ("sent", "delivered", "read", "failed")
 OUTCOMES = ("ok", "allowed", "denied", "failed")
 
 
-def _cookie(services: ServicesDep, name: str, value: str, *, max_age: int | None) -> Cookie:
+def _cookie(settings: Settings, name: str, value: str, *, max_age: int | None) -> Cookie:
     return Cookie(
         key=name,
         value=value,
         max_age=max_age,
         path="/",
         httponly=True,
-        secure=services.settings.https,
+        secure=settings.https,
         samesite="strict",
     )
 
@@ -105,138 +105,112 @@ def context(request: Request[Any, Any, Any], **extra: Any) -> dict[str, Any]:
     return {"principal": principal, "csrf_token": csrf, "nav": nav} | extra
 
 
-def _login_form(services: ServicesDep, error: str | None = None, status: int = 200) -> Template:
+def _login_form(settings: Settings, error: str | None = None, status: int = 200) -> Template:
     token = secrets.token_urlsafe(24)
     return Template(
         "login.html",
         context={"login_csrf": token, "error": error, "principal": None},
-        cookies=[_cookie(services, LOGIN_CSRF_COOKIE, token, max_age=3600)],
+        cookies=[_cookie(settings, LOGIN_CSRF_COOKIE, token, max_age=3600)],
         status_code=status,
     )
 
 
 @get("/login", opt={"permission": PUBLIC}, include_in_schema=False)
-async def login_page(services: ServicesDep) -> Template:
+async def login_page(settings: SettingsDep) -> Template:
     """The sign-in form."""
-    return _login_form(services)
+    return _login_form(settings)
 
 
 @post("/login", opt={"permission": PUBLIC}, include_in_schema=False)
-async def login(request: Caller, services: ServicesDep) -> Response[Any]:
+async def login(request: Caller, identity: IdentityDep, settings: SettingsDep) -> Response[Any]:
     """Check the password (with back-off and lockout), then ask for the second factor."""
     form = await request.form()
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     given = form.get("csrf_token")
     if not expected or not isinstance(given, str) or not hmac.compare_digest(given, expected):
-        return _login_form(services, "Your sign-in form expired. Please try again.", 403)
+        return _login_form(settings, "Your sign-in form expired. Please try again.", 403)
     username, password = form.get("username"), form.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
-        return _login_form(services, "Enter your username and password.", 400)
-    refusal: IdentityError | None = None
-    async with services.sessions() as session, session.begin():
-        try:
-            user = await services.identity.check_password(session, username, password)
-        except IdentityError as exc:
-            refusal = exc  # caught inside the transaction, so the failure count commits
-    if isinstance(refusal, AccountLocked):
-        return _locked(services, refusal)
-    if refusal is not None:
-        return _login_form(services, "Invalid username or password.", 401)
-    async with services.sessions() as session, session.begin():
-        previous = request.cookies.get(SESSION_COOKIE)
-        if previous:
-            await services.identity.end_session(session, previous)
-        cookie, _ = await services.identity.start_session(session, user, mfa_verified=False)
-    return _signed_in(services, "/login/mfa", cookie)
+        return _login_form(settings, "Enter your username and password.", 400)
+    try:
+        cookie = await identity.sign_in(
+            actor_of(request), username, password, previous=request.cookies.get(SESSION_COOKIE)
+        )
+    except AccountLocked as exc:
+        return _locked(settings, exc)
+    except IdentityError:
+        return _login_form(settings, "Invalid username or password.", 401)
+    return _signed_in(settings, "/login/mfa", cookie)
 
 
-def _signed_in(services: ServicesDep, path: str, cookie: str) -> Response[Any]:
+def _signed_in(settings: Settings, path: str, cookie: str) -> Response[Any]:
     response = _see(path)
-    response.cookies.append(_cookie(services, SESSION_COOKIE, cookie, max_age=8 * 3600))
+    response.cookies.append(_cookie(settings, SESSION_COOKIE, cookie, max_age=8 * 3600))
     return response
 
 
-def _locked(services: ServicesDep, locked: AccountLocked) -> Template:
+def _locked(settings: Settings, locked: AccountLocked) -> Template:
     message = f"Too many failed attempts. Try again after {locked.until:%H:%M} UTC."
-    return _login_form(services, message, 429)
-
-
-async def _enrolment(
-    services: ServicesDep, session: AsyncSession, user: User
-) -> TotpEnrolment | None:
-    """What the second-factor page shows: the enrolment, until it is confirmed."""
-    if user.mfa_enrolled_at is not None:
-        return None
-    return await services.identity.totp_enrolment(session, user)
+    return _login_form(settings, message, 429)
 
 
 @get("/login/mfa", opt={"permission": PUBLIC}, include_in_schema=False)
-async def mfa_page(request: Caller, services: ServicesDep) -> Response[Any]:
+async def mfa_page(request: Caller, identity: IdentityDep, settings: SettingsDep) -> Response[Any]:
     """The second factor: enrolment on first use, then a code."""
     row = request.scope.get("auth")
     if not isinstance(row, WebSession):
         return _see("/login")
     if row.mfa_verified:
         return _see("/")
-    async with services.sessions() as session, session.begin():
-        user = await session.get(User, row.user_id)
-        if user is None:
-            return _see("/login")
-        if not await services.identity.needs_mfa(session, user):
-            try:
-                cookie, _ = await services.identity.complete_sign_in(session, row, None)
-            except IdentityError:
-                return _see("/login")  # ended meanwhile, or a role that needs TOTP arrived
-            return _signed_in(services, "/", cookie)
-        enrolment = await _enrolment(services, session, user)
-    return Template("mfa.html", context=context(request, enrolment=enrolment, principal=None))
+    try:
+        step = await identity.second_factor(actor_of(request), row)
+    except IdentityError:
+        return _see("/login")  # ended meanwhile, or a role that needs TOTP arrived
+    if isinstance(step, str):
+        return _signed_in(settings, "/", step)
+    return Template("mfa.html", context=context(request, enrolment=step, principal=None))
 
 
 @post("/login/mfa", opt={"permission": PUBLIC}, include_in_schema=False)
-async def mfa(request: Caller, services: ServicesDep) -> Response[Any]:
+async def mfa(request: Caller, identity: IdentityDep, settings: SettingsDep) -> Response[Any]:
     """Check the TOTP code and complete the sign-in."""
     row = request.scope.get("auth")
     if not isinstance(row, WebSession):
         return _see("/login")
     await check_csrf(request)
     code = (await request.form()).get("code")
-    refusal: IdentityError | None = None
-    async with services.sessions() as session, session.begin():
-        try:
-            cookie, _ = await services.identity.complete_sign_in(
-                session, row, code if isinstance(code, str) else ""
-            )
-        except IdentityError as exc:
-            refusal = exc  # caught inside the transaction, so the failure count commits
-    if isinstance(refusal, AccountLocked):
-        page = _locked(services, refusal)
+    try:
+        cookie = await identity.finish_sign_in(
+            actor_of(request), row, code if isinstance(code, str) else ""
+        )
+    except AccountLocked as exc:
+        page = _locked(settings, exc)
         # The half-signed-in session has ended; the browser forgets its cookie too.
-        page.cookies.append(_cookie(services, SESSION_COOKIE, "", max_age=0))
+        page.cookies.append(_cookie(settings, SESSION_COOKIE, "", max_age=0))
         return page
-    if refusal is not None:
-        async with services.sessions() as session, session.begin():
-            user = await session.get(User, row.user_id)
-            enrolment = await _enrolment(services, session, user) if user else None
+    except IdentityError:
         return Template(
             "mfa.html",
             context=context(
-                request, enrolment=enrolment, principal=None, error="That code did not match."
+                request,
+                enrolment=await identity.enrolment_of(row),
+                principal=None,
+                error="That code did not match.",
             ),
             status_code=401,
         )
-    return _signed_in(services, "/", cookie)
+    return _signed_in(settings, "/", cookie)
 
 
 @post("/logout", opt={"permission": PUBLIC}, include_in_schema=False)
-async def logout(request: Caller, services: ServicesDep) -> Response[Any]:
+async def logout(request: Caller, identity: IdentityDep, settings: SettingsDep) -> Response[Any]:
     """End the session; its cookie stops working at once."""
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie and isinstance(request.scope.get("auth"), WebSession):
         await check_csrf(request)
-        async with services.sessions() as session, session.begin():
-            await services.identity.end_session(session, cookie)
+        await identity.sign_out(actor_of(request), cookie)
     response = _see("/login")
-    response.cookies.append(_cookie(services, SESSION_COOKIE, "", max_age=0))
+    response.cookies.append(_cookie(settings, SESSION_COOKIE, "", max_age=0))
     return response
 
 
@@ -490,36 +464,37 @@ _NOTICES = {
 
 
 async def _users_page(
-    request: Page, services: ServicesDep, *, error: str | None = None, status: int = 200
+    request: Page,
+    identity: IdentityDep,
+    grants: GrantsDep,
+    approvals: ApprovalsDep,
+    *,
+    error: str | None = None,
+    status: int = 200,
 ) -> Template:
-    now = services.clock.now()
-    async with services.sessions() as session:
-        users = await services.identity.users(session)
-        grants = {u.id: await services.identity.active_grants(session, u.id) for u in users}
-        accounts = await services.accounts.all(session)
-        pending = await services.approvals.pending(session)
-    names = {u.id: u.username for u in users}
-    approvals = [
+    listed = await identity.user_list()
+    names = {one.user.id: one.user.username for one in listed}
+    pending = [
         {
             "approval": a,
-            "request": services.approvals.payload(a),
+            "request": approvals.payload(a),
             "maker": names.get(a.requested_by, a.requested_by),
             "mine": a.requested_by == request.user.user_id,
         }
-        for a in pending
+        for a in await approvals.pending_list()
     ]
     return Template(
         "users.html",
         context=context(
             request,
-            users=users,
-            grants=grants,
+            users=[one.user for one in listed],
+            grants={one.user.id: one.grants for one in listed},
+            locked={one.user.id for one in listed if one.locked},
             names=names,
-            accounts=accounts,
+            accounts=await grants.account_scopes(),
             roles=[r.value for r in Role],
-            approvals=approvals,
+            approvals=pending,
             can_decide=request.user.allows(Permission.GRANTS_APPROVE),
-            now=now,
             notice=_NOTICES.get(request.query_params.get("done", "")),
             error=error,
         ),
@@ -534,84 +509,83 @@ async def _form(request: Page, *names: str) -> dict[str, str]:
 
 
 @get("/admin/users", **_page(Permission.USERS_MANAGE))
-async def users_page(request: Page, services: ServicesDep) -> Template:
+async def users_page(
+    request: Page, identity: IdentityDep, grants: GrantsDep, approvals: ApprovalsDep
+) -> Template:
     """Users, their roles, MFA and lock state; create, grant, and decide approvals."""
-    return await _users_page(request, services)
+    return await _users_page(request, identity, grants, approvals)
 
 
 @post("/admin/users", **_page(Permission.USERS_MANAGE))
-async def create_user(request: Page, services: ServicesDep) -> Response[Any]:
+async def create_user(
+    request: Page, identity: IdentityDep, grants: GrantsDep, approvals: ApprovalsDep
+) -> Response[Any]:
     """Create a user with no roles."""
     form = await _form(request, "username", "password")
+    actor = actor_of(request, Permission.USERS_MANAGE)
     try:
-        async with services.sessions() as session, session.begin():
-            await services.identity.create_user(
-                session, form["username"], form["password"], created_by=request.user.user_id
-            )
+        await identity.add_user(actor, form["username"], form["password"])
     except ValueError as exc:
-        return await _users_page(request, services, error=str(exc), status=400)
+        return await _users_page(request, identity, grants, approvals, error=str(exc), status=400)
     except IdentityConflict as exc:
-        return await _users_page(request, services, error=str(exc), status=409)
+        return await _users_page(request, identity, grants, approvals, error=str(exc), status=409)
     return _see("/admin/users?done=created")
 
 
 @post("/admin/users/{user_id:str}/grants", **_page(Permission.USERS_MANAGE))
-async def grant_role(request: Page, user_id: FromPath[str], services: ServicesDep) -> Response[Any]:
+async def grant_role(
+    request: Page,
+    user_id: FromPath[str],
+    identity: IdentityDep,
+    grants: GrantsDep,
+    approvals: ApprovalsDep,
+) -> Response[Any]:
     """Grant a role at once, or open an approval when it carries a sensitive permission."""
     form = await _form(request, "role", "account_id")
     try:
         role = Role(form["role"])
     except ValueError:
-        return await _users_page(request, services, error="Choose a role.", status=400)
+        return await _users_page(
+            request, identity, grants, approvals, error="Choose a role.", status=400
+        )
     account_id = form["account_id"] or None
+    actor = actor_of(request, Permission.USERS_MANAGE)
     try:
-        async with services.sessions() as session, session.begin():
-            user = await session.get(User, user_id)
-            if user is None:
-                raise NotFoundException("no such user")
-            if account_id is not None:
-                await services.accounts.get(session, account_id)
-            result = await services.grants.request(session, request.user, user, role, account_id)
+        result = await grants.request(actor, request.user, user_id, role, account_id)
+    except UnknownUser:
+        raise NotFoundException("no such user") from None
     except AccountNotFound:
-        return await _users_page(request, services, error="No such account.", status=400)
+        return await _users_page(
+            request, identity, grants, approvals, error="No such account.", status=400
+        )
     except (IdentityConflict, NotPermitted) as exc:
-        return await _users_page(request, services, error=str(exc), status=409)
+        return await _users_page(request, identity, grants, approvals, error=str(exc), status=409)
     applied = isinstance(result, Grant)
-    await audit_access(
-        services,
-        request,
-        action="grant.apply" if applied else "approval.request",
-        permission=Permission.USERS_MANAGE,
-        target=("" if isinstance(result, Grant) else f"approval:{result.id} ")
-        + f"user:{user_id} role:{role.value}",
-        scope=account_id or "all accounts",
-    )
     return _see("/admin/users?done=" + ("granted" if applied else "requested"))
 
 
 @post("/admin/approvals/{approval_id:int}/decision", **_page(Permission.GRANTS_APPROVE))
 async def decide_approval(
-    request: Page, approval_id: FromPath[int], services: ServicesDep
+    request: Page,
+    approval_id: FromPath[int],
+    identity: IdentityDep,
+    grants: GrantsDep,
+    approvals: ApprovalsDep,
 ) -> Response[Any]:
     """Approve or reject a request; its maker cannot decide it."""
     form = await _form(request, "decision")
     if form["decision"] not in ("approve", "reject"):
-        return await _users_page(request, services, error="Choose approve or reject.", status=400)
+        return await _users_page(
+            request, identity, grants, approvals, error="Choose approve or reject.", status=400
+        )
     approve = form["decision"] == "approve"
+    actor = actor_of(request, Permission.GRANTS_APPROVE)
     try:
-        async with services.sessions() as session, session.begin():
-            await services.grants.decide(session, approval_id, request.user, approve=approve)
+        await grants.decide(actor, request.user, approval_id, approve=approve)
     except NotPermitted as exc:
-        return await _users_page(request, services, error=str(exc), status=403)
+        return await _users_page(request, identity, grants, approvals, error=str(exc), status=403)
     except IdentityConflict as exc:
-        return await _users_page(request, services, error=str(exc), status=409)
-    await audit_access(
-        services,
-        request,
-        action="approval.approved" if approve else "approval.rejected",
-        permission=Permission.GRANTS_APPROVE,
-        target=f"approval:{approval_id}",
-    )
+        return await _users_page(request, identity, grants, approvals, error=str(exc), status=409)
     return _see("/admin/users?done=" + ("approved" if approve else "rejected"))
 
 

@@ -18,7 +18,7 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from api.bootstrap import Services
 from api.http.auth import needs
 from api.http.deps import ServicesDep
-from archiver.audit.services import AuditEntry
+from archiver.audit.services import Actor, AuditEntry
 from archiver.identity.services import Permission, Principal
 
 log = structlog.get_logger("strongroom.audit")
@@ -102,6 +102,23 @@ class AuditTrailMiddleware:
 def _request_id(scope: Scope) -> str | None:
     value = structlog.contextvars.get_contextvars().get("request_id")
     return str(value) if value else _header(scope, b"x-request-id")
+
+
+def actor_of(request: Request[Any, Any, Any], permission: Permission | None = None) -> Actor:
+    """Who makes a request's change, as the audit trail names them: the signed-in
+    principal (under a role that grants ``permission``) or ``anonymous``."""
+    principal: Principal | None = request.scope.get("user")
+    role = None
+    if principal is not None and permission is not None:
+        role = principal.role_for(permission)
+    return Actor(
+        id=principal.actor if principal is not None else "anonymous",
+        name=principal.username if principal is not None else None,
+        role=role,
+        request_id=_request_id(request.scope),
+        client_ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
 
 
 async def audit_access(

@@ -65,24 +65,18 @@ class AuthMiddleware:
         cookie = _cookie(headers.get("cookie", ""), SESSION_COOKIE)
         if not authorization and cookie is None:
             return None, None  # anonymous (webhooks, health): no database round trip
-        async with services.sessions() as session, session.begin():
-            if authorization.lower().startswith("bearer "):
-                try:
-                    principal = await services.identity.authenticate_token(
-                        session, authorization[7:]
-                    )
-                except IdentityError:
-                    return None, "invalid-token"
-                return principal, None
-            if cookie is None:
-                return None, None
-            found = await services.identity.find_session(session, cookie)
-            if found is None:
-                return None, None
-            row, user = found
-            if not row.mfa_verified:
-                return None, row  # half-way through sign-in: no permissions yet
-            return await services.identity.principal(session, user, via="session"), row
+        if authorization.lower().startswith("bearer "):
+            try:
+                return await services.identity.authenticate_token(authorization[7:]), None
+            except IdentityError:
+                return None, "invalid-token"
+        if cookie is None:
+            return None, None
+        found = await services.identity.resolve_session(cookie)
+        if found is None:
+            return None, None
+        row, principal = found
+        return principal, row
 
 
 def _cookie(header: str, name: str) -> str | None:

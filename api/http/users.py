@@ -16,12 +16,12 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 
-from api.http.audit import audit_access
+from api.http.audit import actor_of
 from api.http.auth import AUTHENTICATED, needs
-from api.http.deps import RowId, ServicesDep
+from api.http.deps import ApprovalsDep, GrantsDep, IdentityDep, RowId
 from api.http.openapi import errors
 from archiver.core.errors import AccountNotFound
-from archiver.identity.models import ApiToken, Approval, Grant, User
+from archiver.identity.models import ApiToken, Approval, Grant
 from archiver.identity.services import (
     Permission,
     Principal,
@@ -131,24 +131,19 @@ class UsersController(Controller):
     tags = ["users"]  # noqa: RUF012  (Litestar reads this class attribute)
 
     @get("/users", opt=needs(Permission.USERS_MANAGE))
-    async def list_users(self, services: ServicesDep) -> list[UserOut]:
+    async def list_users(self, identity: IdentityDep) -> list[UserOut]:
         """Every user with their active grants."""
-        now = services.clock.now()
-        async with services.sessions() as session:
-            out = []
-            for user in await services.identity.users(session):
-                grants = await services.identity.active_grants(session, user.id)
-                out.append(
-                    UserOut(
-                        user.id,
-                        user.username,
-                        [GrantOut(g.role, g.account_id, g.granted_at) for g in grants],
-                        user.mfa_enrolled_at is not None,
-                        user.locked_until is not None and user.locked_until > now,
-                        user.disabled,
-                    )
-                )
-        return out
+        return [
+            UserOut(
+                one.user.id,
+                one.user.username,
+                [GrantOut(g.role, g.account_id, g.granted_at) for g in one.grants],
+                one.user.mfa_enrolled_at is not None,
+                one.locked,
+                one.user.disabled,
+            )
+            for one in await identity.user_list()
+        ]
 
     @post(
         "/users",
@@ -157,13 +152,11 @@ class UsersController(Controller):
         responses=errors(409),
     )
     async def create_user(
-        self, request: Caller, data: JSONBody[UserIn], services: ServicesDep
+        self, request: Caller, data: JSONBody[UserIn], identity: IdentityDep
     ) -> UserOut:
         """Create a user with no roles; grant them separately."""
-        async with services.sessions() as session, session.begin():
-            user = await services.identity.create_user(
-                session, data.username, data.password, created_by=request.user.user_id
-            )
+        actor = actor_of(request, Permission.USERS_MANAGE)
+        user = await identity.add_user(actor, data.username, data.password)
         return UserOut(user.id, user.username, [], False, False, False)
 
     @post(
@@ -182,43 +175,20 @@ class UsersController(Controller):
         request: Caller,
         user_id: FromPath[str],
         data: JSONBody[GrantIn],
-        services: ServicesDep,
+        grants: GrantsDep,
     ) -> Response[GrantOut | ApprovalOut]:
         """Grant a role: at once (201), or as a request for a second admin (202)."""
         role = _role(data.role)
+        actor = actor_of(request, Permission.USERS_MANAGE)
         try:
-            async with services.sessions() as session, session.begin():
-                user = await session.get(User, user_id)
-                if user is None:
-                    raise NotFoundException("no such user")
-                if data.account_id is not None:
-                    await services.accounts.get(session, data.account_id)
-                result = await services.grants.request(
-                    session, request.user, user, role, data.account_id
-                )
+            result = await grants.request(actor, request.user, user_id, role, data.account_id)
         except AccountNotFound:
             raise NotFoundException("no such account") from None
         if isinstance(result, Grant):
-            await audit_access(
-                services,
-                request,
-                action="grant.apply",
-                permission=Permission.USERS_MANAGE,
-                target=f"user:{user_id} role:{role.value}",
-                scope=data.account_id or "all accounts",
-            )
             return Response(
                 GrantOut(result.role, result.account_id, result.granted_at),
                 status_code=HTTP_201_CREATED,
             )
-        await audit_access(
-            services,
-            request,
-            action="approval.request",
-            permission=Permission.USERS_MANAGE,
-            target=f"approval:{result.id} user:{user_id} role:{role.value}",
-            scope=data.account_id or "all accounts",
-        )
         return Response(_approval(result), status_code=HTTP_202_ACCEPTED)
 
     @post(
@@ -227,38 +197,31 @@ class UsersController(Controller):
         opt=needs(Permission.USERS_MANAGE),
     )
     async def revoke(
-        self, user_id: FromPath[str], data: JSONBody[GrantIn], services: ServicesDep
+        self, request: Caller, user_id: FromPath[str], data: JSONBody[GrantIn], grants: GrantsDep
     ) -> dict[str, int]:
         """Revoke a role (revoking needs no second person)."""
         role = _role(data.role)
-        async with services.sessions() as session, session.begin():
-            user = await session.get(User, user_id)
-            if user is None:
-                raise NotFoundException("no such user")
-            count = await services.identity.revoke_grant(session, user, role, data.account_id)
-        return {"revoked": count}
+        actor = actor_of(request, Permission.USERS_MANAGE)
+        return {"revoked": await grants.revoke(actor, user_id, role, data.account_id)}
 
     @post(
         "/users/{user_id:str}/reset-mfa",
         status_code=HTTP_200_OK,
         opt=needs(Permission.USERS_MANAGE),
     )
-    async def reset_mfa(self, user_id: FromPath[str], services: ServicesDep) -> dict[str, str]:
+    async def reset_mfa(
+        self, request: Caller, user_id: FromPath[str], identity: IdentityDep
+    ) -> dict[str, str]:
         """Forget a user's authenticator; they enrol again at their next sign-in."""
-        async with services.sessions() as session, session.begin():
-            user = await session.get(User, user_id)
-            if user is None:
-                raise NotFoundException("no such user")
-            await services.identity.reset_mfa(session, user)
+        await identity.forget_mfa(actor_of(request, Permission.USERS_MANAGE), user_id)
         return {"status": "reset"}
 
     @get("/approvals", opt=needs(Permission.GRANTS_APPROVE))
     async def approvals(
-        self, services: ServicesDep, status: FromQuery[Literal["pending"]] = "pending"
+        self, approvals: ApprovalsDep, status: FromQuery[Literal["pending"]] = "pending"
     ) -> list[ApprovalOut]:
         """Maker-checker requests waiting for a decision (only those are listed)."""
-        async with services.sessions() as session:
-            return [_approval(a) for a in await services.approvals.pending(session)]
+        return [_approval(a) for a in await approvals.pending_list()]
 
     @post(
         "/approvals/{approval_id:int}/decision",
@@ -271,21 +234,12 @@ class UsersController(Controller):
         request: Caller,
         approval_id: RowId,
         data: JSONBody[DecisionIn],
-        services: ServicesDep,
+        grants: GrantsDep,
     ) -> ApprovalOut:
         """Approve or reject a request; the maker can never decide their own."""
-        async with services.sessions() as session, session.begin():
-            await services.grants.decide(
-                session, approval_id, request.user, approve=data.approve, reason=data.reason
-            )
-            approval = await session.get(Approval, approval_id)
-            assert approval is not None  # decide() found it
-        await audit_access(
-            services,
-            request,
-            action=f"approval.{approval.status}",
-            permission=Permission.GRANTS_APPROVE,
-            target=f"approval:{approval.id} kind:{approval.kind} maker:{approval.requested_by}",
+        actor = actor_of(request, Permission.GRANTS_APPROVE)
+        approval = await grants.decide(
+            actor, request.user, approval_id, approve=data.approve, reason=data.reason
         )
         return _approval(approval)
 
@@ -297,15 +251,13 @@ class TokensController(Controller):
     tags = ["tokens"]  # noqa: RUF012  (Litestar reads this class attribute)
 
     @get("/", opt={"permission": AUTHENTICATED})
-    async def list_tokens(self, request: Caller, services: ServicesDep) -> list[TokenOut]:
+    async def list_tokens(self, request: Caller, identity: IdentityDep) -> list[TokenOut]:
         """The caller's tokens (never their secrets)."""
-        async with services.sessions() as session:
-            tokens = await services.identity.tokens(session, request.user.user_id)
-        return [_token(t) for t in tokens]
+        return [_token(t) for t in await identity.token_list(request.user.user_id)]
 
     @post("/", status_code=HTTP_201_CREATED, opt={"permission": AUTHENTICATED})
     async def create_token(
-        self, request: Caller, data: JSONBody[TokenIn], services: ServicesDep
+        self, request: Caller, data: JSONBody[TokenIn], identity: IdentityDep
     ) -> TokenOut:
         """Issue a token for the caller; the secret is in this answer only.
 
@@ -319,24 +271,23 @@ class TokensController(Controller):
             scopes = frozenset(Permission(s) for s in data.scopes)
         except ValueError:
             raise ValidationException("unknown scope") from None
-        async with services.sessions() as session, session.begin():
-            user = await session.get(User, caller.user_id)
-            assert user is not None  # the caller is signed in
-            new = await services.identity.create_token(
-                session, user, name=data.name, scopes=scopes, lifetime=timedelta(days=data.days)
-            )
-            token = await session.get(ApiToken, new.id)
-            assert token is not None
-        return _token(token, new.secret)
+        new = await identity.issue_token(
+            actor_of(request),
+            caller.user_id,
+            name=data.name,
+            scopes=scopes,
+            lifetime=timedelta(days=data.days),
+        )
+        return TokenOut(
+            new.id, new.prefix, new.name, list(new.scopes), new.expires_at, False, new.secret
+        )
 
     @post("/{token_id:str}/revoke", status_code=HTTP_200_OK, opt={"permission": AUTHENTICATED})
     async def revoke_token(
-        self, request: Caller, token_id: FromPath[str], services: ServicesDep
+        self, request: Caller, token_id: FromPath[str], identity: IdentityDep
     ) -> TokenOut:
         """Revoke one of the caller's tokens, effective at once."""
-        async with services.sessions() as session, session.begin():
-            token = await session.get(ApiToken, token_id)
-            if token is None or token.user_id != request.user.user_id:
-                raise NotFoundException("no such token")
-            await services.identity.revoke_token(session, token_id)
+        token = await identity.withdraw_token(
+            actor_of(request), token_id, owner=request.user.user_id
+        )
         return _token(token)

@@ -45,9 +45,11 @@ import httpx
 from sqlalchemy import func, select
 
 from api.bootstrap import Services
-from api.cli.operator import CLI_ACTOR, grant_as_operator
+from api.cli.operator import CLI
+from api.cli.operator import granted as granted_text
 from api.sandbox.fake_graph import FakeMedia, meta_wamid, running_fake_graph
 from api.worker import MEDIA_EVERY_SECONDS
+from archiver.identity.models import Grant
 from archiver.identity.services import IdentityConflict, Role
 from archiver.records.models import ContactIdentity, MediaItem, Record
 from archiver.whatsapp.items import Identity, extract
@@ -1015,22 +1017,21 @@ async def _officer(services: Services, account_id: str) -> _Officer:
     """A new user with a random password and ``compliance_officer`` on the demo
     account: granted at once, or (once an admin exists) pending an admin's approval."""
     password = secrets.token_urlsafe(18)
-    async with services.sessions() as session, session.begin():
-        for _ in range(3):
-            username = f"demo-officer-{secrets.token_hex(2)}"
-            try:
-                user = await services.identity.create_user(
-                    session, username, password, created_by=CLI_ACTOR
-                )
-                break
-            except IdentityConflict:
-                continue  # a previous run drew the same suffix
-        else:
-            raise DemoError("could not find a free demo-officer-#### user name")
-        outcome = await grant_as_operator(
-            services, session, user, Role.COMPLIANCE_OFFICER, account_id
-        )
-        granted = bool(await services.identity.active_grants(session, user.id))
+    role = Role.COMPLIANCE_OFFICER
+    for _ in range(3):
+        username = f"demo-officer-{secrets.token_hex(2)}"
+        try:
+            user, result = await services.grants.add_user_as_operator(
+                CLI, username, password, role, account_id
+            )
+            break
+        except IdentityConflict:
+            continue  # a previous run drew the same suffix
+    else:
+        raise DemoError("could not find a free demo-officer-#### user name")
+    assert result is not None  # a role was asked for
+    outcome = granted_text(result, role, account_id, user.username)
+    granted = isinstance(result, Grant)
     return _Officer(username, password, granted, outcome)
 
 

@@ -36,7 +36,8 @@ each of them that can reach a request to its HTTP status.
         ├── AccountLocked         too many failed sign-ins
         ├── MfaRequired           a second factor is needed
         ├── NotPermitted          the actor may not do this
-        └── IdentityConflict      the change collides with the current state
+        ├── IdentityConflict      the change collides with the current state
+        └── UnknownUser           no such user (or, for its owner, no such token)
 """
 
 from __future__ import annotations

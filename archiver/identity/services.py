@@ -12,10 +12,13 @@ sealed under the user's own subject key.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import re
 import secrets
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -26,10 +29,13 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from archiver.accounts.models import Account
+from archiver.audit.services import Actor, AuditLog
 from archiver.core.clock import Clock
-from archiver.core.errors import ArchiverError, InvalidInput
+from archiver.core.db import Writer
+from archiver.core.errors import AccountNotFound, ArchiverError, InvalidInput
 from archiver.crypto import envelope
 from archiver.crypto.keyring import Keyring
 from archiver.identity.models import ApiToken, Approval, Grant, User, WebSession
@@ -128,8 +134,10 @@ LONGEST_LOCKOUT = timedelta(hours=24)
 SESSION_LIFETIME = timedelta(hours=8)
 TOKEN_PREFIX = "sr"  # noqa: S105  (the public marker of our tokens, not a secret)
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._@+-]{1,62}[a-z0-9]")
+_USER_ID = re.compile(r"usr_[0-9a-f]{16}")
 _TOKEN = re.compile(r"sr_([a-z0-9]{12})_([A-Za-z0-9_-]{20,})")
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
+_ENDED = "this sign-in has ended"
 
 
 class IdentityError(ArchiverError):
@@ -142,7 +150,8 @@ class IdentityError(ArchiverError):
         ├── AccountLocked        too many failed attempts; try again after ``until``
         ├── MfaRequired          the role needs TOTP and it is not (yet) verified
         ├── NotPermitted         the user lacks the permission (or decides own request)
-        └── IdentityConflict     username taken, grant exists, approval already decided
+        ├── IdentityConflict     username taken, grant exists, approval already decided
+        └── UnknownUser          no such user (or token of the caller)
     """
 
 
@@ -168,6 +177,10 @@ class NotPermitted(IdentityError):
 
 class IdentityConflict(IdentityError):
     """The change collides with existing state."""
+
+
+class UnknownUser(IdentityError):
+    """No user (or, for its owner, no token) answers to the name given."""
 
 
 ALL_ACCOUNTS = None
@@ -235,6 +248,17 @@ class NewToken:
     prefix: str
     secret: str
     expires_at: datetime
+    name: str = ""
+    scopes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UserStanding:
+    """A user as administrators see them: their active grants and lockout."""
+
+    user: User
+    grants: list[Grant]
+    locked: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,12 +273,85 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-class IdentityService:
-    """Users, credentials, sessions, tokens and grants."""
+# Why a sign-in was refused, as the audit trail says it.
+_SIGN_IN_REASONS: tuple[tuple[type[IdentityError], str], ...] = (
+    (AccountLocked, "locked"),
+    (MfaRequired, "MFA required"),
+)
 
-    def __init__(self, keyring: Keyring, clock: Clock, *, issuer: str = "Strongroom") -> None:
+
+def _sign_in_reason(exc: IdentityError, otherwise: str) -> str:
+    return next((why for cls, why in _SIGN_IN_REASONS if isinstance(exc, cls)), otherwise)
+
+
+class _UnitOfWork:
+    """How the services change state: one write transaction per change, its audit
+    event recorded in it last, and a refusal recorded as ``denied`` on its own
+    once the change's transaction has rolled back."""
+
+    def __init__(self, writer: Writer, audit: AuditLog) -> None:
+        self.writer = writer
+        self.audit = audit
+
+    @contextlib.asynccontextmanager
+    async def change(
+        self,
+        actor: Actor,
+        action: str,
+        *,
+        target: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[AsyncSession]:
+        """A write transaction for ``action``; a domain error raised in it is
+        audited as refused (with ``target`` and ``details``), then re-raised."""
+        try:
+            async with self.writer.transaction() as session:
+                yield session
+        except ArchiverError as exc:
+            await self.refused(actor, action, str(exc), target=target, details=details)
+            raise
+
+    async def refused(
+        self,
+        actor: Actor,
+        action: str,
+        reason: str,
+        *,
+        target: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record, in a transaction of its own, that ``action`` was refused."""
+        async with self.writer.transaction() as session:
+            await self.audit.record_in(
+                session,
+                actor.entry(
+                    action, outcome="denied", target=target, reason=reason, details=details
+                ),
+            )
+
+
+class IdentityService:
+    """Users, credentials, sessions, tokens and grants.
+
+    The methods that take an :class:`Actor` are the use cases: each is one unit of
+    work that records its audit event with its change. Those that take a session
+    are their steps, run inside the caller's transaction."""
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        clock: Clock,
+        *,
+        writer: Writer,
+        audit: AuditLog,
+        sessions: async_sessionmaker[AsyncSession],
+        issuer: str = "Strongroom",
+    ) -> None:
         self._keyring = keyring
         self._clock = clock
+        self._work = _UnitOfWork(writer, audit)
+        self._audit = audit
+        self._sessions = sessions
         self._hasher = PasswordHasher()  # argon2id with the library's current defaults
         self._issuer = issuer
         # Verifying argon2 takes tens of milliseconds; a verified token is remembered
@@ -270,9 +367,12 @@ class IdentityService:
         username = username.strip().lower()
         if not _USERNAME.fullmatch(username):
             raise InvalidInput("username: 3-64 of a-z 0-9 . _ @ + -")
+        if _USER_ID.fullmatch(username):
+            # Users are found by id or by name (find_user): a name may not be an id.
+            raise InvalidInput("username: cannot have the form of a user id")
         self._check_password(password, username)
         user = User(
-            id="usr_" + secrets.token_hex(8),
+            id="usr_" + secrets.token_hex(8),  # the form _USER_ID recognises
             username=username,
             password_hash=self._hasher.hash(password),
             failed_logins=0,
@@ -569,10 +669,19 @@ class IdentityService:
         )
         session.add(token)
         await session.flush()
-        return NewToken(token.id, prefix, f"{TOKEN_PREFIX}_{prefix}_{secret}", token.expires_at)
+        return NewToken(
+            token.id,
+            prefix,
+            f"{TOKEN_PREFIX}_{prefix}_{secret}",
+            token.expires_at,
+            token.name,
+            tuple(token.scopes.split(",")),
+        )
 
-    async def authenticate_token(self, session: AsyncSession, presented: str) -> Principal:
-        """The principal of a bearer token; raise ``InvalidCredentials``."""
+    async def _token_principal(
+        self, session: AsyncSession, presented: str
+    ) -> tuple[Principal, str, datetime | None]:
+        """The principal of a bearer token, its id and last use; raise ``InvalidCredentials``."""
         match = _TOKEN.fullmatch(presented.strip())
         if match is None:
             raise InvalidCredentials("malformed token")
@@ -593,12 +702,9 @@ class IdentityService:
         user = await session.get(User, token.user_id)
         if user is None or user.disabled:
             raise InvalidCredentials("unknown, revoked or expired token")
-        # To the minute: a write on every request would queue each API call behind
-        # the database's one write lock.
-        if token.last_used_at is None or now - token.last_used_at >= _LAST_USED_RESOLUTION:
-            token.last_used_at = now
         scopes = frozenset(Permission(s) for s in token.scopes.split(",") if s)
-        return await self.principal(session, user, via="token", scopes=scopes)
+        principal = await self.principal(session, user, via="token", scopes=scopes)
+        return principal, token.id, token.last_used_at
 
     async def tokens(self, session: AsyncSession, user_id: str) -> list[ApiToken]:
         """A user's tokens, newest first."""
@@ -662,10 +768,10 @@ class IdentityService:
         row = await session.get(WebSession, pending.id_sha256, with_for_update=True)
         now = self._clock.now()
         if row is None or row.revoked_at is not None or row.expires_at <= now or row.mfa_verified:
-            raise InvalidCredentials("this sign-in has ended")
+            raise InvalidCredentials(_ENDED)
         user = await session.get(User, row.user_id)
         if user is None or user.disabled:
-            raise InvalidCredentials("this sign-in has ended")
+            raise InvalidCredentials(_ENDED)
         if await self.needs_mfa(session, user):
             if code is None:
                 raise MfaRequired("a code from the authenticator is required")
@@ -693,12 +799,284 @@ class IdentityService:
             query = query.where(WebSession.mfa_verified.is_(False))
         await session.execute(query.values(revoked_at=self._clock.now()))
 
+    # -- use cases (each one unit of work, audited with its change) ------------
+
+    async def find_user(self, session: AsyncSession, user: str, *, lock: bool = False) -> User:
+        """The user with id ``user``, or else with that username; raise ``UnknownUser``."""
+        found = (
+            await session.get(User, user, with_for_update=lock)
+            if _USER_ID.fullmatch(user)
+            else None
+        )
+        if found is None:
+            found = await self.user_by_name(session, user)
+        if found is None:
+            raise UnknownUser(f"no user {user}")
+        return found
+
+    async def add_user(self, actor: Actor, username: str, password: str) -> User:
+        """Create a user with no roles (``identity.user.create``)."""
+        async with self._work.change(
+            actor, "identity.user.create", details={"username": username[:200]}
+        ) as session:
+            user = await self.create_user(session, username, password, created_by=actor.id)
+            await self._audit.record_in(
+                session, actor.entry("identity.user.create", target=f"user:{user.id}")
+            )
+        return user
+
+    async def change_password(self, actor: Actor, user: str, password: str) -> None:
+        """Set a user's password and clear their lockout (``identity.user.password``)."""
+        async with self._work.change(
+            actor, "identity.user.password", target=f"user:{user}"
+        ) as session:
+            found = await self.find_user(session, user, lock=True)
+            await self.set_password(session, found, password)
+            await self._audit.record_in(
+                session, actor.entry("identity.user.password", target=f"user:{found.id}")
+            )
+
+    async def forget_mfa(self, actor: Actor, user: str) -> None:
+        """Forget a user's authenticator (``identity.mfa.reset``)."""
+        async with self._work.change(actor, "identity.mfa.reset", target=f"user:{user}") as session:
+            found = await self.find_user(session, user, lock=True)
+            await self.reset_mfa(session, found)
+            await self._audit.record_in(
+                session, actor.entry("identity.mfa.reset", target=f"user:{found.id}")
+            )
+
+    async def user_list(self) -> list[UserStanding]:
+        """Every user with their active grants and whether they are locked out, oldest first."""
+        now = self._clock.now()
+        async with self._sessions() as session:
+            return [
+                UserStanding(
+                    u,
+                    await self.active_grants(session, u.id),
+                    u.locked_until is not None and u.locked_until > now,
+                )
+                for u in await self.users(session)
+            ]
+
+    async def token_list(self, user: str) -> list[ApiToken]:
+        """A user's tokens, newest first; raise ``UnknownUser``."""
+        async with self._sessions() as session:
+            return await self.tokens(session, (await self.find_user(session, user)).id)
+
+    async def issue_token(
+        self,
+        actor: Actor,
+        user: str,
+        *,
+        name: str,
+        scopes: frozenset[Permission],
+        lifetime: timedelta,
+    ) -> NewToken:
+        """Issue an API token to ``user`` (``identity.token.create``)."""
+        async with self._work.change(
+            actor, "identity.token.create", target=f"user:{user}"
+        ) as session:
+            holder = await self.find_user(session, user)
+            new = await self.create_token(
+                session, holder, name=name, scopes=scopes, lifetime=lifetime
+            )
+            await self._audit.record_in(
+                session,
+                actor.entry(
+                    "identity.token.create",
+                    target=f"token:{new.id}",
+                    scope=",".join(new.scopes),
+                    details={"user": holder.id},
+                ),
+            )
+        return new
+
+    async def withdraw_token(
+        self, actor: Actor, token_id: str, *, owner: str | None = None
+    ) -> ApiToken:
+        """Revoke a token now (``identity.token.revoke``); with ``owner``, only one of
+        that user's (another's answers ``UnknownUser`` as if it did not exist)."""
+        async with self._work.change(
+            actor, "identity.token.revoke", target=f"token:{token_id}"
+        ) as session:
+            token = await session.get(ApiToken, token_id, with_for_update=True)
+            if token is None or (owner is not None and token.user_id != owner):
+                raise UnknownUser("no such token")
+            await self.revoke_token(session, token_id)
+            await self._audit.record_in(
+                session, actor.entry("identity.token.revoke", target=f"token:{token_id}")
+            )
+        return token
+
+    async def authenticate_token(self, presented: str) -> Principal:
+        """The principal of a bearer token, noting its last use (to the minute, through
+        the writer); raise ``InvalidCredentials``."""
+        async with self._sessions() as session:
+            principal, token_id, last_used = await self._token_principal(session, presented)
+        now = self._clock.now()
+        # To the minute: a write on every request would queue each API call behind
+        # the database's one write lock.
+        if last_used is None or now - last_used >= _LAST_USED_RESOLUTION:
+            async with self._work.writer.transaction() as session:
+                await session.execute(
+                    update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now)
+                )
+        return principal
+
+    async def resolve_session(self, cookie: str) -> tuple[WebSession, Principal | None] | None:
+        """The live session behind a cookie and, once signed in fully, its principal."""
+        async with self._sessions() as session:
+            found = await self.find_session(session, cookie)
+            if found is None:
+                return None
+            row, user = found
+            if not row.mfa_verified:
+                return row, None  # half-way through sign-in: no permissions yet
+            return row, await self.principal(session, user, via="session")
+
+    async def sign_in(
+        self, actor: Actor, username: str, password: str, *, previous: str | None = None
+    ) -> str:
+        """Check the password and open a half-signed-in session; return its cookie.
+
+        A refusal commits the failure count with its ``denied`` event, which keeps the
+        username tried in its sealed details (it may be a mistyped password), then
+        raises ``InvalidCredentials`` or ``AccountLocked``."""
+        action = "identity.session.start"
+        refusal: IdentityError | None = None
+        async with self._work.writer.transaction() as session:
+            try:
+                user = await self.check_password(session, username, password)
+            except IdentityError as exc:
+                refusal = exc
+                reason = _sign_in_reason(exc, "bad credentials")
+                tried = await self.user_by_name(session, username)
+                now = self._clock.now()
+                if reason != "locked" and tried and tried.locked_until and tried.locked_until > now:
+                    # This attempt is the one that locked the user out.
+                    reason += f"; locked until {tried.locked_until.isoformat()}"
+                await self._audit.record_in(
+                    session,
+                    actor.entry(
+                        action,
+                        outcome="denied",
+                        reason=reason,
+                        details={"username": username[:200]},
+                    ),
+                )
+            else:
+                if previous:
+                    await self.end_session(session, previous)
+                cookie, _ = await self.start_session(session, user, mfa_verified=False)
+                await self._audit.record_in(
+                    session,
+                    dataclasses.replace(actor, id=user.id, name=user.username).entry(
+                        action, target=f"user:{user.id}", reason="password"
+                    ),
+                )
+        if refusal is not None:
+            raise refusal
+        return cookie
+
+    async def second_factor(self, actor: Actor, pending: WebSession) -> str | TotpEnrolment | None:
+        """What a half-signed-in session needs next: a user whose roles need no TOTP is
+        signed in (the new cookie is returned); one not yet enrolled gets their
+        enrolment (started here, ``identity.totp.begin``); else ``None``: a code.
+        Raise ``InvalidCredentials`` if the sign-in has ended."""
+        async with self._sessions() as session:
+            user = await session.get(User, pending.user_id)
+            if user is None:
+                raise InvalidCredentials(_ENDED)
+            needs = await self.needs_mfa(session, user)
+        if not needs:
+            return await self.finish_sign_in(actor, pending, None)
+        if user.mfa_enrolled_at is not None:
+            return None
+        who = dataclasses.replace(actor, id=user.id, name=user.username)
+        async with self._work.change(
+            who, "identity.totp.begin", target=f"user:{user.id}"
+        ) as session:
+            user = await self.find_user(session, user.id, lock=True)
+            started = user.totp_secret_sealed is None
+            enrolment = await self.totp_enrolment(session, user)
+            if started:
+                await self._audit.record_in(
+                    session, who.entry("identity.totp.begin", target=f"user:{user.id}")
+                )
+        return enrolment
+
+    async def enrolment_of(self, pending: WebSession) -> TotpEnrolment | None:
+        """The unconfirmed enrolment of a half-signed-in user, if there is one."""
+        async with self._sessions() as session:
+            user = await session.get(User, pending.user_id)
+            if user is None or user.totp_secret_sealed is None or user.mfa_enrolled_at:
+                return None
+            secret = await self._totp_secret(session, user)
+        uri = pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name=self._issuer)
+        return TotpEnrolment(secret, uri)
+
+    async def finish_sign_in(self, actor: Actor, pending: WebSession, code: str | None) -> str:
+        """Complete a sign-in with the TOTP code its roles need (``identity.session.complete``;
+        the first good code also confirms the enrolment, ``identity.totp.confirm``).
+
+        A refusal commits the failure count with its ``denied`` event, then raises
+        ``InvalidCredentials``, ``AccountLocked`` or ``MfaRequired``."""
+        action = "identity.session.complete"
+        refusal: IdentityError | None = None
+        async with self._work.writer.transaction() as session:
+            user = await session.get(User, pending.user_id)
+            who = (
+                actor
+                if user is None
+                else dataclasses.replace(actor, id=user.id, name=user.username)
+            )
+            target = f"user:{pending.user_id}"
+            enrolled = user is not None and user.mfa_enrolled_at is not None
+            try:
+                cookie, _ = await self.complete_sign_in(session, pending, code)
+            except IdentityError as exc:
+                refusal = exc
+                await self._audit.record_in(
+                    session,
+                    who.entry(
+                        action,
+                        outcome="denied",
+                        target=target,
+                        reason=_sign_in_reason(
+                            exc, "sign-in ended" if str(exc) == _ENDED else "MFA failed"
+                        ),
+                    ),
+                )
+            else:
+                if not enrolled and user is not None and user.mfa_enrolled_at is not None:
+                    await self._audit.record_in(
+                        session, who.entry("identity.totp.confirm", target=target)
+                    )
+                await self._audit.record_in(session, who.entry(action, target=target))
+        if refusal is not None:
+            raise refusal
+        return cookie
+
+    async def sign_out(self, actor: Actor, cookie: str) -> None:
+        """End a console session (``identity.session.end``)."""
+        async with self._work.writer.transaction() as session:
+            row = await session.get(WebSession, _sha256(cookie))
+            await self.end_session(session, cookie)
+            target = f"user:{row.user_id}" if row is not None else None
+            await self._audit.record_in(session, actor.entry("identity.session.end", target=target))
+
 
 class ApprovalService:
     """Maker-checker: a request is decided by a different user with the permission."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._clock = clock
+        self._sessions = sessions
+
+    async def pending_list(self, kind: str | None = None) -> list[Approval]:
+        """Requests still waiting for a decision, oldest first."""
+        async with self._sessions() as session:
+            return await self.pending(session, kind)
 
     async def request(
         self,
@@ -764,91 +1142,224 @@ class ApprovalService:
         return value
 
 
-class GrantService:
-    """Grants roles, through a second person's approval for sensitive ones."""
+def _grant_target(result: Grant | Approval, user_id: str, role: Role) -> str:
+    kind = "grant" if isinstance(result, Grant) else "approval"
+    return f"{kind}:{result.id} user:{user_id} role:{role.value}"
 
-    def __init__(self, identity: IdentityService, approvals: ApprovalService) -> None:
+
+class GrantService:
+    """Grants roles, through a second person's approval for sensitive ones.
+
+    Each method is one unit of work: ``identity.grant.apply`` when a role is given at
+    once, ``identity.grant.request`` when it waits for a second person,
+    ``identity.grant.approve`` / ``identity.grant.reject`` and ``identity.grant.revoke``.
+    """
+
+    def __init__(
+        self,
+        identity: IdentityService,
+        approvals: ApprovalService,
+        *,
+        writer: Writer,
+        audit: AuditLog,
+        sessions: async_sessionmaker[AsyncSession],
+    ) -> None:
         self._identity = identity
         self._approvals = approvals
+        self._work = _UnitOfWork(writer, audit)
+        self._audit = audit
+        self._sessions = sessions
+
+    async def account_scopes(self) -> list[str]:
+        """The business accounts a grant can be limited to, oldest first."""
+        async with self._sessions() as session:
+            return list(await session.scalars(select(Account.id).order_by(Account.created_at)))
+
+    async def _record(
+        self,
+        session: AsyncSession,
+        actor: Actor,
+        result: Grant | Approval,
+        user_id: str,
+        role: Role,
+        account_id: str | None,
+    ) -> None:
+        action = "identity.grant.apply" if isinstance(result, Grant) else "identity.grant.request"
+        await self._audit.record_in(
+            session,
+            actor.entry(
+                action,
+                target=_grant_target(result, user_id, role),
+                scope=account_id or "all accounts",
+            ),
+        )
+
+    @staticmethod
+    async def _check_account(session: AsyncSession, account_id: str | None) -> None:
+        if account_id is not None and await session.get(Account, account_id) is None:
+            raise AccountNotFound(f"no account {account_id}")
 
     async def request(
         self,
-        session: AsyncSession,
+        actor: Actor,
         requester: Principal,
-        user: User,
+        user: str,
         role: Role,
         account_id: str | None,
     ) -> Grant | Approval:
         """Grant at once, or open an approval when ``role`` carries a sensitive permission
         (whoever it is for, the requester included)."""
-        if not requester.allows(Permission.USERS_MANAGE):
-            raise NotPermitted("granting roles needs users.manage")
-        if role in SENSITIVE_ROLES:
-            return await self._approvals.request(
-                session,
-                kind="grant",
-                permission=Permission.GRANTS_APPROVE,
-                payload={"user_id": user.id, "role": role.value, "account_id": account_id},
-                requested_by=requester.user_id,
-            )
-        return await self._identity.apply_grant(
-            session, user, role, account_id, granted_by=requester.user_id
-        )
+        async with self._work.change(
+            actor, "identity.grant.request", target=f"user:{user} role:{role.value}"
+        ) as session:
+            if not requester.allows(Permission.USERS_MANAGE):
+                raise NotPermitted("granting roles needs users.manage")
+            found = await self._identity.find_user(session, user, lock=True)
+            await self._check_account(session, account_id)
+            result: Grant | Approval
+            if role in SENSITIVE_ROLES:
+                result = await self._approvals.request(
+                    session,
+                    kind="grant",
+                    permission=Permission.GRANTS_APPROVE,
+                    payload={"user_id": found.id, "role": role.value, "account_id": account_id},
+                    requested_by=requester.user_id,
+                )
+            else:
+                result = await self._identity.apply_grant(
+                    session, found, role, account_id, granted_by=requester.user_id
+                )
+            await self._record(session, actor, result, found.id, role, account_id)
+        return result
 
     async def grant_as_operator(
+        self, actor: Actor, user: str, role: Role, account_id: str | None
+    ) -> Grant | Approval:
+        """Grant on behalf of the machine's operator (``actor`` names them in the
+        trail): at once, so the first admin can be made; a sensitive role opens an
+        approval instead once an admin exists to decide it."""
+        async with self._work.change(
+            actor, "identity.grant.request", target=f"user:{user} role:{role.value}"
+        ) as session:
+            found = await self._identity.find_user(session, user, lock=True)
+            result = await self._as_operator(session, actor, found, role, account_id)
+        return result
+
+    async def add_user_as_operator(
+        self,
+        actor: Actor,
+        username: str,
+        password: str,
+        role: Role | None = None,
+        account_id: str | None = None,
+    ) -> tuple[User, Grant | Approval | None]:
+        """Create a user and, with ``role``, grant it as the operator, in one unit of work."""
+        async with self._work.change(
+            actor, "identity.user.create", details={"username": username[:200]}
+        ) as session:
+            user = await self._identity.create_user(
+                session, username, password, created_by=actor.id
+            )
+            result = None
+            if role is not None:
+                result = await self._as_operator(session, actor, user, role, account_id)
+            await self._audit.record_in(
+                session, actor.entry("identity.user.create", target=f"user:{user.id}")
+            )
+        return user, result
+
+    async def _as_operator(
         self,
         session: AsyncSession,
+        actor: Actor,
         user: User,
         role: Role,
         account_id: str | None,
-        *,
-        operator: str,
     ) -> Grant | Approval:
-        """Grant on behalf of the machine's operator (``operator`` names them in the
-        trail): at once, so the first admin can be made; a sensitive role opens an
-        approval instead once an admin exists to decide it."""
+        await self._check_account(session, account_id)
+        result: Grant | Approval
         if role in SENSITIVE_ROLES and await self._identity.admin_exists(session):
-            return await self._approvals.request(
+            result = await self._approvals.request(
                 session,
                 kind="grant",
                 permission=Permission.GRANTS_APPROVE,
                 payload={"user_id": user.id, "role": role.value, "account_id": account_id},
-                requested_by=operator,
+                requested_by=actor.id,
             )
-        return await self._identity.apply_grant(
-            session, user, role, account_id, granted_by=operator
-        )
+        else:
+            result = await self._identity.apply_grant(
+                session, user, role, account_id, granted_by=actor.id
+            )
+        await self._record(session, actor, result, user.id, role, account_id)
+        return result
 
     async def decide(
         self,
-        session: AsyncSession,
-        approval_id: int,
+        actor: Actor,
         decider: Principal,
+        approval_id: int,
         *,
         approve: bool,
         reason: str | None = None,
-    ) -> Grant | None:
+    ) -> Approval:
         """Decide a pending grant; apply it when approved. Neither its maker nor the
         user it is for can decide it."""
-        pending = await session.get(Approval, approval_id)
-        if pending is not None and pending.kind != "grant":
-            raise IdentityConflict(f"approval {approval_id} is not a grant")
-        if pending is not None and ApprovalService.payload(pending)["user_id"] == decider.user_id:
-            raise NotPermitted("a grant must be decided by someone other than its grantee")
-        approval = await self._approvals.decide(
-            session, approval_id, decider, approve=approve, reason=reason
-        )
-        if not approve:
-            return None
-        request = ApprovalService.payload(approval)
-        user = await session.get(User, request["user_id"])
-        if user is None:
-            raise IdentityConflict("the user of this grant no longer exists")
-        return await self._identity.apply_grant(
-            session,
-            user,
-            Role(request["role"]),
-            request["account_id"],
-            granted_by=approval.requested_by,
-            approval_id=approval.id,
-        )
+        action = "identity.grant.approve" if approve else "identity.grant.reject"
+        async with self._work.change(actor, action, target=f"approval:{approval_id}") as session:
+            pending = await session.get(Approval, approval_id)
+            if pending is not None and pending.kind != "grant":
+                raise IdentityConflict(f"approval {approval_id} is not a grant")
+            if (
+                pending is not None
+                and ApprovalService.payload(pending)["user_id"] == decider.user_id
+            ):
+                raise NotPermitted("a grant must be decided by someone other than its grantee")
+            approval = await self._approvals.decide(
+                session, approval_id, decider, approve=approve, reason=reason
+            )
+            request = ApprovalService.payload(approval)
+            target = f"approval:{approval.id} kind:{approval.kind} maker:{approval.requested_by}"
+            if approve:
+                user = await session.get(User, request["user_id"])
+                if user is None:
+                    raise IdentityConflict("the user of this grant no longer exists")
+                grant = await self._identity.apply_grant(
+                    session,
+                    user,
+                    Role(request["role"]),
+                    request["account_id"],
+                    granted_by=approval.requested_by,
+                    approval_id=approval.id,
+                )
+                target += f" grant:{grant.id}"
+            await self._audit.record_in(
+                session,
+                actor.entry(
+                    action,
+                    target=target,
+                    scope=request["account_id"] or "all accounts",
+                    reason=approval.reason,
+                ),
+            )
+        return approval
+
+    async def revoke(self, actor: Actor, user: str, role: Role, account_id: str | None) -> int:
+        """Revoke the user's matching grants (no second person needed); return how many.
+        Revoking what the user does not hold is recorded as refused."""
+        action = "identity.grant.revoke"
+        async with self._work.change(
+            actor, action, target=f"user:{user} role:{role.value}"
+        ) as session:
+            found = await self._identity.find_user(session, user, lock=True)
+            count = await self._identity.revoke_grant(session, found, role, account_id)
+            await self._audit.record_in(
+                session,
+                actor.entry(
+                    action,
+                    outcome="ok" if count else "denied",
+                    target=f"user:{found.id} role:{role.value}",
+                    scope=account_id or "all accounts",
+                    reason=None if count else "no such grant is held",
+                ),
+            )
+        return count

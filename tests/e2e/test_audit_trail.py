@@ -51,7 +51,7 @@ def test_requests_reads_refusals_and_approvals_are_recorded(
         e["user_agent"] == "probe/1.0" and e["reason"].startswith("HTTP 404") for e in unrouted
     )
     assert all("/no/such/place" not in str(e) for e in unrouted)  # the client's path is not kept
-    approvals = _events(server, auditor, action="approval.approved")
+    approvals = _events(server, auditor, action="identity.grant.approve")
     assert approvals
     assert approvals[-1]["role"] == "admin"
     assert "maker:cli" in str(approvals[-1]["target"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pyotp
@@ -10,7 +11,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from archiver.audit.services import Actor, AuditLog
 from archiver.core.clock import FixedClock
+from archiver.core.db import Writer
 from archiver.crypto.keyring import Keyring
 from archiver.identity.models import ApiToken, Approval, Grant, User, WebSession
 from archiver.identity.services import (
@@ -29,14 +32,51 @@ from archiver.identity.services import (
     Principal,
     Role,
 )
+from archiver.vault.services import Vault
 
 Sessions = async_sessionmaker[AsyncSession]
 PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-def identity(keyring: Keyring, clock: FixedClock) -> IdentityService:
-    return IdentityService(keyring, clock)
+def writer(sessions: Sessions, database_url: str) -> Writer:
+    return Writer(sessions, database_url)
+
+
+@pytest.fixture
+async def audit(
+    sessions: Sessions, vault: Vault, keyring: Keyring, clock: FixedClock, writer: Writer
+) -> AsyncIterator[AuditLog]:
+    log = AuditLog(sessions, vault, keyring, clock, writer=writer)
+    yield log
+    await log.close()
+
+
+@pytest.fixture
+def identity(
+    keyring: Keyring, clock: FixedClock, writer: Writer, audit: AuditLog, sessions: Sessions
+) -> IdentityService:
+    return IdentityService(keyring, clock, writer=writer, audit=audit, sessions=sessions)
+
+
+@pytest.fixture
+def grants(
+    identity: IdentityService,
+    clock: FixedClock,
+    sessions: Sessions,
+    writer: Writer,
+    audit: AuditLog,
+) -> GrantService:
+    return GrantService(
+        identity,
+        ApprovalService(clock, sessions=sessions),
+        writer=writer,
+        audit=audit,
+        sessions=sessions,
+    )
+
+
+ADMIN_ACTOR = Actor(id="test", name="test")
 
 
 async def _user(identity: IdentityService, sessions: Sessions, name: str = "alice") -> User:
@@ -195,8 +235,7 @@ async def test_tokens_expire_revoke_and_are_scoped(
     assert new.secret.split("_", 2)[2] not in stored.secret_hash
     assert stored.secret_hash.startswith("$argon2id$")
 
-    async with sessions() as session, session.begin():
-        principal = await identity.authenticate_token(session, new.secret)
+    principal = await identity.authenticate_token(new.secret)
     assert principal.allows(Permission.ARCHIVE_READ, "acc_any")
     assert not principal.allows(Permission.ACCOUNTS_READ)  # the role has it, the token does not
 
@@ -204,8 +243,7 @@ async def test_tokens_expire_revoke_and_are_scoped(
     first_use = clock.now()
     for step, last_use in ((timedelta(seconds=59), first_use), (timedelta(seconds=2), None)):
         clock.advance(step)
-        async with sessions() as session, session.begin():
-            await identity.authenticate_token(session, new.secret)
+        await identity.authenticate_token(new.secret)
         async with sessions() as session:
             used = (await session.scalars(select(ApiToken))).one().last_used_at
         assert used == (last_use or clock.now())
@@ -215,14 +253,12 @@ async def test_tokens_expire_revoke_and_are_scoped(
         "sr_zzzzzzzzzzzz_" + "x" * 43,
         "junk",
     ):
-        async with sessions() as session, session.begin():
-            with pytest.raises(InvalidCredentials):
-                await identity.authenticate_token(session, forged)
+        with pytest.raises(InvalidCredentials):
+            await identity.authenticate_token(forged)
 
     clock.advance(timedelta(hours=1))
-    async with sessions() as session, session.begin():
-        with pytest.raises(InvalidCredentials):
-            await identity.authenticate_token(session, new.secret)
+    with pytest.raises(InvalidCredentials):
+        await identity.authenticate_token(new.secret)
 
     async with sessions() as session, session.begin():
         user = await session.merge(user)
@@ -233,11 +269,11 @@ async def test_tokens_expire_revoke_and_are_scoped(
             scopes=frozenset({Permission.ARCHIVE_READ}),
             lifetime=timedelta(days=1),
         )
-        await identity.authenticate_token(session, other.secret)
-        await identity.revoke_token(session, other.id)
+    await identity.authenticate_token(other.secret)
     async with sessions() as session, session.begin():
-        with pytest.raises(InvalidCredentials):
-            await identity.authenticate_token(session, other.secret)
+        await identity.revoke_token(session, other.id)
+    with pytest.raises(InvalidCredentials):
+        await identity.authenticate_token(other.secret)
 
 
 def _principal(user_id: str, *grants: tuple[Role, str | None]) -> Principal:
@@ -261,49 +297,41 @@ def test_grants_are_scoped_and_default_deny() -> None:
 
 
 async def test_maker_checker_refuses_self_approval(
-    identity: IdentityService, sessions: Sessions, clock: FixedClock
+    identity: IdentityService, grants: GrantService, sessions: Sessions
 ) -> None:
-    grants = GrantService(identity, ApprovalService(clock))
     maker, checker, target, outsider = [
         await _user(identity, sessions, n) for n in ("maker", "checker", "target", "outsider")
     ]
     admin_maker = _principal(maker.id, (Role.ADMIN, None))
     admin_checker = _principal(checker.id, (Role.ADMIN, None))
-    async with sessions() as session, session.begin():
-        target = await session.merge(target)
-        request = await grants.request(session, admin_maker, target, Role.COMPLIANCE_OFFICER, None)
+    actor = ADMIN_ACTOR
+    request = await grants.request(actor, admin_maker, target.id, Role.COMPLIANCE_OFFICER, None)
     assert isinstance(request, Approval)
-    async with sessions() as session, session.begin():
-        assert await identity.active_grants(session, target.id) == []
-        with pytest.raises(NotPermitted, match="someone other than its maker"):
-            await grants.decide(session, request.id, admin_maker, approve=True)
-    async with sessions() as session, session.begin():
-        # Nor can the user it is for, whatever roles they hold.
-        grantee = _principal(target.id, (Role.ADMIN, None))
-        with pytest.raises(NotPermitted, match="someone other than its grantee"):
-            await grants.decide(session, request.id, grantee, approve=True)
-    async with sessions() as session, session.begin():
-        with pytest.raises(NotPermitted, match=r"grants\.approve"):
-            await grants.decide(
-                session, request.id, _principal(outsider.id, (Role.SUPERVISOR, None)), approve=True
-            )
-    async with sessions() as session, session.begin():
-        grant = await grants.decide(session, request.id, admin_checker, approve=True, reason="ok")
-        assert grant is not None
-        assert grant.approval_id == request.id
     async with sessions() as session:
-        roles = [g.role for g in await identity.active_grants(session, target.id)]
-        assert roles == ["compliance_officer"]
+        assert await identity.active_grants(session, target.id) == []
+    with pytest.raises(NotPermitted, match="someone other than its maker"):
+        await grants.decide(actor, admin_maker, request.id, approve=True)
+    # Nor can the user it is for, whatever roles they hold.
+    grantee = _principal(target.id, (Role.ADMIN, None))
+    with pytest.raises(NotPermitted, match="someone other than its grantee"):
+        await grants.decide(actor, grantee, request.id, approve=True)
+    with pytest.raises(NotPermitted, match=r"grants\.approve"):
+        await grants.decide(
+            actor, _principal(outsider.id, (Role.SUPERVISOR, None)), request.id, approve=True
+        )
+    decided = await grants.decide(actor, admin_checker, request.id, approve=True, reason="ok")
+    assert decided.status == "approved"
+    async with sessions() as session:
+        held = await identity.active_grants(session, target.id)
+        assert [(g.role, g.approval_id) for g in held] == [("compliance_officer", request.id)]
 
     # A non-privileged role is granted at once; a rejected request grants nothing.
-    async with sessions() as session, session.begin():
-        target = await session.merge(target)
-        direct = await grants.request(session, admin_maker, target, Role.AGENT, None)
-        assert not isinstance(direct, Approval)
-        rejected = await grants.request(session, admin_maker, target, Role.AUDITOR, None)
-        assert isinstance(rejected, Approval)
-    async with sessions() as session, session.begin():
-        assert await grants.decide(session, rejected.id, admin_checker, approve=False) is None
+    direct = await grants.request(actor, admin_maker, target.id, Role.AGENT, None)
+    assert not isinstance(direct, Approval)
+    rejected = await grants.request(actor, admin_maker, target.id, Role.AUDITOR, None)
+    assert isinstance(rejected, Approval)
+    decided = await grants.decide(actor, admin_checker, rejected.id, approve=False)
+    assert decided.status == "rejected"
     async with sessions() as session:
         roles = sorted(g.role for g in await identity.active_grants(session, target.id))
         assert roles == ["agent", "compliance_officer"]
@@ -323,27 +351,23 @@ def test_permissions_that_read_content_or_change_records_are_sensitive() -> None
 
 
 async def test_every_role_with_a_sensitive_permission_needs_approval_and_totp(
-    identity: IdentityService, sessions: Sessions, clock: FixedClock
+    identity: IdentityService, grants: GrantService, sessions: Sessions
 ) -> None:
     """Derived from the permission table, role by role and permission by permission:
     a role added later cannot slip past the rule."""
-    grants = GrantService(identity, ApprovalService(clock))
     maker, checker = [await _user(identity, sessions, n) for n in ("maker", "checker")]
     admin_maker = _principal(maker.id, (Role.ADMIN, None))
     admin_checker = _principal(checker.id, (Role.ADMIN, None))
     for role in Role:
         sensitive = [p for p in Permission if p in ROLE_PERMISSIONS[role] and p.sensitive]
         target = await _user(identity, sessions, f"holder-{role.value}")
-        async with sessions() as session, session.begin():
-            target = await session.merge(target)
-            result = await grants.request(session, admin_maker, target, role, None)
+        result = await grants.request(ADMIN_ACTOR, admin_maker, target.id, role, None)
         if sensitive:
             assert isinstance(result, Approval), (role, sensitive)
             async with sessions() as session:
                 assert await identity.active_grants(session, target.id) == [], role
                 assert not await identity.needs_mfa(session, target)
-            async with sessions() as session, session.begin():
-                await grants.decide(session, result.id, admin_checker, approve=True)
+            await grants.decide(ADMIN_ACTOR, admin_checker, result.id, approve=True)
         else:
             assert isinstance(result, Grant), role
         async with sessions() as session:
