@@ -14,6 +14,8 @@ from api.cli.common import (
     fail,
     run_command,
 )
+from api.cli.operator import CLI_ACTOR
+from archiver.audit.services import Actor
 from archiver.core.errors import AccountNotFound
 from archiver.imports.chat_export import (
     DATE_ORDERS,
@@ -23,7 +25,6 @@ from archiver.imports.chat_export import (
     ParseProblem,
 )
 from archiver.imports.services import ImportResult, MissingLines
-from archiver.search.blind_index import normalize_phone
 
 
 @click.group("import")
@@ -56,12 +57,11 @@ def import_chat_export(
     settings = archive_settings()
 
     async def work(services: Services) -> ImportResult:
-        async with services.sessions() as session:
-            await services.accounts.get(session, account_id)
         with file.open("rb") as source:
             return await services.importer.import_export(
+                Actor(id=CLI_ACTOR),
                 account_id=account_id,
-                contact_phone=normalize_phone(contact),
+                contact_phone=contact,
                 file=source,
                 filename=file.name,
                 timezone=timezone,

@@ -19,6 +19,8 @@ from api.cli.common import (
     fail,
     run_command,
 )
+from api.cli.operator import CLI_ACTOR
+from archiver.audit.services import Actor
 from archiver.crypto.keyring import new_root_key, root_key_id
 
 
@@ -91,8 +93,8 @@ def keys_rotate(out: Path | None) -> None:
             write_key_file(pending, new_key)
 
     async def work(services: Services) -> int:
-        async with services.sessions() as session, session.begin():
-            return await services.keyring.rotate(session, new_key)
+        rotated = await services.key_rotation.rotate(Actor(id=CLI_ACTOR), new_key)
+        return rotated.rewrapped
 
     count = run_command(settings, work)
     if settings.master_key is None:

@@ -27,7 +27,7 @@ def vault_verify() -> None:
     async def work(services: Services) -> bool:
         async with services.sessions() as session:
             report = await services.vault.verify(session)
-            bindings = await services.records.verify(session)
+            bindings = await services.record_reader.verify(session)
         for drift in report.drift:
             click.echo(f"DRIFT {drift.problem} {drift.object_key}: {drift.detail}")
         for key in report.unrecorded:

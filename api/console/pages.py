@@ -25,13 +25,11 @@ from litestar.status_codes import HTTP_303_SEE_OTHER
 from litestar.types import ExceptionHandlersMap
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.http.archive import MAX_IMPORT_BYTES, decode_cursor, encode_cursor
-from api.http.audit import audit_access
+from api.http.archive import MAX_IMPORT_BYTES
+from api.http.audit import actor_of, audit_access
 from api.http.auth import PUBLIC, SESSION_COOKIE, check_csrf, needs
-from api.http.conversations import audited_conversation, visible_media
-from api.http.deps import ServicesDep
-from api.http.search import account_scope, audited_search, contact_scope, lexicon_terms
-from archiver.core.errors import AccountNotFound, ArchiverError, IntegrityFailed
+from api.http.deps import ArchiveSearchDep, RecordsDep, ServicesDep
+from archiver.core.errors import AccountNotFound, InvalidInput
 from archiver.identity.models import Grant, User, WebSession
 from archiver.identity.services import (
     AccountLocked,
@@ -47,7 +45,6 @@ from archiver.imports.chat_export import DATE_ORDERS, ChatExportError, DateOrder
 from archiver.imports.services import ImportResult
 from archiver.media.safety import claimed_kind, delivery
 from archiver.records.conversations import Message, Status, sender
-from archiver.search.blind_index import normalize_phone
 from archiver.search.services import Filters, SearchError
 
 LOGIN_CSRF_COOKIE = "strongroom_login_csrf"
@@ -330,15 +327,13 @@ def _error_code(value: str) -> int | None:
     return int(value)
 
 
-# The same scoping and filters as POST /api/v1/search (api/http/search.py).
-async def _search_filters(request: Page, services: ServicesDep, form: dict[str, str]) -> Filters:
+# The same filters as POST /api/v1/search; its scope, contact and lexicon are the service's.
+def _search_filters(form: dict[str, str]) -> Filters:
     media = _choice(form["has_media"], ("yes", "no"), "media filter")
     hold = _choice(form["on_hold"], ("yes", "no"), "hold filter")
     lexicon = _choice(form["flagged"], ("yes", "no"), "lexicon filter")
     flagged = None if lexicon is None else lexicon == "yes"
     return Filters(
-        accounts=account_scope(request.user, None),
-        contact_ids=await contact_scope(services, form["contact"] or None),
         direction=_choice(form["direction"], DIRECTIONS, "direction"),
         source=_choice(form["source"], SOURCES, "source"),
         item_type=form["type"] or None,
@@ -347,14 +342,13 @@ async def _search_filters(request: Page, services: ServicesDep, form: dict[str, 
         has_media=None if media is None else media == "yes",
         on_hold=None if hold is None else hold == "yes",
         flagged=flagged,
-        lexicon=await lexicon_terms(services, flagged),
         delivery=_choice(form["delivery"], DELIVERIES, "delivery state"),
         error_code=_error_code(form["error_code"]),
     )
 
 
 @get("/search", **_page(Permission.ARCHIVE_READ))
-async def search_page(request: Page, services: ServicesDep) -> Template:
+async def search_page(request: Page, archive_search: ArchiveSearchDep) -> Template:
     """Search the archive: words, "phrases", OR, and filters; results in time order."""
     form = _params(request, "q", *SEARCH_FILTERS, "cursor")
     page = context(
@@ -370,35 +364,37 @@ async def search_page(request: Page, services: ServicesDep) -> Template:
     if not any(form[name] for name in ("q", *SEARCH_FILTERS)):
         return Template("search.html", context=page)
     try:
-        filters = await _search_filters(request, services, form)
-        hits, cursor = await audited_search(
-            services,
-            request,
+        found = await archive_search.search(
+            actor_of(request, Permission.ARCHIVE_READ),
+            request.user.accounts_for(Permission.ARCHIVE_READ),
             form["q"],
-            filters,
-            after=decode_cursor(form["cursor"]) if form["cursor"] else None,
+            _search_filters(form),
+            contact=form["contact"] or None,
+            cursor=form["cursor"] or None,
             limit=SEARCH_PAGE,
             asked={k: v for k, v in form.items() if v},
         )
     except ValidationException as exc:
         return Template("search.html", context=page | {"error": exc.detail}, status_code=400)
-    except SearchError as exc:
+    except (SearchError, InvalidInput) as exc:
         return Template("search.html", context=page | {"error": str(exc)}, status_code=400)
     more = None
-    if cursor is not None:
+    if found.next_cursor is not None:
         more = "/search?" + urlencode(
-            {k: v for k, v in form.items() if v} | {"cursor": encode_cursor(cursor)}
+            {k: v for k, v in form.items() if v} | {"cursor": found.next_cursor}
         )
-    return Template("search.html", context=page | {"hits": hits, "more": more})
+    return Template("search.html", context=page | {"hits": found.hits, "more": more})
 
 
 @get("/conversations/{contact_id:str}", **_page(Permission.ARCHIVE_READ))
 async def conversation_page(
-    request: Page, contact_id: FromPath[str], services: ServicesDep
+    request: Page, contact_id: FromPath[str], records: RecordsDep
 ) -> Template:
     """A contact's conversation, read like the chat it was; every version kept."""
-    chat = await audited_conversation(
-        services, request, contact_id, account_scope(request.user, None)
+    chat = await records.conversation(
+        actor_of(request, Permission.ARCHIVE_READ),
+        request.user.accounts_for(Permission.ARCHIVE_READ),
+        contact_id,
     )
     reactions = {m.record.id: _current_reactions(m) for m in chat.messages}
     # Statuses for messages not in the archive are shown among the messages, at their time.
@@ -425,24 +421,23 @@ def _current_reactions(message: Message) -> list[str]:
 
 
 @get("/media/{media_id:int}/view", **_page(Permission.ARCHIVE_READ))
-async def media_page(request: Page, media_id: FromPath[int], services: ServicesDep) -> Template:
+async def media_page(request: Page, media_id: FromPath[int], records: RecordsDep) -> Template:
     """One media file: shown only when GET /api/v1/media/{id} would serve it inline,
     else a download link. Its bytes are opened here only to decide that; they are
     served, and audited, by that route."""
-    failure = None
-    async with services.sessions() as session:
-        item, record = await visible_media(session, request.user, media_id)
-        try:
-            data = await services.records.open_media(session, item, record)
-        except IntegrityFailed as exc:
-            data, failure = b"", exc.reason
-        except ArchiverError:
-            data = b""  # erased, or not fetched: the page still shows what is known of it
-    kind = delivery(data, item.mime_type).kind
+    found = await records.media_preview(
+        request.user.accounts_for(Permission.ARCHIVE_READ), media_id
+    )
+    kind = delivery(found.data, found.item.mime_type).kind
     return Template(
         "media.html",
         context=context(
-            request, item=item, record=record, kind=kind, failure=failure, sources=SOURCES
+            request,
+            item=found.item,
+            record=found.record,
+            kind=kind,
+            failure=found.failure,
+            sources=SOURCES,
         ),
     )
 
@@ -625,12 +620,7 @@ async def _import_page(
     problems: Sequence[ParseProblem] = (),
     status: int = 200,
 ) -> Template:
-    async with services.sessions() as session:
-        accounts = [
-            a
-            for a in await services.accounts.all(session)
-            if request.user.allows(Permission.ARCHIVE_IMPORT, a.id)
-        ]
+    accounts = await services.accounts.listed(request.user.accounts_for(Permission.ARCHIVE_IMPORT))
     return Template(
         "import.html",
         context=context(
@@ -674,12 +664,10 @@ async def import_upload(request: Page, services: ServicesDep) -> Template:
     if not request.user.allows(Permission.ARCHIVE_IMPORT, values["account_id"]):
         return await refuse("Choose an account.")
     try:
-        phone = normalize_phone(values["contact"])
-        async with services.sessions() as session:
-            await services.accounts.get(session, values["account_id"])
         result = await services.importer.import_export(
+            actor_of(request, Permission.ARCHIVE_IMPORT),
             account_id=values["account_id"],
-            contact_phone=phone,
+            contact_phone=values["contact"],
             file=upload.file,
             filename=upload.filename,
             timezone=values["timezone"] or "UTC",

@@ -18,7 +18,7 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from api.bootstrap import Services
 from api.http.auth import needs
 from api.http.deps import ServicesDep
-from archiver.audit.services import AuditEntry
+from archiver.audit.services import Actor, AuditEntry
 from archiver.identity.services import Permission, Principal
 
 log = structlog.get_logger("strongroom.audit")
@@ -101,6 +101,19 @@ class AuditTrailMiddleware:
 def _request_id(scope: Scope) -> str | None:
     value = structlog.contextvars.get_contextvars().get("request_id")
     return str(value) if value else _header(scope, b"x-request-id")
+
+
+def actor_of(request: Request[Principal, Any, Any], permission: Permission) -> Actor:
+    """Who makes a change through ``request``, under the role ``permission`` needs."""
+    principal = request.user
+    return Actor(
+        id=principal.actor,
+        name=principal.username,
+        role=principal.role_for(permission),
+        request_id=_request_id(request.scope),
+        client_ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
 
 
 async def audit_access(
