@@ -312,6 +312,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         records_reader,
         conversations,
         audit,
+        vault,
         contact_token=index.contact_token,
         meta_id_token=meta_ids.token,
     )
@@ -340,5 +341,5 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         archive_search=ArchiveSearch(search, archive, audit, lexicon.active_terms),
         conversations=conversations,
         lexicon=lexicon,
-        key_rotation=KeyRotation(keyring, writer, audit),
+        key_rotation=KeyRotation(keyring, sessions, writer, audit),
     )

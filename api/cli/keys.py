@@ -51,8 +51,7 @@ def keys_status() -> None:
 
     async def work(services: Services) -> list[str]:
         keyring = services.keyring
-        async with services.sessions() as session:
-            counts = await keyring.status(session)
+        counts = await services.key_rotation.status()
         source = "STRONGROOM_MASTER_KEY" if settings.master_key else str(settings.master_key_file)
         click.echo(f"root key: {keyring.root_key_id} (from {source})")
         destroyed = counts.pop("destroyed")

@@ -28,8 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.http.archive import MAX_IMPORT_BYTES
 from api.http.audit import actor_of, audit_access
 from api.http.auth import PUBLIC, SESSION_COOKIE, check_csrf, needs
-from api.http.deps import ArchiveSearchDep, RecordsDep, ServicesDep
-from archiver.core.errors import AccountNotFound, InvalidInput
+from api.http.deps import AccountsDep, ArchiveSearchDep, ImporterDep, RecordsDep, ServicesDep
+from archiver.core.errors import AccountNotFound, InvalidInput, RecordNotFound
 from archiver.identity.models import Grant, User, WebSession
 from archiver.identity.services import (
     AccountLocked,
@@ -280,7 +280,12 @@ def _page_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     )
 
 
-PAGE_ERRORS: ExceptionHandlersMap = {HTTPException: _page_error}
+def _not_found(request: Request[Any, Any, Any], exc: RecordNotFound) -> Response[Any]:
+    """What a reading service could not find (or the caller may not see), as a page."""
+    return _page_error(request, NotFoundException(str(exc)))
+
+
+PAGE_ERRORS: ExceptionHandlersMap = {HTTPException: _page_error, RecordNotFound: _not_found}
 
 
 def _page(permission: Permission) -> dict[str, Any]:
@@ -612,7 +617,7 @@ async def decide_approval(
 
 async def _import_page(
     request: Page,
-    services: ServicesDep,
+    accounts: AccountsDep,
     *,
     values: dict[str, str] | None = None,
     result: ImportResult | None = None,
@@ -620,12 +625,12 @@ async def _import_page(
     problems: Sequence[ParseProblem] = (),
     status: int = 200,
 ) -> Template:
-    accounts = await services.accounts.listed(request.user.accounts_for(Permission.ARCHIVE_IMPORT))
+    listed = await accounts.listed(request.user.accounts_for(Permission.ARCHIVE_IMPORT))
     return Template(
         "import.html",
         context=context(
             request,
-            accounts=accounts,
+            accounts=listed,
             date_orders=DATE_ORDERS,
             values=values or {"timezone": "UTC"},
             result=result,
@@ -637,13 +642,13 @@ async def _import_page(
 
 
 @get("/import", **_page(Permission.ARCHIVE_IMPORT))
-async def import_page(request: Page, services: ServicesDep) -> Template:
+async def import_page(request: Page, accounts: AccountsDep) -> Template:
     """The form to import a WhatsApp "Export chat" file into a customer's conversation."""
-    return await _import_page(request, services)
+    return await _import_page(request, accounts)
 
 
 @post("/import", request_max_body_size=MAX_IMPORT_BYTES, **_page(Permission.ARCHIVE_IMPORT))
-async def import_upload(request: Page, services: ServicesDep) -> Template:
+async def import_upload(request: Page, accounts: AccountsDep, importer: ImporterDep) -> Template:
     """Import the uploaded export; a refusal lists every problem and imports nothing."""
     form = await request.form()
     names = ("account_id", "contact", "timezone", "business_sender", "date_order", "partial")
@@ -654,7 +659,7 @@ async def import_upload(request: Page, services: ServicesDep) -> Template:
         error: str, status: int = 400, problems: Sequence[ParseProblem] = ()
     ) -> Template:
         return await _import_page(
-            request, services, values=values, error=error, problems=problems, status=status
+            request, accounts, values=values, error=error, problems=problems, status=status
         )
 
     if not isinstance(upload, UploadFile) or not upload.filename:
@@ -664,7 +669,7 @@ async def import_upload(request: Page, services: ServicesDep) -> Template:
     if not request.user.allows(Permission.ARCHIVE_IMPORT, values["account_id"]):
         return await refuse("Choose an account.")
     try:
-        result = await services.importer.import_export(
+        result = await importer.import_export(
             actor_of(request, Permission.ARCHIVE_IMPORT),
             account_id=values["account_id"],
             contact_phone=values["contact"],
@@ -683,7 +688,7 @@ async def import_upload(request: Page, services: ServicesDep) -> Template:
         )
     except ValueError as exc:
         return await refuse(str(exc))
-    return await _import_page(request, services, values=values, result=result)
+    return await _import_page(request, accounts, values=values, result=result)
 
 
 CONSOLE_ROUTES = [

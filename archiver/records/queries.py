@@ -31,7 +31,8 @@ from archiver.core.errors import (
 )
 from archiver.records.conversations import Conversation, Conversations
 from archiver.records.models import ContactIdentity, DeliveryState, MediaItem, Record
-from archiver.records.services import Reason, RecordReader
+from archiver.records.services import BindingReport, Reason, RecordReader
+from archiver.vault.services import Vault, VerifyReport
 from archiver.whatsapp.items import MAX_ID, fit
 
 Position = tuple[datetime, int]
@@ -90,6 +91,18 @@ class RecordPage:
 
 
 @dataclass(frozen=True, slots=True)
+class ArchiveCheck:
+    """Every sealed object re-read and re-hashed, and every record's binding checked."""
+
+    objects: VerifyReport
+    bindings: BindingReport
+
+    @property
+    def clean(self) -> bool:
+        return self.objects.clean and not self.bindings.failures
+
+
+@dataclass(frozen=True, slots=True)
 class MediaPreview:
     """A media file's bytes for deciding how to show it (empty when they cannot be
     read), and why it failed its integrity check."""
@@ -118,6 +131,7 @@ class Records:
         reader: RecordReader,
         conversations: Conversations,
         audit: AuditLog,
+        vault: Vault,
         *,
         contact_token: Callable[[str], bytes],
         meta_id_token: Callable[[str, str], bytes],
@@ -129,6 +143,7 @@ class Records:
         self._reader = reader
         self._conversations = conversations
         self._audit = audit
+        self._vault = vault
         self._contact_token = contact_token
         self._meta_id_token = meta_id_token
 
@@ -285,6 +300,13 @@ class Records:
             except (KeyDestroyed, ObjectNotFound):
                 raise RecordNotFound("no such media") from None
         return MediaFile(item, record, data)
+
+    async def verify(self) -> ArchiveCheck:
+        """Re-read every sealed object and check every record's binding to its object."""
+        async with self._sessions() as session:
+            objects = await self._vault.verify(session)
+            bindings = await self._reader.verify(session)
+        return ArchiveCheck(objects, bindings)
 
     async def contacts_of(self, phone: str | None) -> frozenset[str] | None:
         """The contact a phone number names, as a search filter: ``None`` for no
