@@ -48,6 +48,7 @@ from api.bootstrap import Services
 from api.cli.operator import CLI_ACTOR, grant_as_operator
 from api.sandbox.fake_graph import FakeMedia, meta_wamid, running_fake_graph
 from api.worker import MEDIA_EVERY_SECONDS
+from archiver.audit.services import Actor
 from archiver.identity.services import IdentityConflict, Role
 from archiver.records.models import ContactIdentity, MediaItem, Record
 from archiver.whatsapp.items import Identity, extract
@@ -873,16 +874,15 @@ async def _check_server(client: httpx.AsyncClient, url: str) -> None:
 
 
 async def _register(services: Services, account: DemoAccount) -> str:
-    async with services.sessions() as session, session.begin():
-        row = await services.accounts.add(
-            session,
-            phone_number_id=account.phone_number_id,
-            display_phone_number=account.display_phone_number,
-            app_secret=account.app_secret,
-            verify_token=account.verify_token,
-            access_token=account.access_token,
-            waba_id=account.waba_id,
-        )
+    row = await services.accounts.register(
+        Actor(id=CLI_ACTOR),
+        phone_number_id=account.phone_number_id,
+        display_phone_number=account.display_phone_number,
+        app_secret=account.app_secret,
+        verify_token=account.verify_token,
+        access_token=account.access_token,
+        waba_id=account.waba_id,
+    )
     return row.id
 
 
