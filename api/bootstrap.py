@@ -26,11 +26,14 @@ from archiver.core.subjects import META_ID_SUBJECT
 from archiver.crypto.keyring import Keyring, new_root_key
 from archiver.identity.services import ApprovalService, GrantService, IdentityService
 from archiver.imports.services import ChatImporter
+from archiver.keys.services import KeyRotation
 from archiver.media.services import MediaFetcher
 from archiver.records.binding import BINDING_SUBJECT, RecordBinding
 from archiver.records.conversations import Conversations
+from archiver.records.queries import Records
 from archiver.records.services import IntegrityAlarm, RecordReader
 from archiver.search.blind_index import BlindIndex, MetaIdIndex
+from archiver.search.queries import ArchiveSearch
 from archiver.search.services import Search
 from archiver.vault.filestore import FileStore
 from archiver.vault.interfaces import ObjectStore
@@ -227,10 +230,13 @@ class Services:
     approvals: ApprovalService
     grants: GrantService
     audit: AuditLog
-    records: RecordReader
+    record_reader: RecordReader
+    records: Records
     search: Search
+    archive_search: ArchiveSearch
     conversations: Conversations
     lexicon: Lexicon
+    key_rotation: KeyRotation
 
     async def close(self) -> None:
         """Finish pending journal and audit writes, then release connections."""
@@ -271,7 +277,6 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     index = BlindIndex(index_key)
     meta_ids = MetaIdIndex(meta_id_key)
     binding = RecordBinding(binding_key)
-    accounts = AccountService(keyring, index, clock)
     records = timedelta(days=settings.record_retention_days)
     retention = Retention(journal=timedelta(days=settings.journal_retention_days), records=records)
     writer = Writer(sessions, settings.database_url)
@@ -279,6 +284,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
     audit = AuditLog(
         sessions, vault, keyring, clock, anchor_seconds=settings.audit_anchor_seconds, writer=writer
     )
+    accounts = AccountService(keyring, index, clock, sessions=sessions, writer=writer, audit=audit)
     capture = Capture(
         vault,
         sessions,
@@ -291,12 +297,25 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         writer=writer,
         binding=binding,
     )
+    accounts.on_register(capture.refresh_secrets)
     records_reader = RecordReader(vault, binding, IntegrityAlarm(audit))
     # The embedded sandbox (the demo, tests) serves media from loopback.
     hosts = META_MEDIA_HOSTS + (LOOPBACK_HOSTS if settings.embedded else ())
     graph = GraphClient(settings.graph_base_url, download_hosts=hosts)
     identity = IdentityService(keyring, clock, writer=writer, audit=audit, sessions=sessions)
     approvals = ApprovalService(clock, sessions=sessions)
+    conversations = Conversations(records_reader)
+    search = Search(records_reader, index, reader)
+    lexicon = Lexicon(clock, sessions, writer, audit)
+    archive = Records(
+        sessions,
+        records_reader,
+        conversations,
+        audit,
+        vault,
+        contact_token=index.contact_token,
+        meta_id_token=meta_ids.token,
+    )
     return Services(
         settings=settings,
         clock=clock,
@@ -309,15 +328,18 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         meta_ids=meta_ids,
         accounts=accounts,
         capture=capture,
-        importer=ChatImporter(capture, vault, sessions, clock, records),
+        importer=ChatImporter(capture, vault, sessions, clock, records, writer, audit),
         graph=graph,
         media=MediaFetcher(graph, vault, writer, accounts, clock, retention=records),
         identity=identity,
         approvals=approvals,
         grants=GrantService(identity, approvals, writer=writer, audit=audit, sessions=sessions),
         audit=audit,
-        records=records_reader,
-        search=Search(records_reader, index, reader),
-        conversations=Conversations(records_reader),
-        lexicon=Lexicon(clock),
+        record_reader=records_reader,
+        records=archive,
+        search=search,
+        archive_search=ArchiveSearch(search, archive, audit, lexicon.active_terms),
+        conversations=conversations,
+        lexicon=lexicon,
+        key_rotation=KeyRotation(keyring, sessions, writer, audit),
     )

@@ -29,8 +29,10 @@ from litestar.types import ExceptionHandlersMap
 from api.http.openapi import Error, Problem
 from archiver.core.errors import (
     AccountExists,
+    AccountNotFound,
     IntegrityFailed,
     InvalidInput,
+    RecordNotFound,
 )
 from archiver.identity.services import IdentityConflict, NotPermitted, UnknownUser
 from archiver.search.services import SearchError
@@ -47,6 +49,8 @@ STATUS: dict[type[Exception], int] = {
     NotPermitted: HTTP_403_FORBIDDEN,
     TermNotFound: HTTP_404_NOT_FOUND,
     UnknownUser: HTTP_404_NOT_FOUND,
+    AccountNotFound: HTTP_404_NOT_FOUND,
+    RecordNotFound: HTTP_404_NOT_FOUND,
     AccountExists: HTTP_409_CONFLICT,
     IdentityConflict: HTTP_409_CONFLICT,
     DuplicateTerm: HTTP_409_CONFLICT,

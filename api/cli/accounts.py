@@ -8,6 +8,7 @@ import click
 
 from api.bootstrap import Services
 from api.cli.common import archive_settings, fail, run_command, secret_from
+from api.cli.operator import CLI
 from archiver.core.errors import AccountExists
 
 
@@ -52,16 +53,15 @@ def accounts_add(
     bearer = secret_from(access_token, access_token_file, access_token_env, "access token")
 
     async def work(services: Services) -> str:
-        async with services.sessions() as session, session.begin():
-            account = await services.accounts.add(
-                session,
-                phone_number_id=phone_number_id,
-                display_phone_number=display_phone_number,
-                app_secret=secret,
-                verify_token=token,
-                access_token=bearer,
-                waba_id=waba_id,
-            )
+        account = await services.accounts.register(
+            CLI,
+            phone_number_id=phone_number_id,
+            display_phone_number=display_phone_number,
+            app_secret=secret,
+            verify_token=token,
+            access_token=bearer,
+            waba_id=waba_id,
+        )
         return account.id
 
     try:
@@ -76,12 +76,10 @@ def accounts_list() -> None:
     settings = archive_settings()
 
     async def work(services: Services) -> list[str]:
-        async with services.sessions() as session:
-            return [
-                f"{a.id}  phone_number_id={a.phone_number_id}  "
-                f"number={await services.accounts.display_phone_number(session, a)}"
-                for a in await services.accounts.all(session)
-            ]
+        return [
+            f"{a.id}  phone_number_id={a.phone_number_id}  number={a.display_phone_number}"
+            for a in await services.accounts.listed(None)
+        ]
 
     for line in run_command(settings, work):
         click.echo(line)

@@ -14,6 +14,7 @@ from api.cli.common import (
     fail,
     run_command,
 )
+from api.cli.operator import CLI
 from archiver.core.errors import AccountNotFound
 from archiver.imports.chat_export import (
     DATE_ORDERS,
@@ -23,7 +24,6 @@ from archiver.imports.chat_export import (
     ParseProblem,
 )
 from archiver.imports.services import ImportResult, MissingLines
-from archiver.search.blind_index import normalize_phone
 
 
 @click.group("import")
@@ -56,12 +56,11 @@ def import_chat_export(
     settings = archive_settings()
 
     async def work(services: Services) -> ImportResult:
-        async with services.sessions() as session:
-            await services.accounts.get(session, account_id)
         with file.open("rb") as source:
             return await services.importer.import_export(
+                CLI,
                 account_id=account_id,
-                contact_phone=normalize_phone(contact),
+                contact_phone=contact,
                 file=source,
                 filename=file.name,
                 timezone=timezone,

@@ -19,6 +19,7 @@ from api.cli.common import (
     fail,
     run_command,
 )
+from api.cli.operator import CLI
 from archiver.crypto.keyring import new_root_key, root_key_id
 
 
@@ -49,8 +50,7 @@ def keys_status() -> None:
 
     async def work(services: Services) -> list[str]:
         keyring = services.keyring
-        async with services.sessions() as session:
-            counts = await keyring.status(session)
+        counts = await services.key_rotation.status()
         source = "STRONGROOM_MASTER_KEY" if settings.master_key else str(settings.master_key_file)
         click.echo(f"root key: {keyring.root_key_id} (from {source})")
         destroyed = counts.pop("destroyed")
@@ -91,8 +91,8 @@ def keys_rotate(out: Path | None) -> None:
             write_key_file(pending, new_key)
 
     async def work(services: Services) -> int:
-        async with services.sessions() as session, session.begin():
-            return await services.keyring.rotate(session, new_key)
+        rotated = await services.key_rotation.rotate(CLI, new_key)
+        return rotated.rewrapped
 
     count = run_command(settings, work)
     if settings.master_key is None:

@@ -10,8 +10,7 @@ from api.cli.common import (
     fail,
     run_command,
 )
-from api.cli.operator import CLI_ACTOR
-from archiver.audit.services import AuditEntry
+from api.cli.operator import CLI
 from policy.errors import LexiconError
 from policy.lexicon import LexiconAction
 from policy.models import LexiconTerm
@@ -20,18 +19,6 @@ from policy.models import LexiconTerm
 @click.group()
 def lexicon() -> None:
     """Manage the compliance lexicon (sensitive terms that flag, hold or block messages)."""
-
-
-async def _audit_lexicon(services: Services, action: str, row: LexiconTerm) -> None:
-    """Record the change itself, as the HTTP API does, beside the command's own event."""
-    entry = AuditEntry(
-        actor=CLI_ACTOR,
-        action=action,
-        outcome="ok",
-        target=f"lexicon:{row.id} action:{row.action}",
-        details={"term": row.term},
-    )
-    await services.audit.record_durable(entry)
 
 
 @lexicon.command("add")
@@ -48,9 +35,7 @@ def lexicon_add(term: str, action: str) -> None:
     settings = archive_settings()
 
     async def work(services: Services) -> str:
-        async with services.sessions() as session, session.begin():
-            row = await services.lexicon.add(session, term, action, CLI_ACTOR)
-        await _audit_lexicon(services, "lexicon.add", row)
+        row = await services.lexicon.add(CLI, term, action)
         return f"added term {row.id}: {row.term} ({row.action})"
 
     try:
@@ -73,12 +58,7 @@ def lexicon_list(include_removed: bool) -> None:
     settings = archive_settings()
 
     async def work(services: Services) -> list[str]:
-        async with services.sessions() as session:
-            if include_removed:
-                rows = await services.lexicon.history(session)
-            else:
-                rows = await services.lexicon.active(session)
-        return [_lexicon_line(row) for row in rows]
+        return [_lexicon_line(row) for row in await services.lexicon.rows(removed=include_removed)]
 
     for line in run_command(settings, work):
         click.echo(line)
@@ -91,9 +71,7 @@ def lexicon_remove(term_id: int) -> None:
     settings = archive_settings()
 
     async def work(services: Services) -> None:
-        async with services.sessions() as session, session.begin():
-            row = await services.lexicon.remove(session, term_id, CLI_ACTOR)
-        await _audit_lexicon(services, "lexicon.remove", row)
+        await services.lexicon.remove(CLI, term_id)
 
     try:
         run_command(settings, work)

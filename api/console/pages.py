@@ -24,14 +24,26 @@ from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
 from litestar.types import ExceptionHandlersMap
 
-from api.http.archive import MAX_IMPORT_BYTES, decode_cursor, encode_cursor
+from api.http.archive import MAX_IMPORT_BYTES
 from api.http.audit import actor_of
 from api.http.auth import PUBLIC, SESSION_COOKIE, check_csrf, needs
-from api.http.conversations import audited_conversation, visible_media
-from api.http.deps import ApprovalsDep, GrantsDep, IdentityDep, ServicesDep, SettingsDep
-from api.http.search import account_scope, audited_search, contact_scope, lexicon_terms
+from api.http.deps import (
+    AccountsDep,
+    ApprovalsDep,
+    ArchiveSearchDep,
+    GrantsDep,
+    IdentityDep,
+    ImporterDep,
+    RecordsDep,
+    ServicesDep,
+    SettingsDep,
+)
 from api.settings import Settings
-from archiver.core.errors import AccountNotFound, ArchiverError, IntegrityFailed
+from archiver.core.errors import (
+    AccountNotFound,
+    InvalidInput,
+    RecordNotFound,
+)
 from archiver.identity.models import Grant, WebSession
 from archiver.identity.services import (
     AccountLocked,
@@ -47,7 +59,6 @@ from archiver.imports.chat_export import DATE_ORDERS, ChatExportError, DateOrder
 from archiver.imports.services import ImportResult
 from archiver.media.safety import claimed_kind, delivery
 from archiver.records.conversations import Message, Status, sender
-from archiver.search.blind_index import normalize_phone
 from archiver.search.services import Filters, SearchError
 
 LOGIN_CSRF_COOKIE = "strongroom_login_csrf"
@@ -257,7 +268,12 @@ def _page_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     )
 
 
-PAGE_ERRORS: ExceptionHandlersMap = {HTTPException: _page_error}
+def _not_found(request: Request[Any, Any, Any], exc: RecordNotFound) -> Response[Any]:
+    """What a reading service could not find (or the caller may not see), as a page."""
+    return _page_error(request, NotFoundException(str(exc)))
+
+
+PAGE_ERRORS: ExceptionHandlersMap = {HTTPException: _page_error, RecordNotFound: _not_found}
 
 
 def _page(permission: Permission) -> dict[str, Any]:
@@ -304,15 +320,13 @@ def _error_code(value: str) -> int | None:
     return int(value)
 
 
-# The same scoping and filters as POST /api/v1/search (api/http/search.py).
-async def _search_filters(request: Page, services: ServicesDep, form: dict[str, str]) -> Filters:
+# The same filters as POST /api/v1/search; its scope, contact and lexicon are the service's.
+def _search_filters(form: dict[str, str]) -> Filters:
     media = _choice(form["has_media"], ("yes", "no"), "media filter")
     hold = _choice(form["on_hold"], ("yes", "no"), "hold filter")
     lexicon = _choice(form["flagged"], ("yes", "no"), "lexicon filter")
     flagged = None if lexicon is None else lexicon == "yes"
     return Filters(
-        accounts=account_scope(request.user, None),
-        contact_ids=await contact_scope(services, form["contact"] or None),
         direction=_choice(form["direction"], DIRECTIONS, "direction"),
         source=_choice(form["source"], SOURCES, "source"),
         item_type=form["type"] or None,
@@ -321,14 +335,13 @@ async def _search_filters(request: Page, services: ServicesDep, form: dict[str, 
         has_media=None if media is None else media == "yes",
         on_hold=None if hold is None else hold == "yes",
         flagged=flagged,
-        lexicon=await lexicon_terms(services, flagged),
         delivery=_choice(form["delivery"], DELIVERIES, "delivery state"),
         error_code=_error_code(form["error_code"]),
     )
 
 
 @get("/search", **_page(Permission.ARCHIVE_READ))
-async def search_page(request: Page, services: ServicesDep) -> Template:
+async def search_page(request: Page, archive_search: ArchiveSearchDep) -> Template:
     """Search the archive: words, "phrases", OR, and filters; results in time order."""
     form = _params(request, "q", *SEARCH_FILTERS, "cursor")
     page = context(
@@ -344,35 +357,37 @@ async def search_page(request: Page, services: ServicesDep) -> Template:
     if not any(form[name] for name in ("q", *SEARCH_FILTERS)):
         return Template("search.html", context=page)
     try:
-        filters = await _search_filters(request, services, form)
-        hits, cursor = await audited_search(
-            services,
-            request,
+        found = await archive_search.search(
+            actor_of(request, Permission.ARCHIVE_READ),
+            request.user.accounts_for(Permission.ARCHIVE_READ),
             form["q"],
-            filters,
-            after=decode_cursor(form["cursor"]) if form["cursor"] else None,
+            _search_filters(form),
+            contact=form["contact"] or None,
+            cursor=form["cursor"] or None,
             limit=SEARCH_PAGE,
             asked={k: v for k, v in form.items() if v},
         )
     except ValidationException as exc:
         return Template("search.html", context=page | {"error": exc.detail}, status_code=400)
-    except SearchError as exc:
+    except (SearchError, InvalidInput) as exc:
         return Template("search.html", context=page | {"error": str(exc)}, status_code=400)
     more = None
-    if cursor is not None:
+    if found.next_cursor is not None:
         more = "/search?" + urlencode(
-            {k: v for k, v in form.items() if v} | {"cursor": encode_cursor(cursor)}
+            {k: v for k, v in form.items() if v} | {"cursor": found.next_cursor}
         )
-    return Template("search.html", context=page | {"hits": hits, "more": more})
+    return Template("search.html", context=page | {"hits": found.hits, "more": more})
 
 
 @get("/conversations/{contact_id:str}", **_page(Permission.ARCHIVE_READ))
 async def conversation_page(
-    request: Page, contact_id: FromPath[str], services: ServicesDep
+    request: Page, contact_id: FromPath[str], records: RecordsDep
 ) -> Template:
     """A contact's conversation, read like the chat it was; every version kept."""
-    chat = await audited_conversation(
-        services, request, contact_id, account_scope(request.user, None)
+    chat = await records.conversation(
+        actor_of(request, Permission.ARCHIVE_READ),
+        request.user.accounts_for(Permission.ARCHIVE_READ),
+        contact_id,
     )
     reactions = {m.record.id: _current_reactions(m) for m in chat.messages}
     # Statuses for messages not in the archive are shown among the messages, at their time.
@@ -399,24 +414,23 @@ def _current_reactions(message: Message) -> list[str]:
 
 
 @get("/media/{media_id:int}/view", **_page(Permission.ARCHIVE_READ))
-async def media_page(request: Page, media_id: FromPath[int], services: ServicesDep) -> Template:
+async def media_page(request: Page, media_id: FromPath[int], records: RecordsDep) -> Template:
     """One media file: shown only when GET /api/v1/media/{id} would serve it inline,
     else a download link. Its bytes are opened here only to decide that; they are
     served, and audited, by that route."""
-    failure = None
-    async with services.sessions() as session:
-        item, record = await visible_media(session, request.user, media_id)
-        try:
-            data = await services.records.open_media(session, item, record)
-        except IntegrityFailed as exc:
-            data, failure = b"", exc.reason
-        except ArchiverError:
-            data = b""  # erased, or not fetched: the page still shows what is known of it
-    kind = delivery(data, item.mime_type).kind
+    found = await records.media_preview(
+        request.user.accounts_for(Permission.ARCHIVE_READ), media_id
+    )
+    kind = delivery(found.data, found.item.mime_type).kind
     return Template(
         "media.html",
         context=context(
-            request, item=item, record=record, kind=kind, failure=failure, sources=SOURCES
+            request,
+            item=found.item,
+            record=found.record,
+            kind=kind,
+            failure=found.failure,
+            sources=SOURCES,
         ),
     )
 
@@ -591,7 +605,7 @@ async def decide_approval(
 
 async def _import_page(
     request: Page,
-    services: ServicesDep,
+    accounts: AccountsDep,
     *,
     values: dict[str, str] | None = None,
     result: ImportResult | None = None,
@@ -599,17 +613,12 @@ async def _import_page(
     problems: Sequence[ParseProblem] = (),
     status: int = 200,
 ) -> Template:
-    async with services.sessions() as session:
-        accounts = [
-            a
-            for a in await services.accounts.all(session)
-            if request.user.allows(Permission.ARCHIVE_IMPORT, a.id)
-        ]
+    listed = await accounts.listed(request.user.accounts_for(Permission.ARCHIVE_IMPORT))
     return Template(
         "import.html",
         context=context(
             request,
-            accounts=accounts,
+            accounts=listed,
             date_orders=DATE_ORDERS,
             values=values or {"timezone": "UTC"},
             result=result,
@@ -621,13 +630,13 @@ async def _import_page(
 
 
 @get("/import", **_page(Permission.ARCHIVE_IMPORT))
-async def import_page(request: Page, services: ServicesDep) -> Template:
+async def import_page(request: Page, accounts: AccountsDep) -> Template:
     """The form to import a WhatsApp "Export chat" file into a customer's conversation."""
-    return await _import_page(request, services)
+    return await _import_page(request, accounts)
 
 
 @post("/import", request_max_body_size=MAX_IMPORT_BYTES, **_page(Permission.ARCHIVE_IMPORT))
-async def import_upload(request: Page, services: ServicesDep) -> Template:
+async def import_upload(request: Page, accounts: AccountsDep, importer: ImporterDep) -> Template:
     """Import the uploaded export; a refusal lists every problem and imports nothing."""
     form = await request.form()
     names = ("account_id", "contact", "timezone", "business_sender", "date_order", "partial")
@@ -638,7 +647,7 @@ async def import_upload(request: Page, services: ServicesDep) -> Template:
         error: str, status: int = 400, problems: Sequence[ParseProblem] = ()
     ) -> Template:
         return await _import_page(
-            request, services, values=values, error=error, problems=problems, status=status
+            request, accounts, values=values, error=error, problems=problems, status=status
         )
 
     if not isinstance(upload, UploadFile) or not upload.filename:
@@ -648,12 +657,10 @@ async def import_upload(request: Page, services: ServicesDep) -> Template:
     if not request.user.allows(Permission.ARCHIVE_IMPORT, values["account_id"]):
         return await refuse("Choose an account.")
     try:
-        phone = normalize_phone(values["contact"])
-        async with services.sessions() as session:
-            await services.accounts.get(session, values["account_id"])
-        result = await services.importer.import_export(
+        result = await importer.import_export(
+            actor_of(request, Permission.ARCHIVE_IMPORT),
             account_id=values["account_id"],
-            contact_phone=phone,
+            contact_phone=values["contact"],
             file=upload.file,
             filename=upload.filename,
             timezone=values["timezone"] or "UTC",
@@ -669,7 +676,7 @@ async def import_upload(request: Page, services: ServicesDep) -> Template:
         )
     except ValueError as exc:
         return await refuse(str(exc))
-    return await _import_page(request, services, values=values, result=result)
+    return await _import_page(request, accounts, values=values, result=result)
 
 
 CONSOLE_ROUTES = [

@@ -7,24 +7,18 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get
-from litestar.exceptions import NotFoundException
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery
 from litestar.status_codes import HTTP_200_OK
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.bootstrap import Services
 from api.http.archive import IntegrityOut, integrity
-from api.http.audit import audit_access
+from api.http.audit import actor_of
 from api.http.auth import needs
-from api.http.deps import RowId, ServicesDep
+from api.http.deps import RecordsDep, RowId
 from api.http.openapi import Error
-from api.http.search import account_scope
-from archiver.core.errors import KeyDestroyed, ObjectNotFound
 from archiver.identity.services import Permission, Principal
 from archiver.media.safety import delivery
-from archiver.records.conversations import Conversation, Message, Status, message_ids
-from archiver.records.models import MediaItem, Record
+from archiver.records.conversations import Message, Status, message_ids
 from archiver.records.services import ids_trusted
 from archiver.whatsapp.items import DeliveryError
 
@@ -123,27 +117,6 @@ class ConversationOut(msgspec.Struct):
     unmatched_statuses: list[StatusOut]
 
 
-async def audited_conversation(
-    services: Services, request: Caller, contact_id: str, accounts: frozenset[str] | None
-) -> Conversation:
-    """The contact's conversation within ``accounts``, recorded in the audit trail
-    before it is shown; 404 when the caller can see none of it."""
-    async with services.sessions() as session:
-        chat = await services.conversations.reconstruct(session, contact_id, accounts)
-    if not chat.messages and not chat.events and not chat.statuses:
-        raise NotFoundException("no such conversation")
-    shown = [m.record for m in chat.messages] + [s.record for s in chat.statuses]
-    await audit_access(
-        services,
-        request,
-        action="archive.read.conversation",
-        permission=Permission.ARCHIVE_READ,
-        target=f"contact:{contact_id} records:" + ",".join(str(r.id) for r in shown),
-        scope=",".join(sorted({r.account_id for r in shown})),
-    )
-    return chat
-
-
 class ConversationController(Controller):
     """A contact's conversation, and its media."""
 
@@ -155,15 +128,18 @@ class ConversationController(Controller):
         self,
         request: Caller,
         contact_id: FromPath[str],
-        services: ServicesDep,
+        records: RecordsDep,
         account_id: FromQuery[str | None] = None,
     ) -> ConversationOut:
         """Messages in order with reply threading, reactions, every version of an
         edited message, revoked messages kept and marked, receipts with each
         business message's delivery state (and Meta's error when it failed), and
         sources; statuses for messages not in this archive; the customer's name."""
-        chat = await audited_conversation(
-            services, request, contact_id, account_scope(request.user, account_id)
+        chat = await records.conversation(
+            actor_of(request, Permission.ARCHIVE_READ),
+            request.user.accounts_for(Permission.ARCHIVE_READ),
+            contact_id,
+            account_id,
         )
         customer = chat.customer
         return ConversationOut(
@@ -200,29 +176,17 @@ class ConversationController(Controller):
             ),
         },
     )
-    async def media(
-        self, request: Caller, media_id: RowId, services: ServicesDep
-    ) -> Response[bytes]:
+    async def media(self, request: Caller, media_id: RowId, records: RecordsDep) -> Response[bytes]:
         """The media file, decrypted on demand; each access is audited first. Only a
         raster image, audio or video that its bytes prove is shown inline; anything
         else is a download that no browser renders. 409 when the file, or the record
         it belongs to, fails its integrity check."""
-        async with services.sessions() as session:
-            item, record = await visible_media(session, request.user, media_id)
-            if item.object_id is None:
-                raise NotFoundException("no such media")
-            await audit_access(
-                services,
-                request,
-                action="archive.read.media",
-                permission=Permission.ARCHIVE_READ,
-                target=f"media:{media_id} record:{record.id}",
-                scope=record.account_id,
-            )
-            try:
-                data = await services.records.open_media(session, item, record)
-            except (KeyDestroyed, ObjectNotFound):
-                raise NotFoundException("no such media") from None
+        found = await records.media(
+            actor_of(request, Permission.ARCHIVE_READ),
+            request.user.accounts_for(Permission.ARCHIVE_READ),
+            media_id,
+        )
+        data, item = found.data, found.item
         served = delivery(data, item.mime_type)
         disposition = "inline" if served.inline else "attachment"
         return Response(
@@ -235,21 +199,6 @@ class ConversationController(Controller):
                 "content-security-policy": MEDIA_CSP,
             },
         )
-
-
-async def visible_media(
-    session: AsyncSession, principal: Principal, media_id: int
-) -> tuple[MediaItem, Record]:
-    """The media item and its record; 404 unless ``principal`` may read its account."""
-    item = await session.get(MediaItem, media_id)
-    record = await session.get(Record, item.record_id) if item else None
-    if (
-        item is None
-        or record is None
-        or not principal.allows(Permission.ARCHIVE_READ, record.account_id)
-    ):
-        raise NotFoundException("no such media")
-    return item, record
 
 
 def _message_out(m: Message) -> MessageOut:

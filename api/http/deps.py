@@ -24,7 +24,8 @@ from archiver.core.clock import Clock
 from archiver.identity.services import ApprovalService, GrantService, IdentityService
 from archiver.imports.services import ChatImporter
 from archiver.records.conversations import Conversations
-from archiver.records.services import RecordReader
+from archiver.records.queries import Records
+from archiver.search.queries import ArchiveSearch
 from archiver.search.services import Search
 from policy.lexicon import Lexicon
 
@@ -32,6 +33,7 @@ from policy.lexicon import Lexicon
 # asked for by name, explicitly.
 AccountsDep: TypeAlias = NamedDependency[AccountService]
 ApprovalsDep: TypeAlias = NamedDependency[ApprovalService]
+ArchiveSearchDep: TypeAlias = NamedDependency[ArchiveSearch]
 AuditDep: TypeAlias = NamedDependency[AuditLog]
 CaptureDep: TypeAlias = NamedDependency[Capture]
 ClockDep: TypeAlias = NamedDependency[Clock]
@@ -40,7 +42,7 @@ GrantsDep: TypeAlias = NamedDependency[GrantService]
 IdentityDep: TypeAlias = NamedDependency[IdentityService]
 ImporterDep: TypeAlias = NamedDependency[ChatImporter]
 LexiconDep: TypeAlias = NamedDependency[Lexicon]
-RecordsDep: TypeAlias = NamedDependency[RecordReader]
+RecordsDep: TypeAlias = NamedDependency[Records]
 SearchDep: TypeAlias = NamedDependency[Search]
 SettingsDep: TypeAlias = NamedDependency[Settings]
 
@@ -51,6 +53,7 @@ ServicesDep: TypeAlias = NamedDependency[Services]
 PROVIDED = (
     "accounts",
     "approvals",
+    "archive_search",
     "audit",
     "capture",
     "clock",

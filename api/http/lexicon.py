@@ -10,10 +10,9 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
 
-from api.bootstrap import Services
-from api.http.audit import audit_access
+from api.http.audit import actor_of
 from api.http.auth import needs
-from api.http.deps import RowId, ServicesDep
+from api.http.deps import LexiconDep, RowId
 from api.http.openapi import errors
 from archiver.identity.services import Permission, Principal
 from policy.models import LexiconTerm
@@ -50,18 +49,6 @@ def _term(row: LexiconTerm) -> TermOut:
     )
 
 
-async def _audit(services: Services, request: Caller, action: str, row: LexiconTerm) -> None:
-    """Record a change durably, the term sealed in the event's details."""
-    await audit_access(
-        services,
-        request,
-        action=action,
-        permission=Permission.LEXICON_MANAGE,
-        target=f"lexicon:{row.id} action:{row.action}",
-        details={"term": row.term},
-    )
-
-
 class LexiconController(Controller):
     """Sensitive terms: the archive search flags them, the outbox holds or blocks them."""
 
@@ -70,13 +57,10 @@ class LexiconController(Controller):
 
     @get("/", opt=needs(Permission.LEXICON_MANAGE))
     async def list_terms(
-        self, services: ServicesDep, removed: FromQuery[bool] = False
+        self, lexicon: LexiconDep, removed: FromQuery[bool] = False
     ) -> list[TermOut]:
         """The active terms; with ``removed=true``, removed ones too."""
-        async with services.sessions() as session:
-            lexicon = services.lexicon
-            rows = await (lexicon.history(session) if removed else lexicon.active(session))
-        return [_term(row) for row in rows]
+        return [_term(row) for row in await lexicon.rows(removed=removed)]
 
     @post(
         "/",
@@ -85,13 +69,11 @@ class LexiconController(Controller):
         responses=errors(HTTP_409_CONFLICT),
     )
     async def add_term(
-        self, request: Caller, data: JSONBody[TermIn], services: ServicesDep
+        self, request: Caller, data: JSONBody[TermIn], lexicon: LexiconDep
     ) -> TermOut:
         """Add a term with its action: ``flag`` (default), ``hold`` or ``block``."""
-        async with services.sessions() as session, session.begin():
-            row = await services.lexicon.add(session, data.term, data.action, request.user.actor)
-        await _audit(services, request, "lexicon.add", row)
-        return _term(row)
+        actor = actor_of(request, Permission.LEXICON_MANAGE)
+        return _term(await lexicon.add(actor, data.term, data.action))
 
     @delete(
         "/{term_id:int}",
@@ -99,8 +81,6 @@ class LexiconController(Controller):
         opt=needs(Permission.LEXICON_MANAGE),
         responses=errors(HTTP_409_CONFLICT),
     )
-    async def remove_term(self, request: Caller, term_id: RowId, services: ServicesDep) -> None:
+    async def remove_term(self, request: Caller, term_id: RowId, lexicon: LexiconDep) -> None:
         """Remove a term; its row stays, with who removed it and when."""
-        async with services.sessions() as session, session.begin():
-            row = await services.lexicon.remove(session, term_id, request.user.actor)
-        await _audit(services, request, "lexicon.remove", row)
+        await lexicon.remove(actor_of(request, Permission.LEXICON_MANAGE), term_id)

@@ -10,18 +10,14 @@ from litestar import Request, post
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
-from api.bootstrap import Services
-from api.http.archive import IntegrityOut, decode_cursor, encode_cursor, integrity
-from api.http.audit import audit_access
+from api.http.archive import IntegrityOut, integrity
+from api.http.audit import actor_of
 from api.http.auth import needs
-from api.http.deps import ServicesDep
+from api.http.deps import ArchiveSearchDep
 from archiver.identity.services import Permission, Principal
 from archiver.records.conversations import message_ids, sender
-from archiver.records.models import ContactIdentity
 from archiver.records.services import ids_trusted
-from archiver.search.blind_index import normalize_phone
 from archiver.search.services import Filters, Hit
-from archiver.whatsapp.items import Identity
 
 Direction = Literal["inbound", "outbound", "none", "unknown"]
 Source = Literal["cloud_api", "business_app", "history_sync", "chat_import", "outbox"]
@@ -84,69 +80,33 @@ class SearchOut(msgspec.Struct):
     next_cursor: str | None
 
 
-def account_scope(caller: Principal, account_id: str | None) -> frozenset[str] | None:
-    """The accounts a search may look in: the caller's, narrowed to ``account_id``."""
-    allowed = caller.accounts_for(Permission.ARCHIVE_READ)
-    if account_id is None:
-        return None if allowed is None else frozenset(allowed)
-    return frozenset({account_id}) if allowed is None or account_id in allowed else frozenset()
-
-
-async def contact_scope(services: Services, phone: str | None) -> frozenset[str] | None:
-    """The contact a phone number names (none at all if it is unknown)."""
-    if phone is None:
-        return None
-    token = services.capture.identity_token(Identity("wa_id", normalize_phone(phone)))
-    async with services.sessions() as session:
-        row = await session.get(ContactIdentity, ("wa_id", token))
-    return frozenset({row.contact_id} if row else set())
-
-
-async def lexicon_terms(services: Services, flagged: bool | None) -> tuple[str, ...]:
-    """The active lexicon terms, when the flagged filter asks for them."""
-    if flagged is None:
-        return ()
-    async with services.sessions() as session:
-        return tuple(await services.lexicon.terms(session))
-
-
-async def audited_search(
-    services: Services,
-    request: Request[Principal, Any, Any],
-    query: str,
-    filters: Filters,
-    *,
-    after: tuple[datetime, int] | None,
-    limit: int,
-    asked: dict[str, Any],
-) -> tuple[list[Hit], tuple[datetime, int] | None]:
-    """Run a search, then record it (terms and filters sealed) before any result is
-    shown. Raises ``SearchError`` for a query with nothing searchable."""
-    hits, cursor = await services.search.search(query, filters, after=after, limit=limit)
-    accounts = filters.accounts
-    await audit_access(
-        services,
-        request,
-        action="archive.search",
-        permission=Permission.ARCHIVE_READ,
-        target="records:" + ",".join(str(h.record.id) for h in hits),
-        scope=",".join(sorted(accounts)) if accounts is not None else "all accounts",
-        details={"query": query, "filters": asked},
-    )
-    return hits, cursor
-
-
 @post(
     "/api/v1/search", status_code=HTTP_200_OK, opt=needs(Permission.ARCHIVE_READ), tags=["search"]
 )
 async def search(
-    request: Request[Principal, Any, Any], data: JSONBody[SearchIn], services: ServicesDep
+    request: Request[Principal, Any, Any],
+    data: JSONBody[SearchIn],
+    archive_search: ArchiveSearchDep,
 ) -> SearchOut:
     """Search the archive within the caller's accounts; every search is audited,
     its terms sealed inside the audit event."""
-    filters = Filters(
-        accounts=account_scope(request.user, data.account_id),
-        contact_ids=await contact_scope(services, data.contact),
+    page = await archive_search.search(
+        actor_of(request, Permission.ARCHIVE_READ),
+        request.user.accounts_for(Permission.ARCHIVE_READ),
+        data.query,
+        filters_of(data),
+        account_id=data.account_id,
+        contact=data.contact,
+        cursor=data.cursor,
+        limit=data.limit,
+        asked=msgspec.to_builtins(data),
+    )
+    return SearchOut([_result(h) for h in page.hits], page.next_cursor)
+
+
+def filters_of(data: SearchIn) -> Filters:
+    """The filters a search asks for (its scope, contact and lexicon are the service's)."""
+    return Filters(
         direction=data.direction,
         source=data.source,
         item_type=data.type,
@@ -155,20 +115,9 @@ async def search(
         has_media=data.has_media,
         on_hold=data.on_hold,
         flagged=data.flagged,
-        lexicon=await lexicon_terms(services, data.flagged),
         delivery=data.delivery,
         error_code=data.error_code,
     )
-    hits, cursor = await audited_search(
-        services,
-        request,
-        data.query,
-        filters,
-        after=decode_cursor(data.cursor) if data.cursor else None,
-        limit=data.limit,
-        asked=msgspec.to_builtins(data),
-    )
-    return SearchOut([_result(h) for h in hits], encode_cursor(cursor) if cursor else None)
 
 
 def _result(hit: Hit) -> SearchResult:

@@ -28,7 +28,7 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 def metrics(services: ServicesDep) -> str:
     """Counters for alerting: records and media files that failed their integrity
     check when read, by reason, since this process started."""
-    counts = services.records.alarm.counts
+    counts = services.record_reader.alarm.counts
     lines = [
         "# HELP strongroom_integrity_failures_total Records and media files that failed"
         " their integrity check when read, by reason.",

@@ -875,16 +875,15 @@ async def _check_server(client: httpx.AsyncClient, url: str) -> None:
 
 
 async def _register(services: Services, account: DemoAccount) -> str:
-    async with services.sessions() as session, session.begin():
-        row = await services.accounts.add(
-            session,
-            phone_number_id=account.phone_number_id,
-            display_phone_number=account.display_phone_number,
-            app_secret=account.app_secret,
-            verify_token=account.verify_token,
-            access_token=account.access_token,
-            waba_id=account.waba_id,
-        )
+    row = await services.accounts.register(
+        CLI,
+        phone_number_id=account.phone_number_id,
+        display_phone_number=account.display_phone_number,
+        app_secret=account.app_secret,
+        verify_token=account.verify_token,
+        access_token=account.access_token,
+        waba_id=account.waba_id,
+    )
     return row.id
 
 

@@ -2,7 +2,8 @@
 
 Secrets are sealed in the database under the account's subject key; the verify
 token is kept only as a SHA-256 digest; the display number as a blind token
-and a sealed copy.
+and a sealed copy. Registering one is a unit of work: the account and its
+``account.register`` audit event commit together; a refusal is audited as denied.
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver.accounts.models import Account
+from archiver.audit.services import Actor, AuditLog
 from archiver.core.clock import Clock
+from archiver.core.db import Writer
 from archiver.core.errors import AccountExists, AccountNotFound, InvalidInput
 from archiver.core.subjects import account_subject
 from archiver.crypto import envelope
@@ -35,6 +40,17 @@ class AccountSecrets:
     access_token: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    """An account as it is shown: never its secrets."""
+
+    id: str
+    phone_number_id: str
+    display_phone_number: str
+    waba_id: str | None
+    created_at: datetime
+
+
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -42,10 +58,102 @@ def _sha256(text: str) -> str:
 class AccountService:
     """Adds accounts and hands out their secrets to capture and media fetch."""
 
-    def __init__(self, keyring: Keyring, index: BlindIndex, clock: Clock) -> None:
+    def __init__(
+        self,
+        keyring: Keyring,
+        index: BlindIndex,
+        clock: Clock,
+        *,
+        sessions: async_sessionmaker[AsyncSession] | None = None,
+        writer: Writer | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
         self._keyring = keyring
         self._index = index
         self._clock = clock
+        self._sessions = sessions
+        self._writer = writer
+        self._audit = audit
+        self._listeners: list[Callable[[], Awaitable[None]]] = []
+
+    def on_register(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Call ``listener`` after each account registered (capture reloads its secrets)."""
+        self._listeners.append(listener)
+
+    async def register(
+        self,
+        actor: Actor,
+        *,
+        phone_number_id: str,
+        display_phone_number: str,
+        app_secret: str,
+        verify_token: str,
+        access_token: str | None = None,
+        waba_id: str | None = None,
+    ) -> AccountView:
+        """Register a phone number, audited as ``account.register`` in the same
+        transaction; raise ``AccountExists`` or ``InvalidInput``, audited as denied."""
+        assert self._writer is not None, "wired by open_services"
+        assert self._audit is not None, "wired by open_services"
+        try:
+            async with self._writer.transaction() as session:
+                account = await self.add(
+                    session,
+                    phone_number_id=phone_number_id,
+                    display_phone_number=display_phone_number,
+                    app_secret=app_secret,
+                    verify_token=verify_token,
+                    access_token=access_token,
+                    waba_id=waba_id,
+                )
+                number = await self.display_phone_number(session, account)
+                await self._audit.record_in(
+                    session,
+                    actor.entry(
+                        "account.register",
+                        target=f"account:{account.id}",
+                        details={
+                            "phone_number_id": phone_number_id,
+                            "display_phone_number": number,
+                        },
+                    ),
+                )
+        except (AccountExists, InvalidInput) as exc:
+            await self._audit.record_durable(
+                actor.entry(
+                    "account.register",
+                    outcome="denied",
+                    target=f"account:phone_number_id={phone_number_id}"[:300],
+                    reason=str(exc),
+                    details={"display_phone_number": display_phone_number},
+                )
+            )
+            raise
+        for listener in self._listeners:
+            await listener()
+        return AccountView(account.id, phone_number_id, number, waba_id, account.created_at)
+
+    async def listed(self, accounts: set[str] | frozenset[str] | None) -> list[AccountView]:
+        """The accounts among ``accounts`` (``None``: every one), oldest first."""
+        assert self._sessions is not None, "wired by open_services"
+        async with self._sessions() as session:
+            return [
+                AccountView(
+                    a.id,
+                    a.phone_number_id,
+                    await self.display_phone_number(session, a),
+                    a.waba_id,
+                    a.created_at,
+                )
+                for a in await self.all(session)
+                if accounts is None or a.id in accounts
+            ]
+
+    async def exists(self, account_id: str) -> bool:
+        """Whether ``account_id`` is registered."""
+        assert self._sessions is not None, "wired by open_services"
+        async with self._sessions() as session:
+            return await session.get(Account, account_id) is not None
 
     async def add(
         self,
@@ -58,7 +166,9 @@ class AccountService:
         access_token: str | None = None,
         waba_id: str | None = None,
     ) -> Account:
-        """Register a phone number; raise ``AccountExists`` or ``InvalidInput``."""
+        """Add a phone number inside the caller's transaction, unaudited (seeding
+        tests and the demo); :meth:`register` is the audited change. Raise
+        ``AccountExists`` or ``InvalidInput``."""
         if not phone_number_id.isdigit():
             raise InvalidInput("phone_number_id must be Meta's numeric id")
         if not app_secret.strip():

@@ -7,6 +7,7 @@ each of them that can reach a request to its HTTP status.
 
     ArchiverError
     ├── InvalidInput              a value given to a service is invalid (names it)
+    │   └── InvalidCursor         (archiver.records.queries) a cursor no page gave out
     ├── CryptoError
     │   ├── KeyDestroyed          the subject key was destroyed (crypto-shredded)
     │   ├── KeyNotFound           no such subject key, or wrapped by an unknown root key

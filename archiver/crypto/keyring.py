@@ -185,6 +185,10 @@ class Keyring:
             row.root_key_id = new_id
             count += 1
         await session.flush()
+        # This process can now read what it re-wrapped (the rest of the rotating
+        # transaction, its audit event, reads subject keys); the current key, for
+        # new subject keys, stays the same until the restart.
+        self._roots.setdefault(new_id, new_root)
         return count
 
     async def status(self, session: AsyncSession) -> dict[str, int]:

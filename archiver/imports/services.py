@@ -20,6 +20,12 @@ sealed first, in parts of :data:`ORIGINAL_PART_BYTES` listed by a manifest, once
 per account, contact and content. An import that stops halfway keeps the
 batches it committed, and ``import check`` lists its file; importing the file
 again for the same contact adds the rest, each message and media file once.
+
+Audit: an import's summary event (``import.chat_export``: counts in clear, the
+file's name and the contact's number sealed) is appended in the transaction that
+commits its last batch, or in one of its own when nothing was new. A refused
+import (no such account, a bad time zone or number, an unreadable file) is
+audited as denied, and imports nothing.
 """
 
 from __future__ import annotations
@@ -40,9 +46,12 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from archiver.accounts.models import Account
+from archiver.audit.services import Actor, AuditLog
 from archiver.capture.services import Capture
 from archiver.core.clock import Clock
-from archiver.core.errors import CorruptionDetected, InvalidInput, KeyDestroyed
+from archiver.core.db import Writer
+from archiver.core.errors import AccountNotFound, CorruptionDetected, InvalidInput, KeyDestroyed
 from archiver.core.subjects import contact_subject
 from archiver.crypto.models import SubjectKey
 from archiver.imports.chat_export import (
@@ -56,6 +65,7 @@ from archiver.imports.chat_export import (
     parse_chat_export,
 )
 from archiver.records.models import MediaItem, Record
+from archiver.search.blind_index import normalize_phone
 from archiver.vault.models import SealedObject
 from archiver.vault.services import SealRequest, Vault
 from archiver.whatsapp.items import SOURCE_IMPORT, Identity, Item
@@ -99,6 +109,18 @@ class ImportResult:
     warnings: list[ParseProblem]
     date_order: DateOrder
     date_order_reason: str
+
+
+IMPORT_ACTION = "import.chat_export"
+
+
+def _refusal(exc: Exception) -> str:
+    """Why an import was refused, in words that quote nothing of the file."""
+    if isinstance(exc, DateOrderAmbiguous):
+        return "the file's dates do not tell day from month"
+    if isinstance(exc, ChatExportError):
+        return f"the export cannot be read ({len(exc.problems)} problems)"
+    return str(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,15 +182,20 @@ class ChatImporter:
         sessions: async_sessionmaker[AsyncSession],
         clock: Clock,
         retention: timedelta,
+        writer: Writer,
+        audit: AuditLog,
     ) -> None:
         self._capture = capture
         self._vault = vault
         self._sessions = sessions
+        self._writer = writer
+        self._audit = audit
         self._clock = clock
         self._retention = retention
 
     async def import_export(
         self,
+        actor: Actor,
         *,
         account_id: str,
         contact_phone: str,
@@ -179,18 +206,63 @@ class ChatImporter:
         partial: bool = False,
         date_order: DateOrder | None = None,
     ) -> ImportResult:
-        """Import one export, a seekable binary file the caller keeps open; raise
-        ``ChatExportError`` (nothing imported) on unparseable lines unless
-        ``partial``, and on dates whose order of day and month the file cannot
-        tell unless ``date_order`` gives it.
+        """Import one export for ``account_id`` and the contact of ``contact_phone``
+        (any phone number form, with its country code), from a seekable binary file
+        the caller keeps open. Raise ``AccountNotFound``, ``InvalidInput`` (time
+        zone, number), or ``ChatExportError`` (nothing imported) on unparseable
+        lines unless ``partial``, and on dates whose order of day and month the
+        file cannot tell unless ``date_order`` gives it; each refusal is audited.
 
         The file is sealed first, then the new messages in batches, each batch
         committed on its own: an import stopped halfway is completed, exactly, by
         importing the same file again for the same contact."""
         try:
+            return await self._import(
+                actor,
+                account_id=account_id,
+                contact_phone=contact_phone,
+                file=file,
+                filename=filename,
+                timezone=timezone,
+                business_sender=business_sender,
+                partial=partial,
+                date_order=date_order,
+            )
+        except (AccountNotFound, InvalidInput, ChatExportError) as exc:
+            await self._audit.record_durable(
+                actor.entry(
+                    IMPORT_ACTION,
+                    outcome="denied",
+                    target=f"import:{account_id}"[:300],
+                    scope=account_id[:300],
+                    reason=_refusal(exc),
+                    # The problems quote the file's lines: sealed, never in clear.
+                    details={"file": filename, "contact": contact_phone, "error": str(exc)},
+                )
+            )
+            raise
+
+    async def _import(
+        self,
+        actor: Actor,
+        *,
+        account_id: str,
+        contact_phone: str,
+        file: IO[bytes],
+        filename: str,
+        timezone: str,
+        business_sender: str | None,
+        partial: bool,
+        date_order: DateOrder | None,
+    ) -> ImportResult:
+        phone = normalize_phone(contact_phone)
+        try:
             zone = ZoneInfo(timezone)
         except (KeyError, ValueError):
             raise InvalidInput(f"unknown time zone {timezone!r}") from None
+        async with self._sessions() as session:
+            if await session.get(Account, account_id) is None:
+                raise AccountNotFound(f"no account {account_id}")
         parsed = await asyncio.to_thread(
             parse_chat_export, file, filename, partial=partial, date_order=date_order
         )
@@ -201,9 +273,9 @@ class ChatImporter:
             "date_order_reason": parsed.date_order_reason,
         }
 
-        async with self._sessions() as session, session.begin():
+        async with self._writer.transaction() as session:
             contact = await self._capture.resolve_contact(
-                session, [Identity("wa_id", contact_phone.lstrip("+"))]
+                session, [Identity("wa_id", phone.lstrip("+"))]
             )
             assert contact is not None  # one identity always yields a contact
             keys = _keys(contact, parsed.messages)
@@ -213,39 +285,74 @@ class ChatImporter:
             for message, key in zip(parsed.messages, keys, strict=True)
             if key not in existing
         ]
+
+        def summary() -> ImportResult:
+            return ImportResult(
+                contact,
+                len(parsed.messages),
+                imported,
+                len(parsed.messages) - imported,
+                media,
+                parsed.errors,
+                parsed.warnings,
+                parsed.date_order,
+                parsed.date_order_reason,
+            )
+
         imported = media = 0
-        if new:
+        batches = list(_batches(new, parsed.media))
+        if batches:
             await self._seal_original(account_id, contact, file, filename)
-            now = self._clock.now()
-            for number, batch in enumerate(_batches(new, parsed.media), 1):
-                async with self._sessions() as session, session.begin():
-                    records, attached = await self._store_batch(
-                        session,
-                        account_id,
-                        contact,
-                        [(_item(m, key, metadata, zone, business_sender), m) for m, key in batch],
-                        parsed.media,
-                        now,
-                    )
+        now = self._clock.now()
+        for number, batch in enumerate(batches, 1):
+            async with self._writer.transaction() as session:
+                records, attached = await self._store_batch(
+                    session,
+                    account_id,
+                    contact,
+                    [(_item(m, key, metadata, zone, business_sender), m) for m, key in batch],
+                    parsed.media,
+                    now,
+                )
                 imported += records
                 media += attached
-                log.info(
-                    "chat import batch committed",
-                    contact_id=contact,
-                    batch=number,
-                    messages=records,
-                    media=attached,
-                )
-        return ImportResult(
-            contact,
-            len(parsed.messages),
-            imported,
-            len(parsed.messages) - imported,
-            media,
-            parsed.errors,
-            parsed.warnings,
-            parsed.date_order,
-            parsed.date_order_reason,
+                if number == len(batches):
+                    await self._record(session, actor, account_id, summary(), filename, phone)
+            log.info(
+                "chat import batch committed",
+                contact_id=contact,
+                batch=number,
+                messages=records,
+                media=attached,
+            )
+        if not batches:
+            async with self._writer.transaction() as session:
+                await self._record(session, actor, account_id, summary(), filename, phone)
+        return summary()
+
+    async def _record(
+        self,
+        session: AsyncSession,
+        actor: Actor,
+        account_id: str,
+        result: ImportResult,
+        filename: str,
+        phone: str,
+    ) -> None:
+        """Append the import's summary event inside the transaction that commits it."""
+        await self._audit.record_in(
+            session,
+            actor.entry(
+                IMPORT_ACTION,
+                target=f"import:{account_id}:{result.contact_id}",
+                scope=account_id,
+                reason=(
+                    f"{result.imported} of {result.messages} messages imported, "
+                    f"{result.duplicates} already present, {result.media} media files, "
+                    f"{len(result.problems)} lines skipped"
+                ),
+                details={"file": filename, "contact": phone},
+            ),
         )
 
     async def _store_batch(
@@ -283,7 +390,7 @@ class ChatImporter:
         file seals it again."""
         digest, size = await asyncio.to_thread(_digest, file)
         subject = contact_subject(contact)
-        async with self._sessions() as session, session.begin():
+        async with self._writer.transaction() as session:
             held = await self._manifests(session, contact)
             if any(m.account_id == account_id and m.sha256 == digest for m in held):
                 return
@@ -295,7 +402,7 @@ class ChatImporter:
             request = SealRequest(PART_KIND, subject, chunk, retain_until)
             parts += await self._vault.write_objects(keys, [request])
         manifest = _Manifest(account_id, filename, size, digest, [p.object_key for p in parts])
-        async with self._sessions() as session, session.begin():
+        async with self._writer.transaction() as session:
             session.add_all(parts)
             await self._vault.seal(
                 session,

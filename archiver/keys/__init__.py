@@ -1,0 +1,1 @@
+"""Root key custody: rotating the root key that wraps every subject key."""
