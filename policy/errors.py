@@ -26,7 +26,11 @@ class InvalidTerm(LexiconError):
 
 
 class DuplicateTerm(LexiconError):
-    """An active term already has the same normalised form."""
+    """An active term already has the same normalised form (``existing_id``, when known)."""
+
+    def __init__(self, message: str, existing_id: int | None = None) -> None:
+        super().__init__(message)
+        self.existing_id = existing_id
 
 
 class TermNotFound(LexiconError):

@@ -106,7 +106,10 @@ class Lexicon:
                     actor.entry("lexicon.add", target=_target(row), details={"term": row.term}),
                 )
         except LexiconError as exc:
-            await self._refused(actor, "lexicon.add", "lexicon:new", exc, term)
+            target = "lexicon:new"
+            if isinstance(exc, DuplicateTerm) and exc.existing_id is not None:
+                target = f"lexicon:{exc.existing_id}"  # the term it collides with
+            await self._refused(actor, "lexicon.add", target, exc, term)
             raise
         return row
 
@@ -159,7 +162,8 @@ class Lexicon:
         if existing is not None:
             raise DuplicateTerm(
                 f"{text!r} is already in the lexicon as term {existing.id} "
-                f"({existing.term!r}, {existing.action})"
+                f"({existing.term!r}, {existing.action})",
+                existing.id,
             )
         row = LexiconTerm(
             term=text,

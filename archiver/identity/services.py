@@ -816,8 +816,10 @@ class IdentityService:
 
     async def add_user(self, actor: Actor, username: str, password: str) -> User:
         """Create a user with no roles (``identity.user.create``)."""
+        # A username is chosen by an administrator, not typed at sign-in, so a
+        # refused creation names it in the clear.
         async with self._work.change(
-            actor, "identity.user.create", details={"username": username[:200]}
+            actor, "identity.user.create", target=f"username:{username[:200]}"
         ) as session:
             user = await self.create_user(session, username, password, created_by=actor.id)
             await self._audit.record_in(
@@ -902,6 +904,8 @@ class IdentityService:
             token = await session.get(ApiToken, token_id, with_for_update=True)
             if token is None or (owner is not None and token.user_id != owner):
                 raise UnknownUser("no such token")
+            if token.revoked_at is not None:
+                raise IdentityConflict(f"token {token_id} is already revoked")
             await self.revoke_token(session, token_id)
             await self._audit.record_in(
                 session, actor.entry("identity.token.revoke", target=f"token:{token_id}")
@@ -955,11 +959,14 @@ class IdentityService:
                 if reason != "locked" and tried and tried.locked_until and tried.locked_until > now:
                     # This attempt is the one that locked the user out.
                     reason += f"; locked until {tried.locked_until.isoformat()}"
+                # The user a known username names is the target; what was typed
+                # stays sealed.
                 await self._audit.record_in(
                     session,
                     actor.entry(
                         action,
                         outcome="denied",
+                        target=f"user:{tried.id}" if tried else None,
                         reason=reason,
                         details={"username": username[:200]},
                     ),
@@ -1254,8 +1261,10 @@ class GrantService:
         account_id: str | None = None,
     ) -> tuple[User, Grant | Approval | None]:
         """Create a user and, with ``role``, grant it as the operator, in one unit of work."""
+        # A username is chosen by an administrator, not typed at sign-in, so a
+        # refused creation names it in the clear.
         async with self._work.change(
-            actor, "identity.user.create", details={"username": username[:200]}
+            actor, "identity.user.create", target=f"username:{username[:200]}"
         ) as session:
             user = await self._identity.create_user(
                 session, username, password, created_by=actor.id

@@ -36,6 +36,7 @@ from litestar.routes import ASGIRoute, HTTPRoute
 
 from api.app import create_app
 from api.cli.main import main
+from api.cli.operator import CLI
 from api.settings import load_settings
 from tests.e2e.conftest import running_server
 from tests.e2e.server import PASSWORD, Authenticator, Server
@@ -675,7 +676,7 @@ def _refused(result: subprocess.CompletedProcess[str]) -> None:
 
 
 def _cli_change(w: World, mark: int, target: str, outcome: str = "ok") -> Event:
-    return w.change(mark, target, actor="cli", actor_name="cli", outcome=outcome)
+    return w.change(mark, target, actor="cli", actor_name=CLI.name, outcome=outcome)
 
 
 def _cli_user(w: World, stem: str) -> tuple[str, str]:
