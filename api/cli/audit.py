@@ -27,8 +27,7 @@ def audit_verify() -> None:
     settings = archive_settings()
 
     async def work(services: Services) -> bool:
-        async with services.sessions() as session, session.begin():
-            report = await services.audit.verify(session)
+        report = await services.audit.verify()
         for problem in report.problems:
             click.echo(f"TAMPERED seq {problem.seq} {problem.kind}: {problem.detail}")
         if report.problems_omitted:
@@ -56,9 +55,8 @@ def audit_export(out: Path, actor: str | None, action: str | None) -> None:
     settings = archive_settings()
 
     async def work(services: Services) -> tuple[bytes, bytes, str]:
-        async with services.sessions() as session, session.begin():
-            jsonl, signature = await services.audit.export(session, actor=actor, action=action)
-            return jsonl, signature, await services.audit.public_key_pem(session)
+        jsonl, signature = await services.audit.export(actor=actor, action=action)
+        return jsonl, signature, await services.audit.public_key_pem()
 
     jsonl, signature, pem = run_command(settings, work)
     out.write_bytes(jsonl)
@@ -74,7 +72,6 @@ def audit_public_key() -> None:
     settings = archive_settings()
 
     async def work(services: Services) -> str:
-        async with services.sessions() as session, session.begin():
-            return await services.audit.public_key_pem(session)
+        return await services.audit.public_key_pem()
 
     click.echo(run_command(settings, work), nl=False)

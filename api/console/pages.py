@@ -31,11 +31,11 @@ from api.http.deps import (
     AccountsDep,
     ApprovalsDep,
     ArchiveSearchDep,
+    AuditDep,
     GrantsDep,
     IdentityDep,
     ImporterDep,
     RecordsDep,
-    ServicesDep,
     SettingsDep,
 )
 from api.settings import Settings
@@ -436,7 +436,7 @@ async def media_page(request: Page, media_id: FromPath[int], records: RecordsDep
 
 
 @get("/audit", **_page(Permission.AUDIT_READ))
-async def audit_page(request: Page, services: ServicesDep) -> Template:
+async def audit_page(request: Page, audit: AuditDep) -> Template:
     """The audit trail, filtered, oldest first, paged by sequence number."""
     form = _params(request, "actor", "action", "outcome", "since", "until", "after")
     page = context(request, form=form, outcomes=OUTCOMES, events=[], more=None)
@@ -448,18 +448,15 @@ async def audit_page(request: Page, services: ServicesDep) -> Template:
         return Template("audit.html", context=page | {"error": exc.detail}, status_code=400)
     except ValueError:
         return Template("audit.html", context=page | {"error": "bad page"}, status_code=400)
-    await services.audit.flush()
-    async with services.sessions() as session:
-        events = await services.audit.query(
-            session,
-            actor=form["actor"] or None,
-            action=form["action"] or None,
-            outcome=outcome,
-            since=since,
-            until=until,
-            after_seq=after,
-            limit=AUDIT_PAGE,
-        )
+    events = await audit.query(
+        actor=form["actor"] or None,
+        action=form["action"] or None,
+        outcome=outcome,
+        since=since,
+        until=until,
+        after_seq=after,
+        limit=AUDIT_PAGE,
+    )
     more = None
     if len(events) == AUDIT_PAGE:
         kept = {k: v for k, v in form.items() if v and k != "after"}

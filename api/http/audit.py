@@ -17,7 +17,7 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from api.bootstrap import Services
 from api.http.auth import needs
-from api.http.deps import ServicesDep
+from api.http.deps import AuditDep
 from archiver.audit.services import Actor, AuditEntry
 from archiver.identity.services import Permission, Principal
 
@@ -121,36 +121,6 @@ def actor_of(request: Request[Any, Any, Any], permission: Permission | None = No
     )
 
 
-async def audit_access(
-    services: ServicesDep,
-    request: Request[Principal, Any, Any],
-    *,
-    action: str,
-    permission: Permission,
-    target: str | None,
-    scope: str | None = None,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """Record, durably, what a principal is about to be shown or has just changed;
-    raises if it cannot (the caller must not answer as if it had happened)."""
-    principal = request.user
-    await services.audit.record_durable(
-        AuditEntry(
-            actor=principal.actor,
-            actor_name=principal.username,
-            role=principal.role_for(permission),
-            action=action,
-            target=target[:300] if target else None,
-            scope=scope[:300] if scope else None,
-            outcome="ok",
-            request_id=_request_id(request.scope),
-            client_ip=request.client.host if request.client else None,
-            user_agent=request.headers.get("user-agent"),
-            details=details,
-        )
-    )
-
-
 class AuditEventOut(msgspec.Struct):
     seq: int
     occurred_at: datetime
@@ -183,7 +153,7 @@ class AuditController(Controller):
     @get("/", opt=needs(Permission.AUDIT_READ))
     async def events(
         self,
-        services: ServicesDep,
+        audit: AuditDep,
         actor: FromQuery[str | None] = None,
         action: FromQuery[str | None] = None,
         outcome: FromQuery[str | None] = None,
@@ -193,18 +163,15 @@ class AuditController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> AuditPage:
         """Audit events in order, filtered, with keyset pagination (``after`` = last seq)."""
-        await services.audit.flush()
-        async with services.sessions() as session:
-            rows = await services.audit.query(
-                session,
-                actor=actor,
-                action=action,
-                outcome=outcome,
-                since=since,
-                until=until,
-                after_seq=after,
-                limit=limit,
-            )
+        rows = await audit.query(
+            actor=actor,
+            action=action,
+            outcome=outcome,
+            since=since,
+            until=until,
+            after_seq=after,
+            limit=limit,
+        )
         events = [
             AuditEventOut(
                 e.seq,
@@ -242,19 +209,14 @@ class AuditController(Controller):
     )
     async def export(
         self,
-        request: Request[Principal, Any, Any],
-        services: ServicesDep,
+        audit: AuditDep,
         actor: FromQuery[str | None] = None,
         action: FromQuery[str | None] = None,
         since: FromQuery[datetime | None] = None,
         until: FromQuery[datetime | None] = None,
     ) -> Response[bytes]:
         """JSONL of the trail; the Ed25519 signature of the exact bytes is in a header."""
-        await services.audit.flush()
-        async with services.sessions() as session, session.begin():
-            jsonl, signature = await services.audit.export(
-                session, actor=actor, action=action, since=since, until=until
-            )
+        jsonl, signature = await audit.export(actor=actor, action=action, since=since, until=until)
         return Response(
             jsonl,
             media_type="application/x-ndjson",
@@ -265,7 +227,6 @@ class AuditController(Controller):
         )
 
     @get("/public-key", opt=needs(Permission.AUDIT_READ), media_type="application/x-pem-file")
-    async def public_key(self, services: ServicesDep) -> str:
+    async def public_key(self, audit: AuditDep) -> str:
         """The Ed25519 public key that signs checkpoints and exports."""
-        async with services.sessions() as session, session.begin():
-            return await services.audit.public_key_pem(session)
+        return await audit.public_key_pem()

@@ -519,6 +519,13 @@ def _log_lost(batch: list[_Pending], error: Exception) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _TrailKeys:
+    signer: Ed25519PrivateKey
+    details: tuple[str, bytes]
+    by_subject: dict[str, tuple[str, bytes]]
+
+
 class AuditLog:
     """Appends, checkpoints, verifies, queries and exports the audit chain.
 
@@ -552,7 +559,8 @@ class AuditLog:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._awaited = asyncio.Event()  # set when a queued event has a waiting caller
         self._append_task: asyncio.Task[None] | None = None
-        self._details_key: tuple[str, bytes] | None = None
+        self._trail_keys: _TrailKeys | None = None
+        self._floor_read = False  # the newest anchor in the vault raised the floor
         self._writer = writer or Writer(sessions)
 
     # -- appending ---------------------------------------------------------
@@ -588,7 +596,8 @@ class AuditLog:
         pending = self._pending(entry, None)
         # The details key as this transaction sees it (made here on the first
         # event); cached only by the group appender, after its own commit.
-        key = self._details_key or await self._keyring.key_for(session, DETAILS_SUBJECT)
+        cached = self._trail_keys
+        key = cached.details if cached else await self._keyring.key_for(session, DETAILS_SUBJECT)
         head = await session.run_sync(lambda sync: self._append_rows(sync, [pending], key))
         self._floor = max(self._floor, head - 1)  # this event is not committed yet
 
@@ -670,21 +679,28 @@ class AuditLog:
                     pending.done.set_result(None)
             return
 
-    async def _append(self, batch: list[_Pending]) -> int:
-        """Append ``batch`` in one transaction; return the new head seq."""
-        if self._details_key is None:
-            # The keys are created with the first events, so the exported public
-            # key is durable. None changes later: root rotation rewraps them.
-            async with self._writer.gate, self._sessions() as session, session.begin():
+    async def _keys(self) -> _TrailKeys:
+        """The trail's subject keys (signing, details, checkpoints), created on first
+        use in a write transaction of their own, so the exported public key is
+        durable, and kept: none changes later, root rotation only rewraps them. Not
+        to be called while holding the write gate."""
+        if self._trail_keys is None:
+            async with self._writer.transaction() as session:
                 # One by one: key_for uses the key another appender creates meanwhile.
                 keys = {s: await self._keyring.key_for(session, s) for s in _SUBJECTS}
             signer = Ed25519PrivateKey.from_private_bytes(keys[SIGNING_SUBJECT][1])
-            anchor = await self._newest_anchor(signer.public_key())
-            self._floor = max(self._floor, anchor.seq if anchor else 0)
-            self._details_key = keys[DETAILS_SUBJECT]  # once committed
-        key = self._details_key
+            self._trail_keys = _TrailKeys(signer, keys[DETAILS_SUBJECT], keys)  # once committed
+        return self._trail_keys
 
-        return await self._writer.run(lambda session: self._append_rows(session, batch, key))
+    async def _append(self, batch: list[_Pending]) -> int:
+        """Append ``batch`` in one transaction; return the new head seq."""
+        keys = await self._keys()
+        if not self._floor_read:
+            anchor = await self._newest_anchor(keys.signer.public_key())
+            self._floor = max(self._floor, anchor.seq if anchor else 0)
+            self._floor_read = True
+        details = keys.details
+        return await self._writer.run(lambda session: self._append_rows(session, batch, details))
 
     def _append_rows(
         self, session: Session, batch: Sequence[_Pending], key: tuple[str, bytes]
@@ -711,12 +727,13 @@ class AuditLog:
 
     # -- details -----------------------------------------------------------
 
-    async def open_details(self, session: AsyncSession, event: AuditEvent) -> dict[str, Any] | None:
+    async def open_details(self, event: AuditEvent) -> dict[str, Any] | None:
         """Decrypt an event's details; raise ``KeyDestroyed`` or ``CorruptionDetected``."""
         if event.details_sealed is None:
             return None
         header = envelope.read_header(event.details_sealed)
-        key = await self._keyring.key_by_id(session, header.key_id)
+        async with self._sessions() as session:
+            key = await self._keyring.key_by_id(session, header.key_id)
         plaintext = envelope.open_(key, details_object_key(event.seq), event.details_sealed)
         try:
             return msgspec.json.decode(plaintext, type=dict[str, Any])
@@ -737,9 +754,8 @@ class AuditLog:
         _refuse_behind(seq, last, "checkpointed")
         if seq == last:  # an empty chain, or nothing new since the last checkpoint
             return None
-        async with self._writer.gate, self._sessions() as session, session.begin():
-            keys = await self._keyring.keys_for(session, _SUBJECTS)  # made with the first events
-        signer = Ed25519PrivateKey.from_private_bytes(keys[SIGNING_SUBJECT][1])
+        keys = await self._keys()
+        signer = keys.signer
         anchor = self._anchor or await self._newest_anchor(signer.public_key())
         if anchor is not None:
             _refuse_behind(seq, anchor.seq, "anchored in the vault")
@@ -771,7 +787,7 @@ class AuditLog:
 
         def store() -> None:
             # Written and made durable outside the write lock: appends go on meanwhile.
-            sealed.extend(self._vault.store_objects(keys, [request]))
+            sealed.extend(self._vault.store_objects(keys.by_subject, [request]))
 
         def record(session: Session) -> AuditCheckpoint | None:
             if session.scalar(select(AuditCheckpoint.id).where(AuditCheckpoint.seq == seq)):
@@ -835,29 +851,28 @@ class AuditLog:
         keys = await self._vault.object_keys(prefix)
         return [anchor for anchor in map(parse_anchor, keys) if anchor is not None]
 
-    async def public_key_pem(self, session: AsyncSession) -> str:
-        """The audit signing key's public half (SubjectPublicKeyInfo PEM).
-
-        The key is created with the first event; before that, this creates it
-        in ``session``, which the caller must then commit.
-        """
-        key = (await self._signer(session)).public_key()
-        pem = key.public_bytes(
+    async def public_key_pem(self) -> str:
+        """The audit signing key's public half (SubjectPublicKeyInfo PEM), created
+        with the first event or, before any, now."""
+        signer = (await self._keys()).signer
+        pem = signer.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         return pem.decode("ascii")
 
-    async def _signer(self, session: AsyncSession) -> Ed25519PrivateKey:
-        _, seed = await self._keyring.key_for(session, SIGNING_SUBJECT)
-        return Ed25519PrivateKey.from_private_bytes(seed)
+    # -- verification --------------------------------------------------------
 
-    # -- verification ------------------------------------------------------
-
-    async def verify(self, session: AsyncSession) -> AuditVerifyReport:
+    async def verify(self) -> AuditVerifyReport:
         """Re-read every event in seq order, every checkpoint the vault lists and
         every checkpoint row; report each problem."""
+        public_key = (await self._keys()).signer.public_key()
+        async with self._sessions() as session:
+            return await self._verify(session, public_key)
+
+    async def _verify(
+        self, session: AsyncSession, public_key: Ed25519PublicKey
+    ) -> AuditVerifyReport:
         report = AuditVerifyReport()
-        public_key = (await self._signer(session)).public_key()
         # Sealed statements and the vault first: a checkpoint committed meanwhile then
         # shows up among the rows too, and is not mistaken for a removed one.
         statement_ids = set(
@@ -1009,7 +1024,6 @@ class AuditLog:
 
     async def query(
         self,
-        session: AsyncSession,
         *,
         actor: str | None = None,
         action: str | None = None,
@@ -1029,11 +1043,12 @@ class AuditLog:
             raise InvalidInput("limit must be positive")
         statement = _filtered(actor, action, outcome, target, since, until, after_seq)
         limited = statement.order_by(AuditEvent.seq).limit(min(limit, _MAX_QUERY_LIMIT))
-        return list(await session.scalars(limited))
+        await self.flush()  # a reader sees the events queued before it asked
+        async with self._sessions() as session:
+            return list(await session.scalars(limited))
 
     async def export(
         self,
-        session: AsyncSession,
         *,
         actor: str | None = None,
         action: str | None = None,
@@ -1046,11 +1061,14 @@ class AuditLog:
         """Every matching event as JSONL (see :func:`export_line`; no details, only
         their digest) and a detached Ed25519 signature of exactly those bytes."""
         statement = _filtered(actor, action, outcome, target, since, until, after_seq)
+        signer = (await self._keys()).signer
+        await self.flush()
         lines: list[bytes] = []
-        async for batch in _stream(session, statement):
-            lines.extend(export_line(event) for event in batch)
+        async with self._sessions() as session:
+            async for batch in _stream(session, statement):
+                lines.extend(export_line(event) for event in batch)
         jsonl = b"".join(lines)
-        return jsonl, (await self._signer(session)).sign(jsonl)
+        return jsonl, signer.sign(jsonl)
 
 
 # -- helpers -------------------------------------------------------------------

@@ -104,8 +104,7 @@ async def _checkpoint(audit: AuditLog, sessions: Sessions) -> AuditCheckpoint:
 
 
 async def _verify(audit: AuditLog, sessions: Sessions) -> AuditVerifyReport:
-    async with sessions() as session:
-        return await audit.verify(session)
+    return await audit.verify()
 
 
 def _found(report: AuditVerifyReport) -> list[tuple[int, str]]:
@@ -214,7 +213,7 @@ async def test_an_event_recorded_in_a_transaction_commits_with_its_change(
             event = await session.get(AuditEvent, 4)
             assert event is not None
             assert event.target == "record:3"
-            assert await audit.open_details(session, event) == {"why": "kept"}
+            assert await audit.open_details(event) == {"why": "kept"}
     finally:
         await audit.close()
         await writer.close()
@@ -365,8 +364,8 @@ async def test_events_with_and_without_an_actor_name_form_one_chain(
     assert (report.ok, report.events) == (True, 6)
 
     async with sessions() as session, session.begin():
-        jsonl, signature = await audit.export(session)
-        pem = await audit.public_key_pem(session)
+        jsonl, signature = await audit.export()
+        pem = await audit.public_key_pem()
     assert verify_export(jsonl, signature, pem)  # offline, with the names
     assert [json.loads(line).get("actor_name") for line in jsonl.splitlines()] == names
 
@@ -559,7 +558,7 @@ async def test_checkpoints_are_signed_and_sealed(
     checkpoint = await _checkpoint(audit, sessions)
     assert await audit.checkpoint() is None  # the head has not moved
     async with sessions() as session, session.begin():
-        pem = await audit.public_key_pem(session)
+        pem = await audit.public_key_pem()
         sealed = await session.get(SealedObject, checkpoint.object_id)
     key = serialization.load_pem_public_key(pem.encode())
     assert isinstance(key, Ed25519PublicKey)
@@ -781,8 +780,8 @@ async def test_details_are_sealed_and_bound_to_their_event(
         assert "insider" not in dump
         assert "Sheena" not in dump
         events = list(await session.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
-        assert await audit.open_details(session, events[0]) == {"query": SEARCH_TERM}
-        assert await audit.open_details(session, events[2]) is None
+        assert await audit.open_details(events[0]) == {"query": SEARCH_TERM}
+        assert await audit.open_details(events[2]) is None
 
     async with _as_dba(sessions) as session:
         await session.execute(
@@ -792,7 +791,7 @@ async def test_details_are_sealed_and_bound_to_their_event(
         moved = await session.get(AuditEvent, 2)
         assert moved is not None
         with pytest.raises(CorruptionDetected):
-            await audit.open_details(session, moved)
+            await audit.open_details(moved)
     assert _found(await _verify(audit, sessions)) == [(2, "altered")]
 
 
@@ -930,8 +929,7 @@ async def test_queued_events_survive_a_database_outage(
             await asyncio.to_thread(upgrade, url)
             await log.flush()
         assert "audit events lost" not in [e["event"] for e in logs]
-        async with session_factory(engine)() as session:
-            report = await log.verify(session)
+        report = await log.verify()
         assert report.ok
         assert report.events == 1
     finally:
@@ -963,34 +961,32 @@ async def _varied(audit: AuditLog, clock: FixedClock) -> None:
 async def test_query_filters(audit: AuditLog, sessions: Sessions, clock: FixedClock) -> None:
     start = clock.now()
     await _varied(audit, clock)
-    async with sessions() as session:
 
-        async def seqs(**filters: object) -> list[int]:
-            events = await audit.query(session, **filters)  # type: ignore[arg-type]  # filters of mixed types in one dict
-            return [e.seq for e in events]
+    async def seqs(**filters: object) -> list[int]:
+        events = await audit.query(**filters)  # type: ignore[arg-type]  # filters of mixed types in one dict
+        return [e.seq for e in events]
 
-        assert await seqs(actor="us_b") == [11, 12, 13, 14, 15]
-        assert await seqs(outcome="denied") == [11, 12, 13, 14, 15]
-        assert await seqs(action="http.POST /api/v1/exports") == [11, 12, 13, 14, 15]
-        assert len(await seqs(action="http.*")) == 16
-        assert await seqs(action="job.fetch_*") == [16, 17]  # "_" is not a wildcard
-        assert await seqs(target="record:7") == [8, 16, 17, 18]
-        window = await seqs(since=start + timedelta(minutes=2), until=start + timedelta(minutes=4))
-        assert window == [3, 4]
-        assert await seqs(actor="us_a", since=start + timedelta(minutes=8)) == [9, 10]
-        assert await seqs(actor="nobody") == []
-        with pytest.raises(InvalidInput, match="limit"):
-            await seqs(limit=0)
+    assert await seqs(actor="us_b") == [11, 12, 13, 14, 15]
+    assert await seqs(outcome="denied") == [11, 12, 13, 14, 15]
+    assert await seqs(action="http.POST /api/v1/exports") == [11, 12, 13, 14, 15]
+    assert len(await seqs(action="http.*")) == 16
+    assert await seqs(action="job.fetch_*") == [16, 17]  # "_" is not a wildcard
+    assert await seqs(target="record:7") == [8, 16, 17, 18]
+    window = await seqs(since=start + timedelta(minutes=2), until=start + timedelta(minutes=4))
+    assert window == [3, 4]
+    assert await seqs(actor="us_a", since=start + timedelta(minutes=8)) == [9, 10]
+    assert await seqs(actor="nobody") == []
+    with pytest.raises(InvalidInput, match="limit"):
+        await seqs(limit=0)
 
 
 async def test_query_pages_by_seq(audit: AuditLog, sessions: Sessions, clock: FixedClock) -> None:
     await _varied(audit, clock)
     pages: list[list[int]] = []
     after: int | None = None
-    async with sessions() as session:
-        while page := await audit.query(session, action="http.*", after_seq=after, limit=4):
-            pages.append([e.seq for e in page])
-            after = page[-1].seq
+    while page := await audit.query(action="http.*", after_seq=after, limit=4):
+        pages.append([e.seq for e in page])
+        after = page[-1].seq
     assert [len(p) for p in pages] == [4, 4, 4, 4]
     assert [s for p in pages for s in p] == [*range(1, 16), 19]
 
@@ -1000,9 +996,9 @@ async def test_export_is_signed_and_verifiable(
 ) -> None:
     await _varied(audit, clock)
     async with sessions() as session, session.begin():
-        everything, signature = await audit.export(session)
-        denied, denied_signature = await audit.export(session, outcome="denied")
-        pem = await audit.public_key_pem(session)
+        everything, signature = await audit.export()
+        denied, denied_signature = await audit.export(outcome="denied")
+        pem = await audit.public_key_pem()
 
     assert verify_export(everything, signature, pem)
     assert verify_export(denied, denied_signature, pem)

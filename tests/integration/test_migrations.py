@@ -477,13 +477,11 @@ async def _audit_after_upgrade(url: str, keyring: Keyring, vault_dir: Path) -> A
     clock = SystemClock()
     audit = AuditLog(sessions, Vault(FileStore(vault_dir, clock), keyring, clock), keyring, clock)
     try:
-        async with sessions() as session:
-            before = await audit.verify(session)
+        before = await audit.verify()
         assert (before.ok, before.events) == (True, 3), before.problems
         entry = AuditEntry(actor="us_9", actor_name="ana", action="http.GET /", outcome="allowed")
         await audit.record_durable(entry)
-        async with sessions() as session:
-            return await audit.verify(session)
+        return await audit.verify()
     finally:
         await audit.close()
         await engine.dispose()

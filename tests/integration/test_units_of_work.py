@@ -66,13 +66,11 @@ async def services(
 
 async def _events(services: Services, action: str) -> list[AuditEvent]:
     await services.audit.flush()
-    async with services.sessions() as session:
-        return await services.audit.query(session, action=action)
+    return await services.audit.query(action=action)
 
 
 async def _details(services: Services, event: AuditEvent) -> dict[str, Any] | None:
-    async with services.sessions() as session:
-        return await services.audit.open_details(session, event)
+    return await services.audit.open_details(event)
 
 
 async def _count(services: Services, model: type[Any]) -> int:

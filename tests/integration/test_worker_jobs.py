@@ -151,8 +151,7 @@ async def test_the_worker_checkpoints_new_events_every_15_minutes(
 
 async def _job_events(services: Services) -> list[tuple[str, str, str | None]]:
     await services.audit.flush()
-    async with services.sessions() as session:
-        events = await services.audit.query(session, action="job.*")
+    events = await services.audit.query(action="job.*")
     return [(e.action, e.outcome, e.reason) for e in events]
 
 
