@@ -79,8 +79,7 @@ async def _handshake(services: Services, scope: HTTPScope) -> ASGIResponse:
     mode, token, challenge = (query.get(f"hub.{name}", [None])[0] for name in _HANDSHAKE_PARAMETERS)
     if mode != "subscribe" or not token or challenge is None:
         return _text(HTTP_400_BAD_REQUEST, "bad handshake")
-    async with services.sessions() as session:
-        matched = await services.accounts.match_verify_token(session, token)
+    matched = await services.accounts.match_verify_token(token)
     if not matched:
         return _text(HTTP_403_FORBIDDEN, "verify token does not match")
     return _text(HTTP_200_OK, challenge)

@@ -34,7 +34,6 @@ import struct
 import sys
 import time
 import zlib
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
 
 from api.bootstrap import Services
 from api.cli.operator import CLI
@@ -51,8 +49,8 @@ from api.sandbox.fake_graph import FakeMedia, meta_wamid, running_fake_graph
 from api.worker import MEDIA_EVERY_SECONDS
 from archiver.identity.models import Grant
 from archiver.identity.services import IdentityConflict, Role
-from archiver.records.models import ContactIdentity, MediaItem, Record
-from archiver.whatsapp.items import Identity, extract
+from archiver.records.queries import AccountProgress
+from archiver.whatsapp.items import extract
 
 # How long a 401 on the first webhook is retried: the server re-reads its
 # accounts on an unknown signature at most every 5 s.
@@ -925,56 +923,18 @@ async def _deliver(
             )
 
 
-@dataclass(frozen=True, slots=True)
-class _Progress:
-    """What the database holds for the demo account so far."""
-
-    kinds: Counter[str]
-    media: Counter[str]
-    problems: list[str]
-
-    @property
-    def records(self) -> int:
-        return sum(self.kinds.values())
-
-
-async def _progress(services: Services, account_id: str) -> _Progress:
-    ours = Record.account_id == account_id
-    async with services.sessions() as session:
-        kinds = await session.execute(
-            select(Record.kind, func.count()).where(ours).group_by(Record.kind)
-        )
-        media = await session.execute(
-            select(MediaItem.state, func.count())
-            .join(Record, Record.id == MediaItem.record_id)
-            .where(ours)
-            .group_by(MediaItem.state)
-        )
-        problems = await session.scalars(
-            select(MediaItem.last_error)
-            .join(Record, Record.id == MediaItem.record_id)
-            .where(ours, MediaItem.state != "fetched", MediaItem.last_error.is_not(None))
-            .distinct()
-        )
-        return _Progress(
-            Counter(dict(kinds.tuples().all())),
-            Counter(dict(media.tuples().all())),
-            sorted(p for p in problems if p),
-        )
-
-
 async def _wait(
     services: Services,
     account_id: str,
     data: DemoData,
     deadline: float,
     out: Callable[[str], None],
-) -> _Progress:
+) -> AccountProgress:
     """Poll the database until every item is projected and no media is pending."""
     shown = ""
     told_about_job = False
     while True:
-        progress = await _progress(services, account_id)
+        progress = await services.records.progress(account_id)
         media = progress.media
         failed = f", {media['failed']} failed" if media["failed"] else ""
         line = (
@@ -993,13 +953,6 @@ async def _wait(
         if (projected and settled) or left <= 0:
             return progress
         await asyncio.sleep(min(_POLL_SECONDS, left))
-
-
-async def _contact_id(services: Services, person: _Person) -> str | None:
-    token = services.capture.identity_token(Identity("wa_id", person.e164))
-    async with services.sessions() as session:
-        row = await session.get(ContactIdentity, ("wa_id", token))
-    return row.contact_id if row else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1098,7 +1051,8 @@ async def run_demo(
         out(f"  media problem: {problem}")
 
     officer = await _officer(services, account_id)
-    contact = await _contact_id(services, YAMADA)
+    contacts = await services.records.contacts_of(YAMADA.e164)
+    contact = next(iter(contacts), None) if contacts else None
     out("")
     out(officer.outcome)
     if not officer.granted:

@@ -64,9 +64,9 @@ class AccountService:
         index: BlindIndex,
         clock: Clock,
         *,
-        sessions: async_sessionmaker[AsyncSession] | None = None,
-        writer: Writer | None = None,
-        audit: AuditLog | None = None,
+        sessions: async_sessionmaker[AsyncSession],
+        writer: Writer,
+        audit: AuditLog,
     ) -> None:
         self._keyring = keyring
         self._index = index
@@ -93,8 +93,6 @@ class AccountService:
     ) -> AccountView:
         """Register a phone number, audited as ``account.register`` in the same
         transaction; raise ``AccountExists`` or ``InvalidInput``, audited as denied."""
-        assert self._writer is not None, "wired by open_services"
-        assert self._audit is not None, "wired by open_services"
         try:
             async with self._writer.transaction() as session:
                 account = await self.add(
@@ -135,7 +133,6 @@ class AccountService:
 
     async def listed(self, accounts: set[str] | frozenset[str] | None) -> list[AccountView]:
         """The accounts among ``accounts`` (``None``: every one), oldest first."""
-        assert self._sessions is not None, "wired by open_services"
         async with self._sessions() as session:
             return [
                 AccountView(
@@ -151,7 +148,6 @@ class AccountService:
 
     async def exists(self, account_id: str) -> bool:
         """Whether ``account_id`` is registered."""
-        assert self._sessions is not None, "wired by open_services"
         async with self._sessions() as session:
             return await session.get(Account, account_id) is not None
 
@@ -236,12 +232,13 @@ class AccountService:
             )
         return out
 
-    async def match_verify_token(self, session: AsyncSession, token: str) -> bool:
+    async def match_verify_token(self, token: str) -> bool:
         """True if ``token`` is the verify token of some account (constant time)."""
         digest = _sha256(token)
         found = False
-        for stored in await session.scalars(select(Account.verify_token_sha256)):
-            found |= hmac.compare_digest(stored, digest)
+        async with self._sessions() as session:
+            for stored in await session.scalars(select(Account.verify_token_sha256)):
+                found |= hmac.compare_digest(stored, digest)
         return found
 
     async def _open(

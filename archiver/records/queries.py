@@ -12,12 +12,13 @@ Pages are in time order, (occurred at, record id), after an opaque keyset cursor
 from __future__ import annotations
 
 import base64
+from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select, tuple_
+from sqlalchemy import Select, and_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver.audit.services import Actor, AuditLog
@@ -120,6 +121,20 @@ class MediaFile:
     item: MediaItem
     record: Record
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AccountProgress:
+    """How far capture has come for one account: its records by kind, its media
+    files by state, and the distinct errors of media not fetched."""
+
+    kinds: Counter[str]
+    media: Counter[str]
+    problems: list[str]
+
+    @property
+    def records(self) -> int:
+        return sum(self.kinds.values())
 
 
 class Records:
@@ -307,6 +322,31 @@ class Records:
             objects = await self._vault.verify(session)
             bindings = await self._reader.verify(session)
         return ArchiveCheck(objects, bindings)
+
+    async def progress(self, account_id: str) -> AccountProgress:
+        """What the archive holds for ``account_id`` so far (the sandbox's progress)."""
+        ours = Record.account_id == account_id
+        async with self._sessions() as session:
+            kinds = await session.execute(
+                select(Record.kind, func.count()).where(ours).group_by(Record.kind)
+            )
+            media = await session.execute(
+                select(MediaItem.state, func.count())
+                .join(Record, Record.id == MediaItem.record_id)
+                .where(ours)
+                .group_by(MediaItem.state)
+            )
+            problems = await session.scalars(
+                select(MediaItem.last_error)
+                .join(Record, Record.id == MediaItem.record_id)
+                .where(ours, MediaItem.state != "fetched", MediaItem.last_error.is_not(None))
+                .distinct()
+            )
+            return AccountProgress(
+                Counter(dict(kinds.tuples().all())),
+                Counter(dict(media.tuples().all())),
+                sorted(p for p in problems if p),
+            )
 
     async def contacts_of(self, phone: str | None) -> frozenset[str] | None:
         """The contact a phone number names, as a search filter: ``None`` for no

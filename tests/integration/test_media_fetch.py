@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from api.sandbox.fake_graph import FakeMedia, running_fake_graph
 from archiver.accounts.services import AccountService
+from archiver.audit.services import AuditLog
 from archiver.core.clock import FixedClock
 from archiver.core.db import Writer
 from archiver.core.subjects import record_subject
@@ -60,8 +61,14 @@ async def graph(graph_url: str) -> AsyncIterator[GraphClient]:
 
 
 @pytest.fixture
-def accounts(keyring: Keyring, clock: FixedClock) -> AccountService:
-    return AccountService(keyring, BlindIndex(secrets.token_bytes(32)), clock)
+async def accounts(
+    keyring: Keyring, clock: FixedClock, sessions: Sessions, vault: Vault
+) -> AsyncIterator[AccountService]:
+    writer = Writer(sessions)
+    audit = AuditLog(sessions, vault, keyring, clock, writer=writer)
+    index = BlindIndex(secrets.token_bytes(32))
+    yield AccountService(keyring, index, clock, sessions=sessions, writer=writer, audit=audit)
+    await audit.close()
 
 
 @pytest.fixture
