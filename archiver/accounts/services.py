@@ -95,7 +95,7 @@ class AccountService:
         transaction; raise ``AccountExists`` or ``InvalidInput``, audited as denied."""
         try:
             async with self._writer.transaction() as session:
-                account = await self.add(
+                account = await self._add(
                     session,
                     phone_number_id=phone_number_id,
                     display_phone_number=display_phone_number,
@@ -151,7 +151,7 @@ class AccountService:
         async with self._sessions() as session:
             return await session.get(Account, account_id) is not None
 
-    async def add(
+    async def _add(
         self,
         session: AsyncSession,
         *,
@@ -162,8 +162,7 @@ class AccountService:
         access_token: str | None = None,
         waba_id: str | None = None,
     ) -> Account:
-        """Add a phone number inside the caller's transaction, unaudited (seeding
-        tests and the demo); :meth:`register` is the audited change. Raise
+        """Add a phone number inside ``register``'s transaction; raise
         ``AccountExists`` or ``InvalidInput``."""
         if not phone_number_id.isdigit():
             raise InvalidInput("phone_number_id must be Meta's numeric id")

@@ -1222,22 +1222,9 @@ class GrantService:
             if not requester.allows(Permission.USERS_MANAGE):
                 raise NotPermitted("granting roles needs users.manage")
             found = await self._identity.find_user(session, user, lock=True)
-            await self._check_account(session, account_id)
-            result: Grant | Approval
-            if role in SENSITIVE_ROLES:
-                result = await self._approvals.request(
-                    session,
-                    kind="grant",
-                    permission=Permission.GRANTS_APPROVE,
-                    payload={"user_id": found.id, "role": role.value, "account_id": account_id},
-                    requested_by=requester.user_id,
-                )
-            else:
-                result = await self._identity.apply_grant(
-                    session, found, role, account_id, granted_by=requester.user_id
-                )
-            await self._record(session, actor, result, found.id, role, account_id)
-        return result
+            return await self._grant_or_ask(
+                session, actor, found, role, account_id, role in SENSITIVE_ROLES, requester.user_id
+            )
 
     async def grant_as_operator(
         self, actor: Actor, user: str, role: Role, account_id: str | None
@@ -1285,19 +1272,33 @@ class GrantService:
         role: Role,
         account_id: str | None,
     ) -> Grant | Approval:
+        ask = role in SENSITIVE_ROLES and await self._identity.admin_exists(session)
+        return await self._grant_or_ask(session, actor, user, role, account_id, ask, actor.id)
+
+    async def _grant_or_ask(
+        self,
+        session: AsyncSession,
+        actor: Actor,
+        user: User,
+        role: Role,
+        account_id: str | None,
+        ask: bool,
+        by: str,
+    ) -> Grant | Approval:
+        """Grant ``role`` now, or with ``ask`` open an approval for it; recorded either way."""
         await self._check_account(session, account_id)
         result: Grant | Approval
-        if role in SENSITIVE_ROLES and await self._identity.admin_exists(session):
+        if ask:
             result = await self._approvals.request(
                 session,
                 kind="grant",
                 permission=Permission.GRANTS_APPROVE,
                 payload={"user_id": user.id, "role": role.value, "account_id": account_id},
-                requested_by=actor.id,
+                requested_by=by,
             )
         else:
             result = await self._identity.apply_grant(
-                session, user, role, account_id, granted_by=actor.id
+                session, user, role, account_id, granted_by=by
             )
         await self._record(session, actor, result, user.id, role, account_id)
         return result

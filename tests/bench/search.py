@@ -52,6 +52,7 @@ from alembic.script import ScriptDirectory
 from api.bootstrap import Services, migrate_database, open_services
 from api.migrate import alembic_config, upgrade
 from api.settings import Settings, load_settings
+from archiver.audit.services import Actor
 from archiver.search.blind_index import normalize
 from archiver.search.services import Filters, SearchError
 from archiver.whatsapp.items import Identity, Item, extract
@@ -521,18 +522,18 @@ async def fill(
     also added to the FTS5 baseline; return the marker's first fields."""
     rng = random.Random(SEED + 1)
     names = [contact_name(rng, c) for c in range(params.contacts)]
+    accounts = []
+    for a in range(params.accounts):
+        phone_number_id, display = account_numbers(a)
+        account = await services.accounts.register(
+            Actor(id="bench"),
+            phone_number_id=phone_number_id,
+            display_phone_number=display,
+            app_secret=f"bench-app-secret-{a}",
+            verify_token=f"bench-verify-{a}",
+        )
+        accounts.append(account.id)
     async with services.sessions() as session, session.begin():
-        accounts = []
-        for a in range(params.accounts):
-            phone_number_id, display = account_numbers(a)
-            account = await services.accounts.add(
-                session,
-                phone_number_id=phone_number_id,
-                display_phone_number=display,
-                app_secret=f"bench-app-secret-{a}",
-                verify_token=f"bench-verify-{a}",
-            )
-            accounts.append(account.id)
         contacts = []
         for c in range(params.contacts):
             contact = await services.capture.resolve_contact(session, [Identity("wa_id", phone(c))])

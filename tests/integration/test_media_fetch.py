@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from api.sandbox.fake_graph import FakeMedia, running_fake_graph
 from archiver.accounts.services import AccountService
-from archiver.audit.services import AuditLog
+from archiver.audit.services import Actor, AuditLog
 from archiver.core.clock import FixedClock
 from archiver.core.db import Writer
 from archiver.core.subjects import record_subject
@@ -92,16 +92,15 @@ class Archive:
     clock: FixedClock
 
     async def account(self, access_token: str | None = TOKEN) -> str:
-        async with self.sessions() as session, session.begin():
-            account = await self.accounts.add(
-                session,
-                phone_number_id=str(secrets.randbelow(10**15)),
-                display_phone_number="+1 555 078 3881",
-                app_secret="app-secret",
-                verify_token="verify-token",
-                access_token=access_token,
-            )
-            return account.id
+        account = await self.accounts.register(
+            Actor(id="test"),
+            phone_number_id=str(secrets.randbelow(10**15)),
+            display_phone_number="+1 555 078 3881",
+            app_secret="app-secret",
+            verify_token="verify-token",
+            access_token=access_token,
+        )
+        return account.id
 
     async def media_item(
         self,

@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from api.bootstrap import Services, open_services
 from api.settings import load_settings
+from archiver.audit.services import Actor
 from archiver.capture.models import JournalEntry
 from archiver.capture.services import PROJECTION_LEASE
 from archiver.core.clock import FixedClock
@@ -96,14 +97,13 @@ async def workers(database_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
     first = await open_services(settings, clock)
     second = await open_services(settings, clock)
     try:
-        async with first.sessions() as session, session.begin():
-            account = await first.accounts.add(
-                session,
-                phone_number_id=PHONE_NUMBER_ID,
-                display_phone_number="+1 555 078 3881",
-                app_secret=APP_SECRET,
-                verify_token="projection-workers-verify",
-            )
+        account = await first.accounts.register(
+            Actor(id="test"),
+            phone_number_id=PHONE_NUMBER_ID,
+            display_phone_number="+1 555 078 3881",
+            app_secret=APP_SECRET,
+            verify_token="projection-workers-verify",
+        )
         for services in (first, second):
             await services.capture.refresh_secrets()
         yield Workers(first, second, clock, account.id)

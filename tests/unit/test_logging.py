@@ -53,9 +53,9 @@ SENSITIVE = (
     CONTACT_NAME,
 )
 
-REQUEST_ID = uuid.uuid4().hex
+REQUEST_ID = "5f0c3a9e8b7d4c2a9e1f6b3d8a7c4e21"  # a uuid4 hex, fixed so test ids are stable
 SEALED_UUID = "0193a1b2-c3d4-4e5f-8a7b-8c9d0e1f2a3b"
-OBJECT_KEY = f"journal/2026/11/21/{uuid.uuid4().hex}.bin"
+OBJECT_KEY = "journal/2026/11/21/8caa9fe67fc542198b855dde87f623fb.bin"
 
 
 @pytest.fixture
