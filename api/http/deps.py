@@ -19,14 +19,11 @@ from api.bootstrap import Services
 from api.settings import Settings
 from archiver.accounts.services import AccountService
 from archiver.audit.services import AuditLog
-from archiver.capture.services import Capture
-from archiver.core.clock import Clock
 from archiver.identity.services import ApprovalService, GrantService, IdentityService
 from archiver.imports.services import ChatImporter
-from archiver.records.conversations import Conversations
 from archiver.records.queries import Records
+from archiver.records.services import IntegrityAlarm
 from archiver.search.queries import ArchiveSearch
-from archiver.search.services import Search
 from policy.lexicon import Lexicon
 
 # Litestar 3 drops dependencies inferred from a bare parameter type, so each is
@@ -35,19 +32,16 @@ AccountsDep: TypeAlias = NamedDependency[AccountService]
 ApprovalsDep: TypeAlias = NamedDependency[ApprovalService]
 ArchiveSearchDep: TypeAlias = NamedDependency[ArchiveSearch]
 AuditDep: TypeAlias = NamedDependency[AuditLog]
-CaptureDep: TypeAlias = NamedDependency[Capture]
-ClockDep: TypeAlias = NamedDependency[Clock]
-ConversationsDep: TypeAlias = NamedDependency[Conversations]
 GrantsDep: TypeAlias = NamedDependency[GrantService]
 IdentityDep: TypeAlias = NamedDependency[IdentityService]
 ImporterDep: TypeAlias = NamedDependency[ChatImporter]
 LexiconDep: TypeAlias = NamedDependency[Lexicon]
 RecordsDep: TypeAlias = NamedDependency[Records]
-SearchDep: TypeAlias = NamedDependency[Search]
+IntegrityAlarmDep: TypeAlias = NamedDependency[IntegrityAlarm]
 SettingsDep: TypeAlias = NamedDependency[Settings]
 
-# The composition root itself, for the few routes that are about the whole
-# running system (readiness).
+# The composition root itself, for the one route about the whole running
+# system (readiness).
 ServicesDep: TypeAlias = NamedDependency[Services]
 
 PROVIDED = (
@@ -55,15 +49,11 @@ PROVIDED = (
     "approvals",
     "archive_search",
     "audit",
-    "capture",
-    "clock",
-    "conversations",
     "grants",
     "identity",
     "importer",
     "lexicon",
     "records",
-    "search",
     "settings",
 )
 
@@ -79,7 +69,13 @@ def providers() -> dict[str, Provide]:
     """The application's dependencies: one provider per service a handler may ask for."""
     provided = {name: Provide(_provider(name), sync_to_thread=False) for name in PROVIDED}
     provided["services"] = Provide(_provider_of_services, sync_to_thread=False)
+    provided["integrity_alarm"] = Provide(_integrity_alarm, sync_to_thread=False)
     return provided
+
+
+def _integrity_alarm(state: State) -> IntegrityAlarm:
+    alarm: IntegrityAlarm = state.services.record_reader.alarm
+    return alarm
 
 
 def _provider_of_services(state: State) -> Services:

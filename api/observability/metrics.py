@@ -11,7 +11,7 @@ from typing import get_args
 from litestar import get
 
 from api.http.auth import needs
-from api.http.deps import ServicesDep
+from api.http.deps import IntegrityAlarmDep
 from archiver.identity.services import Permission
 from archiver.records.services import Reason
 
@@ -25,10 +25,10 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
     tags=["health"],
     sync_to_thread=False,
 )
-def metrics(services: ServicesDep) -> str:
+def metrics(integrity_alarm: IntegrityAlarmDep) -> str:
     """Counters for alerting: records and media files that failed their integrity
     check when read, by reason, since this process started."""
-    counts = services.record_reader.alarm.counts
+    counts = integrity_alarm.counts
     lines = [
         "# HELP strongroom_integrity_failures_total Records and media files that failed"
         " their integrity check when read, by reason.",
