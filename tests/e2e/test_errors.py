@@ -89,7 +89,7 @@ def test_a_bug_is_a_logged_500_never_a_400(
     async def broken(*_: object, **__: object) -> None:
         raise bug(f"a bug while handling +{NUMBER}")
 
-    monkeypatch.setattr(app.client.app.state.services.accounts, "add", broken)
+    monkeypatch.setattr(app.client.app.state.services.accounts, "register", broken)
     before = len(app.logged("unhandled error"))
 
     answer = app.post_account()
