@@ -334,8 +334,10 @@ class IdentityService:
     """Users, credentials, sessions, tokens and grants.
 
     The methods that take an :class:`Actor` are the use cases: each is one unit of
-    work that records its audit event with its change. Those that take a session
-    are their steps, run inside the caller's transaction."""
+    work that records its audit event with its change, and the only public way to
+    change identity state. The public methods that take a session only read; the
+    steps that change state are private to this module, run inside a use case's
+    transaction."""
 
     def __init__(
         self,
@@ -360,7 +362,7 @@ class IdentityService:
 
     # -- users ---------------------------------------------------------------
 
-    async def create_user(
+    async def _create_user(
         self, session: AsyncSession, username: str, password: str, *, created_by: str | None
     ) -> User:
         """Create a user with a password; raise ``InvalidInput`` or ``IdentityConflict``."""
@@ -370,7 +372,7 @@ class IdentityService:
         if _USER_ID.fullmatch(username):
             # Users are found by id or by name (find_user): a name may not be an id.
             raise InvalidInput("username: cannot have the form of a user id")
-        self._check_password(password, username)
+        self._check_password_policy(password, username)
         user = User(
             id="usr_" + secrets.token_hex(8),  # the form _USER_ID recognises
             username=username,
@@ -387,7 +389,7 @@ class IdentityService:
             raise IdentityConflict(f"user {username} already exists") from None
         return user
 
-    def _check_password(self, password: str, username: str) -> None:
+    def _check_password_policy(self, password: str, username: str) -> None:
         problem = password_problem(password, username)
         if problem is not None:
             raise InvalidInput(problem)
@@ -402,20 +404,20 @@ class IdentityService:
         """Every user, oldest first."""
         return list(await session.scalars(select(User).order_by(User.created_at)))
 
-    async def set_password(self, session: AsyncSession, user: User, password: str) -> None:
+    async def _set_password(self, session: AsyncSession, user: User, password: str) -> None:
         """Replace the user's password and clear any lockout."""
-        self._check_password(password, user.username)
+        self._check_password_policy(password, user.username)
         user.password_hash = self._hasher.hash(password)
         user.failed_logins = 0
         user.locked_until = None
         await session.flush()
 
-    async def check_password(self, session: AsyncSession, username: str, password: str) -> User:
+    async def _check_password(self, session: AsyncSession, username: str, password: str) -> User:
         """Verify a password with back-off and lockout; raise ``InvalidCredentials``
         or ``AccountLocked``. The caller commits (failures are counted).
 
         Wrong passwords and wrong TOTP codes count together, and only a complete
-        sign-in (``complete_sign_in``) clears them: the right password alone does
+        sign-in (``_complete_sign_in``) clears them: the right password alone does
         not, or knowing it would reset the count of guessed codes."""
         user = await self.user_by_name(session, username)
         now = self._clock.now()
@@ -473,10 +475,10 @@ class IdentityService:
     def _subject(self, user: User) -> str:
         return f"user:{user.id}"
 
-    async def totp_enrolment(self, session: AsyncSession, user: User) -> TotpEnrolment:
+    async def _totp_enrolment(self, session: AsyncSession, user: User) -> TotpEnrolment:
         """The unconfirmed enrolment of ``user``, started if there is none."""
         if user.totp_secret_sealed is None or user.mfa_enrolled_at is not None:
-            return await self.begin_totp(session, user)
+            return await self._begin_totp(session, user)
         secret = await self._totp_secret(session, user)
         uri = pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name=self._issuer)
         return TotpEnrolment(secret, uri)
@@ -488,7 +490,7 @@ class IdentityService:
         )
         return envelope.open_(key, f"{user.id}/totp", user.totp_secret_sealed).decode()
 
-    async def begin_totp(self, session: AsyncSession, user: User) -> TotpEnrolment:
+    async def _begin_totp(self, session: AsyncSession, user: User) -> TotpEnrolment:
         """Start (or restart) TOTP enrolment; it counts once a code is confirmed."""
         secret = pyotp.random_base32()
         key_id, key = await self._keyring.key_for(session, self._subject(user))
@@ -499,7 +501,7 @@ class IdentityService:
         uri = pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name=self._issuer)
         return TotpEnrolment(secret, uri)
 
-    async def verify_totp(self, session: AsyncSession, user: User, code: str) -> None:
+    async def _verify_totp(self, session: AsyncSession, user: User, code: str) -> None:
         """Check a TOTP code (one step of clock drift allowed; no code used twice).
 
         The first good code completes enrolment. Wrong codes count with wrong
@@ -538,7 +540,7 @@ class IdentityService:
             raise AccountLocked(until)
         raise InvalidCredentials("invalid code")
 
-    async def reset_mfa(self, session: AsyncSession, user: User) -> None:
+    async def _reset_mfa(self, session: AsyncSession, user: User) -> None:
         """Forget the user's authenticator; they enrol again at next sign-in."""
         user.totp_secret_sealed = None
         user.mfa_enrolled_at = None
@@ -575,7 +577,7 @@ class IdentityService:
         )
         return Principal(user.id, user.username, grants, via, scopes)
 
-    async def apply_grant(
+    async def _apply_grant(
         self,
         session: AsyncSession,
         user: User,
@@ -607,7 +609,7 @@ class IdentityService:
         await session.flush()
         return grant
 
-    async def revoke_grant(
+    async def _revoke_grant(
         self, session: AsyncSession, user: User, role: Role, account_id: str | None
     ) -> int:
         """Revoke the user's matching grants; return how many."""
@@ -630,7 +632,7 @@ class IdentityService:
 
     # -- API tokens ------------------------------------------------------------
 
-    async def create_token(
+    async def _create_token(
         self,
         session: AsyncSession,
         user: User,
@@ -716,7 +718,7 @@ class IdentityService:
             )
         )
 
-    async def revoke_token(self, session: AsyncSession, token_id: str) -> None:
+    async def _revoke_token(self, session: AsyncSession, token_id: str) -> None:
         """Revoke a token now."""
         token = await session.get(ApiToken, token_id)
         if token is None:
@@ -726,7 +728,7 @@ class IdentityService:
 
     # -- console sessions ----------------------------------------------------
 
-    async def start_session(
+    async def _start_session(
         self, session: AsyncSession, user: User, *, mfa_verified: bool
     ) -> tuple[str, WebSession]:
         """Open a console session; returns the cookie value (kept only hashed)."""
@@ -756,7 +758,7 @@ class IdentityService:
             return None
         return row, user
 
-    async def complete_sign_in(
+    async def _complete_sign_in(
         self, session: AsyncSession, pending: WebSession, code: str | None
     ) -> tuple[str, WebSession]:
         """Finish a half-signed-in session: check the TOTP code if the user's roles
@@ -765,23 +767,26 @@ class IdentityService:
 
         Raise ``InvalidCredentials``, ``AccountLocked`` or ``MfaRequired``; the
         caller commits (failures are counted)."""
+        # The user first, then the session: a code that locks the user out ends
+        # their other half-signed-in sessions, which a concurrent guess holding its
+        # session's lock while waiting for the user's would deadlock.
+        user = await session.get(User, pending.user_id, with_for_update=True)
         row = await session.get(WebSession, pending.id_sha256, with_for_update=True)
         now = self._clock.now()
         if row is None or row.revoked_at is not None or row.expires_at <= now or row.mfa_verified:
             raise InvalidCredentials(_ENDED)
-        user = await session.get(User, row.user_id)
-        if user is None or user.disabled:
+        if user is None or user.disabled or user.id != row.user_id:
             raise InvalidCredentials(_ENDED)
         if await self.needs_mfa(session, user):
             if code is None:
                 raise MfaRequired("a code from the authenticator is required")
-            await self.verify_totp(session, user, code)
+            await self._verify_totp(session, user, code)
         else:
             self._clear_failures(user)
         row.revoked_at = now
-        return await self.start_session(session, user, mfa_verified=True)
+        return await self._start_session(session, user, mfa_verified=True)
 
-    async def end_session(self, session: AsyncSession, cookie: str) -> None:
+    async def _end_session(self, session: AsyncSession, cookie: str) -> None:
         """Sign out: the cookie stops working at once."""
         row = await session.get(WebSession, _sha256(cookie))
         if row is not None:
@@ -821,7 +826,7 @@ class IdentityService:
         async with self._work.change(
             actor, "identity.user.create", target=f"username:{username[:200]}"
         ) as session:
-            user = await self.create_user(session, username, password, created_by=actor.id)
+            user = await self._create_user(session, username, password, created_by=actor.id)
             await self._audit.record_in(
                 session, actor.entry("identity.user.create", target=f"user:{user.id}")
             )
@@ -833,7 +838,7 @@ class IdentityService:
             actor, "identity.user.password", target=f"user:{user}"
         ) as session:
             found = await self.find_user(session, user, lock=True)
-            await self.set_password(session, found, password)
+            await self._set_password(session, found, password)
             await self._audit.record_in(
                 session, actor.entry("identity.user.password", target=f"user:{found.id}")
             )
@@ -842,7 +847,7 @@ class IdentityService:
         """Forget a user's authenticator (``identity.mfa.reset``)."""
         async with self._work.change(actor, "identity.mfa.reset", target=f"user:{user}") as session:
             found = await self.find_user(session, user, lock=True)
-            await self.reset_mfa(session, found)
+            await self._reset_mfa(session, found)
             await self._audit.record_in(
                 session, actor.entry("identity.mfa.reset", target=f"user:{found.id}")
             )
@@ -879,7 +884,7 @@ class IdentityService:
             actor, "identity.token.create", target=f"user:{user}"
         ) as session:
             holder = await self.find_user(session, user)
-            new = await self.create_token(
+            new = await self._create_token(
                 session, holder, name=name, scopes=scopes, lifetime=lifetime
             )
             await self._audit.record_in(
@@ -906,7 +911,7 @@ class IdentityService:
                 raise UnknownUser("no such token")
             if token.revoked_at is not None:
                 raise IdentityConflict(f"token {token_id} is already revoked")
-            await self.revoke_token(session, token_id)
+            await self._revoke_token(session, token_id)
             await self._audit.record_in(
                 session, actor.entry("identity.token.revoke", target=f"token:{token_id}")
             )
@@ -950,7 +955,7 @@ class IdentityService:
         refusal: IdentityError | None = None
         async with self._work.writer.transaction() as session:
             try:
-                user = await self.check_password(session, username, password)
+                user = await self._check_password(session, username, password)
             except IdentityError as exc:
                 refusal = exc
                 reason = _sign_in_reason(exc, "bad credentials")
@@ -973,8 +978,8 @@ class IdentityService:
                 )
             else:
                 if previous:
-                    await self.end_session(session, previous)
-                cookie, _ = await self.start_session(session, user, mfa_verified=False)
+                    await self._end_session(session, previous)
+                cookie, _ = await self._start_session(session, user, mfa_verified=False)
                 await self._audit.record_in(
                     session,
                     dataclasses.replace(actor, id=user.id, name=user.username).entry(
@@ -1005,7 +1010,7 @@ class IdentityService:
         ) as session:
             user = await self.find_user(session, user.id, lock=True)
             started = user.totp_secret_sealed is None
-            enrolment = await self.totp_enrolment(session, user)
+            enrolment = await self._totp_enrolment(session, user)
             if started:
                 await self._audit.record_in(
                     session, who.entry("identity.totp.begin", target=f"user:{user.id}")
@@ -1040,7 +1045,7 @@ class IdentityService:
             target = f"user:{pending.user_id}"
             enrolled = user is not None and user.mfa_enrolled_at is not None
             try:
-                cookie, _ = await self.complete_sign_in(session, pending, code)
+                cookie, _ = await self._complete_sign_in(session, pending, code)
             except IdentityError as exc:
                 refusal = exc
                 await self._audit.record_in(
@@ -1068,7 +1073,7 @@ class IdentityService:
         """End a console session (``identity.session.end``)."""
         async with self._work.writer.transaction() as session:
             row = await session.get(WebSession, _sha256(cookie))
-            await self.end_session(session, cookie)
+            await self._end_session(session, cookie)
             target = f"user:{row.user_id}" if row is not None else None
             await self._audit.record_in(session, actor.entry("identity.session.end", target=target))
 
@@ -1085,7 +1090,7 @@ class ApprovalService:
         async with self._sessions() as session:
             return await self.pending(session, kind)
 
-    async def request(
+    async def _request(
         self,
         session: AsyncSession,
         *,
@@ -1109,7 +1114,7 @@ class ApprovalService:
         await session.flush()
         return approval
 
-    async def decide(
+    async def _decide(
         self,
         session: AsyncSession,
         approval_id: int,
@@ -1253,7 +1258,7 @@ class GrantService:
         async with self._work.change(
             actor, "identity.user.create", target=f"username:{username[:200]}"
         ) as session:
-            user = await self._identity.create_user(
+            user = await self._identity._create_user(
                 session, username, password, created_by=actor.id
             )
             result = None
@@ -1289,7 +1294,7 @@ class GrantService:
         await self._check_account(session, account_id)
         result: Grant | Approval
         if ask:
-            result = await self._approvals.request(
+            result = await self._approvals._request(
                 session,
                 kind="grant",
                 permission=Permission.GRANTS_APPROVE,
@@ -1297,7 +1302,7 @@ class GrantService:
                 requested_by=by,
             )
         else:
-            result = await self._identity.apply_grant(
+            result = await self._identity._apply_grant(
                 session, user, role, account_id, granted_by=by
             )
         await self._record(session, actor, result, user.id, role, account_id)
@@ -1324,7 +1329,7 @@ class GrantService:
                 and ApprovalService.payload(pending)["user_id"] == decider.user_id
             ):
                 raise NotPermitted("a grant must be decided by someone other than its grantee")
-            approval = await self._approvals.decide(
+            approval = await self._approvals._decide(
                 session, approval_id, decider, approve=approve, reason=reason
             )
             request = ApprovalService.payload(approval)
@@ -1333,7 +1338,7 @@ class GrantService:
                 user = await session.get(User, request["user_id"])
                 if user is None:
                     raise IdentityConflict("the user of this grant no longer exists")
-                grant = await self._identity.apply_grant(
+                grant = await self._identity._apply_grant(
                     session,
                     user,
                     Role(request["role"]),
@@ -1361,7 +1366,7 @@ class GrantService:
             actor, action, target=f"user:{user} role:{role.value}"
         ) as session:
             found = await self._identity.find_user(session, user, lock=True)
-            count = await self._identity.revoke_grant(session, found, role, account_id)
+            count = await self._identity._revoke_grant(session, found, role, account_id)
             await self._audit.record_in(
                 session,
                 actor.entry(

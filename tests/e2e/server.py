@@ -23,11 +23,12 @@ from typing import Any
 import asyncpg
 import httpx
 import pyotp
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.bootstrap import Services, open_services
 from api.sandbox.fake_graph import meta_wamid
 from api.settings import load_settings
+from archiver.audit.services import Actor
+from archiver.identity.models import Approval
 from archiver.identity.services import GLOBAL_PERMISSIONS, ROLE_PERMISSIONS, Permission, Role
 from tests.conftest import PG_ADMIN_DSN
 
@@ -39,6 +40,8 @@ PHONE_NUMBER_ID = "106540352242922"
 DISPLAY_NUMBER = "15550783881"
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "webhooks"
 _URLSAFE = str.maketrans("-_", "+/")
+# Who seeds the tests' users, as the audit trail names them: the CLI's operator.
+SEED = Actor(id="cli", name="test-seed")
 
 
 def free_port() -> int:
@@ -290,18 +293,53 @@ class Server:
     async def _bootstrap(self) -> tuple[str, str]:
         services = await open_services(load_settings(self.env))
         try:
-            async with services.sessions() as session, session.begin():
-                return (
-                    await self._user_token(services, session, "e2e-admin", [Role.ADMIN]),
-                    await self._user_token(
-                        services,
-                        session,
-                        "e2e-officer",
-                        [Role.COMPLIANCE_OFFICER, Role.RECORDS_MANAGER],
-                    ),
-                )
+            # The admin's role comes last: until an admin exists the operator's
+            # grants apply at once, the officer's sensitive ones included.
+            await services.identity.add_user(SEED, "e2e-admin", PASSWORD)
+            officer = await self.seed(
+                services,
+                "e2e-officer",
+                [(Role.COMPLIANCE_OFFICER, None), (Role.RECORDS_MANAGER, None)],
+                lifetime=timedelta(days=1),
+            )
+            admin = await self.seed(
+                services, "e2e-admin", [(Role.ADMIN, None)], lifetime=timedelta(days=1), add=False
+            )
+            return admin, officer
         finally:
             await services.close()
+
+    async def seed(
+        self,
+        services: Services,
+        username: str,
+        roles: list[tuple[Role, str | None]],
+        *,
+        scopes: frozenset[Permission] | None = None,
+        lifetime: timedelta = timedelta(hours=1),
+        add: bool = True,
+    ) -> str:
+        """Add ``username`` with ``roles`` as the operator would, through the audited use
+        cases, and return an API token's secret (by default with all the roles'
+        permissions). A grant that waits for approval is approved by the admin of
+        ``bootstrap_users``."""
+        if add:
+            await services.identity.add_user(SEED, username, PASSWORD)
+        for role, account in roles:
+            result = await services.grants.grant_as_operator(SEED, username, role, account)
+            if isinstance(result, Approval):
+                admin = await services.identity.authenticate_token(
+                    self.admin["Authorization"].removeprefix("Bearer ")
+                )
+                await services.grants.decide(
+                    Actor(id=admin.user_id, name=admin.username), admin, result.id, approve=True
+                )
+        if scopes is None:
+            scopes = frozenset(p for role, _ in roles for p in ROLE_PERMISSIONS[role])
+        token = await services.identity.issue_token(
+            SEED, username, name="e2e", scopes=scopes, lifetime=lifetime
+        )
+        return token.secret
 
     def officer_of(self, username: str, account_id: str) -> dict[str, str]:
         """A compliance officer of ``account_id`` alone, with an API token."""
@@ -309,42 +347,18 @@ class Server:
         async def make() -> str:
             services = await open_services(load_settings(self.env))
             try:
-                async with services.sessions() as session, session.begin():
-                    user = await services.identity.create_user(
-                        session, username, PASSWORD, created_by="e2e"
-                    )
-                    await services.identity.apply_grant(
-                        session, user, Role.COMPLIANCE_OFFICER, account_id, granted_by="e2e"
-                    )
-                    token = await services.identity.create_token(
-                        session,
-                        user,
-                        name="e2e",
-                        # What an officer of one account holds: not the permissions
-                        # that count only on all accounts.
-                        scopes=ROLE_PERMISSIONS[Role.COMPLIANCE_OFFICER] - GLOBAL_PERMISSIONS,
-                        lifetime=timedelta(hours=1),
-                    )
-                return token.secret
+                return await self.seed(
+                    services,
+                    username,
+                    [(Role.COMPLIANCE_OFFICER, account_id)],
+                    # What an officer of one account holds: not the permissions
+                    # that count only on all accounts.
+                    scopes=ROLE_PERMISSIONS[Role.COMPLIANCE_OFFICER] - GLOBAL_PERMISSIONS,
+                )
             finally:
                 await services.close()
 
         return {"Authorization": f"Bearer {asyncio.run(make())}"}
-
-    @staticmethod
-    async def _user_token(
-        services: Services, session: AsyncSession, name: str, roles: list[Role]
-    ) -> str:
-        identity = services.identity
-        user = await identity.create_user(session, name, PASSWORD, created_by="e2e")
-        scopes: set[Permission] = set()
-        for role in roles:
-            await identity.apply_grant(session, user, role, None, granted_by="e2e")
-            scopes |= ROLE_PERMISSIONS[role]
-        token = await identity.create_token(
-            session, user, name="e2e", scopes=frozenset(scopes), lifetime=timedelta(days=1)
-        )
-        return token.secret
 
     def add_account(self, **extra: str) -> str:
         body = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ from api.bootstrap import open_services
 from api.http.auth import AUTHENTICATED, PUBLIC, SESSION_COOKIE, permission_of
 from api.settings import load_settings
 from archiver.identity.services import ROLE_PERMISSIONS, Permission, Role
-from tests.e2e.server import PASSWORD, Server
+from tests.e2e.server import PASSWORD, SEED, Server
 from tests.e2e.test_auth import _password_step
 
 ANONYMOUS = "anonymous"
@@ -86,24 +85,14 @@ def tokens(server: Server) -> dict[str, dict[str, str]]:
         services = await open_services(load_settings(server.env))
         made = {ANONYMOUS: {}}
         try:
-            async with services.sessions() as session, session.begin():
-                for role in Role:
-                    user = await services.identity.create_user(
-                        session, f"matrix-{role.value}", PASSWORD, created_by="matrix"
-                    )
-                    await services.identity.apply_grant(
-                        session, user, role, None, granted_by="matrix"
-                    )
-                    if not ROLE_PERMISSIONS[role]:
-                        continue
-                    token = await services.identity.create_token(
-                        session,
-                        user,
-                        name="matrix",
-                        scopes=ROLE_PERMISSIONS[role],
-                        lifetime=timedelta(hours=1),
-                    )
-                    made[role.value] = {"Authorization": f"Bearer {token.secret}"}
+            for role in Role:
+                name = f"matrix-{role.value}"
+                if ROLE_PERMISSIONS[role]:
+                    secret = await server.seed(services, name, [(role, None)])
+                    made[role.value] = {"Authorization": f"Bearer {secret}"}
+                else:
+                    await services.identity.add_user(SEED, name, PASSWORD)
+                    await services.grants.grant_as_operator(SEED, name, role, None)
         finally:
             await services.close()
         return made

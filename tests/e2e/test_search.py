@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from api.settings import load_settings
 from archiver.identity.services import ROLE_PERMISSIONS, Permission, Role
 from archiver.records.models import Record
 from archiver.vault.models import SealedObject
-from tests.e2e.server import PASSWORD, Server, fixture
+from tests.e2e.server import Server, fixture
 from tests.e2e.test_conversation import OPTED_OUT, RECEIVER_NAME, receipts_conversation
 
 BASE_TIME = 1763700000
@@ -257,30 +256,14 @@ def outsiders(archive: Server) -> dict[str, dict[str, str]]:
         services = await open_services(load_settings(archive.env))
         try:
             made = {}
-            async with services.sessions() as session, session.begin():
-                for name, role, account, scopes in (
-                    (
-                        "elsewhere",
-                        Role.COMPLIANCE_OFFICER,
-                        other_account,
-                        [Permission.ARCHIVE_READ],
-                    ),
-                    ("searchaudit", Role.AUDITOR, None, list(ROLE_PERMISSIONS[Role.AUDITOR])),
-                ):
-                    user = await services.identity.create_user(
-                        session, name, PASSWORD, created_by="e2e"
-                    )
-                    await services.identity.apply_grant(
-                        session, user, role, account, granted_by="e2e"
-                    )
-                    token = await services.identity.create_token(
-                        session,
-                        user,
-                        name="e2e",
-                        scopes=frozenset(scopes),
-                        lifetime=timedelta(hours=1),
-                    )
-                    made[name] = {"Authorization": f"Bearer {token.secret}"}
+            for name, role, account, scopes in (
+                ("elsewhere", Role.COMPLIANCE_OFFICER, other_account, [Permission.ARCHIVE_READ]),
+                ("searchaudit", Role.AUDITOR, None, list(ROLE_PERMISSIONS[Role.AUDITOR])),
+            ):
+                secret = await archive.seed(
+                    services, name, [(role, account)], scopes=frozenset(scopes)
+                )
+                made[name] = {"Authorization": f"Bearer {secret}"}
             return made
         finally:
             await services.close()

@@ -31,6 +31,7 @@ from archiver.identity.services import (
     Permission,
     Principal,
     Role,
+    TotpEnrolment,
 )
 from archiver.vault.services import Vault
 
@@ -80,8 +81,29 @@ ADMIN_ACTOR = Actor(id="test", name="test")
 
 
 async def _user(identity: IdentityService, sessions: Sessions, name: str = "alice") -> User:
-    async with sessions() as session, session.begin():
-        return await identity.create_user(session, name, PASSWORD, created_by=None)
+    return await identity.add_user(ADMIN_ACTOR, name, PASSWORD)
+
+
+async def _stored(sessions: Sessions, user: User) -> User:
+    async with sessions() as session:
+        stored = await session.get(User, user.id)
+        assert stored is not None
+        return stored
+
+
+async def _half_signed_in(identity: IdentityService, name: str) -> tuple[str, WebSession]:
+    """The cookie and session of a sign-in whose password was right."""
+    cookie = await identity.sign_in(ADMIN_ACTOR, name, PASSWORD)
+    found = await identity.resolve_session(cookie)
+    assert found is not None
+    return cookie, found[0]
+
+
+async def _supervisor(grants: GrantService, user: User) -> None:
+    # No admin exists in these tests: the operator's grant applies at once.
+    assert isinstance(
+        await grants.grant_as_operator(ADMIN_ACTOR, user.id, Role.SUPERVISOR, None), Grant
+    )
 
 
 async def test_passwords_are_argon2id_and_checked(
@@ -91,104 +113,96 @@ async def test_passwords_are_argon2id_and_checked(
     assert user.password_hash is not None
     assert user.password_hash.startswith("$argon2id$")
     assert PASSWORD not in user.password_hash
-    async with sessions() as session, session.begin():
-        assert (await identity.check_password(session, "ALICE", PASSWORD)).id == user.id
-        with pytest.raises(InvalidCredentials):
-            await identity.check_password(session, "alice", "wrong password!")
-        with pytest.raises(InvalidCredentials):
-            await identity.check_password(session, "nobody", PASSWORD)
+    found = await identity.resolve_session(await identity.sign_in(ADMIN_ACTOR, "ALICE", PASSWORD))
+    assert found is not None
+    assert found[0].user_id == user.id
+    with pytest.raises(InvalidCredentials):
+        await identity.sign_in(ADMIN_ACTOR, "alice", "wrong password!")
+    with pytest.raises(InvalidCredentials):
+        await identity.sign_in(ADMIN_ACTOR, "nobody", PASSWORD)
     with pytest.raises(ValueError, match="at least"):
-        async with sessions() as session, session.begin():
-            await identity.create_user(session, "bob", "short", created_by=None)
+        await identity.add_user(ADMIN_ACTOR, "bob", "short")
 
 
 async def test_lockout_backs_off_and_expires(
     identity: IdentityService, sessions: Sessions, clock: FixedClock
 ) -> None:
-    await _user(identity, sessions)
+    user = await _user(identity, sessions)
     for _ in range(MAX_FAILED_LOGINS):
-        async with sessions() as session, session.begin():
-            with pytest.raises(InvalidCredentials):
-                await identity.check_password(session, "alice", "wrong password!")
-    async with sessions() as session, session.begin():
-        # Locked: even the right password is refused until the lock expires.
-        with pytest.raises(AccountLocked) as locked:
-            await identity.check_password(session, "alice", PASSWORD)
+        with pytest.raises(InvalidCredentials):
+            await identity.sign_in(ADMIN_ACTOR, "alice", "wrong password!")
+    # Locked: even the right password is refused until the lock expires.
+    with pytest.raises(AccountLocked) as locked:
+        await identity.sign_in(ADMIN_ACTOR, "alice", PASSWORD)
     assert locked.value.until == clock.now() + FIRST_LOCKOUT
 
     clock.advance(FIRST_LOCKOUT + timedelta(seconds=1))
-    async with sessions() as session, session.begin():
-        with pytest.raises(InvalidCredentials):
-            await identity.check_password(session, "alice", "wrong again!!")
-    async with sessions() as session, session.begin():
-        with pytest.raises(AccountLocked) as again:
-            await identity.check_password(session, "alice", PASSWORD)
+    with pytest.raises(InvalidCredentials):
+        await identity.sign_in(ADMIN_ACTOR, "alice", "wrong again!!")
+    with pytest.raises(AccountLocked) as again:
+        await identity.sign_in(ADMIN_ACTOR, "alice", PASSWORD)
     assert again.value.until == clock.now() + 2 * FIRST_LOCKOUT  # doubled
 
     clock.advance(3 * FIRST_LOCKOUT)
-    async with sessions() as session, session.begin():
-        user = await identity.check_password(session, "alice", PASSWORD)
-        # The right password alone clears nothing: a second factor may follow.
-        assert user.failed_logins == MAX_FAILED_LOGINS + 1
-        _, pending = await identity.start_session(session, user, mfa_verified=False)
-        await identity.complete_sign_in(session, pending, None)  # alice needs no TOTP
-    async with sessions() as session:
-        user = (await session.scalars(select(User))).one()
-        assert (user.failed_logins, user.locked_until) == (0, None)
+    _, pending = await _half_signed_in(identity, "alice")
+    # The right password alone clears nothing: a second factor may follow.
+    assert (await _stored(sessions, user)).failed_logins == MAX_FAILED_LOGINS + 1
+    await identity.finish_sign_in(ADMIN_ACTOR, pending, None)  # alice needs no TOTP
+    stored = await _stored(sessions, user)
+    assert (stored.failed_logins, stored.locked_until) == (0, None)
 
 
 async def test_totp_enrolment_and_replay(
-    identity: IdentityService, sessions: Sessions, clock: FixedClock
+    identity: IdentityService, grants: GrantService, sessions: Sessions, clock: FixedClock
 ) -> None:
     user = await _user(identity, sessions)
-    async with sessions() as session, session.begin():
-        user = await session.merge(user)
-        enrolment = await identity.totp_enrolment(session, user)
-        assert enrolment.uri.startswith("otpauth://totp/Strongroom:alice")
-        # Asking again before confirming shows the same secret.
-        assert (await identity.totp_enrolment(session, user)).secret == enrolment.secret
+    await _supervisor(grants, user)
+    _, pending = await _half_signed_in(identity, "alice")
+    enrolment = await identity.second_factor(ADMIN_ACTOR, pending)
+    assert isinstance(enrolment, TotpEnrolment)
+    assert enrolment.uri.startswith("otpauth://totp/Strongroom:alice")
+    # Asking again before confirming shows the same secret.
+    again = await identity.second_factor(ADMIN_ACTOR, pending)
+    assert isinstance(again, TotpEnrolment)
+    assert again.secret == enrolment.secret
     totp = pyotp.TOTP(enrolment.secret)
-    async with sessions() as session, session.begin():
-        user = await session.merge(user)
-        with pytest.raises(InvalidCredentials):
-            await identity.verify_totp(
-                session, user, "000000" if totp.at(clock.now()) != "000000" else "111111"
-            )
-        await identity.verify_totp(session, user, totp.at(clock.now()))
-        assert user.mfa_enrolled_at == clock.now()
-        assert user.totp_secret_sealed is not None
-        assert enrolment.secret.encode() not in user.totp_secret_sealed
-    async with sessions() as session, session.begin():
-        user = await session.merge(user)
-        with pytest.raises(InvalidCredentials):  # the same code cannot be used twice
-            await identity.verify_totp(session, user, totp.at(clock.now()))
+    with pytest.raises(InvalidCredentials):
+        await identity.finish_sign_in(
+            ADMIN_ACTOR, pending, "000000" if totp.at(clock.now()) != "000000" else "111111"
+        )
+    await identity.finish_sign_in(ADMIN_ACTOR, pending, totp.at(clock.now()))
+    stored = await _stored(sessions, user)
+    assert stored.mfa_enrolled_at == clock.now()
+    assert stored.totp_secret_sealed is not None
+    assert enrolment.secret.encode() not in stored.totp_secret_sealed
+    _, pending = await _half_signed_in(identity, "alice")
+    with pytest.raises(InvalidCredentials):  # the same code cannot be used twice
+        await identity.finish_sign_in(ADMIN_ACTOR, pending, totp.at(clock.now()))
     clock.advance(timedelta(seconds=30))
-    async with sessions() as session, session.begin():
-        user = await session.merge(user)
-        await identity.verify_totp(session, user, totp.at(clock.now()))
-        await identity.reset_mfa(session, user)
-        assert user.mfa_enrolled_at is None
+    await identity.finish_sign_in(ADMIN_ACTOR, pending, totp.at(clock.now()))
+    await identity.forget_mfa(ADMIN_ACTOR, user.id)
+    assert (await _stored(sessions, user)).mfa_enrolled_at is None
 
 
 async def test_totp_takes_one_step_of_drift_and_never_a_step_at_or_before_the_last(
-    identity: IdentityService, sessions: Sessions, clock: FixedClock
+    identity: IdentityService, grants: GrantService, sessions: Sessions, clock: FixedClock
 ) -> None:
     user = await _user(identity, sessions)
-    async with sessions() as session, session.begin():
-        user = await session.merge(user)
-        totp = pyotp.TOTP((await identity.begin_totp(session, user)).secret)
+    await _supervisor(grants, user)
+    _, pending = await _half_signed_in(identity, "alice")
+    enrolment = await identity.second_factor(ADMIN_ACTOR, pending)
+    assert isinstance(enrolment, TotpEnrolment)
+    totp = pyotp.TOTP(enrolment.secret)
     step = timedelta(seconds=totp.interval)
 
     async def verify(at: timedelta) -> bool:
         """Whether the code of the step ``at`` from now is taken."""
-        nonlocal user
-        async with sessions() as session, session.begin():
-            user = await session.merge(user)
-            try:
-                await identity.verify_totp(session, user, totp.at(clock.now() + at))
-            except InvalidCredentials:
-                return False
-            return True
+        _, pending = await _half_signed_in(identity, "alice")
+        try:
+            await identity.finish_sign_in(ADMIN_ACTOR, pending, totp.at(clock.now() + at))
+        except InvalidCredentials:
+            return False
+        return True
 
     assert not await verify(2 * step)  # beyond the drift allowed
     assert await verify(-step)  # the previous step, once
@@ -204,33 +218,30 @@ async def test_totp_takes_one_step_of_drift_and_never_a_step_at_or_before_the_la
 
 
 async def test_tokens_expire_revoke_and_are_scoped(
-    identity: IdentityService, sessions: Sessions, clock: FixedClock
+    identity: IdentityService, grants: GrantService, sessions: Sessions, clock: FixedClock
 ) -> None:
     user = await _user(identity, sessions)
-    async with sessions() as session, session.begin():
-        user = await session.merge(user)
-        await identity.apply_grant(session, user, Role.COMPLIANCE_OFFICER, None, granted_by=None)
-        new = await identity.create_token(
-            session,
-            user,
-            name="ci",
-            scopes=frozenset({Permission.ARCHIVE_READ}),
-            lifetime=timedelta(hours=1),
-        )
+    await grants.grant_as_operator(ADMIN_ACTOR, user.id, Role.COMPLIANCE_OFFICER, None)
+    new = await identity.issue_token(
+        ADMIN_ACTOR,
+        user.id,
+        name="ci",
+        scopes=frozenset({Permission.ARCHIVE_READ}),
+        lifetime=timedelta(hours=1),
+    )
+    async with sessions() as session:
         stored = (await session.scalars(select(ApiToken))).one()
     # A token holds only permissions its user holds; the refusal names the missing one.
-    async with sessions() as session, session.begin():
-        user = await session.merge(user)
-        with pytest.raises(NotPermitted, match=r"alice lacks audit\.read, users\.manage"):
-            await identity.create_token(
-                session,
-                user,
-                name="too much",
-                scopes=frozenset(
-                    {Permission.ARCHIVE_READ, Permission.USERS_MANAGE, Permission.AUDIT_READ}
-                ),
-                lifetime=timedelta(hours=1),
-            )
+    with pytest.raises(NotPermitted, match=r"alice lacks audit\.read, users\.manage"):
+        await identity.issue_token(
+            ADMIN_ACTOR,
+            user.id,
+            name="too much",
+            scopes=frozenset(
+                {Permission.ARCHIVE_READ, Permission.USERS_MANAGE, Permission.AUDIT_READ}
+            ),
+            lifetime=timedelta(hours=1),
+        )
     assert new.secret.startswith(f"sr_{new.prefix}_")
     assert new.secret.split("_", 2)[2] not in stored.secret_hash
     assert stored.secret_hash.startswith("$argon2id$")
@@ -260,18 +271,15 @@ async def test_tokens_expire_revoke_and_are_scoped(
     with pytest.raises(InvalidCredentials):
         await identity.authenticate_token(new.secret)
 
-    async with sessions() as session, session.begin():
-        user = await session.merge(user)
-        other = await identity.create_token(
-            session,
-            user,
-            name="x",
-            scopes=frozenset({Permission.ARCHIVE_READ}),
-            lifetime=timedelta(days=1),
-        )
+    other = await identity.issue_token(
+        ADMIN_ACTOR,
+        user.id,
+        name="x",
+        scopes=frozenset({Permission.ARCHIVE_READ}),
+        lifetime=timedelta(days=1),
+    )
     await identity.authenticate_token(other.secret)
-    async with sessions() as session, session.begin():
-        await identity.revoke_token(session, other.id)
+    await identity.withdraw_token(ADMIN_ACTOR, other.id)
     with pytest.raises(InvalidCredentials):
         await identity.authenticate_token(other.secret)
 
@@ -376,34 +384,32 @@ async def test_every_role_with_a_sensitive_permission_needs_approval_and_totp(
 
 
 async def test_a_first_sensitive_role_ends_sessions_opened_without_totp(
-    identity: IdentityService, sessions: Sessions
+    identity: IdentityService, grants: GrantService, sessions: Sessions
 ) -> None:
     user = await _user(identity, sessions, "bob")
-    async with sessions() as session, session.begin():
-        user = await session.merge(user)
-        cookie, _ = await identity.start_session(session, user, mfa_verified=True)
-        await identity.apply_grant(session, user, Role.AGENT, None, granted_by=None)
-    async with sessions() as session:
-        assert await identity.find_session(session, cookie) is not None  # nothing sensitive
-    async with sessions() as session, session.begin():
-        user = await session.merge(user)
-        await identity.apply_grant(session, user, Role.SUPERVISOR, None, granted_by=None)
-    async with sessions() as session:
-        assert await identity.find_session(session, cookie) is None  # signing in asks for TOTP
+    _, pending = await _half_signed_in(identity, "bob")
+    cookie = await identity.second_factor(ADMIN_ACTOR, pending)  # bob needs no TOTP
+    assert isinstance(cookie, str)
+    await grants.grant_as_operator(ADMIN_ACTOR, user.id, Role.AGENT, None)
+    assert await identity.resolve_session(cookie) is not None  # nothing sensitive
+    await _supervisor(grants, user)
+    assert await identity.resolve_session(cookie) is None  # signing in asks for TOTP
 
 
 async def _enrolled(
-    identity: IdentityService, sessions: Sessions, clock: FixedClock, name: str
-) -> tuple[User, pyotp.TOTP]:
-    """A supervisor whose authenticator is enrolled (its first code used)."""
-    user = await _user(identity, sessions, name)
-    async with sessions() as session, session.begin():
-        user = await session.merge(user)
-        await identity.apply_grant(session, user, Role.SUPERVISOR, None, granted_by=None)
-        totp = pyotp.TOTP((await identity.begin_totp(session, user)).secret)
-        await identity.verify_totp(session, user, totp.at(clock.now()))
+    identity: IdentityService, grants: GrantService, clock: FixedClock, name: str
+) -> tuple[User, pyotp.TOTP, str]:
+    """A supervisor whose authenticator is enrolled (its first code used), and the
+    cookie of the session that code signed in."""
+    user = await identity.add_user(ADMIN_ACTOR, name, PASSWORD)
+    await _supervisor(grants, user)
+    _, pending = await _half_signed_in(identity, name)
+    enrolment = await identity.second_factor(ADMIN_ACTOR, pending)
+    assert isinstance(enrolment, TotpEnrolment)
+    totp = pyotp.TOTP(enrolment.secret)
+    signed_in = await identity.finish_sign_in(ADMIN_ACTOR, pending, totp.at(clock.now()))
     clock.advance(timedelta(seconds=30))
-    return user, totp
+    return user, totp, signed_in
 
 
 def _wrong(totp: pyotp.TOTP, clock: FixedClock) -> str:
@@ -411,73 +417,60 @@ def _wrong(totp: pyotp.TOTP, clock: FixedClock) -> str:
     return next(code for code in ("000000", "111111", "222222", "333333") if code not in valid)
 
 
-async def _half_signed_in(
-    identity: IdentityService, sessions: Sessions, user: User
-) -> tuple[str, WebSession]:
-    async with sessions() as session, session.begin():
-        current = await session.get(User, user.id)  # not merge(): it would undo the count
-        assert current is not None
-        return await identity.start_session(session, current, mfa_verified=False)
-
-
 async def test_wrong_codes_lock_the_user_out_and_end_half_signed_in_sessions(
-    identity: IdentityService, sessions: Sessions, clock: FixedClock
+    identity: IdentityService, grants: GrantService, sessions: Sessions, clock: FixedClock
 ) -> None:
-    user, totp = await _enrolled(identity, sessions, clock, "carol")
-    async with sessions() as session, session.begin():
-        signed_in, _ = await identity.start_session(session, user, mfa_verified=True)
-    first_cookie, first = await _half_signed_in(identity, sessions, user)
-    other_cookie, _ = await _half_signed_in(identity, sessions, user)
+    user, totp, signed_in = await _enrolled(identity, grants, clock, "carol")
+    first_cookie, first = await _half_signed_in(identity, "carol")
+    other_cookie, _ = await _half_signed_in(identity, "carol")
     for _ in range(MAX_FAILED_LOGINS - 1):
-        async with sessions() as session, session.begin():
-            with pytest.raises(InvalidCredentials):
-                await identity.complete_sign_in(session, first, _wrong(totp, clock))
+        with pytest.raises(InvalidCredentials):
+            await identity.finish_sign_in(ADMIN_ACTOR, first, _wrong(totp, clock))
         # The right password in between does not wipe out the wrong codes.
-        async with sessions() as session, session.begin():
-            await identity.check_password(session, "carol", PASSWORD)
-    async with sessions() as session, session.begin():
-        with pytest.raises(AccountLocked) as locked:
-            await identity.complete_sign_in(session, first, _wrong(totp, clock))
+        await identity.sign_in(ADMIN_ACTOR, "carol", PASSWORD)
+    with pytest.raises(AccountLocked) as locked:
+        await identity.finish_sign_in(ADMIN_ACTOR, first, _wrong(totp, clock))
     assert locked.value.until == clock.now() + FIRST_LOCKOUT
-    async with sessions() as session:
-        # Every half-signed-in session has ended; a signed-in one goes on.
-        assert await identity.find_session(session, first_cookie) is None
-        assert await identity.find_session(session, other_cookie) is None
-        assert await identity.find_session(session, signed_in) is not None
-        with pytest.raises(AccountLocked):
-            await identity.check_password(session, "carol", PASSWORD)
+    # Every half-signed-in session has ended; a signed-in one goes on.
+    assert await identity.resolve_session(first_cookie) is None
+    assert await identity.resolve_session(other_cookie) is None
+    assert await identity.resolve_session(signed_in) is not None
+    with pytest.raises(AccountLocked):
+        await identity.sign_in(ADMIN_ACTOR, "carol", PASSWORD)
 
-    # Until the lockout ends, the right code is refused too.
-    _, late = await _half_signed_in(identity, sessions, user)
-    async with sessions() as session, session.begin():
-        with pytest.raises(AccountLocked):
-            await identity.complete_sign_in(session, late, totp.at(clock.now()))
+    # Until a lockout ends, the right code is refused too: here one a wrong password
+    # caused (it leaves the half-signed-in session open).
     clock.advance(FIRST_LOCKOUT)
-    _, fresh = await _half_signed_in(identity, sessions, user)
-    async with sessions() as session, session.begin():
-        await identity.complete_sign_in(session, fresh, totp.at(clock.now()))
-    async with sessions() as session:
-        stored = await session.get(User, user.id)
-        assert stored is not None
-        assert (stored.failed_logins, stored.locked_until) == (0, None)
+    _, late = await _half_signed_in(identity, "carol")
+    with pytest.raises(InvalidCredentials):
+        await identity.sign_in(ADMIN_ACTOR, "carol", "wrong password!")
+    with pytest.raises(AccountLocked):
+        await identity.finish_sign_in(ADMIN_ACTOR, late, totp.at(clock.now()))
+    clock.advance(2 * FIRST_LOCKOUT)
+    _, fresh = await _half_signed_in(identity, "carol")
+    await identity.finish_sign_in(ADMIN_ACTOR, fresh, totp.at(clock.now()))
+    stored = await _stored(sessions, user)
+    assert (stored.failed_logins, stored.locked_until) == (0, None)
 
 
 async def test_concurrent_wrong_codes_are_all_counted(
-    identity: IdentityService, sessions: Sessions, clock: FixedClock
+    identity: IdentityService, grants: GrantService, clock: FixedClock
 ) -> None:
-    user, totp = await _enrolled(identity, sessions, clock, "dave")
+    _, totp, _ = await _enrolled(identity, grants, clock, "dave")
     wrong = _wrong(totp, clock)
+    pending = [(await _half_signed_in(identity, "dave"))[1] for _ in range(12)]
 
-    async def guess() -> type[IdentityError] | None:
-        async with sessions() as session, session.begin():
-            guesser = await session.get(User, user.id)
-            assert guesser is not None
-            try:
-                await identity.verify_totp(session, guesser, wrong)
-            except IdentityError as exc:  # inside the transaction: the count commits
-                return type(exc)
+    async def guess(at: WebSession) -> str | None:
+        try:
+            await identity.finish_sign_in(ADMIN_ACTOR, at, wrong)
+        except IdentityError as exc:  # refused: the count committed with its event
+            return "locked" if isinstance(exc, AccountLocked) else str(exc)
         return None
 
-    outcomes = await asyncio.gather(*(guess() for _ in range(12)))
-    assert outcomes.count(InvalidCredentials) == MAX_FAILED_LOGINS - 1
-    assert outcomes.count(AccountLocked) == 12 - (MAX_FAILED_LOGINS - 1)
+    outcomes = await asyncio.gather(*(guess(at) for at in pending))
+    # Guesses are counted before they are checked: only the first ones are told
+    # the code is wrong; the rest find the user locked out (or, once locked, their
+    # half-signed-in session ended).
+    assert outcomes.count("invalid code") == MAX_FAILED_LOGINS - 1, outcomes
+    assert "locked" in outcomes
+    assert set(outcomes) <= {"invalid code", "locked", "this sign-in has ended"}, outcomes
