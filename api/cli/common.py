@@ -21,10 +21,10 @@ from api.bootstrap import (
     open_services,
     prepare_private_paths,
 )
-from api.cli.operator import CLI_ACTOR
+from api.cli.operator import CLI
 from api.observability.logging import configure_logging
 from api.settings import Settings, SettingsError, load_settings
-from archiver.audit.services import AuditEntry, AuditUnavailable
+from archiver.audit.services import AuditUnavailable
 from archiver.core.errors import ArchiverError
 from archiver.identity.services import Role
 
@@ -116,12 +116,7 @@ def run_command(settings: Settings, work: Callable[[Services], Awaitable[T]]) ->
 
 
 async def _audit_cli(services: Services, action: str, outcome: str, reason: str | None) -> None:
-    entry = AuditEntry(
-        actor=CLI_ACTOR,
-        action=action,
-        outcome=outcome,  # type: ignore[arg-type]  # always "ok" or "failed"
-        reason=reason,
-    )
+    entry = CLI.entry(action, outcome=outcome, reason=reason)  # type: ignore[arg-type]  # always "ok" or "failed"
     try:
         await services.audit.record_durable(entry)
     except AuditUnavailable as exc:

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
 from archiver.accounts.services import AccountSecrets, AccountService
-from archiver.audit.services import AuditEntry, AuditLog
+from archiver.audit.services import SYSTEM, AuditLog
 from archiver.capture.models import JournalEntry
 from archiver.core.clock import Clock, time_key
 from archiver.core.db import Writer, advisory_lock_key
@@ -431,9 +431,8 @@ class Capture:
                     await self._count_failure(entry.id, exc)
         if self._audit is not None:
             await self._audit.record(
-                AuditEntry(
-                    actor="system",
-                    action="job.project_journal",
+                SYSTEM.entry(
+                    "job.project_journal",
                     outcome="ok" if done == len(entries) else "failed",
                     reason=f"projected {done} of {len(entries)} journal entries",
                     target=f"journal:{entries[0].id}-{entries[-1].id}",

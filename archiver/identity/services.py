@@ -320,14 +320,10 @@ class _UnitOfWork:
         target: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record, in a transaction of its own, that ``action`` was refused."""
-        async with self.writer.transaction() as session:
-            await self.audit.record_in(
-                session,
-                actor.entry(
-                    action, outcome="denied", target=target, reason=reason, details=details
-                ),
-            )
+        """Record, once committed, that ``action`` was refused."""
+        await self.audit.record_durable(
+            actor.entry(action, outcome="denied", target=target, reason=reason, details=details)
+        )
 
 
 class IdentityService:
