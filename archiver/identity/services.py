@@ -88,6 +88,17 @@ class Permission(StrEnum):
     # Decides which records are flagged and which outgoing messages are held or blocked.
     LEXICON_MANAGE = "lexicon.manage", True
     METRICS_READ = "metrics.read", False  # counters of the service's health, no content
+    # Sends from a number: every message still passes the policy decision, and the
+    # sender reads nothing archived, so an agent needs no second factor for it.
+    OUTBOX_SEND = "outbox.send", False
+    # Reads held messages and releases them past the policy's hold.
+    OUTBOX_APPROVE = "outbox.approve", True
+    TEMPLATES_READ = "templates.read", False  # the firm's own wording, no personal data
+    TEMPLATES_MANAGE = "templates.manage", True  # drafts and submits what may be sent
+    TEMPLATES_APPROVE = "templates.approve", True  # the checker of a template
+    CONSENT_READ = "consent.read", True  # the evidence of a contact's consent
+    CONSENT_RECORD = "consent.record", True  # decides whether a contact may be messaged
+    POLICY_MANAGE = "policy.manage", True  # quiet hours, rates, tiers, consent coverage
 
 
 # The permission matrix: which role may do what. Mirrored in the README.
@@ -101,12 +112,35 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.METRICS_READ,
         }
     ),
-    Role.RECORDS_MANAGER: frozenset({Permission.ACCOUNTS_READ, Permission.ARCHIVE_IMPORT}),
-    Role.COMPLIANCE_OFFICER: frozenset(
-        {Permission.ACCOUNTS_READ, Permission.ARCHIVE_READ, Permission.LEXICON_MANAGE}
+    Role.RECORDS_MANAGER: frozenset(
+        {Permission.ACCOUNTS_READ, Permission.ARCHIVE_IMPORT, Permission.CONSENT_RECORD}
     ),
-    Role.SUPERVISOR: frozenset({Permission.ACCOUNTS_READ, Permission.ARCHIVE_READ}),
-    Role.AGENT: frozenset(),
+    Role.COMPLIANCE_OFFICER: frozenset(
+        {
+            Permission.ACCOUNTS_READ,
+            Permission.ARCHIVE_READ,
+            Permission.LEXICON_MANAGE,
+            Permission.TEMPLATES_READ,
+            Permission.TEMPLATES_MANAGE,
+            Permission.TEMPLATES_APPROVE,
+            Permission.CONSENT_READ,
+            Permission.CONSENT_RECORD,
+            Permission.POLICY_MANAGE,
+        }
+    ),
+    Role.SUPERVISOR: frozenset(
+        {
+            Permission.ACCOUNTS_READ,
+            Permission.ARCHIVE_READ,
+            Permission.OUTBOX_SEND,
+            Permission.OUTBOX_APPROVE,
+            Permission.TEMPLATES_READ,
+            Permission.TEMPLATES_MANAGE,
+            Permission.CONSENT_READ,
+            Permission.CONSENT_RECORD,
+        }
+    ),
+    Role.AGENT: frozenset({Permission.OUTBOX_SEND, Permission.TEMPLATES_READ}),
     Role.AUDITOR: frozenset({Permission.AUDIT_READ, Permission.AUDIT_EXPORT}),
     Role.REGULATOR: frozenset(),
 }
