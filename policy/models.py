@@ -231,3 +231,13 @@ class PairBackoff(Base):
     contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id"), primary_key=True)
     until: Mapped[datetime] = mapped_column(UTCDateTime())
     level: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PolicyCursor(Base):
+    """How far a policy job has read an append-only table (the records it reacted to)."""
+
+    __tablename__ = "policy_cursors"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    position: Mapped[int] = mapped_column(BIGINT_PK)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -251,9 +251,17 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("outbox_events", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_outbox_events_item_id"), ["item_id"], unique=False)
+    op.create_table(
+        "policy_cursors",
+        sa.Column("name", sa.String(length=40), nullable=False),
+        sa.Column("position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("updated_at", archiver.core.db.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_policy_cursors")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("policy_cursors")
     with op.batch_alter_table("outbox_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_outbox_events_item_id"))
 
