@@ -31,6 +31,7 @@ from api.http.conversations import ConversationController
 from api.http.deps import ServicesDep, providers
 from api.http.lexicon import LexiconController
 from api.http.openapi import document_errors, openapi_config
+from api.http.outbox import OutboxController
 from api.http.search import search
 from api.http.transport import BodyDeadlineMiddleware
 from api.http.users import TokensController, UsersController
@@ -135,6 +136,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             AuditController,
             ConversationController,
             LexiconController,
+            OutboxController,
             search,
             metrics,
             *CONSOLE_ROUTES,

@@ -36,7 +36,17 @@ from archiver.core.errors import (
 )
 from archiver.identity.services import IdentityConflict, NotPermitted, UnknownUser
 from archiver.search.services import SearchError
-from policy.errors import DuplicateTerm, InvalidTerm, TermAlreadyRemoved, TermNotFound
+from policy.errors import (
+    DuplicateTerm,
+    IdempotencyConflict,
+    InvalidMessage,
+    InvalidTerm,
+    ItemNotFound,
+    StateConflict,
+    TermAlreadyRemoved,
+    TermNotFound,
+    UnknownTemplate,
+)
 
 log = structlog.get_logger("strongroom.api")
 
@@ -46,8 +56,11 @@ STATUS: dict[type[Exception], int] = {
     InvalidInput: HTTP_400_BAD_REQUEST,
     InvalidTerm: HTTP_400_BAD_REQUEST,
     SearchError: HTTP_400_BAD_REQUEST,
+    InvalidMessage: HTTP_400_BAD_REQUEST,
+    UnknownTemplate: HTTP_400_BAD_REQUEST,
     NotPermitted: HTTP_403_FORBIDDEN,
     TermNotFound: HTTP_404_NOT_FOUND,
+    ItemNotFound: HTTP_404_NOT_FOUND,
     UnknownUser: HTTP_404_NOT_FOUND,
     AccountNotFound: HTTP_404_NOT_FOUND,
     RecordNotFound: HTTP_404_NOT_FOUND,
@@ -56,6 +69,8 @@ STATUS: dict[type[Exception], int] = {
     DuplicateTerm: HTTP_409_CONFLICT,
     TermAlreadyRemoved: HTTP_409_CONFLICT,
     IntegrityFailed: HTTP_409_CONFLICT,
+    IdempotencyConflict: HTTP_409_CONFLICT,
+    StateConflict: HTTP_409_CONFLICT,
 }
 
 

@@ -8,6 +8,13 @@
         ├── DuplicateTerm        the same term (once normalised) is already active
         ├── TermNotFound         no lexicon term has that id
         └── TermAlreadyRemoved   the term was removed before
+    └── OutboxError
+        ├── InvalidMessage       the item cannot be accepted as given (names why)
+        ├── UnknownTemplate      no such template is registered for the business account
+        ├── IdempotencyConflict  the key was used for a different message
+        ├── ItemNotFound         no outbox item has that id (or not within the caller's accounts)
+        └── StateConflict        the item's state does not allow the move (or the
+                                 supervisor is its sender)
 """
 
 from __future__ import annotations
@@ -39,3 +46,27 @@ class TermNotFound(LexiconError):
 
 class TermAlreadyRemoved(LexiconError):
     """The term is no longer active."""
+
+
+class OutboxError(PolicyError):
+    """A problem with an outbox item or one of its moves."""
+
+
+class InvalidMessage(OutboxError):
+    """The item cannot be accepted as given; nothing was queued."""
+
+
+class UnknownTemplate(OutboxError):
+    """No template of that name and language is registered for the business account."""
+
+
+class IdempotencyConflict(OutboxError):
+    """The sender used that idempotency key for a different message."""
+
+
+class ItemNotFound(OutboxError):
+    """No outbox item has that id within the caller's accounts."""
+
+
+class StateConflict(OutboxError):
+    """The item's state does not allow the move asked for."""

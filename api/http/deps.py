@@ -25,6 +25,7 @@ from archiver.records.queries import Records
 from archiver.records.services import IntegrityAlarm
 from archiver.search.queries import ArchiveSearch
 from policy.lexicon import Lexicon
+from policy.outbox import Outbox
 
 # Litestar 3 drops dependencies inferred from a bare parameter type, so each is
 # asked for by name, explicitly.
@@ -36,6 +37,7 @@ GrantsDep: TypeAlias = NamedDependency[GrantService]
 IdentityDep: TypeAlias = NamedDependency[IdentityService]
 ImporterDep: TypeAlias = NamedDependency[ChatImporter]
 LexiconDep: TypeAlias = NamedDependency[Lexicon]
+OutboxDep: TypeAlias = NamedDependency[Outbox]
 RecordsDep: TypeAlias = NamedDependency[Records]
 IntegrityAlarmDep: TypeAlias = NamedDependency[IntegrityAlarm]
 SettingsDep: TypeAlias = NamedDependency[Settings]
@@ -53,6 +55,7 @@ PROVIDED = (
     "identity",
     "importer",
     "lexicon",
+    "outbox",
     "records",
     "settings",
 )

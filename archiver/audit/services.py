@@ -593,13 +593,20 @@ class AuditLog:
         :class:`InvalidInput` for a malformed entry and ``AuditChainBroken`` for a cut
         chain, either of which rolls the change back.
         """
-        pending = self._pending(entry, None)
+        await self.record_all_in(session, [entry])
+
+    async def record_all_in(self, session: AsyncSession, entries: Sequence[AuditEntry]) -> None:
+        """:meth:`record_in` for several entries, in order: one append for a batch of
+        changes made in one transaction (an outbox batch's moves)."""
+        if not entries:
+            return
+        pending = [self._pending(entry, None) for entry in entries]
         # The details key as this transaction sees it (made here on the first
         # event); cached only by the group appender, after its own commit.
         cached = self._trail_keys
         key = cached.details if cached else await self._keyring.key_for(session, DETAILS_SUBJECT)
-        head = await session.run_sync(lambda sync: self._append_rows(sync, [pending], key))
-        self._floor = max(self._floor, head - 1)  # this event is not committed yet
+        head = await session.run_sync(lambda sync: self._append_rows(sync, pending, key))
+        self._floor = max(self._floor, head - len(pending))  # these are not committed yet
 
     async def flush(self) -> None:
         """Wait until every queued entry is written (or reported lost)."""

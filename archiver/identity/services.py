@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -172,6 +172,32 @@ _USER_ID = re.compile(r"usr_[0-9a-f]{16}")
 _TOKEN = re.compile(r"sr_([a-z0-9]{12})_([A-Za-z0-9_-]{20,})")
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
 _ENDED = "this sign-in has ended"
+
+
+async def permission_holders(
+    session: AsyncSession, permission: Permission, account_ids: Iterable[str]
+) -> dict[str, frozenset[str]]:
+    """For each of ``account_ids``, the users (not disabled) whose standing grants
+    give ``permission`` there: one query for any number of accounts."""
+    wanted = set(account_ids)
+    roles = [role.value for role, held in ROLE_PERMISSIONS.items() if permission in held]
+    if not wanted or not roles:
+        return {account_id: frozenset() for account_id in wanted}
+    rows = await session.execute(
+        select(Grant.user_id, Grant.account_id)
+        .join(User, User.id == Grant.user_id)
+        .where(
+            Grant.revoked_at.is_(None),
+            Grant.role.in_(roles),
+            User.disabled.is_(False),
+            or_(Grant.account_id.is_(None), Grant.account_id.in_(wanted)),
+        )
+    )
+    holders: dict[str, set[str]] = {account_id: set() for account_id in wanted}
+    for user_id, scope in rows:
+        for account_id in wanted if scope is None else (scope,):
+            holders[account_id].add(user_id)
+    return {account_id: frozenset(users) for account_id, users in holders.items()}
 
 
 class IdentityError(ArchiverError):

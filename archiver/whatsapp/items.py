@@ -556,3 +556,34 @@ def _parties(element: dict[str, Any], business: str | None) -> list[Identity]:
         ("wa_id", element.get("recipient_id")),
         ("user_id", element.get("user_id")),
     )
+
+
+def outbound_item(
+    *,
+    payload: dict[str, Any],
+    wamid: str,
+    phone_number_id: str,
+    recipient: str,
+    text: str,
+    sent_at: datetime,
+    extra: dict[str, Any],
+) -> Item:
+    """The record of a message the outbox sent: the ``payload`` posted to Graph
+    (sealed verbatim, with ``extra``: the outbox item and its decision), keyed by
+    its ``wamid`` as a captured message would be. ``text`` is what the customer
+    reads, for search."""
+    item_type = _type(payload.get("type"), "unknown")
+    return Item(
+        field="outbox",
+        kind="message",
+        source=SOURCE_OUTBOX,
+        direction="outbound",
+        item_type=item_type,
+        dedupe_key=_key("m", fit(wamid, MAX_ID), item_type),
+        occurred_at=sent_at,
+        sealed={"field": "outbox", "item": payload, **extra},
+        phone_number_id=phone_number_id,
+        wamid=fit(wamid, MAX_ID),
+        identities=_identities(("wa_id", recipient)),
+        text=text,
+    )
