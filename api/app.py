@@ -32,6 +32,7 @@ from api.http.deps import ServicesDep, providers
 from api.http.lexicon import LexiconController
 from api.http.openapi import document_errors, openapi_config
 from api.http.outbox import OutboxController
+from api.http.policy import PolicyController
 from api.http.search import search
 from api.http.transport import BodyDeadlineMiddleware
 from api.http.users import TokensController, UsersController
@@ -137,6 +138,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             ConversationController,
             LexiconController,
             OutboxController,
+            PolicyController,
             search,
             metrics,
             *CONSOLE_ROUTES,

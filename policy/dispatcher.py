@@ -311,7 +311,7 @@ class Dispatcher:
             recipient=send.opened.sealed.to,
             text=send.text,
             sent_at=send.posted_at,
-            extra={"outbox": {"item_id": row.id, "decision": row.decision}},
+            outbox={"item_id": row.id, "decision": row.decision},
         )
 
     async def _first_send(self, session: AsyncSession, account_id: str, at: Any) -> None:

@@ -15,6 +15,7 @@
         ├── ItemNotFound         no outbox item has that id (or not within the caller's accounts)
         └── StateConflict        the item's state does not allow the move (or the
                                  supervisor is its sender)
+    └── InvalidPolicy            a send policy setting cannot work, or no such account
 """
 
 from __future__ import annotations
@@ -70,3 +71,7 @@ class ItemNotFound(OutboxError):
 
 class StateConflict(OutboxError):
     """The item's state does not allow the move asked for."""
+
+
+class InvalidPolicy(PolicyError):
+    """A send policy setting cannot work (names it), or the account is unknown."""

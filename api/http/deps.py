@@ -26,6 +26,7 @@ from archiver.records.services import IntegrityAlarm
 from archiver.search.queries import ArchiveSearch
 from policy.lexicon import Lexicon
 from policy.outbox import Outbox
+from policy.send_policy import SendPolicies
 
 # Litestar 3 drops dependencies inferred from a bare parameter type, so each is
 # asked for by name, explicitly.
@@ -38,6 +39,7 @@ IdentityDep: TypeAlias = NamedDependency[IdentityService]
 ImporterDep: TypeAlias = NamedDependency[ChatImporter]
 LexiconDep: TypeAlias = NamedDependency[Lexicon]
 OutboxDep: TypeAlias = NamedDependency[Outbox]
+SendPoliciesDep: TypeAlias = NamedDependency[SendPolicies]
 RecordsDep: TypeAlias = NamedDependency[Records]
 IntegrityAlarmDep: TypeAlias = NamedDependency[IntegrityAlarm]
 SettingsDep: TypeAlias = NamedDependency[Settings]
@@ -56,6 +58,7 @@ PROVIDED = (
     "importer",
     "lexicon",
     "outbox",
+    "policies",
     "records",
     "settings",
 )

@@ -283,4 +283,7 @@ def searchable_text(content: dict[str, Any]) -> str:
     if content.get("field") == "chat_export":
         text = item.get("text")
         return text if isinstance(text, str) else ""
+    if content.get("field") == "outbox":  # what the customer read, templates filled in
+        text = (content.get("outbox") or {}).get("text")
+        return text if isinstance(text, str) else ""
     return message_text(item)

@@ -566,12 +566,12 @@ def outbound_item(
     recipient: str,
     text: str,
     sent_at: datetime,
-    extra: dict[str, Any],
+    outbox: dict[str, Any],
 ) -> Item:
-    """The record of a message the outbox sent: the ``payload`` posted to Graph
-    (sealed verbatim, with ``extra``: the outbox item and its decision), keyed by
-    its ``wamid`` as a captured message would be. ``text`` is what the customer
-    reads, for search."""
+    """The record of a message the outbox sent: the ``payload`` posted to Graph,
+    sealed verbatim with ``outbox`` (the item and its decision) and ``text``
+    (what the customer reads, a template's filled in), keyed by its ``wamid`` as
+    a captured message would be."""
     item_type = _type(payload.get("type"), "unknown")
     return Item(
         field="outbox",
@@ -581,7 +581,7 @@ def outbound_item(
         item_type=item_type,
         dedupe_key=_key("m", fit(wamid, MAX_ID), item_type),
         occurred_at=sent_at,
-        sealed={"field": "outbox", "item": payload, **extra},
+        sealed={"field": "outbox", "item": payload, "outbox": {**outbox, "text": text}},
         phone_number_id=phone_number_id,
         wamid=fit(wamid, MAX_ID),
         identities=_identities(("wa_id", recipient)),
