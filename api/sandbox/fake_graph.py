@@ -197,7 +197,13 @@ class LoggedSend:
 
     @property
     def accepted(self) -> bool:
+        """True when Graph took the message (it answered a wamid)."""
         return self.error_code is None
+
+    @property
+    def recipient(self) -> str | None:
+        """``to`` as a wa_id (its digits), the key of the pair rate."""
+        return _digits(self.to) if self.to is not None else None
 
 
 @dataclass(slots=True)

@@ -265,7 +265,9 @@ class GraphClient:
         have sent the message: the caller must never send it again, and learns
         the outcome from the statuses webhook. Without ``maybe_processed`` the
         request was refused untouched and may be sent again after
-        ``retry_after`` or the caller's own backoff.
+        ``retry_after`` or the caller's own backoff. Throughput and call-rate
+        throttling (130429, 4, 80007) is retried here up to ``max_attempts``;
+        the pair rate (131056) and 131049 are left to the caller at once.
         """
         if not (phone_number_id.isascii() and phone_number_id.isdigit()):
             raise GraphPermanent("malformed phone number id")

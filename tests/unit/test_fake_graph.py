@@ -103,6 +103,7 @@ async def test_a_send_answers_a_wamid_and_is_logged(fake: FakeGraph, graph: Grap
     assert (logged.phone_number_id, logged.to, logged.type) == (NUMBER, "+1 650-555-1234", "text")
     assert (logged.status, logged.error_code, logged.wamid) == (200, None, sent.wamid)
     assert (logged.template, logged.category, logged.wall) == (None, None, WALL)
+    assert logged.recipient == CUSTOMER
     assert fake.sent == [{"phone_number_id": NUMBER, **text("+1 650-555-1234")}]
     assert FakeMedia is FakeGraph
 
