@@ -1,18 +1,22 @@
 """The one client of Meta's Graph API (WhatsApp Cloud API).
 
-Media fetch uses it now; dispatch will send messages through the same
-``request`` core. A call is retried on network errors, 429 and 5xx (and Graph's
-throttling and "temporary" error codes) with exponential backoff and jitter,
-honouring ``Retry-After``; a POST only when Graph certainly did not act on it,
-so that a retry never sends a message twice. Anything else is mapped to an
-error at once.
+Media fetch and message sending (``send_message``) share one ``request``
+core. A call is retried on network errors, 429 and 5xx (and Graph's throttling
+and "temporary" error codes) with exponential backoff and jitter, honouring
+``Retry-After``; a POST only when Graph certainly did not act on it, so that a
+retry never sends a message twice. The pair rate (131056) and the per-user
+marketing limit (131049) are never retried here: their pause (seconds to a
+day, per recipient) is the caller's to schedule. Anything else is mapped to
+an error at once.
 
 Errors::
 
     ArchiverError
-    └── GraphError            status, code (Graph ``error.code``), retry_after
-        ├── GraphTransient    worth retrying later: network, 429, 5xx, throttling;
-        │                     maybe_processed: Graph may have acted on it
+    └── GraphError            status, code (Graph ``error.code``), title, retry_after
+        ├── GraphTransient    worth retrying later: network, 429, 5xx, throttling,
+        │                     131049 (retry_after: a day);
+        │                     maybe_processed: Graph may have acted on it, so a
+        │                     send that raised it must never be sent again
         └── GraphPermanent    will never work as asked: bad token, unknown or
             │                 expired id, other 4xx
             └── MediaTooLarge the body is larger than the caller accepts
@@ -47,11 +51,16 @@ THROTTLING_CODES = frozenset({4, 17, 32, 613, 80007, 130429, 131056})
 SERVER_TROUBLE_CODES = frozenset({1, 2, 131000, 131016})
 # 0 AuthException, 10 permission denied, 190 token expired/invalid, 200-299 permissions.
 AUTH_CODES = frozenset({0, 10, 190, *range(200, 300)})
+# Paced per recipient by the caller, never retried inside one call: 131056 pair
+# rate (Meta suggests 4**n seconds), 131049 per-user marketing limit (a day).
+CALLER_PACED_CODES = frozenset({131056, 131049})
+MARKETING_LIMIT_DEFER = 24 * 3600.0
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 _MESSAGE_LIMIT = 200
 _ERROR_BODY_LIMIT = 64 * 1024
 _MEDIA_ID = re.compile(r"[0-9A-Za-z_.-]+")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+_CODE_PREFIX = re.compile(r"^\s*\(#\d+\)\s*")
 _jitter = random.SystemRandom()
 
 
@@ -65,8 +74,9 @@ class GraphError(ArchiverError):
     """A Graph API call failed.
 
     ``status`` is the HTTP status (``None`` for a network error), ``code`` the
-    Graph ``error.code`` when the body had one, ``retry_after`` the seconds the
-    server asked us to wait, if it did.
+    Graph ``error.code`` when the body had one, ``title`` Graph's ``error.message``
+    without its ``(#code)`` prefix (scrubbed, bounded), ``retry_after`` the
+    seconds the server asked us (or Meta's documentation asks us) to wait.
     """
 
     def __init__(
@@ -76,16 +86,24 @@ class GraphError(ArchiverError):
         status: int | None = None,
         code: int | None = None,
         retry_after: float | None = None,
+        title: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.retry_after = retry_after
+        self.title = title
 
     @property
     def auth_failed(self) -> bool:
-        """True when Meta rejected the access token or its permissions."""
-        return self.status in (401, 403) or (self.code is not None and self.code in AUTH_CODES)
+        """True when Meta rejected the access token or its permissions.
+
+        A Graph code decides when there is one: a 403 carrying 368 (policy
+        block) is a restriction of the number, not a bad token.
+        """
+        if self.code is not None:
+            return self.code in AUTH_CODES
+        return self.status in (401, 403)
 
 
 class GraphTransient(GraphError):
@@ -103,9 +121,10 @@ class GraphTransient(GraphError):
         status: int | None = None,
         code: int | None = None,
         retry_after: float | None = None,
+        title: str | None = None,
         maybe_processed: bool = True,
     ) -> None:
-        super().__init__(message, status=status, code=code, retry_after=retry_after)
+        super().__init__(message, status=status, code=code, retry_after=retry_after, title=title)
         self.maybe_processed = maybe_processed
 
 
@@ -132,6 +151,19 @@ class MediaInfo:
             f"MediaInfo(url=<hidden>, mime_type={self.mime_type!r}, "
             f"sha256={self.sha256!r}, file_size={self.file_size!r})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    """Graph accepted a message: its ``wamid``, and the ``wa_id`` Graph resolved
+    the recipient to (when it said)."""
+
+    wamid: str
+    wa_id: str | None
+
+    def __repr__(self) -> str:
+        # A wa_id is a phone number: keep it out of logs.
+        return f"SentMessage(wamid={self.wamid!r}, wa_id=<hidden>)"
 
 
 class GraphClient:
@@ -221,6 +253,40 @@ class GraphClient:
             file_size=_size(body.get("file_size")),
         )
 
+    async def send_message(
+        self, phone_number_id: str, access_token: str, payload: dict[str, Any]
+    ) -> SentMessage:
+        """Send ``payload`` (a Cloud API message object) from ``phone_number_id``.
+
+        Raises ``GraphPermanent`` for a refusal that will not change, and
+        ``GraphTransient`` otherwise. A ``GraphTransient`` with
+        ``maybe_processed`` (a 5xx such as 131000 or 131016, a timeout after the
+        request went out, or a success reply without a wamid) means Graph may
+        have sent the message: the caller must never send it again, and learns
+        the outcome from the statuses webhook. Without ``maybe_processed`` the
+        request was refused untouched and may be sent again after
+        ``retry_after`` or the caller's own backoff. Throughput and call-rate
+        throttling (130429, 4, 80007) is retried here up to ``max_attempts``;
+        the pair rate (131056) and 131049 are left to the caller at once.
+        """
+        if not (phone_number_id.isascii() and phone_number_id.isdigit()):
+            raise GraphPermanent("malformed phone number id")
+        body = await self.request("POST", f"{phone_number_id}/messages", access_token, json=payload)
+        messages = body.get("messages")
+        first = messages[0] if isinstance(messages, list) and messages else None
+        wamid = first.get("id") if isinstance(first, dict) else None
+        if not isinstance(wamid, str) or not wamid:
+            # It answered 2xx: the message may well be on its way. Never resend.
+            raise GraphTransient(
+                "Graph accepted the message but returned no wamid",
+                status=200,
+                maybe_processed=True,
+            )
+        contacts = body.get("contacts")
+        contact = contacts[0] if isinstance(contacts, list) and contacts else None
+        wa_id = _text(contact.get("wa_id")) if isinstance(contact, dict) else None
+        return SentMessage(wamid=wamid, wa_id=wa_id)
+
     async def download(self, url: str, access_token: str, max_bytes: int) -> bytes:
         """Download ``url`` with the bearer token; refuse bodies over ``max_bytes``."""
         target = self._download_url(url)
@@ -278,6 +344,8 @@ class GraphClient:
                 return await call()
             except GraphTransient as exc:
                 if attempt >= self._max_attempts or (exc.maybe_processed and not idempotent):
+                    raise
+                if exc.code in CALLER_PACED_CODES:
                     raise
                 if exc.retry_after is not None and exc.retry_after > self._max_retry_after:
                     raise
@@ -345,6 +413,7 @@ def _error(response: httpx.Response, content: bytes, token: str) -> GraphError:
     status = response.status_code
     code: int | None = None
     detail = ""
+    title: str | None = None
     try:
         body = json.loads(content)
     except ValueError:
@@ -358,12 +427,24 @@ def _error(response: httpx.Response, content: bytes, token: str) -> GraphError:
         details = data.get("details") if isinstance(data, dict) else None
         message = error.get("message")
         detail = details if isinstance(details, str) and details else ""
-        if not detail and isinstance(message, str):
-            detail = message
+        if isinstance(message, str) and message:
+            title = _scrub(_CODE_PREFIX.sub("", message), token) or None
+            if not detail:
+                detail = message
     text = f"Graph API {status}" + (f" (code {code})" if code is not None else "")
     if detail:
         text += ": " + _scrub(detail, token)
     retry_after = _retry_after(response)
+    if code == 131049:
+        # Meta: wait at least a day before trying this recipient again.
+        return GraphTransient(
+            text,
+            status=status,
+            code=code,
+            title=title,
+            retry_after=max(retry_after or 0.0, MARKETING_LIMIT_DEFER),
+            maybe_processed=False,
+        )
     throttled = status == 429 or code in THROTTLING_CODES
     if throttled or status >= 500 or status == 408 or code in SERVER_TROUBLE_CODES:
         return GraphTransient(
@@ -371,9 +452,10 @@ def _error(response: httpx.Response, content: bytes, token: str) -> GraphError:
             status=status,
             code=code,
             retry_after=retry_after,
+            title=title,
             maybe_processed=not throttled,
         )
-    return GraphPermanent(text, status=status, code=code, retry_after=retry_after)
+    return GraphPermanent(text, status=status, code=code, retry_after=retry_after, title=title)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

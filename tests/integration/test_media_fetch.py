@@ -689,7 +689,12 @@ async def test_a_result_that_comes_after_its_claim_expired_is_dropped(
 async def test_the_fake_accepts_messages_sent_through_the_client(
     graph: GraphClient, media: FakeMedia
 ) -> None:
-    message = {"messaging_product": "whatsapp", "to": "16505551234", "type": "text"}
+    message = {
+        "messaging_product": "whatsapp",
+        "to": "16505551234",
+        "type": "text",
+        "text": {"body": "hello"},
+    }
     answer = await graph.request("POST", "1065/messages", TOKEN, json=message)
     assert answer["messaging_product"] == "whatsapp"
     assert answer["contacts"] == [{"input": "16505551234", "wa_id": "16505551234"}]

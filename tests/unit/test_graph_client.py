@@ -345,3 +345,201 @@ async def test_download_refuses_hosts_that_are_not_metas(http: Any) -> None:
         with pytest.raises(GraphPermanent, match="not one of Meta's media hosts"):
             await client.download(url, TOKEN, max_bytes=10)
     assert recorder.requests == []
+
+
+def meta_error(status: int, code: int, message: str, details: str) -> httpx.Response:
+    """An error as the Cloud API sends it: the title in ``message``, the detail in
+    ``error_data.details``."""
+    body = {
+        "error": {
+            "message": message,
+            "type": "OAuthException",
+            "code": code,
+            "error_data": {"messaging_product": "whatsapp", "details": details},
+            "fbtrace_id": "AbCdEf",
+        }
+    }
+    return httpx.Response(status, json=body)
+
+
+def accepted(wamid: str = "wamid.HBgLMTY1MDU1NTEyMzQVAgARGBI") -> httpx.Response:
+    return httpx.Response(
+        200,
+        json={
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": "+1 650 555 1234", "wa_id": "16505551234"}],
+            "messages": [{"id": wamid}],
+        },
+    )
+
+
+TEXT = {
+    "messaging_product": "whatsapp",
+    "to": "16505551234",
+    "type": "text",
+    "text": {"body": "hi"},
+}
+
+
+async def test_send_message_posts_the_payload_and_returns_the_wamid(http: Any) -> None:
+    recorder = Recorder(accepted("wamid.ABC"))
+    sent = await graph(recorder, http).send_message("106540352242922", TOKEN, TEXT)
+    assert (sent.wamid, sent.wa_id) == ("wamid.ABC", "16505551234")
+    assert "16505551234" not in repr(sent)
+    (request,) = recorder.requests
+    assert request.method == "POST"
+    assert str(request.url) == f"{BASE}/v21.0/106540352242922/messages"
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert json.loads(request.content) == TEXT
+
+
+async def test_send_message_refuses_a_malformed_phone_number_id(http: Any) -> None:
+    recorder = Recorder(accepted())
+    for bad in ("", "me", "1/../2", "12?x=1", "١٢"):
+        with pytest.raises(GraphPermanent, match="phone number id"):
+            await graph(recorder, http).send_message(bad, TOKEN, TEXT)
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"messaging_product": "whatsapp"},
+        {"messages": []},
+        {"messages": [{"id": ""}]},
+        {"messages": ["wamid.X"]},
+    ],
+)
+async def test_a_success_without_a_wamid_may_have_been_sent_and_is_never_resent(
+    http: Any, reply: dict[str, Any]
+) -> None:
+    recorder = Recorder(httpx.Response(200, json=reply), accepted())
+    with pytest.raises(GraphTransient) as caught:
+        await graph(recorder, http).send_message("555", TOKEN, TEXT)
+    assert caught.value.maybe_processed
+    assert len(recorder.requests) == 1
+
+
+# (code, HTTP status, Meta's title, class, maybe_processed, retried inside the call)
+SEND_ERRORS = [
+    (130429, 400, "Rate limit hit", GraphTransient, False, True),
+    (4, 400, "Application request limit reached", GraphTransient, False, True),
+    (80007, 400, "Rate limit issues", GraphTransient, False, True),
+    (
+        131056,
+        400,
+        "(Business Account, Consumer Account) pair rate limit hit",
+        GraphTransient,
+        False,
+        False,
+    ),
+    (
+        131049,
+        400,
+        "This message was not delivered to maintain healthy ecosystem engagement.",
+        GraphTransient,
+        False,
+        False,
+    ),
+    (131000, 500, "Something went wrong", GraphTransient, True, False),
+    (131016, 500, "Service unavailable", GraphTransient, True, False),
+    (131047, 400, "Re-engagement message", GraphPermanent, None, False),
+    (
+        131050,
+        400,
+        "Unable to deliver the message. This recipient has chosen to stop receiving "
+        "marketing messages on WhatsApp from your business.",
+        GraphPermanent,
+        None,
+        False,
+    ),
+    (131026, 400, "Message Undeliverable", GraphPermanent, None, False),
+    (130403, 400, "Message blocked by business", GraphPermanent, None, False),
+    (
+        132000,
+        400,
+        "Number of parameters does not match the expected number of params",
+        GraphPermanent,
+        None,
+        False,
+    ),
+    (132015, 400, "Template is Paused", GraphPermanent, None, False),
+    (132016, 400, "Template is Disabled", GraphPermanent, None, False),
+    (368, 403, "Temporarily blocked for policies violations", GraphPermanent, None, False),
+    (131031, 400, "Account has been locked", GraphPermanent, None, False),
+    (131048, 400, "Spam rate limit hit", GraphPermanent, None, False),
+    (987654, 400, "Some code nobody documented", GraphPermanent, None, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "title", "kind", "maybe_processed", "retried"), SEND_ERRORS
+)
+async def test_each_send_error_code_maps_to_its_class_with_code_and_title_kept(
+    http: Any,
+    code: int,
+    status: int,
+    title: str,
+    kind: type[GraphError],
+    maybe_processed: bool | None,
+    retried: bool,
+) -> None:
+    details = f"Details of {code} for {TOKEN}"
+    recorder = Recorder(meta_error(status, code, f"(#{code}) {title}", details))
+    with pytest.raises(GraphError) as caught:
+        await graph(recorder, http, max_attempts=3).send_message("555", TOKEN, TEXT)
+    error = caught.value
+    assert type(error) is kind
+    assert (error.status, error.code) == (status, code)
+    assert error.title == title
+    assert f"Details of {code}" in str(error)
+    assert TOKEN not in str(error)
+    assert not error.auth_failed
+    if isinstance(error, GraphTransient):
+        assert error.maybe_processed is maybe_processed
+    assert len(recorder.requests) == (3 if retried else 1)
+
+
+async def test_the_per_user_marketing_limit_asks_for_a_day(http: Any) -> None:
+    recorder = Recorder(meta_error(400, 131049, "(#131049) limit", "later"))
+    with pytest.raises(GraphTransient) as caught:
+        await graph(recorder, http).send_message("555", TOKEN, TEXT)
+    assert caught.value.retry_after is not None
+    assert caught.value.retry_after >= 24 * 3600
+    assert recorder.sleeps == []
+
+
+async def test_a_send_that_failed_after_it_went_out_is_never_retried(http: Any) -> None:
+    for failure in (
+        meta_error(500, 131000, "(#131000) Something went wrong", "x"),
+        graph_error(502, 2),
+        httpx.Response(503, text="<html>unavailable</html>"),
+        httpx.ReadTimeout("read timed out"),
+        httpx.RemoteProtocolError("peer closed"),
+    ):
+        recorder = Recorder(failure, accepted())
+        with pytest.raises(GraphTransient) as caught:
+            await graph(recorder, http, max_attempts=5).send_message("555", TOKEN, TEXT)
+        assert caught.value.maybe_processed
+        assert len(recorder.requests) == 1
+        assert recorder.sleeps == []
+
+
+async def test_a_send_that_could_not_connect_is_retried(http: Any) -> None:
+    for failure in (httpx.ConnectError("refused"), httpx.ConnectTimeout("slow")):
+        recorder = Recorder(failure, failure, accepted("wamid.LATE"))
+        sent = await graph(recorder, http, max_attempts=3).send_message("555", TOKEN, TEXT)
+        assert sent.wamid == "wamid.LATE"
+        assert len(recorder.requests) == 3
+        assert len(recorder.sleeps) == 2
+
+
+async def test_a_403_with_a_policy_code_is_not_an_auth_failure(http: Any) -> None:
+    recorder = Recorder(meta_error(403, 368, "(#368) blocked", "policy"))
+    with pytest.raises(GraphPermanent) as caught:
+        await graph(recorder, http).send_message("555", TOKEN, TEXT)
+    assert not caught.value.auth_failed
+    recorder = Recorder(httpx.Response(403, text="forbidden"))
+    with pytest.raises(GraphPermanent) as caught:
+        await graph(recorder, http).send_message("555", TOKEN, TEXT)
+    assert caught.value.auth_failed
