@@ -875,6 +875,11 @@ class IdentityService:
             raise UnknownUser(f"no user {user}")
         return found
 
+    async def user_id_of(self, user: str) -> str:
+        """The id of the user with id or username ``user``; raise ``UnknownUser``."""
+        async with self._sessions() as session:
+            return (await self.find_user(session, user)).id
+
     async def add_user(self, actor: Actor, username: str, password: str) -> User:
         """Create a user with no roles (``identity.user.create``)."""
         # A username is chosen by an administrator, not typed at sign-in, so a
