@@ -680,3 +680,19 @@ def test_a_reply_inside_the_window_is_not_counted_against_the_tier() -> None:
     note_allowed(draft(), snap, NOW)
     assert snap.tier_recipients == {}
     assert snap.marketing_sends == {}
+
+
+def test_an_opt_out_of_the_covering_category_leaves_nothing_that_covers() -> None:
+    out = ConsentState(
+        opted_in_at=NOW - 48 * HOUR, opted_out_at=NOW - HOUR, opted_out_how="by replying STOP"
+    )
+    covered = PolicySettings(consent_covers={"utility": ["marketing"]})
+    snap = snapshot(consent={(CONTACT, Category.MARKETING): out}, settings={ACCOUNT: covered})
+    decision = decide(template_draft(), snap)
+    assert codes(decision) == ["consent.opted_out"]
+    assert decision.reasons[0].params["category"] is Category.MARKETING
+
+
+def test_an_answer_outside_the_window_is_not_exempt_from_quiet_hours() -> None:
+    snap = snapshot(now=NOW.replace(hour=23), last_inbound=outside_window())
+    assert codes(decide(template_draft(answers_customer=True), snap)) == ["quiet_hours"]
