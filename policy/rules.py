@@ -28,6 +28,7 @@ Choices the issue leaves open:
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -577,18 +578,20 @@ def _tier(case: _Case) -> Iterator[Reason]:
     first = recipients.get(case.draft.contact_id)
     if (first is not None and first > since) or len(recipients) < tier:
         return
-    recent = sorted(t for t in recipients.values() if t > since)
-    if len(recent) < tier:
+    count = sum(1 for t in recipients.values() if t > since)
+    if count < tier:
         return
+    # Only the oldest entries say when one slot frees: no full sort of a large tier.
+    oldest = heapq.nsmallest(count - tier + 1, (t for t in recipients.values() if t > since))
     yield _reason(
         "rate.tier",
         "rate",
         Effect.DEFER,
         f"the business portfolio has reached its messaging limit of {tier:,} recipients "
         f"outside a service window in 24 hours",
-        until=_passes_at(recent, tier, TIER_WINDOW),
+        until=oldest[-1] + TIER_WINDOW,
         tier=tier,
-        recipients=len(recent),
+        recipients=count,
     )
 
 

@@ -696,3 +696,10 @@ def test_an_opt_out_of_the_covering_category_leaves_nothing_that_covers() -> Non
 def test_an_answer_outside_the_window_is_not_exempt_from_quiet_hours() -> None:
     snap = snapshot(now=NOW.replace(hour=23), last_inbound=outside_window())
     assert codes(decide(template_draft(answers_customer=True), snap)) == ["quiet_hours"]
+
+
+def test_over_the_tier_waits_until_enough_recipients_age_out() -> None:
+    # Three counted against a tier of two (the tier was lowered): two must age out first.
+    recipients = {"ct-a": NOW - 20 * HOUR, "ct-b": NOW - 2 * HOUR, "ct-c": NOW - 10 * HOUR}
+    decision = decide(template_draft(), tier_snapshot(tier_recipients={PORTFOLIO: recipients}))
+    assert (codes(decision), decision.defer_until) == (["rate.tier"], NOW + 14 * HOUR)
