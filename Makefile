@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat constraints.txt pyproject.toml | cksum |
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench-vault bench-webhooks bench-search bench-binding bench-chat-import
+.PHONY: serve test bench-vault bench-webhooks bench-search bench-binding bench-chat-import bench-decide
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,6 @@ bench-binding: $(STAMP)
 
 bench-chat-import: $(STAMP)
 	$(BIN)/python -m tests.bench.chat_import
+
+bench-decide: $(STAMP)
+	$(BIN)/python -m tests.bench.decide

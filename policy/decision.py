@@ -18,9 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+if TYPE_CHECKING:
+    from policy.matching import LexiconMatcher
 
 
 class Category(StrEnum):
@@ -148,7 +151,11 @@ MAX_MESSAGES_PER_SECOND = 1_000
 
 @dataclass(frozen=True, slots=True)
 class ConsentState:
-    """The latest opt-in and opt-out of one contact for one category."""
+    """The latest opt-in and opt-out of one contact for one category.
+
+    A ``*_how`` text completes "opted out of marketing on 2026-11-03 ...", for
+    example "by replying STOP" or "through the web form".
+    """
 
     opted_in_at: datetime | None = None
     opted_in_how: str | None = None
@@ -216,9 +223,10 @@ class Snapshot:
     consent: dict[tuple[str, Category], ConsentState]  # (contact id, category) ->
     last_inbound: dict[tuple[str, str], datetime]  # (account id, contact id) -> window opener
     templates: dict[int, TemplateView]
-    lexicon: Any  # a policy.matching.LexiconMatcher: (text) -> list of (term id, term, action)
+    lexicon: LexiconMatcher  # the active terms; find(text) -> (term id, term, action)
     numbers: dict[str, NumberState]  # account id ->
     number_sends: dict[str, list[datetime]] = field(default_factory=dict)  # account id -> last 1 s
+    # (account id, contact id) -> sends from that number to that recipient (pair rate)
     pair_sends: dict[tuple[str, str], list[datetime]] = field(default_factory=dict)
     pair_backoff: dict[tuple[str, str], datetime] = field(default_factory=dict)
     # portfolio id -> {contact id: first business-initiated send in the last 24 h}
