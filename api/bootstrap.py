@@ -40,7 +40,14 @@ from archiver.vault.interfaces import ObjectStore
 from archiver.vault.s3store import S3Store
 from archiver.vault.services import Vault
 from archiver.whatsapp.graph import LOOPBACK_HOSTS, META_MEDIA_HOSTS, GraphClient
+from policy.consent import ConsentLedger
+from policy.dispatcher import Dispatcher
 from policy.lexicon import Lexicon
+from policy.outbox import Outbox
+from policy.reactions import Reactions
+from policy.send_policy import SendPolicies
+from policy.snapshots import SnapshotLoader
+from policy.templates import TemplateRegistry
 
 log = structlog.get_logger("strongroom.bootstrap")
 
@@ -237,6 +244,12 @@ class Services:
     conversations: Conversations
     lexicon: Lexicon
     key_rotation: KeyRotation
+    consent: ConsentLedger
+    templates: TemplateRegistry
+    policies: SendPolicies
+    outbox: Outbox
+    dispatcher: Dispatcher
+    reactions: Reactions
 
     async def close(self) -> None:
         """Finish pending journal and audit writes, then release connections."""
@@ -316,6 +329,16 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         contact_token=index.contact_token,
         meta_id_token=meta_ids.token,
     )
+    consent = ConsentLedger(clock, sessions, writer, audit, vault, capture, retention=records)
+    templates = TemplateRegistry(clock, sessions, writer, audit)
+    snapshots = SnapshotLoader(clock, consent, templates)
+    outbox = Outbox(
+        clock, sessions, writer, audit, vault, capture, index, snapshots, retain_for=records
+    )
+    dispatcher = Dispatcher(
+        clock, sessions, writer, audit, outbox, snapshots, accounts, capture, meta_ids, graph
+    )
+    reactions = Reactions(clock, sessions, writer, audit, records_reader, consent, templates)
     return Services(
         settings=settings,
         clock=clock,
@@ -342,4 +365,10 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         conversations=conversations,
         lexicon=lexicon,
         key_rotation=KeyRotation(keyring, sessions, writer, audit),
+        consent=consent,
+        templates=templates,
+        policies=SendPolicies(clock, sessions, writer, audit),
+        outbox=outbox,
+        dispatcher=dispatcher,
+        reactions=reactions,
     )

@@ -25,6 +25,7 @@ from archiver.core.jobs import Job, JobRunner, job_lock
 from archiver.media import jobs as media_jobs
 from archiver.media.jobs import FETCH_EVERY
 from archiver.vault import jobs as vault_jobs
+from policy import jobs as policy_jobs
 
 log = structlog.get_logger("strongroom.worker")
 
@@ -32,6 +33,8 @@ log = structlog.get_logger("strongroom.worker")
 MEDIA_EVERY_SECONDS = int(FETCH_EVERY.total_seconds())
 # How often an idle projector looks for new journal entries (one indexed query).
 PROJECTION_POLL_SECONDS = 0.2
+# How often an idle dispatcher looks for due outbox items.
+DISPATCH_POLL_SECONDS = 0.5
 # How long a stopping worker lets the jobs in progress finish before it cancels
 # them (a checkpoint takes milliseconds; a vault reconciliation may take hours).
 JOB_FINISH_SECONDS = 10.0
@@ -48,6 +51,7 @@ def declared_jobs(services: Services) -> list[Job]:
         *audit_jobs.jobs(services.audit),
         *vault_jobs.jobs(services.vault, services.sessions),
         *media_jobs.jobs(services.media),
+        *policy_jobs.jobs(services.reactions),
     ]
 
 
@@ -83,6 +87,10 @@ async def background_jobs(services: Services) -> AsyncIterator[None]:
     projection = asyncio.create_task(
         services.capture.run_projection(stop, idle_seconds=PROJECTION_POLL_SECONDS)
     )
+    # The outbox's loop: decide what was queued, send what is due.
+    dispatch = asyncio.create_task(
+        services.dispatcher.run(stop, idle_seconds=DISPATCH_POLL_SECONDS)
+    )
     runner = JobRunner(job_lock(services.engine), audit_jobs.record_runs(services.audit))
     scheduler = AsyncIOScheduler(timezone="UTC")
     schedule(scheduler, declared_jobs(services), runner)
@@ -93,7 +101,7 @@ async def background_jobs(services: Services) -> AsyncIterator[None]:
     finally:
         stop.set()
         scheduler.pause()
-        await asyncio.gather(projection, runner.finish(JOB_FINISH_SECONDS))
+        await asyncio.gather(projection, dispatch, runner.finish(JOB_FINISH_SECONDS))
         scheduler.shutdown(wait=False)
 
 

@@ -39,8 +39,8 @@ from policy.models import (
     PairBackoff,
     PolicySettingsRow,
 )
+from policy.rules import WINDOW
 
-WINDOW = timedelta(hours=24)
 # Inbound messages from these sources open the customer service window; history
 # sync and chat imports never do.
 WINDOW_SOURCES = (SOURCE_CLOUD_API, SOURCE_BUSINESS_APP)
@@ -197,7 +197,7 @@ class SnapshotLoader:
                 .where(LexiconTerm.removed_at.is_(None))
                 .order_by(LexiconTerm.id)
             )
-            self._lexicon = LexiconMatcher([tuple(row) for row in rows])
+            self._lexicon = LexiconMatcher([(i, term, action) for i, term, action in rows])
             self._lexicon_key = key
         return self._lexicon, f"{key[0]}.{key[1]}.{key[2]}"
 

@@ -8,7 +8,7 @@ import os
 import click
 
 from api.bootstrap import Services
-from api.cli import accounts, audit, imports, keys, lexicon, tokens, users, vault
+from api.cli import accounts, audit, imports, keys, lexicon, outbox, tokens, users, vault
 from api.cli.common import (
     archive_settings,
     command_settings,
@@ -133,6 +133,7 @@ main.add_command(imports.import_)
 main.add_command(users.users)
 main.add_command(tokens.tokens)
 main.add_command(lexicon.lexicon)
+main.add_command(outbox.outbox)
 main.add_command(audit.audit)
 
 
