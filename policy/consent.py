@@ -303,7 +303,7 @@ class ConsentLedger:
             query = select(ConsentEntry.source_record_id, ConsentEntry.category).where(
                 ConsentEntry.source_record_id.in_(sources)
             )
-            seen = {(int(s), c) for s, c in (await session.execute(query)).tuples() if s}
+            seen = {(int(s), c) for s, c in (await session.execute(query)).all() if s}
         fresh: list[NewConsent] = []
         for entry in entries:
             if entry.source_record_id is not None:
@@ -385,7 +385,7 @@ class ConsentLedger:
         if accounts is not None:
             query = query.where(ConsentEntry.account_id.in_(list(accounts)))
         async with self._sessions() as session:
-            rows = (await session.execute(query)).tuples().all()
+            rows = [(r[0], r[1]) for r in await session.execute(query)]
             await self._audit.record_durable(
                 actor.entry(action, target=f"contact:{contact_id}", reason=f"{len(rows)} entries")
             )
@@ -433,7 +433,7 @@ class ConsentLedger:
             .order_by(ConsentEntry.occurred_at, ConsentEntry.id)
         )
         found: dict[tuple[str, Category], ConsentState] = {}
-        for contact, category, action, method, at in (await session.execute(query)).tuples():
+        for contact, category, action, method, at in (await session.execute(query)).all():
             key = (contact, Category(category))
             state = found.get(key, ConsentState())
             phrase = how(method, action)
@@ -446,9 +446,11 @@ class ConsentLedger:
 
 
 def _wa_id(phone: str) -> str:
-    """``phone`` as a WhatsApp id (E.164 digits); raise ``InvalidConsent``."""
+    """``phone`` (international, its ``+`` optional as in a WhatsApp id) as a
+    WhatsApp id (E.164 digits); raise ``InvalidConsent``."""
+    phone = phone.strip()
     try:
-        return normalize_phone(phone).lstrip("+")
+        return normalize_phone(phone if phone.startswith("+") else "+" + phone).lstrip("+")
     except InvalidInput as exc:
         raise InvalidConsent(str(exc)) from None
 
