@@ -57,7 +57,8 @@ async def test_an_entry_is_sealed_whole_and_the_row_holds_nothing_personal(world
         ("opt_out", EVIDENCE, "as attested by an agent"),
     ]
     exported = await world.ledger.export(OFFICER, None, row.contact_id)
-    assert exported[0]["evidence"] == EVIDENCE and exported[0]["occurred_at"] == START.isoformat()
+    assert exported[0]["evidence"] == EVIDENCE
+    assert exported[0]["occurred_at"] == START.isoformat()
     stored = await database_bytes(world.database_url)
     for secret in (b"447700900123", b"7700 900123", EVIDENCE.encode(), b"Oliver Hughes"):
         assert secret not in stored
@@ -76,7 +77,8 @@ async def test_each_entry_is_audited_in_its_own_transaction(
         OFFICER.id,
     )
     details = await world.services.audit.open_details(audited)
-    assert details is not None and details["evidence"] == EVIDENCE
+    assert details is not None
+    assert details["evidence"] == EVIDENCE
     assert EVIDENCE not in (audited.reason or "")
 
     async def broken(*_: Any) -> None:
@@ -111,7 +113,8 @@ async def test_refusals_are_audited_as_denied_and_change_nothing(
     assert await world.count(ConsentEntry) == 0
     assert await world.count(Contact) == 0  # a refused number leaves no contact behind
     (denied,) = await world.audit_events("consent.record")
-    assert denied.outcome == "denied" and denied.reason
+    assert denied.outcome == "denied"
+    assert denied.reason
     assert b"900123" not in await database_bytes(world.database_url)
 
 
