@@ -311,7 +311,7 @@ class Reactions:
                     note=note,
                 )
             )
-            calls.append((self._outbox_audit, (row, before, note)))
+            calls.append((self._outbox_audit, (row, before, status, note)))
         return consent, calls
 
     async def _outbox_audit(
@@ -320,15 +320,16 @@ class Reactions:
         actor: Actor,
         row: OutboxItem,
         before: str,
+        after: str,
         note: str | None,
     ) -> None:
         await self._audit.record_in(
             session,
             actor.entry(
-                f"outbox.{row.state}",
+                f"outbox.{after}",
                 target=f"outbox:{row.id}",
                 scope=f"account:{row.account_id}",
-                reason=f"{before} -> {row.state}" + (f" ({note})" if note else ""),
+                reason=f"{before} -> {after}" + (f" ({note})" if note else ""),
             ),
         )
 
