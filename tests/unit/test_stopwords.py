@@ -11,7 +11,8 @@ from policy.stopwords import RESUME_WORDS, STOP_WORDS, keyword
 @pytest.mark.parametrize(
     "text",
     [
-        "STOP", "stop", "Stop.", "STOP!!!", "stop 🛑", " STOP ", "\uff33\uff34\uff2f\uff30", "StopAll", "STOP ALL",
+        "STOP", "stop", "Stop.", "STOP!!!", "stop 🛑", " STOP ", "\uff33\uff34\uff2f\uff30",
+        "StopAll", "STOP ALL",
         "UNSUBSCRIBE", "cancel", "End", "quit", "OPT OUT", "opt-out", "optout",
         "ARRÊT", "arret", "Désabonner", "BAJA", "¡Alto!", "parar", "Cancelar",
         "ABMELDEN", "Stopp", "ANNULLA", "disiscrivimi",
