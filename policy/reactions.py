@@ -19,7 +19,11 @@ transaction with the cursor's move and the audit events of every change:
   event and an ``outbox.<state>`` audit event; a failure's code and title are
   kept and its meaning (``policy.graph_errors.classify``) applied.
 
-Only the records that a reaction needs are decrypted. Replaying records is
+Only the records that a reaction needs are decrypted. On PostgreSQL, record ids
+are handed out before their transactions commit, so a lower id can become
+visible after a higher one: the cursor moves only up to a horizon, the highest id
+seen by a snapshot all of whose concurrent transactions have since ended (SQLite
+has one writer, so ids commit in order there). Replaying records is
 harmless: consent is unique per (source record, category), the outbox only moves
 forward, and a template or tier already so is left alone.
 """
@@ -31,8 +35,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import select, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select, text, true, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver.accounts.models import Account
 from archiver.audit.services import SYSTEM, Actor, AuditLog
@@ -71,6 +75,24 @@ KEYWORD_CATEGORIES = (Category.MARKETING, Category.UTILITY, Category.AUTHENTICAT
 # How far each state an outbox item reaches through webhooks has gone.
 _RANK = {"dispatching": 0, "sent": 1, "delivered": 2, "read": 3}
 _WEBHOOK_STATES = frozenset({"sent", "delivered", "read", "failed"})
+# A snapshot, a transaction id taken after it (every transaction that had an id
+# when the snapshot was taken has a lower one), and the highest record id it sees.
+_SNAPSHOT = text(
+    "SELECT pg_current_snapshot()::text, pg_current_xact_id()::text::bigint, "
+    "(SELECT max(id) FROM records)"
+)
+# How many of the transactions running at a snapshot still run: those it lists as
+# in progress, and those that took an id between its xmax and the one taken after.
+_RUNNING = text(
+    "SELECT count(*) FROM ("
+    " SELECT x FROM pg_snapshot_xip(CAST(CAST(:snapshot AS text) AS pg_snapshot)) AS x"
+    " UNION ALL"
+    " SELECT CAST(CAST(g AS text) AS xid8) FROM generate_series("
+    "  CAST(CAST(pg_snapshot_xmax(CAST(CAST(:snapshot AS text) AS pg_snapshot)) AS text)"
+    "  AS bigint), CAST(:taken AS bigint) - 1) AS g"
+    ") AS running(x) WHERE pg_xact_status(x) = 'in progress'"
+)
+_MAX_PENDING = 100
 
 
 def _opens(record: Record) -> bool:
@@ -102,6 +124,7 @@ class Reactions:
     def __init__(
         self,
         clock: Clock,
+        sessions: async_sessionmaker[AsyncSession],
         writer: Writer,
         audit: AuditLog,
         reader: RecordReader,
@@ -112,6 +135,7 @@ class Reactions:
         actor: Actor = SYSTEM,
     ) -> None:
         self._clock = clock
+        self._sessions = sessions
         self._writer = writer
         self._audit = audit
         self._reader = reader
@@ -119,19 +143,43 @@ class Reactions:
         self._templates = templates
         self._batch = batch
         self._actor = actor
+        # PostgreSQL: (snapshot, id taken after it, highest record id it saw) not
+        # yet known settled.
+        self._pending: list[tuple[str, int, int]] = []
+        self._horizon = 0
 
     async def catch_up(self) -> int:
         """React to every record after the cursor; the number of records read."""
         total = 0
+        horizon = await self.horizon()
         while True:
-            read, opened = await self._one_batch()
+            read, opened = await self._one_batch(horizon)
             if opened is not None:
                 await self._reader.report(opened)  # the alarm, once the write is over
             if not read:
                 return total
             total += read
 
-    async def _one_batch(self) -> tuple[int, Opened | None]:
+    async def horizon(self) -> int | None:
+        """The highest record id safe to react to (``None``: no bound, SQLite)."""
+        async with self._sessions() as session:
+            if session.get_bind().dialect.name != "postgresql":
+                return None
+            snapshot, mine, top = (await session.execute(_SNAPSHOT)).one()
+            self._pending.append((str(snapshot), int(mine), int(top or 0)))
+            await session.rollback()  # the id just taken ends here, before the checks
+            waiting: list[tuple[str, int, int]] = []
+            for seen, taken, highest in self._pending:
+                running = await session.scalar(_RUNNING, {"snapshot": seen, "taken": taken})
+                if running:
+                    waiting.append((seen, taken, highest))
+                else:
+                    self._horizon = max(self._horizon, highest)
+            # A snapshot taken later covers an earlier one; keep a bounded few.
+            self._pending = waiting[-_MAX_PENDING:]
+        return self._horizon
+
+    async def _one_batch(self, horizon: int | None) -> tuple[int, Opened | None]:
         async with self._writer.transaction() as session:
             cursor = await session.get(PolicyCursor, CURSOR, with_for_update=True)
             if cursor is None:
@@ -140,6 +188,7 @@ class Reactions:
             query = (
                 select(Record)
                 .where(Record.id > cursor.position)
+                .where(Record.id <= horizon if horizon is not None else true())
                 .order_by(Record.id)
                 .limit(self._batch)
             )

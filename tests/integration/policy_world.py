@@ -158,7 +158,13 @@ async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
         )
         templates = TemplateRegistry(clock, services.sessions, services.writer, services.audit)
         reactions = Reactions(
-            clock, services.writer, services.audit, services.record_reader, ledger, templates
+            clock,
+            services.sessions,
+            services.writer,
+            services.audit,
+            services.record_reader,
+            ledger,
+            templates,
         )
         yield World(services, clock, account.id, ledger, templates, reactions, database_url)
     finally:

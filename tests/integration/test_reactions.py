@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from archiver.audit.services import Actor
 from archiver.core.subjects import contact_subject
@@ -349,3 +349,20 @@ async def test_batches_are_read_in_order_up_to_the_newest(world: World) -> None:
         cursor = await session.get(PolicyCursor, "reactions")
     assert cursor is not None
     assert cursor.position == await _record_id(world, "message")
+
+
+async def test_on_postgresql_records_wait_for_the_transactions_running_beside_them(
+    world: World,
+) -> None:
+    """A record id is taken before its transaction commits: while a transaction
+    that may hold a lower id runs, the cursor does not move past what it saw."""
+    if not world.database_url.startswith("postgresql"):
+        pytest.skip("SQLite has a single writer: its ids commit in order")
+    await world.post(text_message("wamid.PG1", "STOP"))
+    async with world.services.engine.connect() as other:
+        transaction = await other.begin()
+        await other.execute(text("SELECT txid_current()"))  # a writer, still running
+        assert await world.reactions.catch_up() == 0
+        await transaction.commit()
+    assert await world.reactions.catch_up() == 1
+    assert len(await _consent(world)) == 3
