@@ -160,6 +160,12 @@ class Reactions:
                 return total
             total += read
 
+    @property
+    def settled(self) -> bool:
+        """Whether every record seen so far is within the horizon (no snapshot waits
+        for transactions still running)."""
+        return not self._pending
+
     async def horizon(self) -> int | None:
         """The highest record id safe to react to (``None``: no bound, SQLite)."""
         async with self._sessions() as session:

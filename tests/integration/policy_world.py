@@ -5,6 +5,7 @@ signed webhooks through capture."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hmac
 import json
@@ -99,6 +100,18 @@ class World:
             self.clock.advance(timedelta(seconds=1))
         while await capture.project_pending():
             pass
+
+    async def react(self) -> int:
+        """Catch up until every record seen is within the reactions' horizon (on
+        PostgreSQL, a transaction of the audit writer or capture may be running
+        when a snapshot is taken); the records read."""
+        total = await self.reactions.catch_up()
+        for _ in range(10_000):
+            if self.reactions.settled:
+                return total
+            await asyncio.sleep(0)  # let this loop's own writers finish
+            total += await self.reactions.catch_up()
+        raise AssertionError("the reactions' horizon never settled")
 
     async def audit_events(self, action: str) -> list[AuditEvent]:
         await self.services.audit.flush()
