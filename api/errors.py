@@ -37,13 +37,21 @@ from archiver.core.errors import (
 from archiver.identity.services import IdentityConflict, NotPermitted, UnknownUser
 from archiver.search.services import SearchError
 from policy.errors import (
+    ConsentAlreadyRecorded,
+    ContactNotFound,
+    DuplicateTemplate,
     DuplicateTerm,
     IdempotencyConflict,
+    InvalidConsent,
     InvalidMessage,
     InvalidPolicy,
+    InvalidTemplate,
     InvalidTerm,
     ItemNotFound,
+    SelfApproval,
     StateConflict,
+    TemplateNotFound,
+    TemplateStateError,
     TermAlreadyRemoved,
     TermNotFound,
     UnknownTemplate,
@@ -59,10 +67,15 @@ STATUS: dict[type[Exception], int] = {
     SearchError: HTTP_400_BAD_REQUEST,
     InvalidMessage: HTTP_400_BAD_REQUEST,
     InvalidPolicy: HTTP_400_BAD_REQUEST,
+    InvalidConsent: HTTP_400_BAD_REQUEST,
+    InvalidTemplate: HTTP_400_BAD_REQUEST,
+    SelfApproval: HTTP_403_FORBIDDEN,
     UnknownTemplate: HTTP_400_BAD_REQUEST,
     NotPermitted: HTTP_403_FORBIDDEN,
     TermNotFound: HTTP_404_NOT_FOUND,
     ItemNotFound: HTTP_404_NOT_FOUND,
+    ContactNotFound: HTTP_404_NOT_FOUND,
+    TemplateNotFound: HTTP_404_NOT_FOUND,
     UnknownUser: HTTP_404_NOT_FOUND,
     AccountNotFound: HTTP_404_NOT_FOUND,
     RecordNotFound: HTTP_404_NOT_FOUND,
@@ -73,6 +86,9 @@ STATUS: dict[type[Exception], int] = {
     IntegrityFailed: HTTP_409_CONFLICT,
     IdempotencyConflict: HTTP_409_CONFLICT,
     StateConflict: HTTP_409_CONFLICT,
+    DuplicateTemplate: HTTP_409_CONFLICT,
+    ConsentAlreadyRecorded: HTTP_409_CONFLICT,
+    TemplateStateError: HTTP_409_CONFLICT,
 }
 
 

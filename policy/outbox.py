@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import phonenumbers
@@ -54,6 +54,7 @@ from policy.errors import (
     StateConflict,
     UnknownTemplate,
 )
+from policy.interfaces import ContactResolver
 from policy.models import MessageTemplate, OutboxEvent, OutboxItem
 from policy.rules import decide
 from policy.snapshots import SnapshotLoader
@@ -66,14 +67,6 @@ MEDIA_TYPES = ("image", "document", "audio", "video", "sticker")
 # The states an item waits in for its turn, and the terminal ones.
 WAITING = ("decided", "approved")
 FINAL = ("sent", "delivered", "read", "failed", "blocked", "expired", "cancelled", "rejected")
-
-
-class Contacts(Protocol):
-    """Finds or creates the contact a phone number belongs to (the capture's)."""
-
-    async def resolve_contact(
-        self, session: AsyncSession, identities: list[Identity]
-    ) -> str | None: ...
 
 
 class MessageContent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -319,7 +312,7 @@ class Outbox:
         writer: Writer,
         audit: AuditLog,
         vault: Vault,
-        contacts: Contacts,
+        contacts: ContactResolver,
         index: BlindIndex,
         snapshots: SnapshotLoader,
         *,
