@@ -96,8 +96,13 @@ async def test_the_worker_schedules_each_declared_job_at_its_interval(
         "audit_checkpoint": timedelta(seconds=1),
         "reconcile_vault": timedelta(hours=6),
         "fetch_media": timedelta(seconds=10),
+        "policy_reactions": timedelta(seconds=2),
     }
-    assert {job.name for job in jobs if job.singleton} == {"audit_checkpoint", "reconcile_vault"}
+    assert {job.name for job in jobs if job.singleton} == {
+        "audit_checkpoint",
+        "reconcile_vault",
+        "policy_reactions",
+    }
     for job in jobs:  # each runs through the runner, so a singleton takes its lock
         assert scheduled[job.name].func == runner.run
         assert scheduled[job.name].args == (job,)
