@@ -336,7 +336,17 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Servi
         clock, sessions, writer, audit, vault, capture, index, snapshots, retain_for=records
     )
     dispatcher = Dispatcher(
-        clock, sessions, writer, audit, outbox, snapshots, accounts, capture, meta_ids, graph
+        clock,
+        sessions,
+        writer,
+        audit,
+        outbox,
+        snapshots,
+        accounts,
+        capture,
+        meta_ids,
+        graph,
+        consent,
     )
     reactions = Reactions(clock, sessions, writer, audit, records_reader, consent, templates)
     return Services(

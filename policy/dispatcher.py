@@ -32,17 +32,20 @@ from typing import Any, Protocol
 
 import msgspec
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver.accounts.services import AccountService
 from archiver.audit.services import SYSTEM, AuditEntry, AuditLog
 from archiver.core.clock import Clock
-from archiver.core.db import Writer
+from archiver.core.db import Writer, advisory_lock_key
 from archiver.search.blind_index import MetaIdIndex
 from archiver.whatsapp.graph import GraphError, GraphTransient
 from archiver.whatsapp.items import Item, outbound_item
-from policy.decision import ContentKind, Outcome
+from policy.consent import ConsentAction, ConsentLedger, ConsentMethod, NewConsent
+from policy.decision import Category, ContentKind, Outcome
 from policy.graph_errors import TERMINAL, ErrorAction, classify
 from policy.models import MessageTemplate, NumberSendState, OutboxItem, PairBackoff
 from policy.outbox import (
@@ -116,6 +119,7 @@ class Dispatcher:
         archive: Archive,
         meta_ids: MetaIdIndex,
         graph: MessageSender,
+        consent: ConsentLedger,
         *,
         batch: int = 500,
         concurrency: int = 16,
@@ -132,6 +136,7 @@ class Dispatcher:
         self._archive = archive
         self._meta_ids = meta_ids
         self._graph = graph
+        self._consent = consent
         self._batch = batch
         self._concurrency = concurrency
         self._sleep = sleep
@@ -189,6 +194,7 @@ class Dispatcher:
             )
             if not rows:
                 return [], {}
+            await _serialise_numbers(session, {row.account_id for row in rows})
             opened = await self._outbox.open_items(session, rows)
             snapshot = await self._snapshots.load(session, [o.draft for o in opened])
             templates = await self._templates(session, rows)
@@ -315,11 +321,23 @@ class Dispatcher:
         )
 
     async def _first_send(self, session: AsyncSession, account_id: str, at: Any) -> None:
-        state = await session.get(NumberSendState, account_id)
-        if state is None:
-            session.add(NumberSendState(account_id=account_id, first_send_at=at, backoff_level=0))
-        elif state.first_send_at is None:
-            state.first_send_at = at
+        """Note a number's first send (its warm-up counts from it); another
+        dispatcher finishing at the same moment may note it first."""
+        dialect = session.get_bind().dialect.name
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        await session.execute(
+            insert(NumberSendState)
+            .values(account_id=account_id, first_send_at=at, backoff_level=0)
+            .on_conflict_do_nothing(index_elements=["account_id"])
+        )
+        await session.execute(
+            update(NumberSendState)
+            .where(
+                NumberSendState.account_id == account_id,
+                NumberSendState.first_send_at.is_(None),
+            )
+            .values(first_send_at=at)
+        )
 
     async def _failed(
         self, session: AsyncSession, row: OutboxItem, send: _Send
@@ -404,6 +422,24 @@ class Dispatcher:
                     account_id=row.account_id,
                     code=row.error_code,
                 )
+        elif action is ErrorAction.OPTED_OUT:
+            rows = await self._consent.record_in(
+                session,
+                SYSTEM.id,
+                [
+                    NewConsent(
+                        contact_id=row.contact_id,
+                        account_id=row.account_id,
+                        category=Category.MARKETING,
+                        action=ConsentAction.OPT_OUT,
+                        method=ConsentMethod.DELIVERY_ERROR,
+                        evidence=f"send refused, error {row.error_code}: {row.error_title}",
+                        occurred_at=self._clock.now(),
+                    )
+                ],
+            )
+            for entry in rows:
+                await self._consent.audit_in(session, SYSTEM, entry, "send refused with 131050")
         elif action in (ErrorAction.TEMPLATE_PAUSED, ErrorAction.TEMPLATE_DISABLED) and (
             template := await session.get(MessageTemplate, row.template_id or 0)
         ):
@@ -440,6 +476,17 @@ class Dispatcher:
                     )
                 )
             )
+
+
+async def _serialise_numbers(session: AsyncSession, account_ids: set[str]) -> None:
+    """On PostgreSQL, one claim at a time per business number, so that a claim's
+    snapshot sees the sends another dispatcher just claimed (its rate rules count
+    them). Locks are taken in one order; SQLite's write gate already serialises."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for account_id in sorted(account_ids):
+        key = advisory_lock_key(f"outbox-number:{account_id}")
+        await session.execute(select(func.pg_advisory_xact_lock(key)))
 
 
 def _backoff(

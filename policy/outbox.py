@@ -376,6 +376,7 @@ class Outbox:
         )
         row = prepared.row(sealed.id, now)
         session.add(row)
+        await session.flush()  # the item before its history (no ORM relationship orders them)
         session.add(OutboxEvent(item_id=row.id, to_state="queued", actor=actor.id, at=now))
         await session.flush()
         return row, True

@@ -160,25 +160,7 @@ async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
             waba_id=WABA_ID,
         )
         await services.capture.refresh_secrets()
-        ledger = ConsentLedger(
-            clock,
-            services.sessions,
-            services.writer,
-            services.audit,
-            services.vault,
-            services.capture,
-            retention=timedelta(days=365 * 7),
-        )
-        templates = TemplateRegistry(clock, services.sessions, services.writer, services.audit)
-        reactions = Reactions(
-            clock,
-            services.sessions,
-            services.writer,
-            services.audit,
-            services.record_reader,
-            ledger,
-            templates,
-        )
+        ledger, templates, reactions = services.consent, services.templates, services.reactions
         yield World(services, clock, account.id, ledger, templates, reactions, database_url)
     finally:
         await services.close()
