@@ -47,7 +47,13 @@ from archiver.whatsapp.items import Item, outbound_item
 from policy.consent import ConsentAction, ConsentLedger, ConsentMethod, NewConsent
 from policy.decision import Category, ContentKind, Outcome
 from policy.graph_errors import TERMINAL, ErrorAction, classify
-from policy.models import MessageTemplate, NumberSendState, OutboxItem, PairBackoff
+from policy.models import (
+    MessageTemplate,
+    NumberSendState,
+    OutboxItem,
+    PairBackoff,
+    WindowClosure,
+)
 from policy.outbox import (
     WAITING,
     MessageContent,
@@ -422,6 +428,8 @@ class Dispatcher:
                     account_id=row.account_id,
                     code=row.error_code,
                 )
+        elif action is ErrorAction.WINDOW_CLOSED:
+            await self._close_window(session, row)
         elif action is ErrorAction.OPTED_OUT:
             rows = await self._consent.record_in(
                 session,
@@ -456,6 +464,17 @@ class Dispatcher:
             )
         entries.append(self._outbox.move(session, row, "failed", SYSTEM, note))
         return entries
+
+    async def _close_window(self, session: AsyncSession, row: OutboxItem) -> None:
+        """Correct the window Meta says is closed: what came in until now no longer opens it."""
+        now = self._clock.now()
+        closure = await session.get(WindowClosure, (row.account_id, row.contact_id))
+        if closure is None:
+            session.add(
+                WindowClosure(account_id=row.account_id, contact_id=row.contact_id, closed_at=now)
+            )
+        else:
+            closure.closed_at = now
 
     async def _number_state(self, session: AsyncSession, account_id: str) -> NumberSendState:
         state = await session.get(NumberSendState, account_id, with_for_update=True)

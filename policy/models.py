@@ -233,6 +233,17 @@ class PairBackoff(Base):
     level: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class WindowClosure(Base):
+    """Meta said the customer service window was closed (131047) although our
+    records had it open: inbound messages up to ``closed_at`` no longer open it."""
+
+    __tablename__ = "window_closures"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id"), primary_key=True)
+    closed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class PolicyCursor(Base):
     """How far a policy job has read an append-only table (the records it reacted to)."""
 

@@ -38,6 +38,7 @@ from policy.models import (
     OutboxItem,
     PairBackoff,
     PolicySettingsRow,
+    WindowClosure,
 )
 from policy.rules import WINDOW
 
@@ -215,7 +216,17 @@ class SnapshotLoader:
             )
             .group_by(Record.account_id, Record.contact_id)
         )
-        return {(a, c): when for a, c, when in rows if c is not None}
+        found = {(a, c): when for a, c, when in rows if c is not None}
+        if found:
+            closures = await session.execute(
+                select(
+                    WindowClosure.account_id, WindowClosure.contact_id, WindowClosure.closed_at
+                ).where(tuple_(WindowClosure.account_id, WindowClosure.contact_id).in_(list(found)))
+            )
+            for account_id, contact_id, closed_at in closures:
+                if found[(account_id, contact_id)] <= closed_at:
+                    del found[(account_id, contact_id)]  # Meta said it was closed
+        return found
 
     async def _number_sends(
         self, session: AsyncSession, accounts: Sequence[str], now: datetime

@@ -444,6 +444,23 @@ async def _send_one(world: World, people: People, error: Exception, key: str = "
     return view.id
 
 
+async def test_window_closed_fails_and_corrects_the_window(world: World, people: People) -> None:
+    row = await _item(world, await _send_one(world, people, _refused(131047)))
+    assert (row.state, row.error_code) == ("failed", 131047)
+    again = await world.services.outbox.submit(
+        people.agent, people.agent.id, _text(world, "k2", "Still there?")
+    )
+    assert again.state == "blocked"  # the inbound message no longer opens the window
+    assert again.decision is not None
+    assert "window.closed_free_form" in {r["code"] for r in again.decision["reasons"]}
+    world.clock.advance(timedelta(seconds=5))
+    await world.post(_inbound(world, "wamid.IN2", "Yes, I am here"))
+    reopened = await world.services.outbox.submit(
+        people.agent, people.agent.id, _text(world, "k3", "Great, thanks.")
+    )
+    assert reopened.state == "decided"  # a new message opens it again
+
+
 @pytest.mark.parametrize("code", [131047, 131026, 130403, 132001, 999999])
 async def test_errors_that_fail_the_item_keep_its_code(
     world: World, people: People, code: int

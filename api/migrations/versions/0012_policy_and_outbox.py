@@ -258,9 +258,23 @@ def upgrade() -> None:
         sa.Column("updated_at", archiver.core.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_policy_cursors")),
     )
+    op.create_table(
+        "window_closures",
+        sa.Column("account_id", sa.String(length=40), nullable=False),
+        sa.Column("contact_id", sa.String(length=40), nullable=False),
+        sa.Column("closed_at", archiver.core.db.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_window_closures_account_id_accounts")
+        ),
+        sa.ForeignKeyConstraint(
+            ["contact_id"], ["contacts.id"], name=op.f("fk_window_closures_contact_id_contacts")
+        ),
+        sa.PrimaryKeyConstraint("account_id", "contact_id", name=op.f("pk_window_closures")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("window_closures")
     op.drop_table("policy_cursors")
     with op.batch_alter_table("outbox_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_outbox_events_item_id"))
