@@ -169,7 +169,7 @@ def test_a_held_message_needs_another_supervisor(
         f"/review/{item_id}", data={"decision": "approve", "comment": " ", "csrf_token": token}
     )
     assert blank.status_code == 400
-    assert "it is required" in blank.text
+    assert "a review needs a comment of 1 to 1000 characters" in blank.text
     done = checker.post(
         f"/review/{item_id}",
         data={"decision": "approve", "comment": "Checked with legal", "csrf_token": token},
