@@ -221,6 +221,7 @@ async def compose(
     if not request.user.allows(Permission.OUTBOX_SEND, values["account_id"]):
         return await again("Choose the business number to send from.", 400)
     actor = actor_of(request, Permission.OUTBOX_SEND)
+    refused = "Not sent" if action == "send" else "Not checked"
     try:
         send = _request(values, variables, chosen)
         if action == "check":
@@ -228,9 +229,9 @@ async def compose(
             return await again(None, 200, decision)
         item = await outbox.submit(actor, request.user.user_id, send)
     except (InvalidMessage, UnknownTemplate) as exc:
-        return await again(f"Not sent: {exc}.", 400)
+        return await again(f"{refused}: {exc}.", 400)
     except IdempotencyConflict as exc:
-        return await again(f"Not sent: {exc}. Start a new message.", 409)
+        return await again(f"{refused}: {exc}. Start a new message.", 409)
     return _see(f"/outbox/{item.id}")
 
 

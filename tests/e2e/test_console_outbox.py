@@ -113,6 +113,12 @@ def test_compose_checks_then_sends_once(server: Server, world: Seeded, console: 
     assert 'class="badge outcome-allow">allow<' in allowed.text
     assert "No rule objected." in allowed.text
     assert agent.get("/outbox").text.count('href="/outbox/') == 0  # a check queues nothing
+    unchosen = agent.post(
+        "/compose",
+        data=_fields(form.text, server, to="+" + OPTED_IN, kind="template", action="check"),
+    )
+    assert unchosen.status_code == 400
+    assert "Not checked: choose a template." in unchosen.text
 
     send = _fields(form.text, server, to="+" + OPTED_IN, action="send") | _template(world, "Ben")
     sent = agent.post("/compose", data=send)
