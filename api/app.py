@@ -22,6 +22,7 @@ from sqlalchemy import text
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api.bootstrap import freeze_startup_heap, open_services
+from api.console.outbox import OUTBOX_PAGES
 from api.console.pages import CONSOLE_ROUTES
 from api.errors import exception_handlers
 from api.http.archive import ArchiveController
@@ -142,6 +143,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             search,
             metrics,
             *CONSOLE_ROUTES,
+            *OUTBOX_PAGES,
             static,
         ],
         dependencies=providers(),

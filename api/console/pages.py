@@ -100,6 +100,11 @@ NAV = [
     ("/import", "Import", Permission.ARCHIVE_IMPORT),
     ("/audit", "Audit log", Permission.AUDIT_READ),
     ("/admin/users", "Users", Permission.USERS_MANAGE),
+    ("/compose", "Compose", Permission.OUTBOX_SEND),
+    ("/outbox", "Sent", Permission.OUTBOX_SEND),
+    ("/review", "Hold queue", Permission.OUTBOX_APPROVE),
+    ("/consent", "Consent", Permission.CONSENT_READ),
+    ("/templates", "Templates", Permission.TEMPLATES_READ),
 ]
 
 
@@ -403,6 +408,8 @@ async def conversation_page(
             reactions=reactions,
             sources=SOURCES,
             claimed_kind=claimed_kind,
+            can_compose=request.user.allows(Permission.OUTBOX_SEND),
+            can_consent=request.user.allows(Permission.CONSENT_READ),
         ),
     )
 
