@@ -73,6 +73,7 @@ class Result:
     outcomes: Counter[str] = field(default_factory=Counter)
     states: Counter[str] = field(default_factory=Counter)
     small_batch_statements: int = 0
+    error: str | None = None
 
 
 @contextmanager
@@ -91,16 +92,34 @@ def counting(w: World) -> Iterator[Counter[str]]:
         event.remove(engine, "before_cursor_execute", on_execute)
 
 
+class PhaseFailed(Exception):
+    """A measured step raised; the message is its first line."""
+
+
 async def timed_phase(w: World, name: str, items: int, work: Any) -> tuple[Phase, Any]:
     with counting(w) as count:
         started = time.perf_counter()
-        value = await work()
+        try:
+            value = await work()
+        except Exception as exc:
+            first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise PhaseFailed(f"{name}: {type(exc).__name__}: {first}") from None
         seconds = time.perf_counter() - started
     return Phase(name, seconds, count.total(), items, count), value
 
 
 async def run(database: str, items: int, contacts: int, terms: int, accounts: int) -> Result:
     result = Result(database, items)
+    try:
+        await _measure(result, database, items, contacts, terms, accounts)
+    except PhaseFailed as exc:
+        result.error = str(exc)
+    return result
+
+
+async def _measure(
+    result: Result, database: str, items: int, contacts: int, terms: int, accounts: int
+) -> None:
     async with world(database, accounts=accounts, contacts=contacts, terms=terms) as w:
         rng = random.Random(17)
         requests = mixed_requests(w, rng, items + items // 10)
@@ -163,7 +182,6 @@ async def run(database: str, items: int, contacts: int, terms: int, accounts: in
 
         phase, _ = await timed_phase(w, "small batch", small, small_batch)
         result.small_batch_statements = phase.statements
-    return result
 
 
 def report(result: Result) -> None:
@@ -172,12 +190,15 @@ def report(result: Result) -> None:
         f"(queued in {result.queue_seconds:.1f} s, not measured)"
     )
     print(f"  {'':<44}{'seconds':>9}{'items/s':>10}{'SQL':>6}{'vs raw':>8}")
-    raw = result.phases["raw"].seconds
+    raw = result.phases["raw"].seconds if "raw" in result.phases else 1.0
     for phase in result.phases.values():
         print(
             f"  {phase.name:<44}{phase.seconds:>9.3f}{phase.per_second:>10,.0f}"
             f"{phase.statements:>6}{phase.seconds / raw:>7.1f}x"
         )
+    if result.error:
+        print(f"  FAILED: {result.error}")
+        return
     b = result.phases["b"]
     small = result.items // 10
     print(

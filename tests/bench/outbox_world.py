@@ -55,14 +55,19 @@ CHECKER = Actor(id="bench-checker")
 # Recipients' regions (their mobile numbers have one zone each), and those that
 # may be at night now: one of them is, at any hour the benchmark runs.
 REGIONS = ("JP", "GB", "IN")
-NIGHT_ZONES = {
-    "GB": "Europe/London",
+NIGHT_ZONES = {  # regions whose mobile numbers have one zone, around the globe
+    "IS": "Atlantic/Reykjavik",
     "DE": "Europe/Berlin",
+    "EG": "Africa/Cairo",
+    "KE": "Africa/Nairobi",
     "AE": "Asia/Dubai",
-    "IN": "Asia/Kolkata",
+    "PK": "Asia/Karachi",
+    "BD": "Asia/Dhaka",
+    "TH": "Asia/Bangkok",
     "SG": "Asia/Singapore",
     "JP": "Asia/Tokyo",
-    "NZ": "Pacific/Auckland",
+    "FJ": "Pacific/Fiji",
+    "CR": "America/Costa_Rica",
     "CO": "America/Bogota",
     "AR": "America/Argentina/Buenos_Aires",
 }
@@ -89,6 +94,11 @@ class World:
     templates: dict[str, int]  # account id -> an approved utility template's id
     terms: int
     database: str
+
+
+def day_regions(now: datetime) -> list[str]:
+    """Regions where it is between 09:00 and 20:00 now (no quiet hours, with margin)."""
+    return [r for r, z in NIGHT_ZONES.items() if 9 <= now.astimezone(ZoneInfo(z)).hour < 20]
 
 
 def night_region(now: datetime) -> str:
@@ -124,11 +134,16 @@ async def world(
     clock: Clock | None = None,
     night: int = 0,
     window_share: float = 0.6,
+    regions: Sequence[str] = REGIONS,
+    access_token: str | None = None,
+    graph_base_url: str | None = None,
 ) -> AsyncIterator[World]:
     """A fresh archive (``database``: ``sqlite`` or ``postgresql``), removed on exit."""
     rng = random.Random(seed)
     workdir = Path(tempfile.mkdtemp(prefix="sr-bench-outbox-"))
     env = {"STRONGROOM_DATA_DIR": str(workdir / "data")}
+    if graph_base_url is not None:
+        env["STRONGROOM_GRAPH_BASE_URL"] = graph_base_url
     pg = f"sr_bench_outbox_{secrets.token_hex(4)}" if database == "postgresql" else None
     if pg:
         await _pg_execute(f"CREATE DATABASE {pg}")
@@ -140,7 +155,16 @@ async def world(
         services = await open_services(settings, clock)
         try:
             yield await _populate(
-                services, rng, accounts, contacts, terms, night, window_share, database
+                services,
+                rng,
+                accounts,
+                contacts,
+                terms,
+                night,
+                window_share,
+                database,
+                regions,
+                access_token or "EAAB" + secrets.token_urlsafe(24),
             )
         finally:
             await services.close()
@@ -159,9 +183,10 @@ async def _populate(
     n_night: int,
     window_share: float,
     database: str,
+    regions: Sequence[str],
+    access_token: str,
 ) -> World:
     app_secret = secrets.token_hex(16)
-    access_token = "EAAB" + secrets.token_urlsafe(24)
     accounts: list[str] = []
     phone_numbers: dict[str, str] = {}
     waba = "1022901293" + "".join(rng.choice("0123456789") for _ in range(5))
@@ -190,7 +215,7 @@ async def _populate(
     now = services.clock.now()
     async with services.writer.transaction() as session:
         for c in range(n_contacts):
-            region = REGIONS[c % len(REGIONS)]
+            region = regions[c % len(regions)]
             wa = _number(rng, region, used)
             contact_id = await services.capture.resolve_contact(session, [Identity("wa_id", wa)])
             assert contact_id is not None
