@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed-$(shell cat constraints.txt pyproject.toml | cksum |
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench-vault bench-webhooks bench-search bench-binding bench-chat-import bench-decide
+.PHONY: serve test bench-vault bench-webhooks bench-search bench-binding bench-chat-import bench-decide \
+	bench-outbox-decide bench-dispatch
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +41,9 @@ bench-chat-import: $(STAMP)
 
 bench-decide: $(STAMP)
 	$(BIN)/python -m tests.bench.decide
+
+bench-outbox-decide: $(STAMP)
+	$(BIN)/python -m tests.bench.outbox_decide
+
+bench-dispatch: $(STAMP)
+	$(BIN)/python -m tests.bench.dispatch

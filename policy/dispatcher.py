@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -75,6 +75,11 @@ NUMBER_BACKOFF_BASE = 1.0
 MAX_BACKOFF = timedelta(hours=1)
 MARKETING_LIMIT_DEFER = timedelta(hours=24)
 MAX_ATTEMPTS = 8
+# Added to the second in which a number may start at most its rate of POSTs: the
+# time Graph takes to answer varies, and Graph counts when it receives them.
+PACE_MARGIN_SECONDS = 0.02
+# How soon a dispatcher with batches on their way claims again when nothing was due.
+PIPELINE_POLL_SECONDS = 0.05
 
 
 class MessageSender(Protocol):
@@ -148,6 +153,8 @@ class Dispatcher:
         self._sleep = sleep
         self._monotonic = monotonic or time.monotonic
         self._next_slot: dict[str, float] = {}
+        self._finishing = asyncio.Lock()
+        self._starts: dict[str, deque[float]] = {}
 
     async def run(
         self,
@@ -158,29 +165,59 @@ class Dispatcher:
     ) -> None:
         """Until ``stop``: react to what was captured (``before_round``: the webhook
         reactions, so that an opt-out counts before the next send), decide the
-        queued items, and send the due ones; rest ``idle_seconds`` when idle."""
-        while not stop.is_set():
-            busy = 0
-            try:
-                if before_round is not None:
-                    await before_round()
-                busy += await self._outbox.decide_queued()
-                busy += await self._outbox.expire_stale()
-                busy += await self.dispatch_once()
-            except Exception:  # the loop outlives one bad round; the next retries
-                log.exception("dispatch round failed")
-            if not busy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), idle_seconds)
+        queued items, and send the due ones; rest ``idle_seconds`` when idle.
+
+        Rounds overlap: a claimed batch is posted and finished in a task of its
+        own while the next is claimed, so that one round's finish (and the wait
+        for the rate rules to admit more) does not leave the numbers idle. The
+        pacing slots carry over from batch to batch, so a number's POSTs stay
+        spaced at its rate however the batches overlap.
+        """
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                busy = 0
+                try:
+                    if before_round is not None:
+                        await before_round()
+                    busy += await self._outbox.decide_queued()
+                    busy += await self._outbox.expire_stale()
+                    sends, rates = await self._claim()
+                    if sends:
+                        busy += len(sends)
+                        task = asyncio.create_task(self._round(sends, rates))
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+                except Exception:  # the loop outlives one bad round; the next retries
+                    log.exception("dispatch round failed")
+                if not busy:
+                    # While batches are on their way, look again soon: the rate rules
+                    # admit the next items as the last second's sends age out.
+                    rest = min(idle_seconds, PIPELINE_POLL_SECONDS) if in_flight else idle_seconds
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), rest)
+        finally:
+            await asyncio.gather(*in_flight)
 
     async def dispatch_once(self) -> int:
         """Claim, send and finish one batch of due items; return how many were posted."""
         sends, rates = await self._claim()
         if not sends:
             return 0
-        await self._post_all(sends, rates)
-        await self._finish(sends)
+        await self._post_and_finish(sends, rates)
         return sum(1 for s in sends if s.posted_at is not None)
+
+    async def _post_and_finish(self, sends: list[_Send], rates: dict[str, int]) -> None:
+        await self._post_all(sends, rates)
+        # One finish at a time: each may create a number's send state row.
+        async with self._finishing:
+            await self._finish(sends)
+
+    async def _round(self, sends: list[_Send], rates: dict[str, int]) -> None:
+        try:
+            await self._post_and_finish(sends, rates)
+        except Exception:  # items left dispatching are reported by ``stranded``
+            log.exception("dispatch round failed")
 
     # -- claim -----------------------------------------------------------------
 
@@ -252,12 +289,17 @@ class Dispatcher:
             by_number[send.opened.row.account_id].append(send)
         gate = asyncio.Semaphore(self._concurrency)
 
-        async def post(send: _Send, at: float) -> None:
-            account = secrets[send.opened.row.account_id]
+        async def post(send: _Send, at: float, rate: int) -> None:
+            account_id = send.opened.row.account_id
+            account = secrets[account_id]
+            # Wait for the slot before taking a connection: a POST sleeping on the
+            # gate would hold back other numbers' POSTs past their slots, and late
+            # POSTs go out together.
+            delay = at - self._monotonic()
+            if delay > 0:
+                await self._sleep(delay)
             async with gate:
-                delay = at - self._monotonic()
-                if delay > 0:
-                    await self._sleep(delay)
+                await self._turn(account_id, rate)
                 send.posted_at = self._clock.now()
                 try:
                     sent = await self._graph.send_message(
@@ -269,15 +311,29 @@ class Dispatcher:
 
         tasks = []
         for account_id, queue in by_number.items():
-            # Paced per number: never more than its rate in any second, whatever
-            # the network does to the requests' timing.
-            spacing = 1.0 / max(rates.get(account_id, 1), 1)
+            # Paced per number at its rate; ``_turn`` then makes sure that no
+            # second holds more than the rate, whatever delayed the POSTs.
+            rate = max(rates.get(account_id, 1), 1)
+            spacing = 1.0 / rate
             slot = max(self._next_slot.get(account_id, 0.0), self._monotonic())
             for send in queue:
-                tasks.append(post(send, slot))
+                tasks.append(post(send, slot, rate))
                 slot += spacing
             self._next_slot[account_id] = slot
         await asyncio.gather(*tasks)
+
+    async def _turn(self, account_id: str, rate: int) -> None:
+        """Wait until fewer than ``rate`` POSTs of this number started within the
+        last second (and a margin for the answers' jitter), then count this one."""
+        starts = self._starts.get(account_id)
+        if starts is None or starts.maxlen != rate:
+            starts = self._starts[account_id] = deque(starts or (), maxlen=rate)
+        while len(starts) == rate:
+            wait = starts[0] + 1.0 + PACE_MARGIN_SECONDS - self._monotonic()
+            if wait <= 0:
+                break
+            await self._sleep(wait)
+        starts.append(self._monotonic())
 
     # -- finish ----------------------------------------------------------------
 

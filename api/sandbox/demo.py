@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -51,6 +52,9 @@ from archiver.identity.models import Grant
 from archiver.identity.services import IdentityConflict, Role
 from archiver.records.queries import AccountProgress
 from archiver.whatsapp.items import extract
+from policy.decision import ContentKind, Source
+from policy.errors import DuplicateTerm
+from policy.outbox import ItemView, MessageContent, SendRequest
 
 # How long a 401 on the first webhook is retried: the server re-reads its
 # accounts on an unknown signature at most every 5 s.
@@ -807,11 +811,29 @@ def _walk_in(s: _Script, now: datetime) -> None:
     s.delivered(JAMES, [("sent", t(60 * 20)), ("delivered", t(1))], "utility")
 
 
+def _today(s: _Script, now: datetime) -> None:
+    """Three customers write within the hour: the outbox answers them (their
+    customer service windows are open)."""
+    t = _Steps(now - timedelta(minutes=40))
+    s.text(OLIVER, t(), "Hello again, has my transfer to the ISA gone through?")
+    s.text(PRIYA, t(3), "Could you waive the transfer fee this time?")
+    s.text(YAMADA, t(5), "先日はありがとうございました。ポイントはいつ反映されますか？")
+
+
 def build_demo(account: DemoAccount, now: datetime, media_base: str) -> DemoData:
     """The demo's webhook bodies, timed over the ten days before ``now``, with media
     served under ``media_base``."""
     script = _Script(account, media_base)
-    stories = (_history, _wealth_client, _isa_client, _retail_order, _exchange, _patient, _walk_in)
+    stories = (
+        _history,
+        _wealth_client,
+        _isa_client,
+        _retail_order,
+        _exchange,
+        _patient,
+        _walk_in,
+        _today,
+    )
     for story in stories:
         story(script, now)
     bodies = [
@@ -965,13 +987,18 @@ class _Officer:
     outcome: str
 
 
-async def _officer(services: Services, account_id: str) -> _Officer:
-    """A new user with a random password and ``compliance_officer`` on the demo
-    account: granted at once, or (once an admin exists) pending an admin's approval."""
+async def _officer(
+    services: Services,
+    account_id: str,
+    role: Role = Role.COMPLIANCE_OFFICER,
+    prefix: str = "demo-officer",
+) -> _Officer:
+    """A new user with a random password and ``role`` (``compliance_officer``) on
+    the demo account: granted at once, or (once an admin exists) pending an admin's
+    approval."""
     password = secrets.token_urlsafe(18)
-    role = Role.COMPLIANCE_OFFICER
     for _ in range(3):
-        username = f"demo-officer-{secrets.token_hex(2)}"
+        username = f"{prefix}-{secrets.token_hex(2)}"
         try:
             user, result = await services.grants.add_user_as_operator(
                 CLI, username, password, role, account_id
@@ -980,11 +1007,143 @@ async def _officer(services: Services, account_id: str) -> _Officer:
         except IdentityConflict:
             continue  # a previous run drew the same suffix
     else:
-        raise DemoError("could not find a free demo-officer-#### user name")
+        raise DemoError(f"could not find a free {prefix}-#### user name")
     assert result is not None  # a role was asked for
     outcome = granted_text(result, role, account_id, user.username)
     granted = isinstance(result, Grant)
     return _Officer(username, password, granted, outcome)
+
+
+# -- the outbox: the demo's replies go out through the policy to the fake Graph API ----
+
+# Lexicon terms the demo adds (global, like any lexicon change): one blocks, one holds.
+BLOCK_TERM = "guaranteed returns"
+HOLD_TERM = "fee waiver"
+# A state an item stays in (``delivered`` still becomes ``read``).
+SETTLED = frozenset({"read", "failed", "blocked", "rejected", "expired", "cancelled"})
+# Meta's "message undeliverable": what the fake reports for the Japanese reply.
+UNDELIVERABLE = 131026
+
+
+@dataclass(frozen=True, slots=True)
+class _Outbound:
+    label: str
+    person: _Person
+    text: str
+
+
+def _outbound_script(ref: str) -> list[_Outbound]:
+    """The demo's replies; ``ref`` keeps each run's texts its own (the same text to the
+    same customer again soon would be held as a duplicate)."""
+    return [
+        _Outbound(
+            "answer", OLIVER, f"Yes, Oliver: your ISA transfer arrived this morning ({ref})."
+        ),
+        _Outbound(
+            "blocked",
+            OLIVER,
+            f"Our new fund offers {BLOCK_TERM} of 9% a year, shall I sign you up? ({ref})",
+        ),
+        _Outbound(
+            "held",
+            PRIYA,
+            f"Hi Priya, I have asked for a {HOLD_TERM} on this transfer ({ref}).",
+        ),
+        _Outbound(
+            "failing",
+            YAMADA,
+            f"山田様、ポイントは明日までに反映されます。（{ref}）",
+        ),
+    ]
+
+
+def sandbox_port(graph_base_url: str) -> int | None:
+    """The loopback port the server sends to Graph at, when it is the sandbox's
+    (``STRONGROOM_GRAPH_BASE_URL=http://127.0.0.1:PORT``); else ``None``."""
+    url = httpx.URL(graph_base_url)
+    if url.host not in ("127.0.0.1", "localhost") or url.port is None:
+        return None
+    return url.port
+
+
+async def _add_terms(services: Services) -> None:
+    for term, action in ((BLOCK_TERM, "block"), (HOLD_TERM, "hold")):
+        with contextlib.suppress(DuplicateTerm):  # an earlier run added it
+            await services.lexicon.add(CLI, term, action)
+
+
+async def _send_outbound(
+    services: Services,
+    account: DemoAccount,
+    account_id: str,
+    fake: FakeMedia,
+    base: str,
+    deadline: float,
+    out: Callable[[str], None],
+) -> list[tuple[_Outbound, ItemView]] | None:
+    """Send the demo's replies through the outbox: the server's dispatcher posts
+    them to ``fake``, whose signed status webhooks come back to ``base``. Wait until
+    each item settles (or ``deadline``); ``None`` when the roles wait for an admin."""
+    agent = await _officer(services, account_id, Role.AGENT, "demo-agent")
+    supervisor = await _officer(services, account_id, Role.SUPERVISOR, "demo-supervisor")
+    if not (agent.granted and supervisor.granted):
+        out("outbox    skipped: the demo agent's and supervisor's roles wait for an admin")
+        return None
+    await _add_terms(services)
+    fake.configure_webhook(
+        f"{base}/webhooks/whatsapp",
+        account.app_secret,
+        {account.phone_number_id: account.business_number},
+        waba_id=account.waba_id,
+    )
+    fake.fail_delivery(UNDELIVERABLE, to=YAMADA.wa_id, phone_number_id=account.phone_number_id)
+    fake.start_delivery()
+    try:
+        agent_id = await services.identity.user_id_of(agent.username)
+        supervisor_id = await services.identity.user_id_of(supervisor.username)
+        ref = secrets.token_hex(3)
+        items = []
+        for outbound in _outbound_script(ref):
+            request = SendRequest(
+                account_id=account_id,
+                to=outbound.person.e164,
+                content=MessageContent(kind=ContentKind.TEXT, text=outbound.text),
+                idempotency_key=f"demo-{outbound.label}-{ref}",
+                source=Source.API,
+            )
+            view = await services.outbox.submit(CLI, agent_id, request)
+            out(f"  outbox {outbound.label}: {view.state}")
+            if view.state == "held":
+                view = await services.outbox.approve(
+                    CLI, supervisor_id, view.id, "Fee waiver agreed by the branch (demo)"
+                )
+                out(f"  outbox {outbound.label}: {view.state} by {supervisor.username}")
+            items.append((outbound, view))
+        while True:
+            items = [(o, await services.outbox.get(None, v.id)) for o, v in items]
+            left = deadline - time.monotonic()
+            if all(v.state in SETTLED for _, v in items) or left <= 0:
+                return items
+            await asyncio.sleep(min(_POLL_SECONDS, left))
+    finally:
+        fake.stop_delivery()
+
+
+def _outbound_lines(items: list[tuple[_Outbound, ItemView]]) -> list[str]:
+    lines = []
+    for outbound, view in items:
+        why = ""
+        if view.error_code is not None:
+            why = f" (Graph error {view.error_code})"
+        elif view.state == "blocked" and view.decision:
+            codes = sorted({r["code"] for r in view.decision.get("reasons", [])})
+            why = f" ({', '.join(codes)})"
+        approved = " after approval" if view.approved_by else ""
+        lines.append(
+            f"outbox    {view.id}  {outbound.label:<8} to {outbound.person.name}: "
+            f"{view.state}{approved}{why}"
+        )
+    return lines
 
 
 def strongroom_command(executable: str = sys.executable, cwd: str | None = None) -> str:
@@ -1024,7 +1183,15 @@ async def run_demo(
             f"phone_number_id {account.phone_number_id}) with fresh secrets"
         )
         media = FakeMedia(account.access_token)
-        with running_fake_graph(media) as media_base:
+        port = sandbox_port(services.settings.graph_base_url)
+        with contextlib.ExitStack() as stack:
+            try:
+                media_base = stack.enter_context(running_fake_graph(media, port=port or 0))
+            except OSError as exc:
+                raise DemoError(
+                    f"cannot serve the sandbox's Graph API at {services.settings.graph_base_url} "
+                    f"({exc.strerror}); is another demo running?"
+                ) from None
             data = build_demo(account, services.clock.now(), media_base)
             for file in data.files:
                 media.add(file.media_id, file.data, file.mime_type)
@@ -1036,6 +1203,17 @@ async def run_demo(
             )
             progress = await _wait(services, account_id, data, started + wait_seconds, out)
             downloads = sum(media.download_requests.values())
+            outbound = None
+            if port is None:
+                out(
+                    "outbox    skipped: the server sends to "
+                    f"{services.settings.graph_base_url}; start it and the demo with "
+                    "STRONGROOM_GRAPH_BASE_URL=http://127.0.0.1:PORT to send through the sandbox"
+                )
+            else:
+                outbound = await _send_outbound(
+                    services, account, account_id, media, base, started + wait_seconds, out
+                )
     seconds = round(time.monotonic() - started, 1)
     complete = (
         progress.records >= data.expected_records
@@ -1049,6 +1227,9 @@ async def run_demo(
     out(f"media     {states or 'none yet'} (of {data.expected_media})")
     for problem in progress.problems:
         out(f"  media problem: {problem}")
+    for line in _outbound_lines(outbound or []):
+        out(line)
+    unsettled = [v.id for _, v in outbound or [] if v.state not in SETTLED]
 
     officer = await _officer(services, account_id)
     contacts = await services.records.contacts_of(YAMADA.e164)
@@ -1074,6 +1255,11 @@ async def run_demo(
             f'?account_id={account_id}"  # 山田さん, in Japanese'
         )
 
+    if complete and unsettled:
+        raise DemoError(
+            f"stopped waiting after {seconds} s with outbox items {', '.join(unsettled)} "
+            "not yet settled"
+        )
     if not complete:
         why = f"; {progress.problems[0]}" if progress.problems else ""
         if progress.media["fetched"] < data.expected_media and not downloads:

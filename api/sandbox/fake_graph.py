@@ -837,15 +837,16 @@ LOOPBACK = "127.0.0.1"
 
 
 @contextmanager
-def running_fake_graph(media: FakeGraph, *, timeout: float = 10.0) -> Iterator[str]:
-    """Serve the fake Graph API for ``media`` over real HTTP on a free loopback port,
+def running_fake_graph(media: FakeGraph, *, timeout: float = 10.0, port: int = 0) -> Iterator[str]:
+    """Serve the fake Graph API for ``media`` over real HTTP on a loopback port (a
+    free one unless ``port`` is given; the demo serves where the server sends),
     in a thread of its own (from the main thread uvicorn would take Ctrl-C), and
     yield its base URL. The socket is bound before the server starts, so there is
     no race for the port."""
     app = create_fake_graph(media)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
+        sock.bind((LOOPBACK, port))
+        port = sock.getsockname()[1]
         # No log settings: uvicorn would apply them to the process-wide "uvicorn.*" loggers.
         config = uvicorn.Config(app, log_config=None, log_level=None, lifespan="off", ws="none")
         server = uvicorn.Server(config)

@@ -199,10 +199,12 @@ def _run_with_an_admin(server: Server) -> Approved:
 
 
 @contextmanager
-def _server(root: Path) -> Iterator[Server]:
-    """A fresh server on the embedded defaults (as ``make serve``), no user yet."""
+def _server(root: Path, **settings: str) -> Iterator[Server]:
+    """A fresh server on the embedded defaults (as ``make serve``, plus ``settings``),
+    no user yet."""
     root.mkdir()
-    server = Server(clean_env(STRONGROOM_DATA_DIR=str(root / "data")), root / "data", root / "log")
+    env = clean_env(STRONGROOM_DATA_DIR=str(root / "data"), **settings)
+    server = Server(env, root / "data", root / "log")
     try:
         server.start()
         yield server
@@ -220,6 +222,8 @@ class Scene:
     first: Future[Run]
     second: Future[Run]
     approved: Future[Approved]
+    sandbox: Server  # sends to the demo's fake Graph API
+    outbound: Future[Run]
     unreachable_url: str
     failures: dict[str, Future[subprocess.CompletedProcess[str]]]
 
@@ -241,6 +245,8 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     with ExitStack() as stack:
         server = stack.enter_context(_server(root / "main"))
         with_admin = stack.enter_context(_server(root / "admin"))
+        graph = f"http://127.0.0.1:{free_port()}"
+        sandbox = stack.enter_context(_server(root / "sandbox", STRONGROOM_GRAPH_BASE_URL=graph))
         pool = stack.enter_context(ThreadPoolExecutor(8))  # shut down before the servers
 
         def fail(url: str, **env: str) -> Future[subprocess.CompletedProcess[str]]:
@@ -252,6 +258,8 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
             first=pool.submit(_run_demo, server),
             second=pool.submit(_run_demo, server),
             approved=pool.submit(_run_with_an_admin, with_admin),
+            sandbox=sandbox,
+            outbound=pool.submit(_run_demo, sandbox),
             unreachable_url=unreachable,
             failures={
                 "unreachable": fail(unreachable),
@@ -669,3 +677,72 @@ def test_generated_media_are_valid_files() -> None:
     offsets = [int(o) for o in re.findall(rb"(\d{10}) 00000 n ", document)]
     for number, offset in enumerate(offsets, start=1):
         assert document[offset:].startswith(b"%d 0 obj" % number)
+
+
+# -- the outbox, sent through the sandbox's fake Graph API -----------------------------
+
+OUTBOX_LINE = r"^outbox    ([0-9a-f]{32})  %s +to %s: %s$"
+
+
+def _show(server: Server, item_id: str) -> str:
+    shown = server.cli("outbox", "show", item_id)
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
+
+
+def test_without_the_sandbox_the_outbox_is_skipped(demo: Demo) -> None:
+    demo.run.line(r"^outbox    skipped: the server sends to https://graph\.facebook\.com; ")
+    assert "outbox    " not in demo.run.stdout.replace("outbox    skipped", "")
+
+
+def test_an_answer_is_sent_delivered_and_read_through_signed_webhooks(scene: Scene) -> None:
+    run = scene.outbound.result()
+    item = run.line(OUTBOX_LINE % ("answer", "Oliver Hughes", "read"))[1]
+    shown = _show(scene.sandbox, item)
+    for move in ("queued -> decided", "decided -> dispatching", "dispatching -> sent"):
+        assert move in shown, shown
+    # The fake's status webhooks, signed with the account's app secret, moved it on.
+    assert "sent -> delivered" in shown, shown
+    assert "delivered -> read" in shown, shown
+
+
+def test_a_block_term_blocks_and_nothing_is_sent(scene: Scene) -> None:
+    run = scene.outbound.result()
+    item = run.line(OUTBOX_LINE % ("blocked", "Oliver Hughes", r"blocked \(lexicon\.block\)"))[1]
+    shown = _show(scene.sandbox, item)
+    assert "queued -> blocked" in shown, shown
+    assert "dispatching" not in shown, shown
+
+
+def test_a_held_reply_goes_out_once_a_supervisor_approves(scene: Scene) -> None:
+    run = scene.outbound.result()
+    supervisor = run.line(r"^  outbox held: approved by (demo-supervisor-[0-9a-f]{4})$")[1]
+    run.line(r"^  outbox held: held$")
+    item = run.line(OUTBOX_LINE % ("held", "Priya Shah", "read after approval"))[1]
+    shown = _show(scene.sandbox, item)
+    assert "queued -> held" in shown, shown
+    assert "held -> approved" in shown, shown
+    assert "approved -> dispatching" in shown, shown
+    assert "delivered -> read" in shown, shown
+    assert supervisor not in shown  # the audit names users by id, not by name
+
+
+def test_a_failed_delivery_comes_back_as_failed(scene: Scene) -> None:
+    run = scene.outbound.result()
+    item = run.line(OUTBOX_LINE % ("failing", "山田 太郎", r"failed \(Graph error 131026\)"))[1]
+    shown = _show(scene.sandbox, item)
+    assert "dispatching -> sent" in shown, shown
+    assert "sent -> failed" in shown, shown
+    assert "error 131026" in shown, shown
+
+
+def test_sent_items_are_archived_with_their_statuses(scene: Scene) -> None:
+    run = scene.outbound.result()
+    records = _records(scene.sandbox, run.headers, run.account_id)
+    extra = len(records) - _expected().expected_records
+    # Three replies left (one failed on delivery), each archived, with its statuses:
+    # sent, delivered and read twice, failed once.
+    assert extra == 3 + 3 + 3 + 1, Counter(r["kind"] for r in records)
+    newest = sorted(records, key=lambda r: r["occurred_at"])[-extra:]  # after all the script
+    statuses = Counter(r["type"] for r in newest if r["kind"] == "status")
+    assert statuses == {"sent": 2, "delivered": 2, "read": 2, "failed": 1}, statuses
