@@ -62,6 +62,7 @@ from policy.outbox import (
     claim_rows,
     decision_note,
     interactive_text,
+    write_in_bulk,
 )
 from policy.rules import decide, note_allowed
 from policy.snapshots import SnapshotLoader
@@ -91,14 +92,16 @@ class MessageSender(Protocol):
 
 
 class Archive(Protocol):
-    """Seals and records items in the caller's transaction (the capture's)."""
+    """Seals items outside any transaction, then records them in one (the capture's)."""
 
-    async def store_items(
+    async def seal_items(self, items: Sequence[tuple[str, str | None, Item]]) -> list[Any]: ...
+
+    async def record_sealed(
         self,
         session: AsyncSession,
-        items: Any,
+        items: Sequence[tuple[str, str | None, Item]],
+        objects: Sequence[Any],
         *,
-        journal_entry_id: int | None,
         received_at: datetime,
     ) -> list[Any]: ...
 
@@ -263,6 +266,7 @@ class Dispatcher:
                     sends.append(_Send(item, payload, text))
                 if entry is not None:
                     entries.append(entry)
+            await write_in_bulk(session, rows)
             await self._audit.record_all_in(session, entries)
             rates = {
                 account_id: snapshot.settings_for(account_id).messages_per_second
@@ -338,40 +342,46 @@ class Dispatcher:
     # -- finish ----------------------------------------------------------------
 
     async def _finish(self, sends: list[_Send]) -> None:
+        # The archived records' objects are sealed (and fsynced) before the write
+        # transaction, which then only records them: claims wait for no fsync.
+        delivered = [s for s in sends if s.wamid is not None]
+        items = [
+            (s.opened.row.account_id, s.opened.row.contact_id, self._archived(s)) for s in delivered
+        ]
+        objects = await self._archive.seal_items(items) if items else []
         async with self._writer.transaction() as session:
             ids = [s.opened.row.id for s in sends]
             rows = {
                 r.id: r
                 for r in await session.scalars(select(OutboxItem).where(OutboxItem.id.in_(ids)))
             }
-            entries: list[AuditEntry] = []
-            archived: list[tuple[_Send, OutboxItem, Item]] = []
+            entries: list[AuditEntry | None] = []
             for send in sends:
-                row = rows[send.opened.row.id]
-                if send.wamid is not None:
+                if send.wamid is None:
+                    entries.extend(await self._failed(session, rows[send.opened.row.id], send))
+            if items:
+                records = await self._archive.record_sealed(
+                    session, items, objects, received_at=self._clock.now()
+                )
+                first: dict[str, datetime] = {}
+                for send, record in zip(delivered, records, strict=True):
+                    row = rows[send.opened.row.id]
+                    assert send.wamid is not None
+                    assert send.posted_at is not None
                     row.sent_at = send.posted_at
                     row.wamid_token = self._meta_ids.token(row.account_id, send.wamid)
-                    archived.append((send, row, self._archived(send, row)))
-                    await self._first_send(session, row.account_id, send.posted_at)
-                else:
-                    entries.extend(await self._failed(session, row, send))
-            if archived:
-                records = await self._archive.store_items(
-                    session,
-                    [(row.account_id, row.contact_id, item) for _, row, item in archived],
-                    journal_entry_id=None,
-                    received_at=self._clock.now(),
-                )
-                for (_, row, _), record in zip(archived, records, strict=True):
                     row.record_id = record.id
-                    entry = self._outbox.move(session, row, "sent", SYSTEM)
-                    if entry is not None:
-                        entries.append(entry)
-            await self._audit.record_all_in(session, entries)
+                    first.setdefault(row.account_id, send.posted_at)
+                    entries.append(self._outbox.move(session, row, "sent", SYSTEM))
+                for account_id, at in first.items():
+                    await self._first_send(session, account_id, at)
+            await self._audit.record_all_in(session, [e for e in entries if e is not None])
 
-    def _archived(self, send: _Send, row: OutboxItem) -> Item:
+    def _archived(self, send: _Send) -> Item:
+        """The record of a sent message: the payload as posted, with its item and decision."""
         assert send.wamid is not None
         assert send.posted_at is not None
+        row = send.opened.row
         return outbound_item(
             payload=send.payload,
             wamid=send.wamid,

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 import phonenumbers
 from phonenumbers import timezone as phone_timezones
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from archiver.accounts.models import Account
@@ -480,6 +480,7 @@ class Outbox:
                 self.record_decision(session, o.row, decide(o.draft, snapshot), SYSTEM)
                 for o in opened
             ]
+            await write_in_bulk(session, rows)
             await self._audit.record_all_in(session, [e for e in entries if e is not None])
         return len(rows)
 
@@ -735,6 +736,42 @@ class Outbox:
                 details={"error": str(exc)},
             )
         )
+
+
+async def write_in_bulk(session: AsyncSession, rows: Sequence[OutboxItem]) -> None:
+    """Write a batch's moves (``rows``' changes and their new history rows) in two
+    statements. The ORM's unit of work would issue one UPDATE per item and, on
+    SQLite, one INSERT per history row: 20,000 statements for a batch of 10,000."""
+    events = [obj for obj in session.new if isinstance(obj, OutboxEvent)]
+    changes = [
+        {
+            "id": row.id,
+            "state": row.state,
+            "decision": row.decision,
+            "due_at": row.due_at,
+            "updated_at": row.updated_at,
+            "sent_at": row.sent_at,
+            "attempts": row.attempts,
+        }
+        for row in rows
+    ]
+    history = [
+        {
+            "item_id": e.item_id,
+            "from_state": e.from_state,
+            "to_state": e.to_state,
+            "actor": e.actor,
+            "at": e.at,
+            "note": e.note,
+        }
+        for e in events
+    ]
+    for obj in (*events, *rows):
+        session.expunge(obj)
+    if changes:
+        await session.execute(update(OutboxItem), changes)
+    if history:
+        await session.execute(insert(OutboxEvent), history)
 
 
 def decision_note(decision: Decision) -> str:

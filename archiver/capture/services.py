@@ -23,7 +23,7 @@ import hmac
 import re
 import secrets
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -617,6 +617,43 @@ class Capture:
             self._seal_request(account_id, contact, item) for account_id, contact, item in triples
         ]
         objects = await self._vault.seal_many(session, requests)
+        return await self._record_sealed(session, triples, objects, journal_entry_id, received_at)
+
+    async def seal_items(self, items: Sequence[tuple[str, str | None, Item]]) -> list[SealedObject]:
+        """Seal the items' objects with no transaction open (the slow, fsynced part),
+        for :meth:`record_sealed` to record in a short one. An object whose record is
+        never written is harmless: the vault's verify lists it as unrecorded."""
+        requests = [
+            self._seal_request(account_id, contact, item) for account_id, contact, item in items
+        ]
+        async with self._sessions() as session:
+            keys = await self._vault.keyring.keys_for(session, {r.subject for r in requests})
+            if session.new:  # a subject seen for the first time: its key, in a short write
+                async with self._writer.gate:
+                    await session.commit()
+        return await self._vault.write_objects(keys, requests)
+
+    async def record_sealed(
+        self,
+        session: AsyncSession,
+        items: Sequence[tuple[str, str | None, Item]],
+        objects: Sequence[SealedObject],
+        *,
+        received_at: datetime,
+    ) -> list[Record]:
+        """Write the records of items :meth:`seal_items` sealed, in the caller's transaction."""
+        session.add_all(objects)
+        await session.flush()
+        return await self._record_sealed(session, list(items), list(objects), None, received_at)
+
+    async def _record_sealed(
+        self,
+        session: AsyncSession,
+        triples: list[tuple[str, str | None, Item]],
+        objects: list[SealedObject],
+        journal_entry_id: int | None,
+        received_at: datetime,
+    ) -> list[Record]:
         records = [
             self._record(account_id, contact, item, obj, journal_entry_id, received_at)
             for obj, (account_id, contact, item) in zip(objects, triples, strict=True)
