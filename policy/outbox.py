@@ -526,11 +526,15 @@ class Outbox:
             )
         )
         from_state, row.state, row.updated_at = row.state, to_state, now
+        # The move and its note (decision codes, a reviewer's comment) are in clear, as
+        # on the item's history; only ``details`` are sealed. A batch of 10,000
+        # decisions then seals nothing per event.
         return actor.entry(
             f"outbox.{to_state}",
             target=_target(row),
             scope=row.account_id,
-            details={"from": from_state, **({"note": note} if note else {}), **(details or {})},
+            reason=(f"from {from_state}" + (f"; {note}" if note else ""))[:500],
+            details=details,
         )
 
     async def open_items(self, session: AsyncSession, rows: Sequence[OutboxItem]) -> list[Opened]:
