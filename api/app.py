@@ -27,6 +27,7 @@ from api.errors import exception_handlers
 from api.http.archive import ArchiveController
 from api.http.audit import AuditController, AuditTrailMiddleware
 from api.http.auth import PUBLIC, AuthMiddleware, SecurityHeadersMiddleware, authorize
+from api.http.consent import ConsentController
 from api.http.conversations import ConversationController
 from api.http.deps import ServicesDep, providers
 from api.http.lexicon import LexiconController
@@ -34,6 +35,7 @@ from api.http.openapi import document_errors, openapi_config
 from api.http.outbox import OutboxController
 from api.http.policy import PolicyController
 from api.http.search import search
+from api.http.templates import TemplatesController
 from api.http.transport import BodyDeadlineMiddleware
 from api.http.users import TokensController, UsersController
 from api.http.webhooks import whatsapp_webhook
@@ -139,6 +141,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             LexiconController,
             OutboxController,
             PolicyController,
+            TemplatesController,
+            ConsentController,
             search,
             metrics,
             *CONSOLE_ROUTES,
