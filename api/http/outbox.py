@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, FromQuery, JSONBody, PathParameter
+from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_409_CONFLICT
 
 from api.http.audit import actor_of
@@ -174,17 +174,17 @@ class OutboxController(Controller):
         request: Caller,
         outbox: OutboxDep,
         account_id: FromQuery[str | None] = None,
-        state: FromQuery[str | None] = None,
+        item_state: Annotated[str | None, QueryParameter(query="state")] = None,
         contact_id: FromQuery[str | None] = None,
         before: FromQuery[str | None] = None,
-        limit: Annotated[int, FromQuery(ge=1, le=500)] = 100,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> list[ItemOut]:
         """The caller's own items, newest first, filtered; ``before`` is the last id
         of the previous page."""
         views = await outbox.list(
             request.user.accounts_for(Permission.OUTBOX_SEND),
             account_id=account_id,
-            state=state,
+            state=item_state,
             sender_id=request.user.user_id,
             contact_id=contact_id,
             before=before,
@@ -198,15 +198,15 @@ class OutboxController(Controller):
         request: Caller,
         outbox: OutboxDep,
         account_id: FromQuery[str | None] = None,
-        state: FromQuery[str] = "held",
+        item_state: Annotated[str, QueryParameter(query="state")] = "held",
         before: FromQuery[str | None] = None,
-        limit: Annotated[int, FromQuery(ge=1, le=500)] = 100,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> list[ItemOut]:
         """Items of the accounts the caller supervises (held ones by default)."""
         views = await outbox.list(
             request.user.accounts_for(Permission.OUTBOX_APPROVE),
             account_id=account_id,
-            state=state,
+            state=item_state,
             before=before,
             limit=limit,
         )
