@@ -174,7 +174,7 @@ class OutboxController(Controller):
         request: Caller,
         outbox: OutboxDep,
         account_id: FromQuery[str | None] = None,
-        item_state: Annotated[str | None, QueryParameter(query="state")] = None,
+        item_state: Annotated[str | None, QueryParameter(name="state")] = None,
         contact_id: FromQuery[str | None] = None,
         before: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
@@ -198,7 +198,7 @@ class OutboxController(Controller):
         request: Caller,
         outbox: OutboxDep,
         account_id: FromQuery[str | None] = None,
-        item_state: Annotated[str, QueryParameter(query="state")] = "held",
+        item_state: Annotated[str, QueryParameter(name="state")] = "held",
         before: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> list[ItemOut]:
