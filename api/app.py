@@ -31,7 +31,7 @@ from api.http.consent import ConsentController
 from api.http.conversations import ConversationController
 from api.http.deps import ServicesDep, providers
 from api.http.lexicon import LexiconController
-from api.http.openapi import document_errors, openapi_config
+from api.http.openapi import TimeOfDaySchema, document_errors, openapi_config
 from api.http.outbox import OutboxController
 from api.http.policy import PolicyController
 from api.http.search import search
@@ -151,6 +151,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
         dependencies=providers(),
         middleware=[AuthMiddleware, LOGIN_RATE_LIMIT.middleware],
         guards=[authorize],
+        plugins=[TimeOfDaySchema()],
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
