@@ -16,7 +16,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody, PathParameter
-from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT
+from litestar.status_codes import HTTP_201_CREATED, HTTP_404_NOT_FOUND, HTTP_409_CONFLICT
 
 from api.http.audit import actor_of
 from api.http.auth import needs
@@ -74,6 +74,13 @@ class ConsentOut(msgspec.Struct):
     evidence: str | None
 
 
+class ExportOut(msgspec.Struct):
+    """A contact's entries, as a file."""
+
+    contact_id: str
+    entries: list[ConsentOut]
+
+
 def _recorded(row: ConsentEntry) -> RecordedOut:
     return RecordedOut(
         row.id,
@@ -125,7 +132,7 @@ class ConsentController(Controller):
         "/",
         status_code=HTTP_201_CREATED,
         opt=needs(Permission.CONSENT_RECORD),
-        responses=errors(HTTP_409_CONFLICT),
+        responses=errors(HTTP_404_NOT_FOUND, HTTP_409_CONFLICT),
     )
     async def record(
         self, request: Caller, data: JSONBody[ConsentIn], consent: ConsentDep
@@ -168,15 +175,14 @@ class ConsentController(Controller):
         contact_id: FromPath[ContactId],
         consent: ConsentDep,
         account_id: FromQuery[str | None] = None,
-    ) -> Response[bytes]:
+    ) -> Response[ExportOut]:
         """The contact's entries as a JSON file to download (for a subject access
         request or a regulator)."""
         accounts = _readable(request, account_id)
         actor = actor_of(request, Permission.CONSENT_READ)
         entries = await consent.export(actor, accounts, contact_id)
-        body = msgspec.json.encode({"contact_id": contact_id, "entries": entries})
+        body = ExportOut(contact_id, msgspec.convert(entries, list[ConsentOut]))
         return Response(
             body,
-            media_type="application/json",
             headers={"content-disposition": f'attachment; filename="consent-{contact_id}.json"'},
         )

@@ -14,7 +14,12 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryParameter
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_409_CONFLICT
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_201_CREATED,
+    HTTP_404_NOT_FOUND,
+    HTTP_409_CONFLICT,
+)
 
 from api.http.audit import actor_of
 from api.http.auth import needs
@@ -148,7 +153,10 @@ class OutboxController(Controller):
     tags = ["outbox"]  # noqa: RUF012  (Litestar reads this class attribute)
 
     @post(
-        "/", status_code=HTTP_201_CREATED, opt=needs(Permission.OUTBOX_SEND), responses=errors(409)
+        "/",
+        status_code=HTTP_201_CREATED,
+        opt=needs(Permission.OUTBOX_SEND),
+        responses=errors(HTTP_404_NOT_FOUND, HTTP_409_CONFLICT),
     )
     async def send(
         self, request: Caller, data: JSONBody[SendRequest], outbox: OutboxDep
@@ -159,7 +167,12 @@ class OutboxController(Controller):
         actor = actor_of(request, Permission.OUTBOX_SEND)
         return item_out(await outbox.submit(actor, request.user.user_id, data))
 
-    @post("/preview", status_code=HTTP_200_OK, opt=needs(Permission.OUTBOX_SEND))
+    @post(
+        "/preview",
+        status_code=HTTP_200_OK,
+        opt=needs(Permission.OUTBOX_SEND),
+        responses=errors(HTTP_404_NOT_FOUND),
+    )
     async def preview(
         self, request: Caller, data: JSONBody[SendRequest], outbox: OutboxDep
     ) -> DecisionOut:

@@ -20,6 +20,7 @@ from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_201_CREATED,
     HTTP_403_FORBIDDEN,
+    HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
 )
 
@@ -121,7 +122,7 @@ class TemplatesController(Controller):
     path = "/api/v1/templates"
     tags = ["templates"]  # noqa: RUF012  (Litestar reads this class attribute)
 
-    @get("/", opt=needs(Permission.TEMPLATES_READ))
+    @get("/", opt=needs(Permission.TEMPLATES_READ), responses=errors(HTTP_404_NOT_FOUND))
     async def list_templates(
         self, request: Caller, templates: TemplatesDep, account_id: FromQuery[str | None] = None
     ) -> list[TemplateOut]:
@@ -145,7 +146,7 @@ class TemplatesController(Controller):
         "/",
         status_code=HTTP_201_CREATED,
         opt=needs(Permission.TEMPLATES_MANAGE),
-        responses=errors(HTTP_409_CONFLICT),
+        responses=errors(HTTP_404_NOT_FOUND, HTTP_409_CONFLICT),
     )
     async def create(
         self, request: Caller, data: JSONBody[TemplateIn], templates: TemplatesDep
