@@ -376,6 +376,9 @@ class Outbox:
         )
         row = prepared.row(sealed.id, now)
         session.add(row)
+        # The item first: with no relationship between them, the unit of work may
+        # otherwise insert its event before it, which the foreign key refuses.
+        await session.flush()
         session.add(OutboxEvent(item_id=row.id, to_state="queued", actor=actor.id, at=now))
         await session.flush()
         return row, True
