@@ -125,6 +125,7 @@ def templates_create(
     account_id: str, name: str, language: str, category: str, content: Path, user: str | None
 ) -> None:
     """A draft template NAME for ACCOUNT_ID's WhatsApp Business Account; prints its id."""
+    archive_settings()  # where there is no archive, say so before reading the file
     components, parameters = _content(content)
 
     async def work(services: Services) -> list[str]:
