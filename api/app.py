@@ -28,13 +28,15 @@ from api.errors import exception_handlers
 from api.http.archive import ArchiveController
 from api.http.audit import AuditController, AuditTrailMiddleware
 from api.http.auth import PUBLIC, AuthMiddleware, SecurityHeadersMiddleware, authorize
+from api.http.consent import ConsentController
 from api.http.conversations import ConversationController
 from api.http.deps import ServicesDep, providers
 from api.http.lexicon import LexiconController
-from api.http.openapi import document_errors, openapi_config
+from api.http.openapi import TimeOfDaySchema, document_errors, openapi_config
 from api.http.outbox import OutboxController
 from api.http.policy import PolicyController
 from api.http.search import search
+from api.http.templates import TemplatesController
 from api.http.transport import BodyDeadlineMiddleware
 from api.http.users import TokensController, UsersController
 from api.http.webhooks import whatsapp_webhook
@@ -140,6 +142,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             LexiconController,
             OutboxController,
             PolicyController,
+            TemplatesController,
+            ConsentController,
             search,
             metrics,
             *CONSOLE_ROUTES,
@@ -149,6 +153,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
         dependencies=providers(),
         middleware=[AuthMiddleware, LOGIN_RATE_LIMIT.middleware],
         guards=[authorize],
+        plugins=[TimeOfDaySchema()],
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),

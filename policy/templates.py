@@ -204,6 +204,12 @@ _REASONS: dict[type[TemplateError], str] = {
 }
 
 
+def _person(actor: Actor) -> str:
+    """Who acts, whichever way they signed in: a user's API token is the user, so
+    that maker and checker are compared as people."""
+    return actor.id.removesuffix(":token")
+
+
 def _target(row: MessageTemplate) -> str:
     return f"template:{row.id} waba:{row.waba_id}"
 
@@ -257,7 +263,7 @@ class TemplateRegistry:
                     components=json.dumps(components, ensure_ascii=False),
                     parameters=json.dumps([{"name": p.name, "type": p.type} for p in params]),
                     status="draft",
-                    created_by=actor.id,
+                    created_by=_person(actor),
                     created_at=now,
                     updated_at=now,
                 )
@@ -320,7 +326,7 @@ class TemplateRegistry:
             if row.status != "draft":
                 raise TemplateStateError(f"template {row.id} is {row.status}, not a draft")
             row.status = "submitted"
-            row.submitted_by = actor.id
+            row.submitted_by = _person(actor)
 
         return await self._step(actor, accounts, template_id, "template.submit", change)
 
@@ -345,16 +351,17 @@ class TemplateRegistry:
         def change(row: MessageTemplate) -> None:
             if row.status != "submitted":
                 raise TemplateStateError(f"template {row.id} is {row.status}, not submitted")
-            if actor.id in (row.created_by, row.submitted_by):
+            if _person(actor) in (row.created_by, row.submitted_by):
                 raise SelfApproval(
-                    f"template {row.id} was made or submitted by {actor.id}: another person decides"
+                    f"template {row.id} was made or submitted by {_person(actor)}: "
+                    "another person decides"
                 )
             if outcome == "rejected" and not comment:
                 raise InvalidTemplate("a rejection needs a comment saying why")
             if len(comment) > MAX_COMMENT_CHARS:
                 raise InvalidTemplate(f"the comment is longer than {MAX_COMMENT_CHARS} characters")
             row.status = outcome
-            row.decided_by = actor.id
+            row.decided_by = _person(actor)
             row.decision_comment = comment or None
 
         action = "template.approve" if outcome == "approved" else "template.reject"

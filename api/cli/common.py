@@ -24,9 +24,9 @@ from api.bootstrap import (
 from api.cli.operator import CLI
 from api.observability.logging import configure_logging
 from api.settings import Settings, SettingsError, load_settings
-from archiver.audit.services import AuditUnavailable
+from archiver.audit.services import Actor, AuditUnavailable
 from archiver.core.errors import ArchiverError
-from archiver.identity.services import Role
+from archiver.identity.services import Permission, Role
 
 T = TypeVar("T")
 log = structlog.get_logger("strongroom.cli")
@@ -151,3 +151,20 @@ def password_from(password_file: Path | None, password_env: str | None) -> str:
 
 
 ROLE_CHOICE = click.Choice([r.value for r in Role])
+
+
+async def acting_as(
+    services: Services, user: str, permission: Permission
+) -> tuple[Actor, set[str] | None]:
+    """The user ``user`` (id or username) as the actor of a change a person must
+    make (a checker, never its maker), and the accounts on which they hold
+    ``permission``; fail when they hold it on none."""
+    async with services.sessions() as session:
+        found = await services.identity.find_user(session, user)
+        principal = await services.identity.principal(session, found, via="cli")
+    if not principal.allows(permission):
+        fail(f"{principal.username} does not hold {permission.value}", 1)
+    actor = Actor(
+        id=principal.user_id, name=principal.username, role=principal.role_for(permission)
+    )
+    return actor, principal.accounts_for(permission)

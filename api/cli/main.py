@@ -8,7 +8,19 @@ import os
 import click
 
 from api.bootstrap import Services
-from api.cli import accounts, audit, imports, keys, lexicon, outbox, tokens, users, vault
+from api.cli import (
+    accounts,
+    audit,
+    consent,
+    imports,
+    keys,
+    lexicon,
+    outbox,
+    templates,
+    tokens,
+    users,
+    vault,
+)
 from api.cli.common import (
     archive_settings,
     command_settings,
@@ -134,6 +146,8 @@ main.add_command(users.users)
 main.add_command(tokens.tokens)
 main.add_command(lexicon.lexicon)
 main.add_command(outbox.outbox)
+main.add_command(templates.templates)
+main.add_command(consent.consent)
 main.add_command(audit.audit)
 
 

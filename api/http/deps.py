@@ -24,9 +24,11 @@ from archiver.imports.services import ChatImporter
 from archiver.records.queries import Records
 from archiver.records.services import IntegrityAlarm
 from archiver.search.queries import ArchiveSearch
+from policy.consent import ConsentLedger
 from policy.lexicon import Lexicon
 from policy.outbox import Outbox
 from policy.send_policy import SendPolicies
+from policy.templates import TemplateRegistry
 
 # Litestar 3 drops dependencies inferred from a bare parameter type, so each is
 # asked for by name, explicitly.
@@ -34,12 +36,14 @@ AccountsDep: TypeAlias = NamedDependency[AccountService]
 ApprovalsDep: TypeAlias = NamedDependency[ApprovalService]
 ArchiveSearchDep: TypeAlias = NamedDependency[ArchiveSearch]
 AuditDep: TypeAlias = NamedDependency[AuditLog]
+ConsentDep: TypeAlias = NamedDependency[ConsentLedger]
 GrantsDep: TypeAlias = NamedDependency[GrantService]
 IdentityDep: TypeAlias = NamedDependency[IdentityService]
 ImporterDep: TypeAlias = NamedDependency[ChatImporter]
 LexiconDep: TypeAlias = NamedDependency[Lexicon]
 OutboxDep: TypeAlias = NamedDependency[Outbox]
 SendPoliciesDep: TypeAlias = NamedDependency[SendPolicies]
+TemplatesDep: TypeAlias = NamedDependency[TemplateRegistry]
 RecordsDep: TypeAlias = NamedDependency[Records]
 IntegrityAlarmDep: TypeAlias = NamedDependency[IntegrityAlarm]
 SettingsDep: TypeAlias = NamedDependency[Settings]
@@ -53,6 +57,7 @@ PROVIDED = (
     "approvals",
     "archive_search",
     "audit",
+    "consent",
     "grants",
     "identity",
     "importer",
@@ -61,6 +66,7 @@ PROVIDED = (
     "policies",
     "records",
     "settings",
+    "templates",
 )
 
 

@@ -12,6 +12,7 @@ error"}``). A handler declares only what is its own (``responses=errors(409)``),
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import time
 from typing import Any
 
 import msgspec
@@ -20,7 +21,8 @@ from litestar.constants import RESERVED_KWARGS
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, YamlRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, OpenAPIType, Schema, SecurityScheme
+from litestar.plugins import OpenAPISchemaPlugin
 from litestar.routes import HTTPRoute
 
 from api.http.auth import AUTHENTICATED, PUBLIC, SAFE_METHODS, SESSION_COOKIE, permission_of
@@ -229,3 +231,20 @@ def document_errors(app: Litestar) -> None:
             handler.responses = errors(*_shared_statuses(route, handler)) | dict(own)
             if permission_of(handler) != PUBLIC:
                 handler.security = SECURITY
+
+
+class TimeOfDaySchema(OpenAPISchemaPlugin):
+    """A time of day (a send policy's quiet hours) is a ``time`` string, "08:00:00";
+    Litestar would describe it as a ``duration``, which its own answers then break."""
+
+    @staticmethod
+    def is_plugin_supported_type(value: Any) -> bool:
+        return value is time
+
+    def to_openapi_schema(self, field_definition: Any, schema_creator: Any) -> Schema:
+        # No "format": JSON Schema's "time" needs a UTC offset, which a local time lacks.
+        return Schema(
+            type=OpenAPIType.STRING,
+            pattern=r"^[0-2][0-9]:[0-5][0-9]:[0-5][0-9]$",
+            description="A local time of day, HH:MM:SS.",
+        )

@@ -13,8 +13,13 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.exceptions import NotFoundException
-from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_409_CONFLICT
+from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryParameter
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_201_CREATED,
+    HTTP_404_NOT_FOUND,
+    HTTP_409_CONFLICT,
+)
 
 from api.http.audit import actor_of
 from api.http.auth import needs
@@ -148,7 +153,10 @@ class OutboxController(Controller):
     tags = ["outbox"]  # noqa: RUF012  (Litestar reads this class attribute)
 
     @post(
-        "/", status_code=HTTP_201_CREATED, opt=needs(Permission.OUTBOX_SEND), responses=errors(409)
+        "/",
+        status_code=HTTP_201_CREATED,
+        opt=needs(Permission.OUTBOX_SEND),
+        responses=errors(HTTP_404_NOT_FOUND, HTTP_409_CONFLICT),
     )
     async def send(
         self, request: Caller, data: JSONBody[SendRequest], outbox: OutboxDep
@@ -159,7 +167,12 @@ class OutboxController(Controller):
         actor = actor_of(request, Permission.OUTBOX_SEND)
         return item_out(await outbox.submit(actor, request.user.user_id, data))
 
-    @post("/preview", status_code=HTTP_200_OK, opt=needs(Permission.OUTBOX_SEND))
+    @post(
+        "/preview",
+        status_code=HTTP_200_OK,
+        opt=needs(Permission.OUTBOX_SEND),
+        responses=errors(HTTP_404_NOT_FOUND),
+    )
     async def preview(
         self, request: Caller, data: JSONBody[SendRequest], outbox: OutboxDep
     ) -> DecisionOut:
@@ -174,7 +187,7 @@ class OutboxController(Controller):
         request: Caller,
         outbox: OutboxDep,
         account_id: FromQuery[str | None] = None,
-        item_state: Annotated[str | None, QueryParameter(query="state")] = None,
+        item_state: Annotated[str | None, QueryParameter(name="state")] = None,
         contact_id: FromQuery[str | None] = None,
         before: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
@@ -198,7 +211,7 @@ class OutboxController(Controller):
         request: Caller,
         outbox: OutboxDep,
         account_id: FromQuery[str | None] = None,
-        item_state: Annotated[str, QueryParameter(query="state")] = "held",
+        item_state: Annotated[str, QueryParameter(name="state")] = "held",
         before: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> list[ItemOut]:
@@ -213,7 +226,9 @@ class OutboxController(Controller):
         return [item_out(v) for v in views]
 
     @get("/{item_id:str}", opt=needs(Permission.OUTBOX_SEND))
-    async def get_item(self, request: Caller, item_id: ItemId, outbox: OutboxDep) -> ItemOut:
+    async def get_item(
+        self, request: Caller, item_id: FromPath[ItemId], outbox: OutboxDep
+    ) -> ItemOut:
         """One item with its content, its decision and every move it made."""
         return item_out(await _visible(request, outbox, item_id))
 
@@ -223,7 +238,9 @@ class OutboxController(Controller):
         opt=needs(Permission.OUTBOX_SEND),
         responses=errors(HTTP_409_CONFLICT),
     )
-    async def cancel(self, request: Caller, item_id: ItemId, outbox: OutboxDep) -> ItemOut:
+    async def cancel(
+        self, request: Caller, item_id: FromPath[ItemId], outbox: OutboxDep
+    ) -> ItemOut:
         """Cancel an item not yet handed to WhatsApp."""
         await _visible(request, outbox, item_id)
         return item_out(await outbox.cancel(actor_of(request, Permission.OUTBOX_SEND), item_id))
@@ -237,7 +254,7 @@ class OutboxController(Controller):
     async def approve(
         self,
         request: Caller,
-        item_id: ItemId,
+        item_id: FromPath[ItemId],
         data: JSONBody[ReviewIn],
         outbox: OutboxDep,
     ) -> ItemOut:
@@ -255,7 +272,7 @@ class OutboxController(Controller):
     async def reject(
         self,
         request: Caller,
-        item_id: ItemId,
+        item_id: FromPath[ItemId],
         data: JSONBody[ReviewIn],
         outbox: OutboxDep,
     ) -> ItemOut:

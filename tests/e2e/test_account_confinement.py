@@ -192,7 +192,7 @@ def test_a_number_added_under_the_same_app_gets_its_own_items(
 ) -> None:
     # The worker has read the accounts' secrets by now (``colliding`` was projected);
     # account C shares A's app secret and is added after that.
-    c_phone_id, c_number = "306540352242922", "15550783883"
+    c_phone_id, c_number = "706540352242922", "15550783883"
     account_c = server.add_account(
         phone_number_id=c_phone_id,
         display_phone_number=c_number,
@@ -205,3 +205,83 @@ def test_a_number_added_under_the_same_app_gets_its_own_items(
     (record,) = server.records_of(wamid)
     assert record["account_id"] == account_c
     assert record["account_id"] != server.account_id
+
+
+def test_templates_and_consent_of_another_account_are_not_there(server: Server) -> None:
+    """An officer of one account neither sees nor changes another's templates or
+    consent: each is a 404, as if it did not exist."""
+    theirs = server.add_account(
+        phone_number_id="916540352242922",
+        display_phone_number="+15550199871",
+        verify_token="e2e-verify-token-c",
+        waba_id="3065",
+    )
+    mine = server.add_account(
+        phone_number_id="926540352242922",
+        display_phone_number="+15550199872",
+        verify_token="e2e-verify-token-d",
+        waba_id="4065",
+    )
+    officer = server.officer
+    made = server.client.post(
+        "/api/v1/templates",
+        json={
+            "account_id": theirs,
+            "name": "confined_update",
+            "language": "en",
+            "category": "utility",
+            "components": [{"type": "BODY", "text": "Hello"}],
+        },
+        headers=officer,
+    )
+    assert made.status_code == 201, made.text
+    template = made.json()["id"]
+    entry = {
+        "category": "marketing",
+        "action": "opt_in",
+        "method": "web_form",
+        "evidence": "the confined form",
+        "occurred_at": "2026-11-03T10:00:00+00:00",
+    }
+    recorded = server.client.post(
+        "/api/v1/consent", json=entry | {"account_id": theirs, "phone": "+447700900777"},
+        headers=officer,
+    )  # fmt: skip
+    assert recorded.status_code == 201, recorded.text
+    contact = recorded.json()["contact_id"]
+
+    me = server.officer_of("e2e-confined-officer", mine)
+    client = server.client
+    assert client.get("/api/v1/templates", headers=me).json() == []
+    for answer in (
+        client.get("/api/v1/templates", params={"account_id": theirs}, headers=me),
+        client.get(f"/api/v1/templates/{template}", headers=me),
+        client.post(
+            "/api/v1/templates",
+            json={
+                "account_id": theirs,
+                "name": "mine_now",
+                "language": "en",
+                "category": "utility",
+                "components": [{"type": "BODY", "text": "Hi"}],
+            },
+            headers=me,
+        ),
+        client.patch(f"/api/v1/templates/{template}", json={"category": "marketing"}, headers=me),
+        client.post(f"/api/v1/templates/{template}/submit", headers=me),
+        client.post(f"/api/v1/templates/{template}/approve", json={}, headers=me),
+        client.post(
+            "/api/v1/consent",
+            json=entry | {"account_id": theirs, "contact_id": contact},
+            headers=me,
+        ),
+        client.get(f"/api/v1/consent/{contact}", params={"account_id": theirs}, headers=me),
+    ):
+        assert answer.status_code == 404, (answer.request.url, answer.text)
+    assert client.get(f"/api/v1/consent/{contact}", headers=me).json() == []
+    exported = client.get(f"/api/v1/consent/{contact}/export", headers=me)
+    assert exported.json() == {"contact_id": contact, "entries": []}
+    assert exported.headers["content-disposition"].startswith("attachment; ")
+    # Nothing changed: the template is still the draft it was, with its one entry.
+    assert client.get(f"/api/v1/templates/{template}", headers=officer).json()["status"] == "draft"
+    assert len(client.get(f"/api/v1/consent/{contact}", headers=officer).json()) == 1

@@ -21,8 +21,10 @@ first, the root key's rotation last (the server restarts on the new key).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ from api.cli.main import main
 from api.cli.operator import CLI
 from api.settings import load_settings
 from tests.e2e.conftest import running_server
-from tests.e2e.server import PASSWORD, Authenticator, Server
+from tests.e2e.server import PASSWORD, Authenticator, Server, customer_message, fixed_wamid
 from tests.e2e.test_console import BROWSER, form_token, sign_in
 
 CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -188,16 +190,20 @@ class World:
         actor: str | None,
         actor_name: str | None,
         outcome: str = "ok",
+        action: str | None = None,
     ) -> Event:
         """The domain event after ``mark`` whose target matches the pattern ``target``,
-        with ``outcome``, made by ``actor`` (a user id, ``:token`` allowed) named
-        ``actor_name``; ``None`` for either leaves it unchecked."""
+        with ``outcome`` (and ``action``, when given: a target others move on too),
+        made by ``actor`` (a user id, ``:token`` allowed) named ``actor_name``;
+        ``None`` for either leaves it unchecked."""
         events = self.since(mark)
         domain = [e for e in events if not e["action"].startswith(("http.", "cli."))]
         matching = [
             e
             for e in domain
-            if e["outcome"] == outcome and re.search(target, e["target"] or "", re.IGNORECASE)
+            if e["outcome"] == outcome
+            and re.search(target, e["target"] or "", re.IGNORECASE)
+            and action in (None, e["action"])
         ]
         seen = [(e["action"], e["target"], e["outcome"]) for e in events]
         assert matching, (
@@ -845,6 +851,545 @@ def cli_keys_rotate_case(w: World) -> None:
     assert f"root key: {new_id}" in _ok(w.cli("keys", "status"))
 
 
+# --- The outbound pipeline: outbox, send policy, templates, consent -----------------
+
+
+def _person(w: World, stem: str, role: str, *scopes: str) -> tuple[str, dict[str, str]]:
+    """A user holding ``role`` on all accounts, with a token of ``scopes`` (cached)."""
+    key = f"person:{stem}"
+    if key not in w.state:
+        w.server.create_user(stem, role)
+        w.state[key] = (w.user_id(stem), w.server.token(stem, *scopes))
+    person: tuple[str, dict[str, str]] = w.state[key]
+    return person
+
+
+def _agent(w: World) -> tuple[str, dict[str, str]]:
+    return _person(w, "cov-agent", "agent", "outbox.send")
+
+
+def _supervisor(w: World) -> tuple[str, dict[str, str]]:
+    return _person(w, "cov-super", "supervisor", "outbox.send", "outbox.approve")
+
+
+def _checker_officer(w: World) -> tuple[str, dict[str, str]]:
+    """A second compliance officer: the checker of templates the first one makes."""
+    return _person(w, "cov-officer2", "compliance_officer", "templates.read", "templates.approve")
+
+
+def _open_window(w: World) -> str:
+    """A customer whose real signed inbound message opened the service window."""
+    if "window_phone" not in w.state:
+        phone = w.phone()
+        wa_id = phone.lstrip("+")
+        wamid = fixed_wamid(wa_id, 1)
+        body = json.dumps(customer_message(wa_id, wamid, int(time.time()))).encode()
+        assert w.server.post_webhook(body).status_code == 200
+        w.server.records_of(wamid)  # projected: the window is open
+        w.state["window_phone"] = phone
+    opened: str = w.state["window_phone"]
+    return opened
+
+
+def _hold_term(w: World) -> str:
+    if "hold_term" not in w.state:
+        term = w.unique("covhold")
+        assert _add_term(w, term).status_code == 201  # a hold term
+        w.state["hold_term"] = term
+    held: str = w.state["hold_term"]
+    return held
+
+
+def _send(w: World, headers: dict[str, str], text: str, key: str) -> httpx.Response:
+    body = {
+        "account_id": w.server.account_id,
+        "to": _open_window(w),
+        "content": {"kind": "text", "text": text},
+        "idempotency_key": key,
+    }
+    return w.server.client.post("/api/v1/outbox", json=body, headers=headers)
+
+
+def _held(w: World, headers: dict[str, str]) -> str:
+    """An item held by the lexicon's hold term, sent with ``headers``."""
+    sent = _send(w, headers, f"about the {_hold_term(w)} offer", w.unique("cov-held-"))
+    assert sent.status_code == 201, sent.text
+    assert sent.json()["state"] == "held", sent.json()
+    item_id: str = sent.json()["id"]
+    return item_id
+
+
+def _item(w: World, item_id: str, headers: dict[str, str]) -> Event:
+    got = w.server.client.get(f"/api/v1/outbox/{item_id}", headers=headers)
+    assert got.status_code == 200, got.text
+    item: Event = got.json()
+    return item
+
+
+def _outbox_target(item_id: str) -> str:
+    return _numbered("outbox", item_id)
+
+
+def api_outbox_send_case(w: World) -> None:
+    agent_id, agent = _agent(w)
+    key = w.unique("cov-send-")
+    mark = w.mark()
+    sent = _send(w, agent, "your parcel is on its way", key)
+    assert sent.status_code == 201, sent.text
+    item_id = sent.json()["id"]
+    # The dispatcher moves the item on as "system": the submission is the agent's.
+    w.change(
+        mark, _outbox_target(item_id), actor=agent_id, actor_name="cov-agent",
+        action="outbox.submit",
+    )  # fmt: skip
+    assert _item(w, item_id, agent)["content"]["text"] == "your parcel is on its way"
+
+    def mine() -> list[str]:  # the ids: the dispatcher moves the items' states on
+        return [i["id"] for i in w.server.client.get("/api/v1/outbox", headers=agent).json()]
+
+    before = mine()
+    mark = w.mark()
+    again = _send(w, agent, "another message under the same key", key)
+    assert again.status_code == 409, again.text
+    w.change(
+        mark, _id(w.server.account_id), actor=agent_id, actor_name="cov-agent", outcome="denied"
+    )
+    assert mine() == before
+    assert _item(w, item_id, agent)["content"]["text"] == "your parcel is on its way"
+
+
+def api_outbox_cancel_case(w: World) -> None:
+    agent_id, agent = _agent(w)
+    item_id = _held(w, agent)
+    cancel = f"/api/v1/outbox/{item_id}/cancel"
+    mark = w.mark()
+    done = w.server.client.post(cancel, headers=agent)
+    assert done.status_code == 200, done.text
+    w.change(mark, _outbox_target(item_id), actor=agent_id, actor_name="cov-agent")
+    assert _item(w, item_id, agent)["state"] == "cancelled"
+
+    mark = w.mark()
+    again = w.server.client.post(cancel, headers=agent)
+    assert again.status_code == 409, again.text
+    w.change(
+        mark, _outbox_target(item_id), actor=agent_id, actor_name="cov-agent", outcome="denied"
+    )
+    item = _item(w, item_id, agent)
+    assert item["state"] == "cancelled"
+    assert [e["to_state"] for e in item["events"]].count("cancelled") == 1
+
+
+def api_outbox_approve_case(w: World) -> None:
+    super_id, supervisor = _supervisor(w)
+    # Nobody approves their own item: the supervisor's own held one is refused.
+    own = _held(w, supervisor)
+    mark = w.mark()
+    refused = w.server.client.post(
+        f"/api/v1/outbox/{own}/approve", json={"comment": "mine"}, headers=supervisor
+    )
+    assert refused.status_code == 409, refused.text
+    w.change(mark, _outbox_target(own), actor=super_id, actor_name="cov-super", outcome="denied")
+    assert _item(w, own, supervisor)["state"] == "held"
+    assert _item(w, own, supervisor)["approved_by"] is None
+
+    _, agent = _agent(w)
+    item_id = _held(w, agent)
+    mark = w.mark()
+    approved = w.server.client.post(
+        f"/api/v1/outbox/{item_id}/approve", json={"comment": "checked"}, headers=supervisor
+    )
+    assert approved.status_code == 200, approved.text
+    w.change(mark, _outbox_target(item_id), actor=super_id, actor_name="cov-super")
+    item = _item(w, item_id, supervisor)
+    assert item["approved_by"] == super_id
+    assert "approved" in [e["to_state"] for e in item["events"]]
+
+
+def api_outbox_reject_case(w: World) -> None:
+    super_id, supervisor = _supervisor(w)
+    _, agent = _agent(w)
+    item_id = _held(w, agent)
+    reject = f"/api/v1/outbox/{item_id}/reject"
+    mark = w.mark()
+    bare = w.server.client.post(reject, json={"comment": " "}, headers=supervisor)
+    assert bare.status_code == 400, bare.text
+    w.change(
+        mark, _outbox_target(item_id), actor=super_id, actor_name="cov-super", outcome="denied"
+    )
+    assert _item(w, item_id, supervisor)["state"] == "held"
+
+    mark = w.mark()
+    rejected = w.server.client.post(reject, json={"comment": "off message"}, headers=supervisor)
+    assert rejected.status_code == 200, rejected.text
+    w.change(mark, _outbox_target(item_id), actor=super_id, actor_name="cov-super")
+    assert _item(w, item_id, supervisor)["state"] == "rejected"
+
+
+def _policy(w: World, account_id: str) -> Event:
+    got = w.server.client.get(f"/api/v1/policy/{account_id}", headers=w.server.officer)
+    assert got.status_code == 200, got.text
+    policy: Event = got.json()
+    return policy
+
+
+def api_policy_case(w: World) -> None:
+    account = w.server.account_id
+    officer = w.user_id("e2e-officer")
+    put = f"/api/v1/policy/{account}"
+    mark = w.mark()
+    done = w.server.client.put(put, json={"marketing_cap": 3}, headers=w.server.officer)
+    assert done.status_code == 200, done.text
+    w.change(mark, _numbered("policy", re.escape(account)), actor=officer, actor_name="e2e-officer")
+    assert _policy(w, account)["settings"]["marketing_cap"] == 3
+
+    before = _policy(w, account)
+    mark = w.mark()
+    bad = w.server.client.put(put, json={"messages_per_second": 5000}, headers=w.server.officer)
+    assert bad.status_code == 400, bad.text
+    w.change(
+        mark,
+        _numbered("policy", re.escape(account)),
+        actor=officer,
+        actor_name="e2e-officer",
+        outcome="denied",
+    )
+    assert _policy(w, account) == before
+
+
+TEMPLATE_BODY = {
+    "components": [{"type": "BODY", "text": "Your order {{1}} has shipped"}],
+    "parameters": [{"name": "1", "type": "text"}],
+}
+
+
+def _waba_account(w: World) -> str:
+    """A business number with a WhatsApp Business Account id (templates need one)."""
+    if "waba_account" not in w.state:
+        number = f"1088{w.unique('')}0077"
+        body = {
+            "phone_number_id": number,
+            "display_phone_number": "15550200" + number[-3:],
+            "app_secret": "coverage-secret",
+            "verify_token": "coverage-verify-token",
+            "waba_id": f"9{number}",
+        }
+        made = w.server.client.post("/api/v1/accounts", json=body, headers=w.server.admin)
+        assert made.status_code == 201, made.text
+        w.state["waba_account"] = made.json()["id"]
+    account: str = w.state["waba_account"]
+    return account
+
+
+def _new_template(w: World, headers: dict[str, str] | None = None) -> httpx.Response:
+    body = {
+        "account_id": _waba_account(w),
+        "name": w.unique("cov_template_"),
+        "language": "en_US",
+        "category": "utility",
+    } | TEMPLATE_BODY
+    return w.server.client.post("/api/v1/templates", json=body, headers=headers or w.server.officer)
+
+
+def _template(w: World, template_id: int) -> Event:
+    got = w.server.client.get(f"/api/v1/templates/{template_id}", headers=w.server.officer)
+    assert got.status_code == 200, got.text
+    template: Event = got.json()
+    return template
+
+
+def _template_target(template_id: int | str) -> str:
+    return _numbered("template", template_id)
+
+
+def _submitted(w: World) -> int:
+    made = _new_template(w)
+    assert made.status_code == 201, made.text
+    template_id: int = made.json()["id"]
+    submitted = w.server.client.post(
+        f"/api/v1/templates/{template_id}/submit", headers=w.server.officer
+    )
+    assert submitted.status_code == 200, submitted.text
+    return template_id
+
+
+def api_template_create_case(w: World) -> None:
+    officer = w.user_id("e2e-officer")
+    mark = w.mark()
+    made = _new_template(w)
+    assert made.status_code == 201, made.text
+    template = made.json()
+    w.change(mark, _template_target(template["id"]), actor=officer, actor_name="e2e-officer")
+    assert _template(w, template["id"])["status"] == "draft"
+
+    listed = w.server.client.get("/api/v1/templates", headers=w.server.officer).json()
+    again = {k: template[k] for k in ("name", "language", "category")} | TEMPLATE_BODY
+    mark = w.mark()
+    dup = w.server.client.post(
+        "/api/v1/templates",
+        json=again | {"account_id": _waba_account(w)},
+        headers=w.server.officer,
+    )
+    assert dup.status_code == 409, dup.text
+    w.change(mark, _id(_waba_account(w)), actor=officer, actor_name="e2e-officer", outcome="denied")
+    assert w.server.client.get("/api/v1/templates", headers=w.server.officer).json() == listed
+
+
+def api_template_update_case(w: World) -> None:
+    officer = w.user_id("e2e-officer")
+    made = _new_template(w)
+    template_id = made.json()["id"]
+    path = f"/api/v1/templates/{template_id}"
+    change = {
+        "components": [{"type": "BODY", "text": "Order {{1}} arrives {{2}}"}],
+        "parameters": [{"name": "1", "type": "text"}, {"name": "2", "type": "date"}],
+    }
+    mark = w.mark()
+    done = w.server.client.patch(path, json=change, headers=w.server.officer)
+    assert done.status_code == 200, done.text
+    w.change(mark, _template_target(template_id), actor=officer, actor_name="e2e-officer")
+    assert _template(w, template_id)["components"] == change["components"]
+
+    before = _template(w, template_id)
+    mark = w.mark()
+    bad = w.server.client.patch(
+        path, json={"parameters": [{"name": "3", "type": "text"}]}, headers=w.server.officer
+    )
+    assert bad.status_code == 400, bad.text
+    w.change(
+        mark,
+        _template_target(template_id),
+        actor=officer,
+        actor_name="e2e-officer",
+        outcome="denied",
+    )
+    assert _template(w, template_id) == before
+
+
+def api_template_submit_case(w: World) -> None:
+    officer = w.user_id("e2e-officer")
+    template_id = _new_template(w).json()["id"]
+    submit = f"/api/v1/templates/{template_id}/submit"
+    mark = w.mark()
+    done = w.server.client.post(submit, headers=w.server.officer)
+    assert done.status_code == 200, done.text
+    w.change(mark, _template_target(template_id), actor=officer, actor_name="e2e-officer")
+    assert _template(w, template_id)["status"] == "submitted"
+
+    before = _template(w, template_id)
+    mark = w.mark()
+    again = w.server.client.post(submit, headers=w.server.officer)
+    assert again.status_code == 409, again.text
+    w.change(
+        mark,
+        _template_target(template_id),
+        actor=officer,
+        actor_name="e2e-officer",
+        outcome="denied",
+    )
+    assert _template(w, template_id) == before
+
+
+def api_template_approve_case(w: World) -> None:
+    officer = w.user_id("e2e-officer")
+    checker_id, checker = _checker_officer(w)
+    template_id = _submitted(w)
+    approve = f"/api/v1/templates/{template_id}/approve"
+    # The maker is not the checker.
+    mark = w.mark()
+    own = w.server.client.post(approve, json={"comment": "fine"}, headers=w.server.officer)
+    assert own.status_code == 403, own.text
+    w.change(
+        mark,
+        _template_target(template_id),
+        actor=officer,
+        actor_name="e2e-officer",
+        outcome="denied",
+    )
+    assert _template(w, template_id)["status"] == "submitted"
+
+    mark = w.mark()
+    done = w.server.client.post(approve, json={"comment": "fine"}, headers=checker)
+    assert done.status_code == 200, done.text
+    w.change(mark, _template_target(template_id), actor=checker_id, actor_name="cov-officer2")
+    template = _template(w, template_id)
+    assert (template["status"], template["decided_by"]) == ("approved", checker_id)
+
+
+def api_template_reject_case(w: World) -> None:
+    checker_id, checker = _checker_officer(w)
+    template_id = _submitted(w)
+    reject = f"/api/v1/templates/{template_id}/reject"
+    mark = w.mark()
+    bare = w.server.client.post(reject, json={}, headers=checker)
+    assert bare.status_code == 400, bare.text
+    w.change(
+        mark,
+        _template_target(template_id),
+        actor=checker_id,
+        actor_name="cov-officer2",
+        outcome="denied",
+    )
+    assert _template(w, template_id)["status"] == "submitted"
+
+    mark = w.mark()
+    done = w.server.client.post(reject, json={"comment": "wrong tone"}, headers=checker)
+    assert done.status_code == 200, done.text
+    w.change(mark, _template_target(template_id), actor=checker_id, actor_name="cov-officer2")
+    template = _template(w, template_id)
+    assert (template["status"], template["decision_comment"]) == ("rejected", "wrong tone")
+
+
+def _consent(w: World, contact: str) -> list[Event]:
+    got = w.server.client.get(f"/api/v1/consent/{contact}", headers=w.server.officer)
+    assert got.status_code == 200, got.text
+    entries: list[Event] = got.json()
+    return entries
+
+
+CONSENT = {
+    "category": "marketing",
+    "action": "opt_in",
+    "method": "web_form",
+    "evidence": "signed the newsletter form",
+    "occurred_at": "2026-11-03T10:00:00+00:00",
+}
+
+
+def api_consent_record_case(w: World) -> None:
+    officer = w.user_id("e2e-officer")
+    body = CONSENT | {"account_id": w.server.account_id, "phone": w.phone()}
+    mark = w.mark()
+    done = w.server.client.post("/api/v1/consent", json=body, headers=w.server.officer)
+    assert done.status_code == 201, done.text
+    contact = done.json()["contact_id"]
+    w.change(mark, _id(contact), actor=officer, actor_name="e2e-officer")
+    [entry] = _consent(w, contact)
+    assert (entry["action"], entry["evidence"]) == ("opt_in", "signed the newsletter form")
+
+    bad = CONSENT | {"account_id": w.server.account_id, "contact_id": contact, "method": "fax"}
+    mark = w.mark()
+    refused = w.server.client.post("/api/v1/consent", json=bad, headers=w.server.officer)
+    assert refused.status_code == 400, refused.text
+    w.change(mark, _id(contact), actor=officer, actor_name="e2e-officer", outcome="denied")
+    assert _consent(w, contact) == [entry]
+
+
+def cli_outbox_send_case(w: World) -> None:
+    _agent(w)
+    key = w.unique("cov-cli-send-")
+    send = ("outbox", "send", w.server.account_id, _open_window(w), "--sender", "cov-agent")
+    mark = w.mark()
+    out = _ok(w.cli(*send, "--text", "sent from the command line", "--key", key))
+    item_id = out.split()[0]
+    w.change(
+        mark, _outbox_target(item_id), actor="cli", actor_name=CLI.name, action="outbox.submit"
+    )
+    assert _ok(w.cli("outbox", "show", item_id)).startswith(item_id)
+
+    listed = _ok(w.cli("outbox", "list"))
+    mark = w.mark()
+    _refused(w.cli(*send, "--text", "another text under that key", "--key", key))
+    _cli_change(w, mark, _id(w.server.account_id), "denied")
+    assert _ok(w.cli("outbox", "list")) == listed
+
+
+def _cli_template(w: World, *maker: str) -> int:
+    content = w.tmp / f"{w.unique('template')}.json"
+    content.write_text(json.dumps(TEMPLATE_BODY))
+    out = _ok(
+        w.cli("templates", "create", _waba_account(w), w.unique("cov_cli_template_"),
+              "--language", "en", "--category", "utility", "--file", str(content), *maker)
+    )  # fmt: skip
+    return int(out.split()[1])
+
+
+def cli_templates_create_case(w: World) -> None:
+    content = w.tmp / f"{w.unique('template')}.json"
+    content.write_text(json.dumps(TEMPLATE_BODY))
+    name = w.unique("cov_cli_template_")
+    create = ("templates", "create", _waba_account(w), name, "--language", "en")
+    create += ("--category", "marketing", "--file", str(content))
+    mark = w.mark()
+    template_id = int(_ok(w.cli(*create)).split()[1])
+    _cli_change(w, mark, _template_target(template_id))
+    assert _template(w, template_id)["name"] == name
+
+    listed = _ok(w.cli("templates", "list"))
+    mark = w.mark()
+    _refused(w.cli(*create))
+    _cli_change(w, mark, _id(_waba_account(w)), "denied")
+    assert _ok(w.cli("templates", "list")) == listed
+
+
+def cli_templates_submit_case(w: World) -> None:
+    template_id = _cli_template(w)
+    mark = w.mark()
+    _ok(w.cli("templates", "submit", str(template_id)))
+    _cli_change(w, mark, _template_target(template_id))
+    assert _template(w, template_id)["status"] == "submitted"
+
+    before = _template(w, template_id)
+    mark = w.mark()
+    _refused(w.cli("templates", "submit", str(template_id)))
+    _cli_change(w, mark, _template_target(template_id), "denied")
+    assert _template(w, template_id) == before
+
+
+def cli_templates_approve_case(w: World) -> None:
+    checker_id, _ = _checker_officer(w)
+    # The checker's own template: made and submitted as them, refused as their approval.
+    own = _cli_template(w, "--as", "e2e-officer")
+    _ok(w.cli("templates", "submit", str(own), "--as", "e2e-officer"))
+    officer = w.user_id("e2e-officer")
+    mark = w.mark()
+    _refused(w.cli("templates", "approve", str(own), "--as", "e2e-officer"))
+    w.change(mark, _template_target(own), actor=officer, actor_name="e2e-officer", outcome="denied")
+    assert _template(w, own)["status"] == "submitted"
+
+    mark = w.mark()
+    _ok(w.cli("templates", "approve", str(own), "--as", "cov-officer2", "--comment", "ok"))
+    w.change(mark, _template_target(own), actor=checker_id, actor_name="cov-officer2")
+    assert _template(w, own)["decided_by"] == checker_id
+
+
+def cli_templates_reject_case(w: World) -> None:
+    checker_id, _ = _checker_officer(w)
+    template_id = _cli_template(w)
+    reject = ("templates", "reject", str(template_id), "--as", "cov-officer2")
+    mark = w.mark()
+    _refused(w.cli(*reject, "--comment", "not submitted yet"))  # a draft
+    w.change(
+        mark,
+        _template_target(template_id),
+        actor=checker_id,
+        actor_name="cov-officer2",
+        outcome="denied",
+    )
+    assert _template(w, template_id)["status"] == "draft"
+
+    _ok(w.cli("templates", "submit", str(template_id)))
+    mark = w.mark()
+    _ok(w.cli(*reject, "--comment", "too long"))
+    w.change(mark, _template_target(template_id), actor=checker_id, actor_name="cov-officer2")
+    assert _template(w, template_id)["status"] == "rejected"
+
+
+def cli_consent_record_case(w: World) -> None:
+    record = ("consent", "record", w.server.account_id, "--category", "utility")
+    record += ("--action", "opt_in", "--method", "agent_attestation", "--evidence", "said yes")
+    record += ("--occurred-at", "2026-11-04T09:00:00+00:00")
+    mark = w.mark()
+    out = _ok(w.cli(*record, "--phone", w.phone()))
+    contact = out.split()[3]
+    _cli_change(w, mark, _id(contact))
+    assert [e["category"] for e in _consent(w, contact)] == ["utility"]
+
+    mark = w.mark()
+    _refused(w.cli(*record, "--contact", "ct_nobody"))
+    _cli_change(w, mark, _id("ct_nobody"), "denied")
+    assert _consent(w, "ct_nobody") == []
+
+
 # --- The tables -------------------------------------------------------------------
 
 Case = Callable[[World], None]
@@ -870,6 +1415,20 @@ ROUTES: dict[RouteKey, Case | Exempt] = {
     ("POST", "/admin/users/{user_id:str}/grants"): console_grant_case,
     ("POST", "/admin/approvals/{approval_id:int}/decision"): console_decide_case,
     ("POST", "/import"): console_import_case,
+    ("POST", "/api/v1/outbox"): api_outbox_send_case,
+    ("POST", "/api/v1/outbox/{item_id:str}/cancel"): api_outbox_cancel_case,
+    ("POST", "/api/v1/outbox/{item_id:str}/approve"): api_outbox_approve_case,
+    ("POST", "/api/v1/outbox/{item_id:str}/reject"): api_outbox_reject_case,
+    ("POST", "/api/v1/outbox/preview"): Exempt(
+        "the decision a message would get: nothing is queued, sealed or changed"
+    ),
+    ("PUT", "/api/v1/policy/{account_id:str}"): api_policy_case,
+    ("POST", "/api/v1/templates"): api_template_create_case,
+    ("PATCH", "/api/v1/templates/{template_id:int}"): api_template_update_case,
+    ("POST", "/api/v1/templates/{template_id:int}/submit"): api_template_submit_case,
+    ("POST", "/api/v1/templates/{template_id:int}/approve"): api_template_approve_case,
+    ("POST", "/api/v1/templates/{template_id:int}/reject"): api_template_reject_case,
+    ("POST", "/api/v1/consent"): api_consent_record_case,
     ("POST", "/api/v1/search"): Exempt(
         "a query in a POST body: it reads only, and is audited as archive.search"
     ),
@@ -895,6 +1454,18 @@ COMMANDS: dict[CommandKey, Case | Exempt] = {
     ("lexicon", "add"): cli_lexicon_add_case,
     ("lexicon", "list"): READ_ONLY,
     ("lexicon", "remove"): cli_lexicon_remove_case,
+    ("outbox", "send"): cli_outbox_send_case,
+    ("outbox", "list"): READ_ONLY,
+    ("outbox", "show"): READ_ONLY,
+    ("templates", "create"): cli_templates_create_case,
+    ("templates", "submit"): cli_templates_submit_case,
+    ("templates", "approve"): cli_templates_approve_case,
+    ("templates", "reject"): cli_templates_reject_case,
+    ("templates", "list"): READ_ONLY,
+    ("templates", "show"): READ_ONLY,
+    ("consent", "record"): cli_consent_record_case,
+    ("consent", "list"): Exempt("reads only; the read is audited as consent.read"),
+    ("consent", "export"): Exempt("reads only; the read is audited as consent.export"),
     ("keys", "status"): READ_ONLY,
     ("vault", "verify"): READ_ONLY,
     ("audit", "verify"): READ_ONLY,

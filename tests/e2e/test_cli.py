@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import stat
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +26,7 @@ from api.cli.main import main
 from api.migrate import alembic_config, upgrade
 from api.settings import load_settings
 from archiver.vault.models import SealedObject
-from tests.conftest import database_bytes
+from tests.conftest import _pg_execute, database_bytes, require_postgresql
 from tests.e2e.conftest import server_env
 from tests.integration.test_migrations import WAMID, seed_meta_ids
 
@@ -307,6 +309,27 @@ NEED_AN_ARCHIVE: dict[tuple[str, ...], list[str]] = {
     ("audit", "verify"): [],
     ("audit", "export"): ["--out", "trail.jsonl"],
     ("audit", "public-key"): [],
+    ("outbox", "send"): [
+        *("acc_x", "+4915123456789", "--sender", "someone", "--text", "hi", "--key", "k1")
+    ],
+    ("outbox", "list"): [],
+    ("outbox", "show"): ["0" * 32],
+    ("templates", "list"): [],
+    ("templates", "show"): ["1"],
+    ("templates", "create"): [
+        *("acc_x", "order_update", "--language", "en", "--category", "utility"),
+        *("--file", "template.json"),
+    ],
+    ("templates", "submit"): ["1"],
+    ("templates", "approve"): ["1", "--as", "someone"],
+    ("templates", "reject"): ["1", "--as", "someone", "--comment", "no"],
+    ("consent", "record"): [
+        *("acc_x", "--phone", "+4915123456789", "--category", "marketing", "--action", "opt_in"),
+        *("--method", "web_form", "--evidence", "form"),
+        *("--occurred-at", "2026-11-03T10:00:00+00:00"),
+    ],
+    ("consent", "list"): ["ct_x"],
+    ("consent", "export"): ["ct_x"],
 }
 
 
@@ -397,3 +420,109 @@ def test_commands_print_no_alembic_lines(env: dict[str, str]) -> None:
         assert "Running upgrade" not in result.stderr
     listed = run(env, "users", "list")
     assert (listed.stdout, listed.stderr) == ("", "")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def archive(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A fresh archive of its own (its own PostgreSQL database too)."""
+    name = "sqlite"
+    if request.param == "postgresql":
+        require_postgresql()
+        name = f"sr_cli_{uuid.uuid4().hex[:10]}"
+        asyncio.run(_pg_execute(f"CREATE DATABASE {name}"))
+    env = server_env(tmp_path / "data", name)
+    assert run(env, "keys", "init").returncode == 0
+    assert run(env, "migrate").returncode == 0
+    yield env
+    if name != "sqlite":
+        asyncio.run(_pg_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def _user(env: dict[str, str], username: str, *roles: str) -> None:
+    made = run(env | {"CLI_PASSWORD": "correct horse battery staple"}, "users", "create",
+               username, "--password-env", "CLI_PASSWORD")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    for role in roles:
+        granted = run(env, "users", "grant", username, role)
+        assert granted.returncode == 0, granted.stderr
+
+
+def test_templates_need_a_checker_who_is_not_their_maker(
+    archive: dict[str, str], tmp_path: Path
+) -> None:
+    env = archive
+    suffix = "t1"
+    account = run(
+        env, "accounts", "add", "--phone-number-id", "2024000", "--display-phone-number",
+        "+15550100222", "--app-secret", "s", "--verify-token", "verify-me", "--waba-id", "777",
+    )  # fmt: skip
+    assert account.returncode == 0, account.stderr
+    maker, checker, bystander = (f"{who}-{suffix}" for who in ("maker", "checker", "bystander"))
+    _user(env, maker, "compliance_officer")
+    _user(env, checker, "compliance_officer")
+    _user(env, bystander, "agent")
+    content = tmp_path / "template.json"
+    content.write_text(
+        '{"components": [{"type": "BODY", "text": "Order {{1}} shipped"}],'
+        ' "parameters": [{"name": "1", "type": "text"}]}'
+    )
+    name = f"order_{suffix}"
+    made = run(env, "templates", "create", account.stdout.strip(), name, "--language", "en_us",
+               "--category", "utility", "--file", str(content), "--as", maker)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.endswith(f"created: {name} (en_US), draft\n")
+    template_id = made.stdout.split()[1]
+    assert run(env, "templates", "submit", template_id, "--as", maker).returncode == 0
+
+    own = run(env, "templates", "approve", template_id, "--as", maker)
+    assert own.returncode == 1
+    assert "another person decides" in own.stderr
+    unpermitted = run(env, "templates", "approve", template_id, "--as", bystander)
+    assert unpermitted.returncode == 1
+    assert unpermitted.stderr == f"strongroom: {bystander} does not hold templates.approve\n"
+    assert " submitted " in run(env, "templates", "show", template_id).stdout
+
+    approved = run(env, "templates", "approve", template_id, "--as", checker, "--comment", "ok")
+    assert approved.returncode == 0, approved.stderr
+    shown = run(env, "templates", "show", template_id).stdout
+    assert shown.startswith(f"{template_id}  approved ")
+    assert "approved by usr_" in shown
+    assert name in run(env, "templates", "list").stdout
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    refused = run(env, "templates", "create", account.stdout.strip(), f"x_{suffix}",
+                  "--language", "en", "--category", "utility", "--file", str(broken))  # fmt: skip
+    assert refused.returncode == 2
+    assert "is not JSON" in refused.stderr
+
+
+def test_consent_is_recorded_listed_and_exported(archive: dict[str, str], tmp_path: Path) -> None:
+    env = archive
+    account = run(
+        env, "accounts", "add", "--phone-number-id", "2025000", "--display-phone-number",
+        "+15550100333", "--app-secret", "s", "--verify-token", "verify-me",
+    )  # fmt: skip
+    assert account.returncode == 0, account.stderr
+    account_id = account.stdout.strip()
+    record = ("consent", "record", account_id, "--phone", "+447700900123")
+    record += ("--category", "marketing", "--action", "opt_in", "--method", "web_form")
+    recorded = run(env, *record, "--evidence", "ticked the box", "--occurred-at",
+                   "2026-11-03T10:00:00+00:00")  # fmt: skip
+    assert recorded.returncode == 0, recorded.stderr
+    contact = recorded.stdout.split()[3]
+    naive = run(env, *record, "--evidence", "again", "--occurred-at", "2026-11-03T10:00:00")
+    assert naive.returncode == 1
+    assert naive.stderr == "strongroom: occurred_at has no time zone\n"
+
+    listed = run(env, "consent", "list", contact).stdout.splitlines()
+    assert len(listed) == 1
+    assert "marketing" in listed[0]
+    assert "by web form" in listed[0]
+    assert "ticked the box" not in listed[0]  # the evidence only in the export
+    out = tmp_path / "consent.json"
+    exported = run(env, "consent", "export", contact, "--output", str(out))
+    assert exported.returncode == 0, exported.stderr
+    data = json.loads(out.read_text())
+    assert data["contact_id"] == contact
+    assert [e["evidence"] for e in data["entries"]] == ["ticked the box"]
