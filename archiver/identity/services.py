@@ -88,9 +88,9 @@ class Permission(StrEnum):
     # Decides which records are flagged and which outgoing messages are held or blocked.
     LEXICON_MANAGE = "lexicon.manage", True
     METRICS_READ = "metrics.read", False  # counters of the service's health, no content
-    # Sends from a number: every message still passes the policy decision, and the
-    # sender reads nothing archived, so an agent needs no second factor for it.
-    OUTBOX_SEND = "outbox.send", False
+    # Sends in the firm's name: every message passes the policy, yet a stolen agent
+    # login could still message customers, so it needs a second factor.
+    OUTBOX_SEND = "outbox.send", True
     # Reads held messages and releases them past the policy's hold.
     OUTBOX_APPROVE = "outbox.approve", True
     TEMPLATES_READ = "templates.read", False  # the firm's own wording, no personal data

@@ -72,13 +72,7 @@ def test_permissions_that_guard_changes_are_sensitive() -> None:
         if method not in ("GET", "HEAD") and permission not in (PUBLIC, AUTHENTICATED, None)
     }
     assert changing
-    assert [p.value for p in changing - NOT_SENSITIVE_CHANGES if not p.sensitive] == []
-
-
-# The README's one exception: every message an agent sends still passes the send
-# policy's decision (held ones need a supervisor's outbox.approve), and sending
-# reads nothing archived.
-NOT_SENSITIVE_CHANGES = frozenset({Permission.OUTBOX_SEND})
+    assert [p.value for p in changing if not p.sensitive] == []
 
 
 @pytest.fixture(scope="module")
