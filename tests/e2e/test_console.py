@@ -255,7 +255,7 @@ def test_conversation_and_search_show_deliveries_and_the_customer(
 
 
 def test_refusals_are_html_pages(server: Server, contact: str, console: Console) -> None:
-    client = console("console-agent", "agent")
+    client = console("console-regulator", "regulator")
     for path in ("/search", f"/conversations/{contact}", "/audit", "/admin/users"):
         page = client.get(path)
         assert page.status_code == 403, path
@@ -354,8 +354,8 @@ def test_user_administration_with_maker_checker(server: Server, console: Console
     )
     assert user_id, listed
     grants = f"/admin/users/{user_id.group(1)}/grants"
-    agent = admin.post(grants, data={"role": "agent", "account_id": "", "csrf_token": csrf})
-    assert agent.headers.get("location") == "/admin/users?done=granted"
+    plain = admin.post(grants, data={"role": "regulator", "account_id": "", "csrf_token": csrf})
+    assert plain.headers.get("location") == "/admin/users?done=granted"
     officer = admin.post(
         grants,
         data={"role": "compliance_officer", "account_id": server.account_id, "csrf_token": csrf},

@@ -148,7 +148,7 @@ def test_bad_input_is_refused_and_changes_nothing(
 @pytest.mark.parametrize(
     ("name", "role", "scoped", "scopes"),
     [
-        ("lex-agent", "agent", False, ()),  # no permission at all: signs in instead
+        ("lex-regulator", "regulator", False, ()),  # no permission at all: signs in instead
         ("lex-admin", "admin", False, ("accounts.read",)),
         # On one account only: lexicon.manage counts only on all accounts.
         ("lex-officer-one", "compliance_officer", True, ("archive.read",)),

@@ -139,7 +139,7 @@ def test_each_step_up_issues_a_new_session_id(server: Server, client: Client) ->
 def test_a_sign_in_without_second_factor_also_renews_the_session(
     server: Server, client: Client
 ) -> None:
-    server.create_user("e2e-plain", "agent")
+    server.create_user("e2e-plain", "regulator")
     browser = client("198.51.100.3")
     assert _password_step(browser, "e2e-plain").headers["location"] == "/login/mfa"
     half = browser.cookies[SESSION_COOKIE]

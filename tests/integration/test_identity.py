@@ -334,7 +334,7 @@ async def test_maker_checker_refuses_self_approval(
         assert [(g.role, g.approval_id) for g in held] == [("compliance_officer", request.id)]
 
     # A non-privileged role is granted at once; a rejected request grants nothing.
-    direct = await grants.request(actor, admin_maker, target.id, Role.AGENT, None)
+    direct = await grants.request(actor, admin_maker, target.id, Role.REGULATOR, None)
     assert not isinstance(direct, Approval)
     rejected = await grants.request(actor, admin_maker, target.id, Role.AUDITOR, None)
     assert isinstance(rejected, Approval)
@@ -342,7 +342,7 @@ async def test_maker_checker_refuses_self_approval(
     assert decided.status == "rejected"
     async with sessions() as session:
         roles = sorted(g.role for g in await identity.active_grants(session, target.id))
-        assert roles == ["agent", "compliance_officer"]
+        assert roles == ["compliance_officer", "regulator"]
 
 
 def test_permissions_that_read_content_or_change_records_are_sensitive() -> None:
@@ -390,7 +390,7 @@ async def test_a_first_sensitive_role_ends_sessions_opened_without_totp(
     _, pending = await _half_signed_in(identity, "bob")
     cookie = await identity.second_factor(ADMIN_ACTOR, pending)  # bob needs no TOTP
     assert isinstance(cookie, str)
-    await grants.grant_as_operator(ADMIN_ACTOR, user.id, Role.AGENT, None)
+    await grants.grant_as_operator(ADMIN_ACTOR, user.id, Role.REGULATOR, None)
     assert await identity.resolve_session(cookie) is not None  # nothing sensitive
     await _supervisor(grants, user)
     assert await identity.resolve_session(cookie) is None  # signing in asks for TOTP

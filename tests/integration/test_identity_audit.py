@@ -125,9 +125,9 @@ async def test_each_change_commits_with_exactly_its_event(
     await identity.forget_mfa(ADMIN, "alice")
     await check("identity.mfa.reset", f"user:{alice.id}")
 
-    agent = await grants.request(ADMIN, _admin("usr_admin"), alice.id, Role.AGENT, None)
+    agent = await grants.request(ADMIN, _admin("usr_admin"), alice.id, Role.REGULATOR, None)
     assert isinstance(agent, Grant)
-    await check("identity.grant.apply", f"grant:{agent.id} user:{alice.id} role:agent")
+    await check("identity.grant.apply", f"grant:{agent.id} user:{alice.id} role:regulator")
     asked = await grants.request(ADMIN, _admin("usr_admin"), alice.id, Role.SUPERVISOR, None)
     assert isinstance(asked, Approval)
     await check("identity.grant.request", f"approval:{asked.id} user:{alice.id}")
@@ -139,8 +139,8 @@ async def test_each_change_commits_with_exactly_its_event(
     head = await _head(sessions)
     await grants.decide(checker, _admin("usr_checker"), again.id, approve=False)
     await check("identity.grant.reject", f"approval:{again.id}")
-    assert await grants.revoke(ADMIN, alice.id, Role.AGENT, None) == 1
-    await check("identity.grant.revoke", f"user:{alice.id} role:agent")
+    assert await grants.revoke(ADMIN, alice.id, Role.REGULATOR, None) == 1
+    await check("identity.grant.revoke", f"user:{alice.id} role:regulator")
 
     new = await identity.issue_token(
         ADMIN,
@@ -231,7 +231,7 @@ async def test_a_change_whose_transaction_fails_leaves_neither_change_nor_event(
     with pytest.raises(RuntimeError):
         await identity.add_user(ADMIN, "carol", PASSWORD)
     with pytest.raises(RuntimeError):
-        await grants.request(ADMIN, _admin("usr_admin"), alice.id, Role.AGENT, None)
+        await grants.request(ADMIN, _admin("usr_admin"), alice.id, Role.REGULATOR, None)
     with pytest.raises(RuntimeError):
         await grants.grant_as_operator(CLI, alice.id, Role.ADMIN, None)
     with pytest.raises(RuntimeError):
@@ -300,7 +300,7 @@ async def test_a_refused_change_leaves_a_denied_event_with_its_reason_and_no_cha
     head = await _head(sessions)
     nobody = Principal("usr_x", "x", frozenset(), via="session")
     with pytest.raises(NotPermitted):
-        await grants.request(Actor(id="usr_x", name="x"), nobody, alice.id, Role.AGENT, None)
+        await grants.request(Actor(id="usr_x", name="x"), nobody, alice.id, Role.REGULATOR, None)
     event = await _one(sessions, head)
     assert (event.action, event.outcome, event.actor) == (
         "identity.grant.request",
@@ -358,15 +358,15 @@ async def test_grant_as_operator_grants_the_first_admin_then_asks_for_approval(
         f"grant:{made.id} user:{first.id} role:admin",
         "all accounts",
     )
-    # Once an admin exists, a sensitive role waits for one; an agent is granted at once.
+    # Once an admin exists, a sensitive role waits for one; a regulator is granted at once.
     asked = await grants.grant_as_operator(CLI, second.id, Role.ADMIN, None)
     assert isinstance(asked, Approval)
     assert asked.requested_by == "cli"
-    assert isinstance(await grants.grant_as_operator(CLI, second.id, Role.AGENT, None), Grant)
+    assert isinstance(await grants.grant_as_operator(CLI, second.id, Role.REGULATOR, None), Grant)
     async with sessions() as session:
-        assert [g.role for g in await identity.active_grants(session, second.id)] == ["agent"]
+        assert [g.role for g in await identity.active_grants(session, second.id)] == ["regulator"]
     head = await _head(sessions)
     with pytest.raises(IdentityConflict, match="already exists"):
-        await grants.grant_as_operator(CLI, "second", Role.AGENT, None)
+        await grants.grant_as_operator(CLI, "second", Role.REGULATOR, None)
     event = await _one(sessions, head)
     assert (event.action, event.outcome, event.actor) == ("identity.grant.request", "denied", "cli")
