@@ -362,6 +362,41 @@ def base64_forms(secret: bytes) -> set[bytes]:
     return forms
 
 
+def _outbound_at_rest(server: Server) -> list[str]:
+    """An outbox message and a consent entry with its evidence: what they carry
+    must be sealed too. Returns the texts and the number to look for."""
+    number, text = "447700900777", "Your parcel ZQXJ-4471 waits at the depot"
+    evidence = "signed paper form KQW-99 witnessed by Imelda Quist"
+    server.create_user("atrest-agent", "agent", account=server.account_id)
+    agent = server.token("atrest-agent", "outbox.send")
+    sent = server.client.post(
+        "/api/v1/outbox",
+        json={
+            "account_id": server.account_id,
+            "to": number,
+            "content": {"kind": "text", "text": text},
+            "idempotency_key": "at-rest-1",
+        },
+        headers=agent,
+    )
+    assert sent.status_code == 201, sent.text  # blocked (no window), and sealed all the same
+    recorded = server.client.post(
+        "/api/v1/consent",
+        json={
+            "account_id": server.account_id,
+            "phone": "+" + number,
+            "category": "marketing",
+            "action": "opt_in",
+            "method": "web_form",
+            "evidence": evidence,
+            "occurred_at": "2026-12-01T10:00:00Z",
+        },
+        headers=server.officer,
+    )
+    assert recorded.status_code == 201, recorded.text
+    return [number, text, "ZQXJ-4471", evidence, "Imelda Quist"]
+
+
 def test_nothing_readable_at_rest(server: Server) -> None:
     for name in AT_REST_FIXTURES:
         server.post_webhook(fixture_bytes(name))
@@ -380,6 +415,7 @@ def test_nothing_readable_at_rest(server: Server) -> None:
     ]
     text = fixture("message_text")["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"]
     secrets.append(text)
+    secrets += _outbound_at_rest(server)
     # Meta's ids carry the customer's number: the ids, their base64 bodies, and the
     # numbers they decode to, in digits or in base64 at any alignment.
     wamids = {w.decode() for name in AT_REST_FIXTURES for w in _WAMID.findall(fixture_bytes(name))}
