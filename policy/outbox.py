@@ -278,29 +278,6 @@ class _Prepared:
             attempts=0,
         )
 
-    def draft(self, item_id: str, now: datetime) -> Draft:
-        content = self.request.content
-        return Draft(
-            item_id=item_id,
-            account_id=self.account_id,
-            portfolio_id=self.portfolio_id,
-            source=self.request.source,
-            sender_id=self.sender_id,
-            contact_id=self.contact_id,
-            recipient_region=self.region,
-            recipient_zone=self.zone,
-            kind=content.kind,
-            category=self.category,
-            text=rules_text(content),
-            template_id=self.template_id,
-            variables=content.variables,
-            content_digest=self.digest,
-            answers_customer=content.kind is not ContentKind.TEMPLATE,
-            created_at=now,
-            send_at=self.request.send_at,
-            expires_at=self.request.expires_at,
-        )
-
 
 class Outbox:
     """Takes items in, decides them, and moves them along; dispatch sends them."""
@@ -451,7 +428,9 @@ class Outbox:
             prepared = await self._prepare(session, sender_id, request)
             if isinstance(prepared, OutboxItem):
                 raise IdempotencyConflict("that idempotency key was already used by this sender")
-            draft = prepared.draft(item_id="preview", now=self._clock.now())
+            draft = draft_of(
+                prepared.row(0, self._clock.now()), request.content, prepared.portfolio_id
+            )
             decision = decide(draft, await self._snapshots.load(session, [draft]))
             await session.rollback()  # a preview keeps nothing, not even a new contact
         return decision
@@ -555,28 +534,7 @@ class Outbox:
             if data is None:  # the recipient was erased: nothing may go to them
                 raise OutboxError(f"outbox item {row.id} belongs to an erased contact")
             sealed = msgspec.json.decode(data, type=SealedContent)
-            content = sealed.content
-            draft = Draft(
-                item_id=row.id,
-                account_id=row.account_id,
-                portfolio_id=portfolios.get(row.account_id, row.account_id),
-                source=Source(row.source),
-                sender_id=row.sender_id,
-                contact_id=row.contact_id,
-                recipient_region=row.recipient_region,
-                recipient_zone=row.recipient_zone,
-                kind=ContentKind(row.kind),
-                category=Category(row.category),
-                text=rules_text(content),
-                template_id=row.template_id,
-                variables=content.variables,
-                content_digest=row.content_digest,
-                answers_customer=row.answers_customer,
-                created_at=row.created_at,
-                send_at=row.send_at,
-                expires_at=row.expires_at,
-                approved_by=row.approved_by,
-            )
+            draft = draft_of(row, sealed.content, portfolios.get(row.account_id, row.account_id))
             opened.append(Opened(row, sealed, draft))
         return opened
 
@@ -776,6 +734,31 @@ async def write_in_bulk(session: AsyncSession, rows: Sequence[OutboxItem]) -> No
         await session.execute(update(OutboxItem), changes)
     if history:
         await session.execute(insert(OutboxEvent), history)
+
+
+def draft_of(row: OutboxItem, content: MessageContent, portfolio_id: str) -> Draft:
+    """The rules' view of an item (``row`` need not be stored: a preview's is not)."""
+    return Draft(
+        item_id=row.id,
+        account_id=row.account_id,
+        portfolio_id=portfolio_id,
+        source=Source(row.source),
+        sender_id=row.sender_id,
+        contact_id=row.contact_id,
+        recipient_region=row.recipient_region,
+        recipient_zone=row.recipient_zone,
+        kind=ContentKind(row.kind),
+        category=Category(row.category),
+        text=rules_text(content),
+        template_id=row.template_id,
+        variables=content.variables,
+        content_digest=row.content_digest,
+        answers_customer=row.answers_customer,
+        created_at=row.created_at,
+        send_at=row.send_at,
+        expires_at=row.expires_at,
+        approved_by=row.approved_by,
+    )
 
 
 def decision_note(decision: Decision) -> str:

@@ -16,27 +16,26 @@ from typing import Any, TypeAlias
 from litestar import Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import Template
 
 from api.console.pages import Page, _form, _page, _see, context
 from api.http.audit import actor_of
 from api.http.deps import AccountsDep, OutboxDep, RecordsDep
+from api.http.outbox import supervised, visible_item
 from archiver.identity.services import Permission
 from policy.consent import ConsentLedger
 from policy.decision import ContentKind, Decision, Source
 from policy.errors import (
     IdempotencyConflict,
     InvalidMessage,
-    ItemNotFound,
     OutboxError,
     StateConflict,
     TemplateNotFound,
     UnknownTemplate,
 )
 from policy.models import MessageTemplate
-from policy.outbox import ItemView, MessageContent, SendRequest
+from policy.outbox import MessageContent, SendRequest
 from policy.templates import TemplateRegistry
 
 # The two services only these pages use, provided here by name like api.http.deps's.
@@ -94,14 +93,6 @@ def _choice(row: MessageTemplate) -> TemplateChoice:
         row.quality,
         body,
         variables,
-    )
-
-
-def _visible_to(request: Page, view: ItemView) -> bool:
-    """The HTTP API's rule: the sender, or a supervisor of the item's account."""
-    principal = request.user
-    return view.sender_id == principal.user_id or principal.allows(
-        Permission.OUTBOX_APPROVE, view.account_id
     )
 
 
@@ -249,20 +240,10 @@ async def sent_page(request: Page, outbox: OutboxDep) -> Template:
     return Template("outbox.html", context=context(request, items=items))
 
 
-async def _item(request: Page, outbox: OutboxDep, item_id: str) -> ItemView:
-    try:
-        view = await outbox.get({await outbox.account_of(item_id)}, item_id, content=True)
-    except ItemNotFound:
-        raise NotFoundException("no such outbox item") from None
-    if not _visible_to(request, view):
-        raise NotFoundException("no such outbox item")
-    return view
-
-
 @get("/outbox/{item_id:str}", **_page(Permission.OUTBOX_SEND))
 async def item_page(request: Page, item_id: FromPath[str], outbox: OutboxDep) -> Template:
     """One item: its content, its decision's reasons and every move it made."""
-    view = await _item(request, outbox, item_id)
+    view = await visible_item(request.user, outbox, item_id)
     return Template(
         "outbox_item.html",
         context=context(
@@ -309,12 +290,7 @@ async def review(request: Page, item_id: FromPath[str], outbox: OutboxDep) -> Re
     form = await _form(request, "decision", "comment")
     if form["decision"] not in ("approve", "reject"):
         return await _review_page(request, outbox, error="Choose approve or reject.", status=400)
-    try:
-        account_id = await outbox.account_of(item_id)
-    except ItemNotFound:
-        raise NotFoundException("no such outbox item") from None
-    if not request.user.allows(Permission.OUTBOX_APPROVE, account_id):
-        raise NotFoundException("no such outbox item")
+    await supervised(request.user, outbox, item_id)
     actor = actor_of(request, Permission.OUTBOX_APPROVE)
     decide = outbox.approve if form["decision"] == "approve" else outbox.reject
     try:

@@ -28,7 +28,7 @@ from api.http.openapi import errors
 from archiver.identity.services import Permission, Principal
 from policy.decision import Decision
 from policy.errors import ItemNotFound
-from policy.outbox import ItemView, MessageContent, SendRequest
+from policy.outbox import ItemView, MessageContent, Outbox, SendRequest
 
 Caller = Request[Principal, Any, Any]
 ItemId = Annotated[str, PathParameter(pattern=r"^[0-9a-f]{32}$")]
@@ -131,19 +131,30 @@ def _sending_from(request: Caller, account_id: str) -> None:
         raise NotFoundException("no such account")
 
 
-async def _visible(request: Caller, outbox: OutboxDep, item_id: str) -> ItemView:
-    """The item when the caller sent it or supervises its account, with its content."""
+async def visible_item(principal: Principal, outbox: Outbox, item_id: str) -> ItemView:
+    """The item, with its content, when ``principal`` sent it or supervises its
+    account; else refused as if it did not exist."""
     try:
         account_id = await outbox.account_of(item_id)
         view = await outbox.get({account_id}, item_id, content=True)
     except ItemNotFound:
         raise NotFoundException("no such outbox item") from None
-    principal = request.user
     if view.sender_id != principal.user_id and not principal.allows(
         Permission.OUTBOX_APPROVE, account_id
     ):
         raise NotFoundException("no such outbox item")
     return view
+
+
+async def supervised(principal: Principal, outbox: Outbox, item_id: str) -> None:
+    """Refuse, as if it did not exist, an item of an account ``principal`` does not
+    supervise (``outbox.approve``)."""
+    try:
+        account_id = await outbox.account_of(item_id)
+    except ItemNotFound:
+        raise NotFoundException("no such outbox item") from None
+    if not principal.allows(Permission.OUTBOX_APPROVE, account_id):
+        raise NotFoundException("no such outbox item")
 
 
 class OutboxController(Controller):
@@ -230,7 +241,7 @@ class OutboxController(Controller):
         self, request: Caller, item_id: FromPath[ItemId], outbox: OutboxDep
     ) -> ItemOut:
         """One item with its content, its decision and every move it made."""
-        return item_out(await _visible(request, outbox, item_id))
+        return item_out(await visible_item(request.user, outbox, item_id))
 
     @post(
         "/{item_id:str}/cancel",
@@ -242,7 +253,7 @@ class OutboxController(Controller):
         self, request: Caller, item_id: FromPath[ItemId], outbox: OutboxDep
     ) -> ItemOut:
         """Cancel an item not yet handed to WhatsApp."""
-        await _visible(request, outbox, item_id)
+        await visible_item(request.user, outbox, item_id)
         return item_out(await outbox.cancel(actor_of(request, Permission.OUTBOX_SEND), item_id))
 
     @post(
@@ -259,7 +270,7 @@ class OutboxController(Controller):
         outbox: OutboxDep,
     ) -> ItemOut:
         """Release a held item (its block reasons still apply before it is sent)."""
-        await self._supervised(request, outbox, item_id)
+        await supervised(request.user, outbox, item_id)
         actor = actor_of(request, Permission.OUTBOX_APPROVE)
         return item_out(await outbox.approve(actor, request.user.user_id, item_id, data.comment))
 
@@ -277,14 +288,6 @@ class OutboxController(Controller):
         outbox: OutboxDep,
     ) -> ItemOut:
         """Reject a held item: it is never sent."""
-        await self._supervised(request, outbox, item_id)
+        await supervised(request.user, outbox, item_id)
         actor = actor_of(request, Permission.OUTBOX_APPROVE)
         return item_out(await outbox.reject(actor, request.user.user_id, item_id, data.comment))
-
-    async def _supervised(self, request: Caller, outbox: OutboxDep, item_id: str) -> None:
-        try:
-            account_id = await outbox.account_of(item_id)
-        except ItemNotFound:
-            raise NotFoundException("no such outbox item") from None
-        if not request.user.allows(Permission.OUTBOX_APPROVE, account_id):
-            raise NotFoundException("no such outbox item")
